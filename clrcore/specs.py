@@ -1,0 +1,181 @@
+"""Job specs: the one definition of what a range-test or training job may ask for.
+
+The API validates request bodies with these models and the worker and the `clr` command run them,
+so a field means the same thing everywhere. Torch-free on purpose: the API imports this module.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from clrcore import catalog
+from clrcore.presets import PRESETS
+
+UPLOADED_DATASET = re.compile(r"^ds_[a-z0-9]{8,32}$")
+
+PositiveLR = Annotated[float, Field(gt=0, le=1e3)]
+Policy = Literal["triangular", "triangular2", "exp_range", "one_cycle", "constant"]
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are an error, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimizerSpec(StrictModel):
+    name: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum, or Adam's beta1")
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    beta2: float = Field(0.999, gt=0, lt=1, description="AdamW only")
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimizerSpec:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+        return self
+
+
+class AugmentSpec(StrictModel):
+    translate: int = Field(2, ge=0, le=8, description="random shift in pixels (pad and crop)")
+    flip: bool = Field(True, description="random horizontal flip")
+
+
+class JobSpecBase(StrictModel):
+    """Fields every job shares: what to train and how to feed it."""
+
+    dataset: str = Field("digits", description="a catalog name, or the id of an uploaded dataset (ds_...)")
+    dataset_path: str | None = Field(
+        None, description="imagefolder only: directory or archive, relative to the data directory"
+    )
+    model: str = "tiny_cnn"
+    batch_size: int = Field(128, ge=1, le=8192)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    train_subset: int | None = Field(None, ge=1, description="use only the first N training images")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value in catalog.DATASETS or UPLOADED_DATASET.match(value):
+            return value
+        raise ValueError(f"unknown dataset {value!r}; known: {', '.join(catalog.dataset_names())}")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in catalog.MODELS:
+            raise ValueError(f"unknown model {value!r}; known: {', '.join(catalog.model_names())}")
+        return value
+
+    @field_validator("dataset_path")
+    @classmethod
+    def _relative_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = value.replace("\\", "/").split("/")
+        if value.startswith(("/", "~")) or ".." in parts or ":" in value:
+            raise ValueError("must be a path relative to the data directory, without '..'")
+        return value
+
+    @model_validator(mode="after")
+    def _imagefolder_needs_path(self) -> JobSpecBase:
+        if self.dataset == "imagefolder" and not self.dataset_path:
+            raise ValueError("dataset 'imagefolder' needs dataset_path")
+        return self
+
+
+class RangeTestOptions(StrictModel):
+    """How the LR sweep runs; used alone (range-test job) or inside a training job with max_lr='auto'."""
+
+    start_lr: PositiveLR = 1e-7
+    end_lr: PositiveLR = 10.0
+    num_iter: int = Field(100, ge=5, le=100_000)
+    mode: Literal["exp", "linear"] = "exp"
+    smooth: float = Field(0.98, ge=0, lt=1, description="EMA beta of the smoothed loss")
+    diverge_factor: float = Field(4.0, gt=1)
+    validation: bool = Field(False, description="also track loss on a fixed validation subset")
+    val_every: int = Field(10, ge=1)
+    val_batches: int = Field(2, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeTestOptions:
+        if self.start_lr >= self.end_lr:
+            raise ValueError("start_lr must be below end_lr")
+        return self
+
+
+class RangeTestSpec(JobSpecBase, RangeTestOptions):
+    kind: Literal["range_test"] = "range_test"
+    policy: Policy = Field("triangular", description="the policy the recommended recipe is for")
+
+
+class ScheduleSpec(StrictModel):
+    policy: Policy = "triangular"
+    base_lr: PositiveLR | Literal["auto"] | None = Field(
+        None, description="lower bound; None means max_lr/4 (Smith) or the range test's pick"
+    )
+    max_lr: PositiveLR | Literal["auto"] = Field(
+        "auto", description="upper bound, or 'auto' to run the range test first"
+    )
+    step_size: float = Field(4.0, gt=0, description="half a cycle, in step_unit")
+    step_unit: Literal["epochs", "iterations"] = "epochs"
+    gamma: float | None = Field(None, gt=0, le=1, description="exp_range decay per iteration")
+    final_amplitude: float | None = Field(
+        None, gt=0, le=1, description="exp_range: wanted amplitude fraction at the end; derives gamma"
+    )
+    pct_start: float = Field(0.25, gt=0, lt=1, description="one_cycle warm-up fraction")
+    anneal: Literal["cos", "linear"] = "cos"
+    div_factor: float = Field(25.0, gt=1)
+    final_div_factor: float = Field(1e4, gt=1)
+    one_cycle_preset: Literal["torch", "fastai"] | None = None
+    cycle_momentum: bool = False
+    base_momentum: float = Field(0.85, ge=0, lt=1)
+    max_momentum: float = Field(0.95, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScheduleSpec:
+        lo, hi = self.base_lr, self.max_lr
+        if isinstance(lo, float) and isinstance(hi, float) and lo >= hi:
+            raise ValueError("base_lr must be below max_lr")
+        if self.gamma is not None and self.final_amplitude is not None:
+            raise ValueError("give gamma or final_amplitude, not both")
+        if self.cycle_momentum and self.base_momentum >= self.max_momentum:
+            raise ValueError("base_momentum must be below max_momentum")
+        return self
+
+
+class TrainSpec(JobSpecBase, ScheduleSpec):
+    kind: Literal["train"] = "train"
+    preset: str | None = Field(None, description="named recipe whose values fill the fields not given")
+    epochs: int = Field(10, ge=1, le=10_000)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    tta_flip: bool = Field(False, description="average predictions over the image and its mirror")
+    range_test: RangeTestOptions = Field(default_factory=RangeTestOptions, description="used when max_lr='auto'")
+    compile: bool = Field(False, description="torch.compile the model (CUDA only)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("preset"):
+            return data
+        name = data["preset"]
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        return {**PRESETS[name], **data}
+
+
+JobSpec = Annotated[RangeTestSpec | TrainSpec, Field(discriminator="kind")]
+
+
+def parse_spec(data: dict[str, Any]) -> RangeTestSpec | TrainSpec:
+    """Validate a stored or submitted spec by its `kind`."""
+    kind = data.get("kind")
+    return RangeTestSpec.model_validate(data) if kind == "range_test" else TrainSpec.model_validate(data)
