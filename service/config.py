@@ -1,0 +1,54 @@
+"""All configuration, read once from environment variables (prefix `CLR_`).
+
+The API and the worker read the same object, so a deployment sets each value in one place.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLR_", env_file=None, extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="job records, events and the Celery broker")
+    key_prefix: str = Field("clr", description="prefix of every Redis key; lets tests share one Redis")
+    artifact_dir: Path = Field(Path("runs/artifacts"), description="job run folders, shared by API and workers")
+    data_dir: Path = Field(Path("runs/data"), description="datasets; names resolve only inside it")
+    download: bool = Field(True, description="let torchvision download datasets that are missing")
+
+    # Access. Keys are given as `name:secret` pairs, comma separated; only their hashes are kept.
+    api_keys: str = Field("", description="comma-separated name:secret pairs")
+    open_mode: bool = Field(False, description="no keys needed (local use only); jobs belong to 'local'")
+    cors_origins: str = Field("", description="comma-separated allowed origins; empty means CORS closed")
+    rate_limit_per_minute: int = Field(600, ge=1)
+    max_body_bytes: int = Field(64 * 1024, description="JSON request bodies")
+
+    # Limits a job spec must stay within (422 naming the field otherwise).
+    max_epochs: int = Field(200, ge=1)
+    max_range_test_iter: int = Field(5000, ge=5)
+    max_batch_size: int = Field(4096, ge=1)
+
+    # Uploaded datasets.
+    max_upload_bytes: int = Field(512 * 1024 * 1024)
+    max_upload_files: int = Field(200_000)
+    upload_quota_bytes: int = Field(2 * 1024 * 1024 * 1024, description="per key")
+
+    # Worker behaviour.
+    queue: str = Field("cpu", description="queue this worker consumes: 'cpu' or 'gpu'")
+    lease_seconds: float = Field(30.0, gt=0, description="a job's lease; the running worker renews it")
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    visibility_timeout: int = Field(3600, description="Redis redelivery of unacknowledged tasks")
+    max_deliveries: int = Field(5, ge=1, description="then the job fails: it keeps killing its worker")
+    job_time_limit: float = Field(6 * 3600.0, gt=0, description="seconds; a job running longer fails")
+    progress_interval: float = Field(0.25, gt=0, description="seconds between progress writes")
+    sweep_interval: float = Field(5.0, gt=0, description="how often lapsed leases are looked for")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
