@@ -1,0 +1,455 @@
+"""The LR range test (Smith 2017): raise the LR step by step, record the loss, put everything back.
+
+The sweep counts real optimizer steps only: gradient accumulation takes k micro-batches per step,
+and a step that AMP skipped (inf gradients, the scale went down) is logged but does not move up the
+ladder. Afterwards model, optimizer, GradScaler and every RNG are restored from an in-memory
+snapshot and checked by a checksum, so a range test before training changes nothing but the clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import hashlib
+import json
+import logging
+import math
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from clrcore.suggest import Recommendation, recommend, suggest_lrs, warnings_for
+
+log = logging.getLogger(__name__)
+
+STOP_REASONS = ("end_lr", "diverged", "nan", "data_exhausted", "stopped")
+MAX_CONSECUTIVE_SKIPS = 50  # GradScaler halves per skip: 2**16 falls below 2**-30 by then
+
+
+def lr_ladder(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> np.ndarray:
+    """The LRs of the sweep, both ends included: a constant ratio (exp) or difference (linear)."""
+    if not 0 < start_lr < end_lr:
+        raise ValueError("need 0 < start_lr < end_lr")
+    if num_iter < 2:
+        raise ValueError("num_iter must be at least 2")
+    i = np.arange(num_iter) / (num_iter - 1)
+    if mode == "exp":
+        return start_lr * (end_lr / start_lr) ** i
+    if mode == "linear":
+        return start_lr + (end_lr - start_lr) * i
+    raise ValueError(f"mode must be 'exp' or 'linear', not {mode!r}")
+
+
+@dataclass
+class RangeTestResult:
+    """What the sweep saw and what it suggests; `log` holds one dict per optimizer step."""
+
+    log: list[dict[str, Any]]
+    val_log: list[dict[str, Any]]
+    stop_reason: str
+    stopped_at: tuple[int, float] | None
+    suggestions: dict[str, float | None]
+    recommendation: Recommendation | None
+    spread_decades: float | None
+    low_confidence: bool
+    warnings: list[str]
+    restored: bool
+    checksum: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def curve(self) -> tuple[list[float], list[float]]:
+        """(lr, smoothed loss) over the steps that were really taken; the curve the rules read."""
+        taken = [r for r in self.log if not r["skipped"]]
+        return [r["lr"] for r in taken], [r["smoothed"] for r in taken]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: NaN and inf become None."""
+        stopped_at = (
+            None if self.stopped_at is None else {"step": self.stopped_at[0], "lr": self.stopped_at[1]}
+        )
+        return _json_safe(
+            {
+                "log": self.log,
+                "val_log": self.val_log,
+                "stop_reason": self.stop_reason,
+                "stopped_at": stopped_at,
+                "suggestions": self.suggestions,
+                "recommendation": None if self.recommendation is None else self.recommendation.to_dict(),
+                "spread_decades": self.spread_decades,
+                "low_confidence": self.low_confidence,
+                "warnings": self.warnings,
+                "restored": self.restored,
+                "checksum": self.checksum,
+                "settings": self.settings,
+            }
+        )
+
+    def save_log(self, path: str | Path) -> Path:
+        """Write the per-step log as CSV or JSON, chosen by the file extension."""
+        path = Path(path)
+        rows = [_flat_row(r) for r in self.log]
+        if path.suffix == ".json":
+            path.write_text(json.dumps(_json_safe(rows), indent=1))
+        elif path.suffix == ".csv":
+            columns = list(dict.fromkeys(k for row in rows for k in row)) or ["step", "lr", "loss"]
+            with path.open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(_json_safe(rows))
+        else:
+            raise ValueError(f"save_log writes .csv or .json, not {path.suffix!r}")
+        return path
+
+
+def _flat_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row: per-group lists become lr_g0, momentum_g0, ... columns."""
+    row = {k: v for k, v in record.items() if not isinstance(v, list)}
+    for key in ("lrs", "momentum"):
+        name = "lr" if key == "lrs" else key
+        for g, value in enumerate(record.get(key, [])):
+            row[f"{name}_g{g}"] = value
+    return row
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ---------------------------------------------------------------------------- snapshot and restore
+
+
+def _tensor_digest(h: Any, name: str, t: torch.Tensor) -> None:
+    t = t.detach().contiguous().reshape(-1)
+    h.update(f"{name}|{t.dtype}|{t.numel()}|".encode())
+    h.update(t.view(torch.uint8).cpu().numpy().tobytes())
+
+
+def state_checksum(model: nn.Module, optimizer: torch.optim.Optimizer) -> str:
+    """sha256 over every model state tensor (weights and buffers such as BatchNorm statistics), the
+    optimizer's state tensors and its hyperparameters."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        _tensor_digest(h, f"model.{name}", t)
+    opt = optimizer.state_dict()
+    for pid in sorted(opt["state"]):
+        for key in sorted(opt["state"][pid]):
+            value = opt["state"][pid][key]
+            if isinstance(value, torch.Tensor):
+                _tensor_digest(h, f"opt.{pid}.{key}", value)
+            else:
+                h.update(f"opt.{pid}.{key}={value!r}".encode())
+    h.update(json.dumps(opt["param_groups"], sort_keys=True, default=repr).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class _Snapshot:
+    """Everything the sweep changes, copied in memory (no files)."""
+
+    model: dict[str, torch.Tensor]
+    grads: list[torch.Tensor | None]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any] | None
+    rng: dict[str, Any]
+    training: bool
+    checksum: str
+
+    @classmethod
+    def take(cls, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any) -> _Snapshot:
+        return cls(
+            model={k: v.detach().clone() for k, v in model.state_dict().items()},
+            grads=[None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
+            optimizer=copy.deepcopy(optimizer.state_dict()),
+            scaler=None if scaler is None else copy.deepcopy(scaler.state_dict()),
+            rng={
+                "torch": torch.get_rng_state(),
+                # only if CUDA is up: initialising it here would break forked workers on CPU runs
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            training=model.training,
+            checksum=state_checksum(model, optimizer),
+        )
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any) -> str:
+        """Put everything back and return the checksum; raise if it differs from the one taken."""
+        model.load_state_dict(self.model)
+        for p, g in zip(model.parameters(), self.grads, strict=True):
+            p.grad = None if g is None else g.clone()
+        optimizer.load_state_dict(self.optimizer)
+        if scaler is not None and self.scaler is not None:
+            scaler.load_state_dict(self.scaler)
+        torch.set_rng_state(self.rng["torch"])
+        if self.rng["cuda"] is not None:
+            torch.cuda.set_rng_state_all(self.rng["cuda"])
+        np.random.set_state(self.rng["numpy"])
+        random.setstate(self.rng["python"])
+        model.train(self.training)
+        checksum = state_checksum(model, optimizer)
+        if checksum != self.checksum:
+            raise RuntimeError(f"range test restore failed: checksum {checksum[:12]} != {self.checksum[:12]}")
+        return checksum
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def _momenta(optimizer: torch.optim.Optimizer) -> list[float | None]:
+    """SGD momentum or Adam's beta1 per group (None where the optimizer has neither)."""
+    out: list[float | None] = []
+    for group in optimizer.param_groups:
+        if "momentum" in group:
+            out.append(float(group["momentum"]))
+        elif "betas" in group:
+            out.append(float(group["betas"][0]))
+        else:
+            out.append(None)
+    return out
+
+
+class _Cycle:
+    """Re-iterates the batches when they run out; None once a fresh pass yields nothing."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self._batches = batches
+        self._it: Iterator[Any] = iter(batches)
+
+    def next(self) -> Any | None:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = iter(self._batches)
+            return next(self._it, None)
+
+
+def _evaluate(
+    model: nn.Module, loss_fn: Callable, batches: list[Any], autocast: Callable
+) -> tuple[float, float | None]:
+    """Loss and accuracy on exactly these batches, in eval mode without gradients."""
+    model.eval()
+    total_loss, correct, count, classify = 0.0, 0, 0, True
+    try:
+        with torch.no_grad(), autocast():
+            for x, y in batches:
+                out = model(x)
+                n = len(y)
+                total_loss += float(loss_fn(out, y)) * n
+                count += n
+                if out.ndim == 2 and not y.is_floating_point() and y.ndim == 1:
+                    correct += int((out.argmax(dim=1) == y).sum())
+                else:
+                    classify = False
+    finally:
+        model.train()
+    return total_loss / max(count, 1), (correct / count if classify and count else None)
+
+
+def range_test(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    mode: str = "exp",
+    smooth: float = 0.98,
+    diverge_factor: float = 4.0,
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    val_every: int = 10,
+    accumulation_steps: int = 1,
+    scaler: Any = None,
+    autocast_dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    policy: str = "triangular",
+) -> RangeTestResult:
+    """Sweep the LR over `num_iter` optimizer steps, then restore every state and read the curve.
+
+    `train_batches` yields (x, y) already on the device and is cycled when it runs out. Stops on
+    divergence (smoothed loss > diverge_factor x best), NaN/inf loss, the end of the ladder, data
+    that yields nothing, or `should_stop()` returning True. `on_step` receives each step's record.
+    Raises RuntimeError if the restored state's checksum differs from the one taken before.
+    """
+    if accumulation_steps < 1 or val_every < 1:
+        raise ValueError("accumulation_steps and val_every must be at least 1")
+    if not 0 <= smooth < 1 or diverge_factor <= 1:
+        raise ValueError("need 0 <= smooth < 1 and diverge_factor > 1")
+    ladder = lr_ladder(start_lr, end_lr, num_iter, mode)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+
+    def autocast() -> Any:
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=autocast_dtype)
+
+    snapshot = _Snapshot.take(model, optimizer, scaler)
+    records: list[dict[str, Any]] = []
+    val_log: list[dict[str, Any]] = []
+    stop_reason, stopped_at = "end_lr", None
+    try:
+        model.train()
+        stop_reason, stopped_at = _sweep(
+            model, optimizer, loss_fn, _Cycle(train_batches), ladder, records, val_log,
+            smooth=smooth, diverge_factor=diverge_factor, val_batches=val_batches, val_every=val_every,
+            accumulation_steps=accumulation_steps, scaler=scaler, autocast=autocast,
+            on_step=on_step, should_stop=should_stop,
+        )  # fmt: skip
+    finally:
+        checksum = snapshot.restore(model, optimizer, scaler)
+    log.info("range test stopped (%s) after %d steps; state restored", stop_reason, len(records))
+
+    taken = [r for r in records if not r["skipped"]]
+    lrs = [r["lr"] for r in taken]
+    smoothed = [r["smoothed"] for r in taken]
+    suggestions = suggest_lrs(lrs, smoothed, diverge_factor=diverge_factor)
+    try:
+        rec: Recommendation | None = recommend(suggestions, policy)
+    except ValueError:
+        rec = None
+    warnings = warnings_for(
+        lrs, smoothed, stop_reason=stop_reason, diverge_factor=diverge_factor, suggestions=suggestions
+    )
+    skipped = len(records) - len(taken)
+    if skipped:
+        warnings.append(f"{skipped} steps skipped by AMP (inf gradients); the ladder waited for them")
+    if rec is None:
+        warnings.append("no recommendation: the curve has no minimum below its start")
+    return RangeTestResult(
+        log=records,
+        val_log=val_log,
+        stop_reason=stop_reason,
+        stopped_at=stopped_at,
+        suggestions=suggestions,
+        recommendation=rec,
+        spread_decades=None if rec is None else rec.spread_decades,
+        low_confidence=True if rec is None else rec.low_confidence,
+        warnings=warnings,
+        restored=True,
+        checksum=checksum,
+        settings={
+            "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": mode, "smooth": smooth,
+            "diverge_factor": diverge_factor, "val_every": val_every if val_batches else None,
+            "accumulation_steps": accumulation_steps, "policy": policy,
+        },
+    )  # fmt: skip
+
+
+def _sweep(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    batches: _Cycle,
+    ladder: np.ndarray,
+    records: list[dict[str, Any]],
+    val_log: list[dict[str, Any]],
+    *,
+    smooth: float,
+    diverge_factor: float,
+    val_batches: list[Any] | None,
+    val_every: int,
+    accumulation_steps: int,
+    scaler: Any,
+    autocast: Callable,
+    on_step: Callable | None,
+    should_stop: Callable | None,
+) -> tuple[str, tuple[int, float] | None]:
+    """The loop itself; appends to `records` and `val_log`, returns (stop_reason, stopped_at)."""
+    avg, best, taken, skips_in_row = 0.0, math.inf, 0, 0
+    while taken < len(ladder):
+        if should_stop is not None and should_stop():
+            return "stopped", None
+        _set_lr(optimizer, float(ladder[taken]))
+        optimizer.zero_grad(set_to_none=True)
+        window_loss = None
+        for _ in range(accumulation_steps):
+            batch = batches.next()
+            if batch is None:
+                return "data_exhausted", None
+            x, y = batch
+            with autocast():
+                loss = loss_fn(model(x), y) / accumulation_steps
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            part = loss.detach().float()
+            window_loss = part if window_loss is None else window_loss + part
+        loss_value = float(window_loss)
+        lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        record: dict[str, Any] = {
+            "step": len(records) + 1, "iteration": taken + 1, "lr": lrs[0], "lrs": lrs,
+            "momentum": _momenta(optimizer), "loss": loss_value, "smoothed": None, "skipped": False,
+        }  # fmt: skip
+        if not math.isfinite(loss_value):
+            record["smoothed"] = math.nan
+            records.append(record)
+            _notify(on_step, record, len(ladder))
+            return "nan", (record["step"], lrs[0])
+
+        skipped = _optimizer_step(optimizer, scaler)
+        if skipped:
+            record["skipped"] = True
+            records.append(record)
+            _notify(on_step, record, len(ladder))
+            skips_in_row += 1
+            if skips_in_row >= MAX_CONSECUTIVE_SKIPS:
+                return "nan", (record["step"], lrs[0])
+            continue
+        skips_in_row = 0
+        taken += 1
+        avg = smooth * avg + (1 - smooth) * loss_value
+        smoothed = avg / (1 - smooth**taken)
+        record["smoothed"] = smoothed
+        records.append(record)
+        extra: dict[str, Any] = {}
+        if val_batches and taken % val_every == 0:
+            val_loss, val_acc = _evaluate(model, loss_fn, val_batches, autocast)
+            val_log.append({"step": record["step"], "lr": lrs[0], "val_loss": val_loss, "val_acc": val_acc})
+            extra = {"val_loss": val_loss, "val_acc": val_acc}
+        _notify(on_step, {**record, **extra}, len(ladder))
+        if smoothed > diverge_factor * best:
+            return "diverged", (record["step"], lrs[0])
+        best = min(best, smoothed)
+    return "end_lr", None
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: Any) -> bool:
+    """One optimizer step; True when AMP skipped it (the scale went down after inf gradients)."""
+    if scaler is None:
+        optimizer.step()
+        return False
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() < before
+
+
+def _notify(on_step: Callable | None, record: dict[str, Any], num_iter: int) -> None:
+    if on_step is not None:
+        on_step({**record, "num_iter": num_iter})

@@ -1,0 +1,273 @@
+"""A job spec in, a run folder of artifacts and a JSON summary out.
+
+The `clr` command and the Celery worker both call `run_job`, so a job behaves the same locally and
+through the service. Everything user-visible (plots, reports, logs) is written here, at the edge;
+the modules below return data. A run folder that already holds a checkpoint or a range-test result
+is resumed, not redone: that is what makes a redelivered job cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clrcore import plots, reports
+from clrcore.datasets import Dataset, Split, load_dataset, make_dataset
+from clrcore.loaders import make_loader
+from clrcore.models import build_model
+from clrcore.range_test import RangeTestResult, range_test
+from clrcore.schedules import build_schedule, preview, schedule_from_spec
+from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
+from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, recipe
+from clrcore.trainer import (
+    Hooks,
+    Progress,
+    StopRequested,
+    TrainConfig,
+    build_optimizer,
+    config_from_spec,
+    resolve_device,
+    seed_everything,
+    steps_per_epoch,
+    train,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+@dataclass
+class RunHooks:
+    """What the caller wants to hear and whether it wants the run to stop (checked every batch)."""
+
+    on_progress: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    progress_interval: float = 0.25
+
+
+# ---------------------------------------------------------------- shared setup
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    tmp = path.with_name(f".{path.name}.{time.monotonic_ns()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+    return path
+
+
+def _load_data(spec: JobSpecBase, data_dir: Path, download: bool) -> Dataset:
+    ds = load_dataset(spec.dataset, Path(data_dir), path=spec.dataset_path, download=download)
+    if spec.train_subset and spec.train_subset < len(ds.train):
+        n = spec.train_subset
+        ds = make_dataset(ds.name, Split(ds.train.images[:n], ds.train.labels[:n]), ds.test, ds.classes)
+    return ds
+
+
+def _model_for(spec: JobSpecBase, ds: Dataset, device: torch.device) -> nn.Module:
+    seed_everything(spec.seed)
+    _, channels, size, _ = ds.train.images.shape
+    return build_model(spec.model, channels, len(ds.classes), size).to(device)
+
+
+def _sweep_config(spec: JobSpecBase, options: RangeTestOptions, device: torch.device) -> TrainConfig:
+    """Optimizer settings of the job, at the sweep's first LR (the sweep sets the LR each step)."""
+    flat = build_schedule("constant", base_lr=options.start_lr, max_lr=options.start_lr, step_size=1,
+                          total_steps=1)
+    return TrainConfig(epochs=1, batch_size=spec.batch_size, schedule=flat, optimizer=spec.optimizer.name,
+                       momentum=spec.optimizer.momentum, nesterov=spec.optimizer.nesterov,
+                       weight_decay=spec.optimizer.weight_decay, beta2=spec.optimizer.beta2,
+                       seed=spec.seed, device=device)
+
+
+def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
+           device: torch.device, hooks: RunHooks, label_smoothing: float = 0.0) -> RangeTestResult:
+    """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data."""
+    optimizer = build_optimizer(model, _sweep_config(spec, options, device))
+    batches = make_loader(ds.train, spec.batch_size, device=device, mean=ds.mean, std=ds.std, train=True,
+                          translate=spec.augment.translate, flip=spec.augment.flip,
+                          drop_last=len(ds.train) > spec.batch_size,
+                          generator=torch.Generator(device=device).manual_seed(spec.seed))
+    val = None
+    if options.validation:
+        test = make_loader(ds.test, spec.batch_size, device=device, mean=ds.mean, std=ds.std, train=False)
+        val = [b for _, b in zip(range(options.val_batches), test, strict=False)]
+    bf16 = device.type == "cuda" and spec.precision != "fp32"
+    last = [0.0]
+
+    def on_step(record: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if hooks.on_progress and now - last[0] >= hooks.progress_interval:
+            last[0] = now
+            hooks.on_progress(Progress("range_test", 0, 0, record["iteration"] + 1, options.num_iter,
+                                       {"lr": record["lr"], "loss": record["loss"],
+                                        "smoothed_loss": record["smoothed"] or float("nan")}))
+
+    return range_test(
+        model, optimizer, nn.CrossEntropyLoss(label_smoothing=label_smoothing), batches,
+        start_lr=options.start_lr, end_lr=options.end_lr, num_iter=options.num_iter, mode=options.mode,
+        smooth=options.smooth, diverge_factor=options.diverge_factor, val_batches=val,
+        val_every=options.val_every, autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
+        on_step=on_step, should_stop=hooks.should_stop, policy=policy,
+    )
+
+
+def _save_sweep(result: RangeTestResult, out_dir: Path, iters_per_epoch: int,
+                epochs_hint: int | None) -> dict[str, Any]:
+    """Write range_test.json, the per-batch CSV log and the plot; return the summary."""
+    rec = result.recommendation
+    summary: dict[str, Any] = {
+        "stop_reason": result.stop_reason,
+        "stopped_at": None if result.stopped_at is None else
+        {"step": result.stopped_at[0], "lr": result.stopped_at[1]},
+        "suggestions": result.suggestions,
+        "recommendation": None if rec is None else rec.to_dict(),
+        "recipe": None if rec is None else recipe(rec, iters_per_epoch=iters_per_epoch,
+                                                  epochs_hint=epochs_hint),
+        "spread_decades": result.spread_decades,
+        "low_confidence": result.low_confidence,
+        "warnings": result.warnings,
+        "steps": sum(1 for r in result.log if not r["skipped"]),
+        "restored": result.restored,
+    }
+    _write_json(out_dir / "range_test.json", {**result.to_dict(), "summary": summary})
+    result.save_log(out_dir / "range_test_log.csv")
+    lrs, smoothed = result.curve()
+    taken = [r for r in result.log if not r["skipped"]]
+    val = None
+    if result.val_log:
+        val = {k: [v.get(k) for v in result.val_log] for k in ("lr", "val_loss", "val_acc")}
+    plots.plot_range_test(
+        out_dir / "range_test.png", lrs, smoothed, raw=[r["loss"] for r in taken],
+        suggestions=result.suggestions, band=None if rec is None else (rec.base_lr, rec.max_lr),
+        diverged_at=None if result.stopped_at is None else result.stopped_at[1], val=val,
+    )
+    return summary
+
+
+def _stopped(hooks: RunHooks) -> bool:
+    return bool(hooks.should_stop and hooks.should_stop())
+
+
+# ---------------------------------------------------------------- the two jobs
+
+
+def run_range_test(spec: RangeTestSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
+                   hooks: RunHooks | None = None) -> dict[str, Any]:
+    """Sweep the LR for the spec's model and data; write the result, log and plot; return the summary."""
+    hooks = hooks or RunHooks()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "spec.json", spec.model_dump(mode="json"))
+    started = time.perf_counter()
+    device = resolve_device(spec.device)
+    ds = _load_data(spec, data_dir, download)
+    model = _model_for(spec, ds, device)
+    result = _sweep(spec, spec, spec.policy, ds, model, device, hooks)
+    if result.stop_reason == "stopped" and _stopped(hooks):
+        raise StopRequested("range test stopped on request")
+    summary = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), None)
+    return {"kind": "range_test", **summary, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _resolve_bounds(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torch.device, out_dir: Path,
+                    hooks: RunHooks) -> tuple[float, float, dict[str, Any]]:
+    """(base_lr, max_lr, how they were chosen): from the spec, or the range test for 'auto'.
+
+    A range test already saved in the run folder is reused, so a resumed job trains with the bounds
+    its first delivery chose.
+    """
+    info: dict[str, Any] = {"source": "spec"}
+    max_lr, base_lr = spec.max_lr, spec.base_lr
+    if max_lr == "auto" or base_lr == "auto":
+        saved = out_dir / "range_test.json"
+        if saved.exists():
+            summary = json.loads(saved.read_text())["summary"]
+        else:
+            result = _sweep(spec, spec.range_test, spec.policy, ds, model, device, hooks,
+                            spec.label_smoothing)
+            if result.stop_reason == "stopped" and _stopped(hooks):
+                raise StopRequested("stopped during the range test")
+            summary = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size),
+                                  spec.epochs)
+        rec = summary["recommendation"]
+        if rec is None:
+            raise ValueError("range test found no usable LR (the loss never fell): "
+                             + "; ".join(summary["warnings"]))
+        info = {"source": "range_test", "rule": rec["rule"], "low_confidence": rec["low_confidence"],
+                "suggestions": summary["suggestions"], "warnings": summary["warnings"]}
+        max_lr = rec["max_lr"] if max_lr == "auto" else max_lr
+        base_lr = rec["base_lr"] if base_lr in ("auto", None) else base_lr
+    if base_lr is None:
+        base_lr = max_lr / (spec.div_factor if spec.policy == "one_cycle" else TRIANGULAR_BASE_DIVISOR)
+    if spec.policy not in ("one_cycle", "constant") and base_lr >= max_lr:
+        raise ValueError(f"base_lr {base_lr:.3g} is not below max_lr {max_lr:.3g}")
+    return float(base_lr), float(max_lr), info
+
+
+def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
+                 hooks: RunHooks | None = None) -> dict[str, Any]:
+    """Train with a cyclical schedule; write history, report, plots, checkpoint; return the summary.
+
+    Resumes from out_dir/checkpoints/last.pt when it exists.
+    """
+    hooks = hooks or RunHooks()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "spec.json", spec.model_dump(mode="json"))
+    started = time.perf_counter()
+    device = resolve_device(spec.device)
+    ds = _load_data(spec, data_dir, download)
+    model = _model_for(spec, ds, device)
+    base_lr, max_lr, lr_info = _resolve_bounds(spec, ds, model, device, out_dir, hooks)
+
+    iters = steps_per_epoch(len(ds.train), spec.batch_size)
+    schedule = schedule_from_spec(spec, base_lr=base_lr, max_lr=max_lr, iters_per_epoch=iters)
+    planned = preview(schedule, spec.epochs * iters)
+    plots.plot_lr_schedule(out_dir / "lr_schedule_preview.png", planned["step"], planned["lr"],
+                           planned["momentum"] or None)
+    config = config_from_spec(spec, schedule, device, checkpoint_path=out_dir / CHECKPOINT)
+    result = train(model, ds, config, hooks=Hooks(hooks.on_progress, hooks.should_stop,
+                                                  hooks.progress_interval))
+
+    report = reports.classification_report(result.y_true, result.y_pred, ds.classes)
+    reports.write_report(report, out_dir)
+    history = result.history
+    _write_json(out_dir / "history.json", history)
+    plots.plot_history(out_dir / "history.png", history)
+    plots.plot_lr_schedule(out_dir / "lr_schedule.png", list(range(len(history["lr"]))), history["lr"],
+                           history.get("momentum") or None)
+    plots.plot_confusion_matrix(out_dir / "confusion_matrix.png", report.matrix, ds.classes)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / "model.pt")
+    return {
+        "kind": "train",
+        "accuracy": report.accuracy,
+        "metrics": result.metrics,
+        "base_lr": base_lr,
+        "max_lr": max_lr,
+        "lr_choice": lr_info,
+        "policy": spec.policy,
+        "epochs": spec.epochs,
+        "epochs_run": result.epochs_run,
+        "resumed_from": result.resumed_from,
+        "iters_per_epoch": iters,
+        "timings": result.timings,
+        "seconds": round(time.perf_counter() - started, 3),
+        "device": str(device),
+        "classes": ds.classes,
+    }
+
+
+def run_job(spec: RangeTestSpec | TrainSpec, out_dir: Path, **kwargs: Any) -> dict[str, Any]:
+    """Run either kind of job; keyword arguments as for run_range_test / run_training."""
+    if isinstance(spec, RangeTestSpec):
+        return run_range_test(spec, out_dir, **kwargs)
+    return run_training(spec, out_dir, **kwargs)
