@@ -10,8 +10,8 @@ from typing import Any
 PRESETS: dict[str, dict[str, Any]] = {
     # The embedded default: digits on the CPU in seconds, bounds read off the range test.
     "digits-demo": {
-        "dataset": "digits", "model": "tiny_cnn", "batch_size": 64, "epochs": 8,
-        "policy": "triangular", "max_lr": "auto", "step_size": 2, "step_unit": "epochs",
+        "dataset": "digits", "model": "tiny_cnn", "batch_size": 64, "epochs": 12,
+        "policy": "triangular", "max_lr": "auto", "step_size": 3, "step_unit": "epochs",
         "augment": {"translate": 1, "flip": False},
         "range_test": {"start_lr": 1e-5, "end_lr": 10.0, "num_iter": 60},
     },

@@ -9,6 +9,7 @@ import pytest
 
 from clrcore.suggest import (
     LOW_CONFIDENCE_DECADES,
+    TRIANGULAR_BASE_DIVISOR,
     debiased_ema,
     recipe,
     recommend,
@@ -79,7 +80,7 @@ def test_anchor_curve_gives_max_lr_in_the_good_band():
         s = suggest_lrs(LRS, curve)
         rec = recommend(s)
         assert 0.05 <= rec.max_lr <= 0.8, (s, rec)
-        assert rec.base_lr == pytest.approx(rec.max_lr / 4)
+        assert rec.base_lr == pytest.approx(rec.max_lr / TRIANGULAR_BASE_DIVISOR)
         assert not rec.low_confidence
     s = suggest_lrs(LRS, anchor_curve())
     assert 0.1 < s["min_loss"] < 0.25
@@ -94,7 +95,7 @@ def test_recommend_per_policy_and_named_rule():
     one = recommend(s, "one_cycle")
     assert one.max_lr == tri.max_lr and one.base_lr == pytest.approx(tri.max_lr / 25)
     const = recommend(s, "constant")
-    assert const.base_lr == const.max_lr == pytest.approx(tri.base_lr)
+    assert const.base_lr == const.max_lr == pytest.approx(tri.max_lr / 4)
     far = recommend({**s, "valley": 1e-4})
     assert far.max_lr == pytest.approx(0.1) and far.rule.startswith("min_loss/2")
     steep = recommend({**s, "valley": 1e-4, "steepest": 0.15})

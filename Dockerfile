@@ -1,0 +1,30 @@
+# One image for the API and the workers.
+#   worker image (torch):      docker build -t clr-service .
+#   slim API image (no torch): docker build --build-arg EXTRAS=service -t clr-service-api .
+# The API never imports torch, so it runs from the slim image; workers need the "train" extra.
+FROM python:3.11-slim
+
+ARG EXTRAS="train,service"
+# Optional extra package index for a CUDA-specific torch build; empty means the default index.
+ARG PIP_EXTRA_INDEX_URL=""
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CLR_ARTIFACT_DIR=/data/artifacts \
+    CLR_DATA_DIR=/data/datasets
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY clrcore ./clrcore
+COPY service ./service
+COPY worker ./worker
+RUN pip install ".[${EXTRAS}]" \
+    && useradd --create-home --uid 1000 clr \
+    && mkdir -p /data/artifacts /data/datasets \
+    && chown -R clr /data
+
+USER clr
+EXPOSE 8000
+# Workers override this with `python -m worker` (solo pool, queue from CLR_QUEUE).
+CMD ["uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,261 @@
+"""Batches for training and evaluation: the whole split on the device, augmented there.
+
+Small image sets (CIFAR-10 is 150 MB as uint8) fit on any GPU many times over, so the fast path keeps
+the split on the device as uint8 and makes each batch with one gather: no workers, no per-batch host
+work, no sync. Every random draw of an epoch (order, shifts, flips) is made at its start from one
+`torch.Generator`, so saving `loader.generator.get_state()` between epochs resumes the same batches,
+and the host fallback (`HostLoader`, for splits too big for the device) yields exactly the same ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from clrcore.datasets import Split
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def iters_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches in one epoch; with drop_last a split smaller than one batch still gives one batch."""
+    if n <= 0:
+        return 0
+    full, rest = divmod(n, batch_size)
+    if drop_last:
+        return max(full, 1)
+    return full + (1 if rest else 0)
+
+
+@dataclass
+class EpochPlan:
+    """Every random draw of one epoch, made up front: order, per-sample shifts and flips."""
+
+    order: torch.Tensor  # int64 (N,)
+    shift_y: torch.Tensor | None  # int64 (N,), in [-translate, translate]
+    shift_x: torch.Tensor | None
+    flip: torch.Tensor | None  # bool (N,)
+
+    def to(self, device: torch.device) -> EpochPlan:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return EpochPlan(move(self.order), move(self.shift_y), move(self.shift_x), move(self.flip))
+
+    def batch(self, start: int, stop: int) -> EpochPlan:
+        def part(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[start:stop]
+
+        return EpochPlan(part(self.order), part(self.shift_y), part(self.shift_x), part(self.flip))
+
+
+def plan_epoch(n: int, *, train: bool, translate: int, flip: bool, generator: torch.Generator) -> EpochPlan:
+    """Draw an epoch's randomness from `generator` (nothing is drawn for evaluation)."""
+    if not train:
+        return EpochPlan(torch.arange(n), None, None, None)
+    gen_device = generator.device
+    order = torch.randperm(n, generator=generator, device=gen_device)
+    shift_y = shift_x = flips = None
+    if translate > 0:
+        shift_y = torch.randint(-translate, translate + 1, (n,), generator=generator, device=gen_device)
+        shift_x = torch.randint(-translate, translate + 1, (n,), generator=generator, device=gen_device)
+    if flip:
+        flips = torch.rand(n, generator=generator, device=gen_device) < 0.5
+    return EpochPlan(order, shift_y, shift_x, flips)
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    # Mirror indices that fall off either edge back inside (valid for shifts smaller than `size`).
+    last = size - 1
+    return last - (last - index.abs()).abs()
+
+
+def gather_batch(images: torch.Tensor, plan: EpochPlan) -> torch.Tensor:
+    """Select, shift (reflect-padded) and flip a batch of uint8 images in a single indexing op.
+
+    Translation is a crop of the reflect-padded image, done as per-sample row and column indices
+    rather than padding the set; a flip reverses the column indices. No per-sample Python loop.
+    """
+    _, channels, height, width = images.shape
+    order = plan.order
+    if plan.shift_y is None and plan.flip is None:
+        return images[order]
+    device = images.device
+    rows = torch.arange(height, device=device).expand(len(order), height)
+    cols = torch.arange(width, device=device).expand(len(order), width)
+    if plan.flip is not None:
+        cols = torch.where(plan.flip[:, None], width - 1 - cols, cols)
+    if plan.shift_y is not None:
+        rows = _reflect(rows + plan.shift_y[:, None], height)
+        cols = _reflect(cols + plan.shift_x[:, None], width)
+    chans = torch.arange(channels, device=device)
+    return images[order[:, None, None, None], chans[None, :, None, None], rows[:, None, :, None],
+                  cols[:, None, None, :]]
+
+
+class _Normaliser:
+    """uint8 NCHW to normalised float32: (x / 255 - mean) / std as one multiply-add."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                 channels_last: bool) -> None:
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+        self.channels_last = channels_last
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = torch.addcmul(self.shift, images.float(), self.scale)
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+
+
+def _default_generator() -> torch.Generator:
+    # Seeded from torch's global RNG, so torch.manual_seed still makes a run reproducible.
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    return torch.Generator().manual_seed(seed)
+
+
+class DeviceLoader:
+    """Iterable of (normalised float NCHW images, int64 labels), with the whole split on `device`.
+
+    Each epoch draws its order, shifts and flips from `generator` at the start, then builds each
+    batch on the device. `batches(skip=k)` resumes mid-epoch after restoring the generator state
+    saved before that epoch.
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, device: torch.device | str, mean: Sequence[float],
+                 std: Sequence[float], train: bool, translate: int = 0, flip: bool = False,
+                 drop_last: bool = False, generator: torch.Generator | None = None,
+                 channels_last: bool = False) -> None:
+        self.device = torch.device(device)
+        self.images = torch.from_numpy(np.ascontiguousarray(split.images)).to(self.device)
+        self.labels = torch.from_numpy(np.ascontiguousarray(split.labels)).to(self.device)
+        self.batch_size = batch_size
+        self.train, self.translate, self.flip, self.drop_last = train, translate, flip, drop_last
+        self.generator = generator if generator is not None else _default_generator()
+        self.normalise = _Normaliser(mean, std, self.device, channels_last)
+
+    def __len__(self) -> int:
+        return iters_per_epoch(len(self.labels), self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def batches(self, skip: int = 0) -> Iterator[Batch]:
+        """One epoch of batches, leaving out the first `skip` (all draws are still made)."""
+        n = len(self.labels)
+        plan = plan_epoch(n, train=self.train, translate=self.translate, flip=self.flip,
+                          generator=self.generator).to(self.device)
+        for i in range(skip, len(self)):
+            part = plan.batch(i * self.batch_size, min((i + 1) * self.batch_size, n))
+            yield self.normalise(gather_batch(self.images, part)), self.labels[part.order]
+
+
+class _PlannedBatches(TorchDataset):
+    """Host-side source for HostLoader: an item is one batch plan, the result its uint8 images."""
+
+    def __init__(self, split: Split) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(split.images))
+        self.labels = torch.from_numpy(np.ascontiguousarray(split.labels))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, plan: EpochPlan) -> Batch:  # type: ignore[override]
+        return gather_batch(self.images, plan), self.labels[plan.order]
+
+
+class _PlanSampler:
+    """Yields one EpochPlan slice per batch; the epoch's draws happen in the main process."""
+
+    def __init__(self, loader: HostLoader) -> None:
+        self.loader = loader
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[EpochPlan]:
+        loader, skip = self.loader, self.skip
+        self.skip = 0
+        n = len(loader.source)
+        plan = plan_epoch(n, train=loader.train, translate=loader.translate, flip=loader.flip,
+                          generator=loader.generator).to(torch.device("cpu"))
+        for i in range(skip, len(loader)):
+            yield plan.batch(i * loader.batch_size, min((i + 1) * loader.batch_size, n))
+
+
+class HostLoader:
+    """DeviceLoader's twin for splits too big for the device: same batches, built by DataLoader workers.
+
+    Workers gather and augment uint8 batches on the CPU; they travel as uint8 (pinned on CUDA) and
+    are normalised on the device.
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, device: torch.device | str, mean: Sequence[float],
+                 std: Sequence[float], train: bool, translate: int = 0, flip: bool = False,
+                 drop_last: bool = False, generator: torch.Generator | None = None,
+                 channels_last: bool = False, num_workers: int = 2) -> None:
+        self.device = torch.device(device)
+        self.source = _PlannedBatches(split)
+        self.batch_size = batch_size
+        self.train, self.translate, self.flip, self.drop_last = train, translate, flip, drop_last
+        self.generator = generator if generator is not None else _default_generator()
+        self.normalise = _Normaliser(mean, std, self.device, channels_last)
+        self.sampler = _PlanSampler(self)
+        self.loader = DataLoader(
+            self.source, batch_size=None, sampler=self.sampler, num_workers=num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
+        )
+
+    def __len__(self) -> int:
+        return iters_per_epoch(len(self.source), self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def batches(self, skip: int = 0) -> Iterator[Batch]:
+        """One epoch of batches, leaving out the first `skip` (all draws are still made)."""
+        self.sampler.skip = skip
+        for images, labels in self.loader:
+            images = images.to(self.device, non_blocking=True)
+            yield self.normalise(images), labels.to(self.device, non_blocking=True)
+
+
+def split_bytes(split: Split) -> int:
+    return int(split.images.nbytes + split.labels.nbytes)
+
+
+def device_budget(device: torch.device) -> int | None:
+    """Bytes a split may take on `device`: a quarter of free CUDA memory; unlimited on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 4
+    return None
+
+
+def make_loader(split: Split, batch_size: int, *, device: torch.device | str, mean: Sequence[float],
+                std: Sequence[float], train: bool, translate: int = 0, flip: bool = False,
+                drop_last: bool = False, generator: torch.Generator | None = None,
+                channels_last: bool = False, max_device_bytes: int | None = None,
+                num_workers: int = 2) -> DeviceLoader | HostLoader:
+    """DeviceLoader if the split fits in `max_device_bytes` (default `device_budget`), else HostLoader."""
+    device = torch.device(device)
+    budget = max_device_bytes if max_device_bytes is not None else device_budget(device)
+    common = dict(device=device, mean=mean, std=std, train=train, translate=translate, flip=flip,
+                  drop_last=drop_last, generator=generator, channels_last=channels_last)
+    size = split_bytes(split)
+    if budget is None or size <= budget:
+        return DeviceLoader(split, batch_size, **common)
+    log.info("split of %.1f MB over the %.1f MB device budget: loading from the host with %d workers",
+             size / 2**20, budget / 2**20, num_workers)
+    return HostLoader(split, batch_size, num_workers=num_workers, **common)
+

@@ -1,0 +1,209 @@
+"""Model registry: every catalog model name to a builder taking (in_channels, num_classes, image_size).
+
+All three take 1- or 3-channel input at 16x16 (digits), 28x28 and 32x32: spatial sizes only ever
+meet global pooling, never a fixed-size flatten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+# ---------------------------------------------------------------------------------------------
+# minigooglenet: the Keras CLR blog's network (conv modules with BN + ReLU, inception and
+# downsample modules), kept layer for layer; only its fixed 7x7 average pool became adaptive.
+
+
+class ConvModule(nn.Sequential):
+    """Conv (KxK, stride, 'same' or 'valid' padding) + BatchNorm + ReLU, the blog's building block."""
+
+    def __init__(self, channels_in: int, channels_out: int, kernel: int, stride: int = 1,
+                 padding: str | int = "same") -> None:
+        # Keras' Conv2D keeps its bias even before BatchNorm; so does this, to match the blog's count.
+        super().__init__(
+            nn.Conv2d(channels_in, channels_out, kernel, stride=stride, padding=padding),
+            nn.BatchNorm2d(channels_out),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Inception(nn.Module):
+    """Concatenation of a 1x1 and a 3x3 conv module."""
+
+    def __init__(self, channels_in: int, n1x1: int, n3x3: int) -> None:
+        super().__init__()
+        self.branch1 = ConvModule(channels_in, n1x1, 1)
+        self.branch3 = ConvModule(channels_in, n3x3, 3)
+        self.channels_out = n1x1 + n3x3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1(x), self.branch3(x)], dim=1)
+
+
+class Downsample(nn.Module):
+    """Concatenation of a 3x3 stride-2 conv module and a 3x3 stride-2 max pool ('valid', as in Keras)."""
+
+    def __init__(self, channels_in: int, channels: int) -> None:
+        super().__init__()
+        self.conv = ConvModule(channels_in, channels, 3, stride=2, padding=0)
+        self.pool = nn.MaxPool2d(3, stride=2)
+        self.channels_out = channels_in + channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.conv(x), self.pool(x)], dim=1)
+
+
+class MiniGoogLeNet(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [ConvModule(in_channels, 96, 3)]
+        width = 96
+        plan = [("i", 32, 32), ("i", 32, 48), ("d", 80),
+                ("i", 112, 48), ("i", 96, 64), ("i", 80, 80), ("i", 48, 96), ("d", 96),
+                ("i", 176, 160), ("i", 176, 160)]
+        for kind, *sizes in plan:
+            block = Inception(width, *sizes) if kind == "i" else Downsample(width, *sizes)
+            layers.append(block)
+            width = block.channels_out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.5)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        return self.head(self.dropout(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# resnet_fast: airbench94's mechanics without its whitening layer: a learned conv stem, three
+# conv groups that pool early, BatchNorm with a fixed scale, identity (dirac) conv init, and a scaled
+# linear head. Dirac init makes each conv start as a pass-through of its inputs: the residual idea
+# at initialisation without skip connections.
+
+RESNET_FAST = {
+    "stem_width": 24,  # airbench's whitening layer has 2 * 3 * 2**2 = 24 outputs; a learned 3x3 here
+    "widths": (64, 256, 256),  # the three conv groups
+    "bn_momentum": 0.4,  # PyTorch's convention (airbench writes 1 - 0.6): running stats follow fast
+    "bn_eps": 1e-12,
+    "head_scale": 1 / 9,  # airbench's logit multiplier: a tempered start for a bias-free head
+}
+
+
+class FixedScaleBatchNorm(nn.BatchNorm2d):
+    """BatchNorm whose scale stays 1 (not trained) and whose shift is learned, as airbench does."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, eps=RESNET_FAST["bn_eps"], momentum=RESNET_FAST["bn_momentum"])
+        self.weight.requires_grad_(False)
+
+
+class DiracConv(nn.Conv2d):
+    """3x3 'same' conv, no bias, initialised so its first outputs copy its inputs."""
+
+    def __init__(self, channels_in: int, channels_out: int) -> None:
+        super().__init__(channels_in, channels_out, 3, padding="same", bias=False)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        weight = self.weight.data
+        nn.init.dirac_(weight[: min(weight.size(0), weight.size(1))])
+
+
+class ConvGroup(nn.Module):
+    """conv - maxpool - BN - GELU - conv - BN - GELU; pooling before BN keeps the work small."""
+
+    def __init__(self, channels_in: int, channels_out: int) -> None:
+        super().__init__()
+        self.conv1 = DiracConv(channels_in, channels_out)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = FixedScaleBatchNorm(channels_out)
+        self.conv2 = DiracConv(channels_out, channels_out)
+        self.norm2 = FixedScaleBatchNorm(channels_out)
+        self.activation = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activation(self.norm1(self.pool(self.conv1(x))))
+        return self.activation(self.norm2(self.conv2(x)))
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+class ResNetFast(nn.Sequential):
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        stem, (w1, w2, w3) = RESNET_FAST["stem_width"], RESNET_FAST["widths"]
+        super().__init__(
+            nn.Conv2d(in_channels, stem, 3, padding="same", bias=False),
+            FixedScaleBatchNorm(stem),
+            nn.GELU(),
+            ConvGroup(stem, w1),
+            ConvGroup(w1, w2),
+            ConvGroup(w2, w3),
+            nn.AdaptiveMaxPool2d(1),  # airbench's MaxPool2d(3) on 4x4, for any input size
+            nn.Flatten(),
+            nn.Linear(w3, num_classes, bias=False),
+            Scale(RESNET_FAST["head_scale"]),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny_cnn: small enough to train on a laptop CPU in seconds.
+
+
+class TinyCNN(nn.Sequential):
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(64, num_classes),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+Builder = Callable[[int, int], nn.Module]
+
+MODELS: dict[str, Builder] = {
+    "minigooglenet": MiniGoogLeNet,
+    "resnet_fast": ResNetFast,
+    "tiny_cnn": TinyCNN,
+}
+
+MIN_IMAGE_SIZE = 8
+
+
+def model_names() -> list[str]:
+    return sorted(MODELS)
+
+
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """A freshly initialised model by catalog name; `image_size` is checked, the nets adapt to it."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
+    if in_channels < 1 or num_classes < 2:
+        raise ValueError(f"model {name!r}: needs in_channels >= 1 and num_classes >= 2")
+    if image_size and image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"model {name!r}: images of {image_size}px are below the {MIN_IMAGE_SIZE}px minimum")
+    return MODELS[name](in_channels, num_classes)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those the optimizer updates)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,607 @@
+"""The training loop: a schedule applied every iteration, per-epoch evaluation, checkpoints and resume.
+
+Read `train` top to bottom: set up (device, optimizer, loaders), resume from a checkpoint if there is
+one, then for every epoch run `train_epoch` (the batch loop), evaluate on the test split, record the
+history and write a checkpoint. Three decisions shape the code:
+
+- No host synchronisation inside the batch loop. Per-step losses and correct counts stay on the device
+  in two small buffers; they are read once per progress tick (at most every `Hooks.progress_interval`
+  seconds), every `DIVERGENCE_CHECK_EVERY` steps and at the epoch end. A GPU never waits on Python.
+- Divergence still stops the run: at each of those reads a non-finite loss sum raises
+  `TrainingDiverged`, naming the first bad step found in the buffer since the previous read.
+- A checkpoint is written at the end of each epoch, with every RNG stream, so a resumed run continues
+  bit for bit (on CPU) where the uninterrupted one would have been. A stop request mid-epoch keeps the
+  last epoch's checkpoint and drops the partial epoch: resuming mid-epoch would also need the partial
+  epoch's loss buffers and running sums in the checkpoint, for at most one epoch of work saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clrcore.checkpoint import capture_rng_state, load_checkpoint, plain, restore_rng_state, save_checkpoint
+from clrcore.loaders import iters_per_epoch, make_loader
+from clrcore.schedules import Schedule, set_hyperparams
+
+if TYPE_CHECKING:
+    from clrcore.datasets import Dataset, Split
+    from clrcore.specs import TrainSpec
+
+log = logging.getLogger(__name__)
+
+# Read the on-device loss buffer at least this often (in steps), so a NaN stops a run within this many
+# steps even with no progress callback and a slow clock.
+DIVERGENCE_CHECK_EVERY = 50
+# Evaluation has no backward pass and no optimizer state, so it can afford far larger batches.
+EVAL_BATCH_SIZE = 1024
+
+# Training drops the ragged last batch (see `steps_per_epoch`).
+TRAIN_DROP_LAST = True
+# Per-iteration history keys (one value per optimizer step) and per-epoch keys (one per epoch).
+ITERATION_KEYS = ("lr", "momentum", "loss")
+EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "eval_time")
+# Config fields that change the trajectory: a checkpoint written under other values cannot be resumed.
+RESUME_MUST_MATCH = ("batch_size", "optimizer", "seed", "steps_per_epoch")
+
+
+# ---------------------------------------------------------------- hooks, errors, results
+
+
+@dataclass
+class Progress:
+    """Where a run is, for progress bars and the job record.
+
+    In phase "train" `step`/`steps` count optimizer steps over the whole run (so they only grow); in
+    phase "eval" they count evaluation batches of the current epoch. `metrics` holds only values that
+    were already read from the device.
+    """
+
+    phase: str
+    epoch: int  # 1-based
+    epochs: int
+    step: int
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        """Share of the training run done, 0..1; evaluation counts as the end of its epoch."""
+        if self.phase == "train":
+            return self.step / self.steps if self.steps else 1.0
+        return self.epoch / self.epochs if self.epochs else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "epoch": self.epoch, "epochs": self.epochs, "step": self.step,
+                "steps": self.steps, "fraction": self.fraction, "metrics": dict(self.metrics)}
+
+
+@dataclass
+class Hooks:
+    """Plain callables from the caller: a progress sink and a stop flag (checked every batch)."""
+
+    on_progress: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    progress_interval: float = 0.25  # seconds between progress calls, besides one at every epoch end
+
+
+class StopRequested(Exception):
+    """The caller's `should_stop` said so; the checkpoint of the last complete epoch is kept."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message names the first bad step and its LR."""
+
+    def __init__(self, step: int, lr: float) -> None:
+        super().__init__(f"loss diverged at step {step}, lr {lr:.3g}")
+        self.step = step
+        self.lr = lr
+
+    def __reduce__(self):  # keeps the exception picklable (Celery sends it back to the caller)
+        return (TrainingDiverged, (self.step, self.lr))
+
+
+@dataclass
+class Prediction:
+    """One pass over a split: labels, predicted classes (numpy, for the report), mean loss, accuracy."""
+
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    loss: float
+    accuracy: float
+
+
+@dataclass
+class TrainResult:
+    history: dict[str, list]
+    metrics: dict[str, float]  # test_loss, test_acc, train_loss, train_acc of the last epoch
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    epochs_run: int  # epochs trained by this call (fewer than config.epochs after a resume)
+    resumed_from: int | None  # epochs already done in the checkpoint this call resumed from
+    timings: dict[str, float]  # train_s (no eval), eval_s, compile_s
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    schedule: Schedule  # evaluated per optimizer step (iteration), not per epoch
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    momentum: float = 0.9  # SGD momentum or AdamW beta1, when the schedule does not cycle it
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    beta2: float = 0.999
+    label_smoothing: float = 0.0
+    translate: int = 0
+    flip: bool = False
+    tta_flip: bool = False
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"  # "bf16" | "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    checkpoint_path: Path | None = None
+    eval_batch_size: int = EVAL_BATCH_SIZE
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when present, else CPU; CUDA asked for but absent is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def config_from_spec(spec: TrainSpec, schedule: Schedule, device: torch.device | str = "auto", *,
+                     checkpoint_path: Path | None = None) -> TrainConfig:
+    """The trainer's settings for a validated spec: the spec's choices plus what the device decides.
+
+    bf16 autocast and channels_last pay off on CUDA only; on a CPU fp32 is both faster and exact.
+    torch.compile is CUDA-only here (on CPU its compile time dwarfs the short runs it would speed up).
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    on_cuda = device.type == "cuda"
+    precision = spec.precision
+    if precision == "auto":
+        precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "fp32"
+    return TrainConfig(
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        schedule=schedule,
+        optimizer=spec.optimizer.name,
+        momentum=spec.optimizer.momentum,
+        nesterov=spec.optimizer.nesterov,
+        weight_decay=spec.optimizer.weight_decay,
+        beta2=spec.optimizer.beta2,
+        label_smoothing=spec.label_smoothing,
+        translate=spec.augment.translate,
+        flip=spec.augment.flip,
+        tta_flip=spec.tta_flip,
+        seed=spec.seed,
+        device=device,
+        precision=precision,
+        channels_last=on_cuda,
+        compile=spec.compile and on_cuda,
+        checkpoint_path=checkpoint_path,
+    )
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    """Optimizer steps per epoch for a training split of `num_images`; what the schedule is built for.
+
+    Training drops the ragged last batch (it skews BatchNorm statistics and makes one step of the
+    schedule unlike the others), so build the schedule with this count, not ceil(n / batch_size).
+    """
+    return iters_per_epoch(num_images, batch_size, drop_last=TRAIN_DROP_LAST)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW with weight decay on weights only.
+
+    Decaying BatchNorm scales and biases pulls them towards zero for no regularising benefit, so every
+    parameter with fewer than two dimensions goes to a second group without decay. On CUDA the fused
+    kernels do the update in one launch; on CPU the default per-parameter loop is already the fastest.
+    """
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    lr = config.schedule.lr(0)
+    fused = {"fused": True} if config.device.type == "cuda" else {}
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov, **fused)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(config.momentum, config.beta2), **fused)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; known: sgd, adamw")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and Python's `random`, so a seeded run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast(config: TrainConfig) -> AbstractContextManager:
+    return torch.autocast(config.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    autocast: AbstractContextManager | None = None,
+    tta_flip: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> Prediction:
+    """Predict every batch of `loader` with gradients off; one host transfer at the end.
+
+    The loss is plain cross-entropy (no label smoothing) so it compares across recipes. With `tta_flip`
+    the logits of each image and its horizontal mirror are averaged. `on_batch(done)` runs after every
+    batch without synchronising (the trainer checks its stop flag and ticks progress there).
+    """
+    loss_sum = None
+    preds, labels = [], []
+    with torch.no_grad():
+        for index, (x, y) in enumerate(loader):
+            with autocast if autocast is not None else nullcontext():
+                logits = model(x)
+                if tta_flip:
+                    logits = (logits + model(torch.flip(x, dims=(-1,)))) / 2
+                batch_loss = F.cross_entropy(logits.float(), y, reduction="sum")
+            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+            preds.append(logits.argmax(dim=1))
+            labels.append(y)
+            if on_batch is not None:
+                on_batch(index + 1)
+    if not preds:
+        return Prediction(np.empty(0, np.int64), np.empty(0, np.int64), math.nan, math.nan)
+    y_pred = torch.cat(preds).cpu().numpy()
+    y_true = torch.cat(labels).cpu().numpy()
+    loss = float(loss_sum) / len(y_true)
+    return Prediction(y_true, y_pred, loss, float((y_pred == y_true).mean()))
+
+
+def predict(
+    model: nn.Module,
+    split: Split,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device | str = "cpu",
+    batch_size: int = EVAL_BATCH_SIZE,
+    precision: str = "fp32",
+    tta_flip: bool = False,
+    channels_last: bool = False,
+) -> Prediction:
+    """Evaluate `model` on a whole split (no augmentation, in order); for reports outside training."""
+    device = torch.device(device)
+    loader = make_loader(split, batch_size, device=device, mean=mean, std=std, train=False,
+                         channels_last=channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate(model, loader, autocast=autocast, tta_flip=tta_flip)
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------- the batch loop
+
+
+class _Ticker:
+    """Decides when to read the device buffers and when to call `on_progress` (throttled by the clock)."""
+
+    def __init__(self, hooks: Hooks) -> None:
+        self.hooks = hooks
+        self.last = -math.inf
+
+    def due(self) -> bool:
+        now = time.perf_counter()
+        if now - self.last >= self.hooks.progress_interval:
+            self.last = now
+            return True
+        return False
+
+    def emit(self, progress: Progress) -> None:
+        if self.hooks.on_progress is not None:
+            self.hooks.on_progress(progress)
+
+    def check_stop(self, where: str) -> None:
+        if self.hooks.should_stop is not None and self.hooks.should_stop():
+            raise StopRequested(f"stop requested {where}; the last complete epoch's checkpoint is kept")
+
+
+@dataclass
+class _EpochStats:
+    loss: float
+    acc: float
+    step_losses: list[float]
+    lrs: list[float]
+    momentums: list[float]
+    first_step_s: float = 0.0  # wall time of the first step, measured only when asked (compile cost)
+
+
+def _read_running(losses: torch.Tensor, correct: torch.Tensor, done: int, seen: int, checked: int,
+                  first_step: int, lrs: list[float]) -> tuple[float, float]:
+    """Mean loss and accuracy of the epoch so far, in one host sync; raises on a non-finite loss."""
+    loss_sum, correct_sum = torch.stack((losses[:done].sum(), correct[:done].sum())).double().tolist()
+    if not math.isfinite(loss_sum):
+        bad = (~torch.isfinite(losses[checked:done])).nonzero()
+        index = checked + int(bad[0]) if len(bad) else done - 1
+        raise TrainingDiverged(first_step + index, lrs[index])
+    return loss_sum / done, correct_sum / seen
+
+
+def train_epoch(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    *,
+    epoch: int,
+    steps: int,
+    ticker: _Ticker,
+    time_first_step: bool = False,
+) -> _EpochStats:
+    """One pass over the training data; iteration i of the run uses schedule.lr(i) and .momentum(i).
+
+    With `time_first_step` the first step is synchronised and timed: that is where torch.compile works.
+    """
+    started = time.perf_counter()
+    first_step_s = 0.0
+    device, schedule = config.device, config.schedule
+    first_step, total_steps = epoch * steps, config.epochs * steps
+    losses = torch.zeros(steps, device=device)
+    correct = torch.zeros(steps, device=device)
+    lrs: list[float] = []
+    momentums: list[float] = []
+    seen, checked = 0, 0
+    for i, (x, y) in enumerate(loader):
+        ticker.check_stop(f"at epoch {epoch + 1}, step {first_step + i}")
+        lr, momentum = schedule.lr(first_step + i), schedule.momentum(first_step + i)
+        set_hyperparams(optimizer, lr, momentum)  # before this iteration's optimizer step
+        lrs.append(lr)
+        momentums.append(config.momentum if momentum is None else momentum)
+
+        with _autocast(config):
+            logits = forward(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        losses[i] = loss.detach()
+        correct[i] = (logits.detach().argmax(dim=1) == y).sum()
+        seen += y.shape[0]
+        if time_first_step and i == 0:
+            _synchronize(device)
+            first_step_s = time.perf_counter() - started
+        tick = ticker.due()
+        if tick or i + 1 - checked >= DIVERGENCE_CHECK_EVERY:
+            running_loss, running_acc = _read_running(losses, correct, i + 1, seen, checked, first_step, lrs)
+            checked = i + 1
+            if tick:
+                ticker.emit(Progress("train", epoch + 1, config.epochs, first_step + i + 1, total_steps,
+                                     {"loss": running_loss, "acc": running_acc, "lr": lr}))
+    done = len(lrs)
+    if done == 0:
+        return _EpochStats(math.nan, math.nan, [], [], [])
+    loss_mean, acc = _read_running(losses, correct, done, seen, checked, first_step, lrs)
+    ticker.emit(Progress("train", epoch + 1, config.epochs, first_step + done, total_steps,
+                         {"loss": loss_mean, "acc": acc, "lr": lrs[-1]}))
+    return _EpochStats(loss_mean, acc, losses[:done].tolist(), lrs, momentums, first_step_s)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _compile_estimate(first_s: float, total_s: float, count: int) -> float:
+    """Compile cost hidden in a first step: how much longer it took than the average of the others."""
+    if count < 2:
+        return first_s
+    return max(0.0, first_s - (total_s - first_s) / (count - 1))
+
+
+# ---------------------------------------------------------------- train
+
+
+def new_history() -> dict[str, list]:
+    """Empty history: per-iteration lists (ITERATION_KEYS) and per-epoch lists (EPOCH_KEYS)."""
+    return {key: [] for key in (*ITERATION_KEYS, *EPOCH_KEYS)}
+
+
+def _record_epoch(history: dict[str, list], epoch: int, stats: _EpochStats, prediction: Prediction,
+                  epoch_time: float, eval_time: float) -> None:
+    history["lr"] += stats.lrs
+    history["momentum"] += stats.momentums
+    history["loss"] += stats.step_losses
+    for key, value in (
+        ("epoch", epoch), ("train_loss", stats.loss), ("train_acc", stats.acc),
+        ("val_loss", prediction.loss), ("val_acc", prediction.accuracy),
+        ("epoch_time", epoch_time), ("eval_time", eval_time),
+    ):
+        history[key].append(value)
+
+
+def _config_summary(config: TrainConfig, steps: int) -> dict[str, Any]:
+    summary = plain(config)
+    summary["steps_per_epoch"] = steps
+    return summary
+
+
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+            summary: dict[str, Any]) -> tuple[int, dict[str, list], dict[str, float]]:
+    """Load a checkpoint into model, optimizer and RNGs; returns (epochs done, history, timings)."""
+    state = load_checkpoint(path, map_location=summary["device"])
+    saved = state.get("config", {})
+    mismatched = [key for key in RESUME_MUST_MATCH if saved.get(key) != summary.get(key)]
+    if mismatched:
+        raise ValueError(f"checkpoint {path} was written with other {', '.join(mismatched)}; "
+                         "delete it or use the original settings")
+    if saved.get("schedule") != summary.get("schedule") or saved.get("epochs") != summary.get("epochs"):
+        log.warning("resuming %s with a different schedule or epoch count than it was written with", path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng_state(state["rng"], generator)
+    log.info("resuming from %s after epoch %d", path, state["epoch"])
+    return int(state["epoch"]), state["history"], dict(state.get("timings", {}))
+
+
+def _evaluate_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader: Any, config: TrainConfig,
+                    ticker: _Ticker, epoch: int, time_first_batch: bool) -> tuple[Prediction, float]:
+    """Evaluate after an epoch, with stop checks and throttled progress; also the first batch's seconds."""
+    batches = len(loader)
+    started = time.perf_counter()
+    first_batch_s = 0.0
+
+    def on_batch(done: int) -> None:
+        nonlocal first_batch_s
+        if time_first_batch and done == 1:
+            _synchronize(config.device)
+            first_batch_s = time.perf_counter() - started
+        ticker.check_stop(f"while evaluating epoch {epoch + 1}")
+        if ticker.due():
+            ticker.emit(Progress("eval", epoch + 1, config.epochs, done, batches, {}))
+
+    prediction = evaluate(forward, loader, autocast=_autocast(config), tta_flip=config.tta_flip,
+                          on_batch=on_batch)
+    return prediction, first_batch_s
+
+
+def train(
+    model: nn.Module, dataset: Dataset, config: TrainConfig, *, hooks: Hooks | None = None
+) -> TrainResult:
+    """Train `model` (moved to config.device in place) on dataset.train, evaluating on dataset.test.
+
+    Resumes from config.checkpoint_path when it exists and writes it after every epoch. Raises
+    `StopRequested` when hooks.should_stop() turns true, `TrainingDiverged` on a NaN/inf loss.
+    """
+    hooks = hooks or Hooks()
+    ticker = _Ticker(hooks)
+    device = config.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+        torch.set_float32_matmul_precision("high")
+    seed_everything(config.seed)
+
+    # -- setup: model, optimizer, data on the device
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config)
+    train_loader = make_loader(
+        dataset.train, config.batch_size, device=device, mean=dataset.mean, std=dataset.std, train=True,
+        translate=config.translate, flip=config.flip,
+        drop_last=TRAIN_DROP_LAST,
+        # on the CPU even for CUDA: the loader draws each epoch's order and augmentation from it up
+        # front, and a CPU stream gives the same batches on every device and in the host fallback
+        generator=torch.Generator().manual_seed(config.seed),
+        channels_last=config.channels_last,
+    )
+    test_loader = make_loader(
+        dataset.test, config.eval_batch_size, device=device, mean=dataset.mean, std=dataset.std, train=False,
+        channels_last=config.channels_last,
+    )
+    steps = len(train_loader)
+    summary = _config_summary(config, steps)
+
+    # -- resume: weights, optimizer state, RNG streams and history of the last complete epoch
+    history, start_epoch, resumed_from = new_history(), 0, None
+    timings = {"train_s": 0.0, "eval_s": 0.0, "compile_s": 0.0}
+    checkpoint = Path(config.checkpoint_path) if config.checkpoint_path is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        start_epoch, history, timings = _resume(checkpoint, model, optimizer, train_loader.generator, summary)
+        resumed_from = start_epoch
+
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if config.compile and device.type == "cuda":
+        forward = torch.compile(model)  # compiles lazily: the first train and eval batches pay for it
+    elif config.compile:
+        log.warning("torch.compile is used on CUDA only; training uncompiled on %s", device)
+
+    # -- the epochs
+    last_eval: Prediction | None = None
+    for epoch in range(start_epoch, config.epochs):
+        compiling = forward is not model and epoch == start_epoch
+        started = time.perf_counter()
+        model.train()
+        stats = train_epoch(forward, train_loader, optimizer, config, epoch=epoch, steps=steps, ticker=ticker,
+                            time_first_step=compiling)
+        trained = time.perf_counter()
+        model.eval()
+        last_eval, first_eval_s = _evaluate_epoch(forward, test_loader, config, ticker, epoch, compiling)
+        finished = time.perf_counter()
+
+        compile_train = compile_eval = 0.0
+        if compiling:  # the first steps' excess over a normal step is compile time, reported apart
+            compile_train = _compile_estimate(stats.first_step_s, trained - started, steps)
+            compile_eval = _compile_estimate(first_eval_s, finished - trained, len(test_loader))
+        timings["compile_s"] += compile_train + compile_eval
+        timings["train_s"] += trained - started - compile_train
+        timings["eval_s"] += finished - trained - compile_eval
+
+        _record_epoch(history, epoch + 1, stats, last_eval, finished - started, finished - trained)
+        log.info("epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f (%.1fs)", epoch + 1,
+                 config.epochs, stats.loss, stats.acc, last_eval.loss, last_eval.accuracy, finished - started)
+
+        if checkpoint is not None:
+            save_checkpoint({
+                "epoch": epoch + 1,
+                "step": (epoch + 1) * steps,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": plain(config.schedule),
+                "rng": capture_rng_state(train_loader.generator),
+                "history": history,
+                "config": summary,
+                "timings": timings,
+            }, checkpoint)
+        ticker.emit(Progress("eval", epoch + 1, config.epochs, len(test_loader), len(test_loader), {
+            "train_loss": stats.loss, "train_acc": stats.acc,
+            "val_loss": last_eval.loss, "val_acc": last_eval.accuracy,
+        }))
+
+    if last_eval is None:  # resumed from the checkpoint of a finished run: evaluate once for the report
+        started = time.perf_counter()
+        model.eval()
+        last_eval = evaluate(forward, test_loader, autocast=_autocast(config), tta_flip=config.tta_flip)
+        timings["eval_s"] += time.perf_counter() - started
+        ticker.emit(Progress("eval", config.epochs, config.epochs, len(test_loader), len(test_loader),
+                             {"val_loss": last_eval.loss, "val_acc": last_eval.accuracy}))
+
+    metrics = {"test_loss": last_eval.loss, "test_acc": last_eval.accuracy}
+    if history["train_loss"]:
+        metrics.update(train_loss=history["train_loss"][-1], train_acc=history["train_acc"][-1])
+    return TrainResult(
+        history=history,
+        metrics=metrics,
+        y_true=last_eval.y_true,
+        y_pred=last_eval.y_pred,
+        epochs_run=max(config.epochs - start_epoch, 0),
+        resumed_from=resumed_from,
+        timings=timings,
+    )

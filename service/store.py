@@ -1,0 +1,675 @@
+"""Job records, the one job state machine, event logs, idempotency keys and job leases, all in Redis.
+
+The API and the workers both write job state only through `JobStore`, so every rule about a job's
+life (which transitions exist, that final states never change, that one worker at a time runs a job)
+is enforced here, atomically, by small Lua scripts. Torch-free and FastAPI-free on purpose: the API
+imports it, and so do the workers.
+
+Key layout (every key starts with the configured prefix, so tests can share one Redis):
+
+    {p}:job:{id}                 hash: the job record (JSON-encoded fields where structured)
+    {p}:job:{id}:events          stream: "state" and "progress" events (SSE reads it, Last-Event-ID resumes)
+    {p}:lease:{id}               string: worker id holding the job, with a TTL (the lease)
+    {p}:owner:{owner}            sorted set: the owner's job ids by creation sequence
+    {p}:owner:{owner}:{kind}     sorted set: the same, one kind only
+    {p}:state:{state}            set: job ids in that state (counts, the sweeper)
+    {p}:idem:{owner-hash}:{key}  hash: an idempotency key's body hash, status and stored response
+    {p}:worker:{id}, {p}:workers worker liveness (hash per worker, sorted set by last seen)
+    {p}:canary:{token}           a worker's reply to a readiness canary task
+    {p}:broker:...               the Celery/kombu queues (see `broker_transport_options`)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+EVENTS_MAXLEN = 10_000
+MAX_BLOCK_MS = 5_000  # below the client's socket timeout, so a blocking read never looks like a dead Redis
+WORKER_RECORD_TTL = 24 * 3600
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+# The one state machine. running -> queued is lease loss: the worker died and the sweeper hands the
+# job back to the queue, where the next worker resumes it from its checkpoint. cancelling -> succeeded
+# covers a job that finished in the same moment a cancel arrived.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.CANCELLING, JobState.QUEUED}
+    ),
+    JobState.CANCELLING: frozenset({JobState.CANCELLED, JobState.FAILED, JobState.SUCCEEDED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+class InvalidTransition(Exception):
+    """The job is not in a state from which the requested state can be reached (API: 409)."""
+
+    def __init__(self, job_id: str, current: str, wanted: str) -> None:
+        super().__init__(f"job {job_id} is {current}; cannot become {wanted}")
+        self.job_id, self.current, self.wanted = job_id, current, wanted
+
+
+class JobNotFound(KeyError):
+    """No job with that id (API: 404)."""
+
+
+class StoreUnavailable(Exception):
+    """Redis cannot be reached or is still loading its data (API: 503 with this reason)."""
+
+
+class InvalidCursor(ValueError):
+    """A list cursor that this store did not hand out."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _unavailable_on_redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn connection trouble into one exception type the API maps to 503."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError is a ConnectionError
+            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+# KEYS: job, events, lease, then one set per JobState in declaration order.
+# ARGV: job id, {from: to} JSON, now, extra fields JSON, require-no-lease flag, final states JSON, maxlen.
+# Returns {status, current, target}; status is ok | missing | invalid | leased.
+_TRANSITION_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'missing', '', ''} end
+local to = cjson.decode(ARGV[2])[cur]
+if not to then return {'invalid', cur, ''} end
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return {'leased', cur, to} end
+local fields = cjson.decode(ARGV[4])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+if to == cur then return {'ok', cur, to} end
+local states = {'queued', 'running', 'cancelling', 'succeeded', 'failed', 'cancelled'}
+for i, s in ipairs(states) do
+  if s == cur then redis.call('SREM', KEYS[3 + i], ARGV[1]) end
+  if s == to then redis.call('SADD', KEYS[3 + i], ARGV[1]) end
+end
+redis.call('HSET', KEYS[1], 'state', to)
+if to == 'running' and redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[3])
+end
+local is_final = false
+for _, s in ipairs(cjson.decode(ARGV[6])) do if s == to then is_final = true end end
+if is_final then redis.call('HSET', KEYS[1], 'finished_at', ARGV[3]) end
+local data = {state = to, previous = cur, at = tonumber(ARGV[3])}
+if fields['error'] then data['error'] = fields['error'] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'event', 'state', 'data', cjson.encode(data))
+return {'ok', cur, to}
+"""
+
+# KEYS: lease, job. ARGV: worker id, lease ms.
+_CLAIM_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
+  return 1
+end
+return 0
+"""
+
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: idempotency hash. ARGV: body hash, in-flight ttl.
+_IDEM_BEGIN_LUA = """
+local h = redis.call('HMGET', KEYS[1], 'body_hash', 'status', 'response')
+if not h[1] then
+  redis.call('HSET', KEYS[1], 'body_hash', ARGV[1], 'status', 'in_flight')
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return {'new', ''}
+end
+if h[1] ~= ARGV[1] then return {'mismatch', ''} end
+if h[2] == 'in_flight' then return {'in_flight', ''} end
+return {'replay', h[3]}
+"""
+
+_IDEM_FINISH_LUA = """
+if redis.call('HGET', KEYS[1], 'body_hash') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'done', 'response', ARGV[2])
+return redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
+
+_IDEM_ABORT_LUA = """
+local h = redis.call('HMGET', KEYS[1], 'body_hash', 'status')
+if h[1] == ARGV[1] and h[2] == 'in_flight' then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_JSON_FIELDS = ("spec", "progress", "metrics", "result")
+_ARTIFACT = "artifact:"
+
+
+def broker_key_prefix(prefix: str) -> str:
+    """Prefix of the kombu queue keys, so each key prefix (each test session) has its own queues."""
+    return f"{prefix}:broker:"
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Celery `broker_transport_options` for the API's sending app and the worker's app alike."""
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        "global_keyprefix": broker_key_prefix(settings.key_prefix),
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 10,
+    }
+
+
+def body_hash(body: Any) -> str:
+    """Stable hash of a JSON body, for idempotency keys (key order does not matter)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _encode_cursor(seq: float) -> str:
+    return base64.urlsafe_b64encode(f"v1:{int(seq)}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, seq = text.split(":")
+        if version != "v1":
+            raise ValueError(version)
+        return int(seq)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise InvalidCursor("invalid cursor") from exc
+
+
+class JobStore:
+    """All job state in Redis; methods are atomic where two processes may race."""
+
+    def __init__(self, redis: redis.Redis, prefix: str = "clr") -> None:
+        if not redis.get_connection_kwargs().get("decode_responses"):
+            raise ValueError("JobStore needs a Redis client with decode_responses=True")
+        self.redis = redis
+        self.prefix = prefix
+        self._transition = redis.register_script(_TRANSITION_LUA)
+        self._claim = redis.register_script(_CLAIM_LUA)
+        self._renew = redis.register_script(_RENEW_LUA)
+        self._release = redis.register_script(_RELEASE_LUA)
+        self._idem_begin = redis.register_script(_IDEM_BEGIN_LUA)
+        self._idem_finish = redis.register_script(_IDEM_FINISH_LUA)
+        self._idem_abort = redis.register_script(_IDEM_ABORT_LUA)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        """A store on its own connection pool; short timeouts and retries so an outage is a fast 503."""
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=2,
+            health_check_interval=15,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        )
+        return cls(client, settings.key_prefix)
+
+    # -- keys ----------------------------------------------------------------------------------------
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def _job_key(self, job_id: str) -> str:
+        return self._k("job", job_id)
+
+    def _events_key(self, job_id: str) -> str:
+        return self._k("job", job_id, "events")
+
+    def _lease_key(self, job_id: str) -> str:
+        return self._k("lease", job_id)
+
+    def _state_keys(self) -> list[str]:
+        return [self._k("state", s.value) for s in JobState]
+
+    def _owner_key(self, owner: str, kind: str | None = None) -> str:
+        return self._k("owner", owner) if kind is None else self._k("owner", owner, kind)
+
+    def _idem_key(self, owner: str, key: str) -> str:
+        owner_hash = hashlib.sha256(owner.encode()).hexdigest()[:16]
+        return self._k("idem", owner_hash, hashlib.sha256(key.encode()).hexdigest())
+
+    # -- records -------------------------------------------------------------------------------------
+
+    @_unavailable_on_redis_errors
+    def create(self, kind: str, spec: dict, owner: str, *, queue: str | None = None) -> dict:
+        """Store a new queued job; the caller then sends the task (by name) with the returned id.
+
+        `queue` (the Celery queue it is sent to) lets a sweeper re-send a recovered job to the same queue.
+        """
+        job_id = "job_" + secrets.token_hex(8)
+        now = time.time()
+        seq = self.redis.incr(self._k("seq"))
+        record = {
+            "id": job_id,
+            "kind": kind,
+            "owner": owner,
+            "spec": json.dumps(spec),
+            "state": JobState.QUEUED.value,
+            "created_at": repr(now),
+            "seq": seq,
+            "deliveries": 0,
+            "cancel_requested": 0,
+            "queue": queue or "",
+        }
+        event = json.dumps({"state": JobState.QUEUED.value, "previous": None, "at": now})
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._job_key(job_id), mapping=record)
+        pipe.zadd(self._owner_key(owner), {job_id: seq})
+        pipe.zadd(self._owner_key(owner, kind), {job_id: seq})
+        pipe.sadd(self._k("state", JobState.QUEUED.value), job_id)
+        pipe.xadd(self._events_key(job_id), {"event": "state", "data": event}, maxlen=EVENTS_MAXLEN)
+        pipe.execute()
+        return self._decode(record)
+
+    @_unavailable_on_redis_errors
+    def get(self, job_id: str) -> dict | None:
+        """The full job record, or None. Timestamps are Unix seconds (float) or None."""
+        raw = self.redis.hgetall(self._job_key(job_id))
+        return self._decode(raw) if raw else None
+
+    def _require(self, job_id: str) -> dict:
+        record = self.get(job_id)
+        if record is None:
+            raise JobNotFound(job_id)
+        return record
+
+    @staticmethod
+    def _decode(raw: dict[str, Any]) -> dict:
+        def number(name: str) -> float | None:
+            value = raw.get(name)
+            return float(value) if value not in (None, "") else None
+
+        record: dict[str, Any] = {
+            "id": raw["id"],
+            "kind": raw["kind"],
+            "owner": raw["owner"],
+            "state": raw["state"],
+            "created_at": number("created_at"),
+            "started_at": number("started_at"),
+            "finished_at": number("finished_at"),
+            "error": raw.get("error") or None,
+            "queue": raw.get("queue") or None,
+            "deliveries": int(raw.get("deliveries") or 0),
+            "cancel_requested": str(raw.get("cancel_requested", "0")) == "1",
+            "artifacts": {},
+        }
+        for name in _JSON_FIELDS:
+            value = raw.get(name)
+            record[name] = json.loads(value) if value else None
+        record["metrics"] = record["metrics"] or {}
+        for field, value in raw.items():
+            if field.startswith(_ARTIFACT):
+                record["artifacts"][field[len(_ARTIFACT) :]] = json.loads(value)
+        return record
+
+    @_unavailable_on_redis_errors
+    def list(
+        self,
+        owner: str,
+        *,
+        kind: str | None = None,
+        state: str | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> tuple[list[dict], str | None]:
+        """The owner's jobs, newest first, and the cursor of the next page (None on the last page).
+
+        Pages are keyed by a creation sequence number, not an offset, so jobs created while a client
+        pages through do not shift what it sees. The state filter is applied while scanning.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        key = self._owner_key(owner, kind)
+        upper = "+inf" if cursor is None else f"({_decode_cursor(cursor)}"
+        batch = limit + 1 if state is None else max(4 * limit, 100)
+        found: list[tuple[float, dict]] = []
+        while len(found) <= limit:
+            rows = self.redis.zrevrangebyscore(key, upper, "-inf", start=0, num=batch, withscores=True)
+            if not rows:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, _ in rows:
+                pipe.hgetall(self._job_key(job_id))
+            for (_, seq), raw in zip(rows, pipe.execute(), strict=True):
+                if raw and (state is None or raw["state"] == state):
+                    found.append((seq, self._decode(raw)))
+            if len(rows) < batch:
+                break
+            upper = f"({int(rows[-1][1])}"
+        if len(found) > limit:
+            return [r for _, r in found[:limit]], _encode_cursor(found[limit - 1][0])
+        return [r for _, r in found], None
+
+    # -- state machine -------------------------------------------------------------------------------
+
+    def _run_transition(
+        self, job_id: str, mapping: dict[str, str], fields: dict[str, Any], *, require_no_lease: bool = False
+    ) -> tuple[str, str, str]:
+        keys = [self._job_key(job_id), self._events_key(job_id), self._lease_key(job_id), *self._state_keys()]
+        args = [
+            job_id,
+            json.dumps(mapping),
+            repr(time.time()),
+            json.dumps(fields),
+            "1" if require_no_lease else "0",
+            json.dumps([s.value for s in FINAL_STATES]),
+            EVENTS_MAXLEN,
+        ]
+        status, current, target = self._transition(keys=keys, args=args)
+        if status == "missing":
+            raise JobNotFound(job_id)
+        return status, current, target
+
+    @_unavailable_on_redis_errors
+    def transition(
+        self, job_id: str, to: JobState, *, error: str | None = None, result: dict | None = None
+    ) -> dict:
+        """Move the job to `to` if the state machine allows it from its current state (atomic)."""
+        to = JobState(to)
+        mapping = {s.value: to.value for s, targets in TRANSITIONS.items() if to in targets}
+        fields: dict[str, Any] = {}
+        if error is not None:
+            fields["error"] = error.strip().splitlines()[0][:500] if error.strip() else "error"
+        if result is not None:
+            fields["result"] = json.dumps(result)
+        status, current, _ = self._run_transition(job_id, mapping, fields)
+        if status != "ok":
+            raise InvalidTransition(job_id, current, to.value)
+        return self._require(job_id)
+
+    @_unavailable_on_redis_errors
+    def request_cancel(self, job_id: str) -> dict:
+        """Record the cancel intent: a queued job is cancelled at once, a running one stops at its next batch.
+
+        The intent lives in the record (not in a Celery revoke, which solo pools ignore and which is
+        lost when no worker is online). Asking twice while cancelling is not an error.
+        """
+        mapping = {
+            JobState.QUEUED.value: JobState.CANCELLED.value,
+            JobState.RUNNING.value: JobState.CANCELLING.value,
+            JobState.CANCELLING.value: JobState.CANCELLING.value,
+        }
+        status, current, _ = self._run_transition(job_id, mapping, {"cancel_requested": 1})
+        if status != "ok":
+            raise InvalidTransition(job_id, current, JobState.CANCELLED.value)
+        return self._require(job_id)
+
+    @_unavailable_on_redis_errors
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether a cancel was asked for; the training loop polls this every batch."""
+        return self.redis.hget(self._job_key(job_id), "cancel_requested") == "1"
+
+    @_unavailable_on_redis_errors
+    def recover_lapsed(self, job_id: str) -> str | None:
+        """Hand back a running job whose lease lapsed (its worker died or hung); returns the new state.
+
+        running -> queued (the caller re-sends the task; the next worker resumes from the checkpoint);
+        cancelling -> cancelled (the cancel is honoured, nobody is running it). The lease check and the
+        transition are one atomic step, so of several sweepers only one recovers a job.
+        """
+        mapping = {
+            JobState.RUNNING.value: JobState.QUEUED.value,
+            JobState.CANCELLING.value: JobState.CANCELLED.value,
+        }
+        try:
+            status, _, target = self._run_transition(job_id, mapping, {}, require_no_lease=True)
+        except JobNotFound:
+            return None
+        return target if status == "ok" else None
+
+    # -- progress, artifacts, events -----------------------------------------------------------------
+
+    @_unavailable_on_redis_errors
+    def update_progress(self, job_id: str, progress: dict, metrics: dict | None = None) -> None:
+        """Store the latest progress (and metrics) and log a "progress" event; the caller throttles."""
+        fields = {"progress": json.dumps(progress)}
+        if metrics is not None:
+            fields["metrics"] = json.dumps(metrics)
+        data = json.dumps({"progress": progress, "metrics": metrics, "at": time.time()})
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._job_key(job_id), mapping=fields)
+        pipe.xadd(self._events_key(job_id), {"event": "progress", "data": data}, maxlen=EVENTS_MAXLEN)
+        pipe.execute()
+
+    @_unavailable_on_redis_errors
+    def add_artifact(
+        self, job_id: str, name: str, path: str, content_type: str, size: int | None = None
+    ) -> None:
+        """Register a file of the job's run folder; `path` is relative to that folder."""
+        entry = {"path": path, "content_type": content_type, "size": size}
+        self.redis.hset(self._job_key(job_id), _ARTIFACT + name, json.dumps(entry))
+
+    @_unavailable_on_redis_errors
+    def append_event(self, job_id: str, event: str, data: dict) -> str:
+        """Append to the job's event log (a Redis Stream, so SSE clients can resume by id)."""
+        return self.redis.xadd(
+            self._events_key(job_id), {"event": event, "data": json.dumps(data)}, maxlen=EVENTS_MAXLEN
+        )
+
+    @_unavailable_on_redis_errors
+    def read_events(
+        self, job_id: str, after: str = "0", block_ms: int = 0, count: int = 100
+    ) -> list[tuple[str, str, dict]]:
+        """Events after the id `after` ("0": from the start), as (id, event, data).
+
+        With block_ms > 0 waits up to that long (capped at 5 s) for the first new event.
+        """
+        kwargs: dict[str, Any] = {"count": count}
+        if block_ms > 0:
+            kwargs["block"] = min(block_ms, MAX_BLOCK_MS)
+        reply = self.redis.xread({self._events_key(job_id): after}, **kwargs)
+        if not reply:
+            return []
+        _, entries = reply[0]
+        return [(entry_id, f["event"], json.loads(f["data"])) for entry_id, f in entries]
+
+    # -- idempotency keys (IETF draft "The Idempotency-Key HTTP Header Field") ------------------------
+
+    @_unavailable_on_redis_errors
+    def idempotency_begin(
+        self, owner: str, key: str, body_hash: str, ttl: int = 86400, in_flight_ttl: int = 60
+    ) -> tuple[str, dict | None]:
+        """Reserve a key: "new" (go on), "replay" (first answer), "mismatch" (422) or "in_flight" (409).
+
+        The reservation expires after `in_flight_ttl` seconds so a crashed request does not block its
+        key for a day; `ttl` is how long a finished answer is kept (set by `idempotency_finish`).
+        """
+        status, response = self._idem_begin(
+            keys=[self._idem_key(owner, key)], args=[body_hash, min(ttl, in_flight_ttl)]
+        )
+        return status, (json.loads(response) if status == "replay" else None)
+
+    @_unavailable_on_redis_errors
+    def idempotency_finish(
+        self, owner: str, key: str, body_hash: str, response: dict, ttl: int = 86400
+    ) -> None:
+        """Store the answer a retry with the same key and body will get."""
+        self._idem_finish(keys=[self._idem_key(owner, key)], args=[body_hash, json.dumps(response), ttl])
+
+    @_unavailable_on_redis_errors
+    def idempotency_abort(self, owner: str, key: str, body_hash: str) -> None:
+        """Drop a reservation whose request failed before creating anything, so a retry may proceed."""
+        self._idem_abort(keys=[self._idem_key(owner, key)], args=[body_hash])
+
+    # -- leases: a job runs in at most one worker at a time -------------------------------------------
+
+    @_unavailable_on_redis_errors
+    def claim(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
+        """Take the job's lease if nobody holds it; counts a delivery when it succeeds."""
+        ms = max(1, int(lease_seconds * 1000))
+        return bool(self._claim(keys=[self._lease_key(job_id), self._job_key(job_id)], args=[worker_id, ms]))
+
+    @_unavailable_on_redis_errors
+    def renew(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
+        """Extend the lease; False if it lapsed or another worker holds it (then stop training)."""
+        ms = max(1, int(lease_seconds * 1000))
+        return bool(self._renew(keys=[self._lease_key(job_id)], args=[worker_id, ms]))
+
+    @_unavailable_on_redis_errors
+    def release(self, job_id: str, worker_id: str) -> None:
+        """Give the lease up, only if this worker still holds it."""
+        self._release(keys=[self._lease_key(job_id)], args=[worker_id])
+
+    @_unavailable_on_redis_errors
+    def lease_holder(self, job_id: str) -> str | None:
+        return self.redis.get(self._lease_key(job_id))
+
+    @_unavailable_on_redis_errors
+    def running_jobs(self) -> list[str]:
+        """Jobs that some worker should be running (running or cancelling), for the sweeper."""
+        return sorted(
+            self.redis.sunion(self._k("state", JobState.RUNNING.value), self._k("state", "cancelling"))
+        )
+
+    @_unavailable_on_redis_errors
+    def counts_by_state(self) -> dict[str, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self._state_keys():
+            pipe.scard(key)
+        return {s.value: n for s, n in zip(JobState, pipe.execute(), strict=True)}
+
+    @_unavailable_on_redis_errors
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting in a Celery queue (kombu keeps each queue as a Redis list)."""
+        return int(self.redis.llen(broker_key_prefix(self.prefix) + queue))
+
+    def ping(self) -> bool:
+        """True when Redis answers; never raises."""
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    # -- worker liveness and the readiness canary -----------------------------------------------------
+
+    @_unavailable_on_redis_errors
+    def record_worker_heartbeat(
+        self, worker_id: str, queue: str, *, job_id: str | None = None, took_task: bool = False
+    ) -> None:
+        """Note that a worker lives, what it runs, and (took_task) that its consumer just took a message.
+
+        A busy `-c 1` worker cannot answer `inspect ping`, so its lease thread reports here instead; an
+        idle worker proves it consumes by taking `clr.ping` canary tasks (`took_task`).
+        """
+        now = time.time()
+        fields: dict[str, Any] = {
+            "worker_id": worker_id,
+            "queue": queue,
+            "last_seen": repr(now),
+            "job_id": job_id or "",
+            "pid": os.getpid(),
+        }
+        if took_task:
+            fields["last_task_at"] = repr(now)
+        key = self._k("worker", worker_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, WORKER_RECORD_TTL)
+        pipe.zadd(self._k("workers"), {worker_id: now})
+        pipe.zremrangebyscore(self._k("workers"), "-inf", now - WORKER_RECORD_TTL)
+        pipe.execute()
+
+    @_unavailable_on_redis_errors
+    def live_workers(self, max_age: float) -> list[dict]:
+        """Workers seen within `max_age` seconds, each {worker_id, queue, last_seen, last_task_at, job_id}."""
+        ids = self.redis.zrangebyscore(self._k("workers"), time.time() - max_age, "+inf")
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.hgetall(self._k("worker", worker_id))
+        workers = []
+        for raw in pipe.execute():
+            if not raw:
+                continue
+            workers.append(
+                {
+                    "worker_id": raw["worker_id"],
+                    "queue": raw["queue"],
+                    "last_seen": float(raw["last_seen"]),
+                    "last_task_at": float(raw["last_task_at"]) if raw.get("last_task_at") else None,
+                    "job_id": raw.get("job_id") or None,
+                    "pid": int(raw.get("pid") or 0),
+                }
+            )
+        return workers
+
+    def proven_workers(self, max_age: float, queue: str | None = None) -> list[dict]:
+        """Live workers that demonstrably take work: busy with a job, or took a task within `max_age`."""
+        now = time.time()
+        return [
+            w
+            for w in self.live_workers(max_age)
+            if (queue is None or w["queue"] == queue)
+            and (w["job_id"] or (w["last_task_at"] is not None and now - w["last_task_at"] <= max_age))
+        ]
+
+    @_unavailable_on_redis_errors
+    def record_canary(self, token: str, worker_id: str, queue: str, ttl: int = 600) -> None:
+        """A worker's answer to the canary task `clr.ping(token)`."""
+        reply = json.dumps({"worker_id": worker_id, "queue": queue, "at": time.time()})
+        self.redis.set(self._k("canary", token), reply, ex=ttl)
+
+    @_unavailable_on_redis_errors
+    def canary(self, token: str) -> dict | None:
+        """The reply to a canary sent with `token`, or None while no worker has taken it."""
+        reply = self.redis.get(self._k("canary", token))
+        return json.loads(reply) if reply else None
+
+    @_unavailable_on_redis_errors
+    def delete_all(self) -> int:
+        """Remove every key under this prefix (tests; never on a shared prefix)."""
+        removed = 0
+        for key in self.redis.scan_iter(match=f"{self.prefix}:*", count=1000):
+            removed += self.redis.delete(key)
+        return removed

@@ -1,0 +1,54 @@
+"""The `clr` command: flags generated from the specs, one-line errors, a run folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clrcore.cli import main
+
+
+def test_train_with_flags_writes_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    rc = main(["train", "--out", str(out), "--data-dir", str(tmp_path), "--epochs", "2",
+               "--base-lr", "0.01", "--max-lr", "0.2", "--step-size", "1", "--train-subset", "400",
+               "--augment-flip", "false", "--optimizer-nesterov", "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["max_lr"] == 0.2
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["optimizer"]["nesterov"] is True and spec["augment"]["flip"] is False
+    printed = capsys.readouterr().out
+    assert "weighted avg" in printed and str(out) in printed
+
+
+def test_range_test_prints_suggestions(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = main(["range-test", "--out", str(tmp_path), "--num-iter", "30", "--start-lr", "1e-5",
+               "--train-subset", "300", "--augment-flip", "false", "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "recommended: base_lr" in printed and "valley" in printed
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--base-lr", "0.5", "--max-lr", "0.1"], "base_lr must be below max_lr"),
+    (["train", "--dataset", "nope"], "--dataset: Value error, unknown dataset"),
+    (["train", "--optimizer-momentum", "2"], "--optimizer-momentum:"),
+    (["range-test", "--start-lr", "1", "--end-lr", "0.1"], "start_lr must be below end_lr"),
+])
+def test_bad_flags_get_one_line_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = main(["train", "--dataset", "imagefolder", "--dataset-path", "missing", "--max-lr", "0.1",
+               "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clr: ") and "missing" in err and len(err.splitlines()) == 1
+
+
+def test_lists_are_json() -> None:
+    assert main(["presets"]) == 0

@@ -1,0 +1,67 @@
+"""Model registry: names, sizes, output shapes at every supported input, and airbench mechanics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from clrcore import catalog
+from clrcore.models import MODELS, FixedScaleBatchNorm, build_model, count_parameters
+
+INPUTS = [(1, 16), (1, 28), (3, 32)]
+
+
+def test_registry_names_equal_catalog():
+    assert sorted(MODELS) == catalog.model_names()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(("channels", "size"), INPUTS, ids=[f"{c}ch{s}" for c, s in INPUTS])
+def test_output_shape(name, channels, size):
+    torch.manual_seed(0)
+    model = build_model(name, channels, 7, size)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, channels, size, size))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+def test_minigooglenet_matches_the_keras_blog_count():
+    model = build_model("minigooglenet", 3, 10, 32)
+    running_stats = sum(2 * m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    # Keras' summary for the blog's CIFAR-10 model counts BN moving mean/variance too: 1,656,250.
+    assert count_parameters(model) + running_stats == 1_656_250
+
+
+@pytest.mark.parametrize(("name", "low", "high"), [
+    ("resnet_fast", 1.8e6, 2.2e6),
+    ("tiny_cnn", 15e3, 25e3),
+])
+def test_parameter_counts(name, low, high):
+    assert low < count_parameters(build_model(name, 3, 10, 32)) < high
+    assert low < count_parameters(build_model(name, 1, 10, 16)) < high
+
+
+def test_resnet_fast_batchnorm_scale_is_fixed_and_convs_start_as_identity():
+    model = build_model("resnet_fast", 3, 10, 32)
+    norms = [m for m in model.modules() if isinstance(m, FixedScaleBatchNorm)]
+    assert norms and all(not m.weight.requires_grad and m.bias.requires_grad for m in norms)
+    conv = model[3].conv2.weight
+    assert conv[0, 0, 1, 1] == 1 and conv[0, 0].sum() == 1
+    assert count_parameters(model, trainable_only=True) < count_parameters(model)
+
+
+def test_channels_last_and_backward():
+    model = build_model("tiny_cnn", 3, 10, 32).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    loss = nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("vgg", 3, 10, 32)
+    with pytest.raises(ValueError, match="minimum"):
+        build_model("tiny_cnn", 3, 10, 4)

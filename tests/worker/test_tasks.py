@@ -1,0 +1,190 @@
+"""Jobs through real Celery worker processes and real Redis: success, cancel, failure, duplicates, crashes."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from clrcore.specs import parse_spec
+from service.config import Settings
+from service.store import JobState, JobStore
+from worker.celery_app import PING, RUN_JOB
+
+pytestmark = pytest.mark.slow
+
+OWNER = "worker-tests"
+FINAL = {s.value for s in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)}
+
+
+def train_spec(**overrides) -> dict:
+    """A digits training job that takes about a second per few epochs on one CPU thread."""
+    spec = {"kind": "train", "dataset": "digits", "model": "tiny_cnn", "device": "cpu", "epochs": 2,
+            "train_subset": 500, "batch_size": 64, "policy": "triangular", "base_lr": 0.01,
+            "max_lr": 0.1, "step_size": 1, "augment": {"translate": 0, "flip": False}, **overrides}
+    return parse_spec(spec).model_dump(mode="json")
+
+
+def range_test_spec(**overrides) -> dict:
+    spec = {"kind": "range_test", "dataset": "digits", "model": "tiny_cnn", "device": "cpu",
+            "train_subset": 500, "batch_size": 64, "num_iter": 20, **overrides}
+    return parse_spec(spec).model_dump(mode="json")
+
+
+def submit(store: JobStore, sender, spec: dict, queue: str = "cpu", send: bool = True) -> str:
+    job_id = store.create(spec["kind"], spec, OWNER, queue=queue)["id"]
+    if send:
+        sender.send_task(RUN_JOB, args=[job_id], queue=queue)
+    return job_id
+
+
+def wait_for(
+    store: JobStore, job_id: str, done: Callable[[dict], bool] = lambda r: r["state"] in FINAL,
+    timeout: float = 60.0,
+) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = store.get(job_id)
+        if done(record):
+            return record
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} still {store.get(job_id)}")
+
+
+def drain(store: JobStore, sender, queue: str = "cpu", timeout: float = 60.0) -> None:
+    """Until the one worker on `queue` took every message sent before: it answers a canary sent last."""
+    token = secrets.token_hex(8)
+    sender.send_task(PING, args=[token], queue=queue)
+    deadline = time.monotonic() + timeout
+    while store.canary(token) is None:
+        assert time.monotonic() < deadline, "worker did not answer the canary"
+        time.sleep(0.05)
+
+
+def deliveries(store: JobStore, job_id: str) -> list[dict]:
+    return [d for _, e, d in store.read_events(job_id, count=10_000) if e == "delivery"]
+
+
+def test_range_test_job_succeeds_with_its_artifacts(store: JobStore, celery_sender, worker) -> None:
+    job_id = submit(store, celery_sender, range_test_spec())
+    record = wait_for(store, job_id)
+    assert record["state"] == "succeeded", record["error"]
+    expected = {"spec.json", "range_test.json", "range_test_log.csv", "range_test.png"}
+    assert expected <= set(record["artifacts"])
+    assert record["artifacts"]["range_test.png"]["content_type"] == "image/png"
+    assert record["result"] and record["deliveries"] == 1
+
+
+def test_training_job_succeeds_with_report_plots_and_checkpoint(
+    store: JobStore, celery_sender, worker, settings: Settings
+) -> None:
+    job_id = submit(store, celery_sender, train_spec())
+    record = wait_for(store, job_id)
+    assert record["state"] == "succeeded", record["error"]
+    names = set(record["artifacts"])
+    assert {"history.json", "report.json", "report.txt", "history.png", "confusion_matrix.png",
+            "checkpoints/last.pt", "model.pt"} <= names
+    assert record["progress"]["epoch"] == 2 and record["metrics"]
+    run_dir = Path(settings.artifact_dir) / job_id
+    assert (run_dir / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert record["started_at"] <= record["finished_at"]
+    events = {e for _, e, _ in store.read_events(job_id, count=10_000)}
+    assert {"state", "progress"} <= events
+
+
+def test_canary_proves_the_worker_consumes(store: JobStore, celery_sender, worker) -> None:
+    drain(store, celery_sender)
+    proven = store.proven_workers(10.0, queue="cpu")
+    assert worker.pid in {w["pid"] for w in proven}
+
+
+def test_cancelled_queued_job_never_starts(
+    store: JobStore, celery_sender, worker, settings: Settings
+) -> None:
+    job_id = submit(store, celery_sender, train_spec(), send=False)
+    assert store.request_cancel(job_id)["state"] == "cancelled"
+    celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
+    drain(store, celery_sender)
+    record = store.get(job_id)
+    assert record["state"] == "cancelled" and record["started_at"] is None and record["deliveries"] == 0
+    assert not (Path(settings.artifact_dir) / job_id).exists()
+
+
+def test_cancel_of_running_job_stops_it_within_seconds_keeping_its_checkpoint(
+    store: JobStore, celery_sender, worker
+) -> None:
+    job_id = submit(store, celery_sender, train_spec(epochs=200))
+    wait_for(store, job_id, lambda r: (r["progress"] or {}).get("epoch", 0) >= 3 or r["state"] in FINAL)
+    asked = time.monotonic()
+    store.request_cancel(job_id)
+    record = wait_for(store, job_id, timeout=10)
+    stopped_after = time.monotonic() - asked
+    assert record["state"] == "cancelled", record["error"]
+    assert stopped_after < 3.0
+    assert "checkpoints/last.pt" in record["artifacts"]
+
+
+def test_diverging_job_fails_with_reason_and_worker_takes_the_next(
+    store: JobStore, celery_sender, worker
+) -> None:
+    # A constant LR of 1000 with weight decay 1 scales the weights by -999 a step: the loss becomes NaN.
+    exploding = {"name": "sgd", "momentum": 0.0, "weight_decay": 1.0}
+    spec = train_spec(policy="constant", base_lr=None, max_lr=1000.0, optimizer=exploding)
+    diverging = submit(store, celery_sender, spec)
+    following = submit(store, celery_sender, range_test_spec(num_iter=10))
+    record = wait_for(store, diverging)
+    assert record["state"] == "failed" and record["error"].startswith("loss diverged at step"), record
+    assert wait_for(store, following)["state"] == "succeeded"
+
+
+def test_second_delivery_of_a_leased_job_does_not_train(
+    store: JobStore, celery_sender, worker, settings: Settings
+) -> None:
+    job_id = submit(store, celery_sender, range_test_spec(num_iter=10), send=False)
+    assert store.claim(job_id, "another-worker", lease_seconds=60)
+    store.transition(job_id, JobState.RUNNING)
+    celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
+    drain(store, celery_sender)
+    assert [d["outcome"] for d in deliveries(store, job_id)] == ["duplicate"]
+    record = store.get(job_id)
+    assert record["state"] == "running" and record["progress"] is None and record["deliveries"] == 1
+    assert not (Path(settings.artifact_dir) / job_id).exists()
+    # The other worker "dies": its lease lapses, a sweeper re-sends the job and it completes.
+    store.release(job_id, "another-worker")
+    record = wait_for(store, job_id, timeout=30)
+    assert record["state"] == "succeeded" and record["deliveries"] == 2
+    assert "recovered" in {e for _, e, _ in store.read_events(job_id, count=10_000)}
+
+
+def test_job_that_keeps_killing_its_worker_fails_at_the_delivery_cap(
+    store: JobStore, celery_sender, worker, settings: Settings
+) -> None:
+    job_id = submit(store, celery_sender, train_spec(), send=False)
+    for n in range(settings.max_deliveries):  # earlier deliveries whose worker died
+        assert store.claim(job_id, f"dead-worker-{n}", lease_seconds=60)
+        store.release(job_id, f"dead-worker-{n}")
+    celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
+    record = wait_for(store, job_id)
+    assert record["state"] == "failed"
+    assert record["error"] == f"job killed its worker {settings.max_deliveries} times (out of memory?)"
+
+
+def test_sigkilled_worker_job_resumes_from_checkpoint_on_a_new_worker(
+    store: JobStore, celery_sender, start_worker, settings: Settings
+) -> None:
+    first = start_worker(CLR_QUEUE="gpu")
+    job_id = submit(store, celery_sender, train_spec(epochs=30, train_subset=1000), queue="gpu")
+    wait_for(store, job_id, lambda r: (r["progress"] or {}).get("epoch", 0) >= 4 or r["state"] in FINAL)
+    assert store.lease_holder(job_id).split(":")[1] == str(first.pid)
+    first.kill()
+    killed_at = store.get(job_id)["progress"]["epoch"]
+    start_worker(CLR_QUEUE="gpu", wait=False)
+    record = wait_for(store, job_id, timeout=90)
+    assert record["state"] == "succeeded", record["error"]
+    assert record["deliveries"] == 2
+    resumed_from = record["result"]["resumed_from"]
+    assert 0 < resumed_from <= killed_at  # epochs finished before the kill were not trained again
+    assert [d["outcome"] for d in deliveries(store, job_id)] == ["started", "started"]

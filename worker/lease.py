@@ -1,0 +1,128 @@
+"""Background threads of a worker: the running job's lease keeper, and the heartbeat-and-sweeper.
+
+Why a lease of our own: with `acks_late` on Redis, a killed worker's message comes back only when the
+visibility timeout runs out, and a short timeout hands a still-running job to a second worker. So a
+job is run only by the holder of its lease (`JobStore.claim`), the holder renews it every
+`heartbeat_seconds`, and any worker's sweeper hands a job whose lease lapsed back to the queue at once,
+where the next worker resumes it from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+
+from service.store import JobState, JobStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_worker_id: tuple[int, str] | None = None
+_worker_id_lock = threading.Lock()
+
+
+def worker_id() -> str:
+    """This process's identity in leases and heartbeats: unique even for two workers on one host."""
+    global _worker_id
+    with _worker_id_lock:  # threads ask for it first at the same moment (ready handler, monitor)
+        if _worker_id is None or _worker_id[0] != os.getpid():
+            _worker_id = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
+        return _worker_id[1]
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews one job's lease while it trains; sets `lost` when the lease is gone (then stop training).
+
+    A Redis outage is not a lost lease: renewals are retried, and the lease (with AOF on) survives a
+    restart shorter than `lease_seconds`.
+    """
+
+    def __init__(
+        self, store: JobStore, job_id: str, *, queue: str, lease_seconds: float, interval: float
+    ) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.store, self.job_id, self.queue = store, job_id, queue
+        self.lease_seconds, self.interval = lease_seconds, interval
+        self.lost = threading.Event()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                if not self.store.renew(self.job_id, worker_id(), self.lease_seconds):
+                    log.error("job %s: lease lost; stopping its training", self.job_id)
+                    self.lost.set()
+                    return
+                self.store.record_worker_heartbeat(worker_id(), self.queue, job_id=self.job_id)
+            except StoreUnavailable as exc:
+                log.warning("job %s: cannot renew lease: %s", self.job_id, exc)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+class WorkerMonitor(threading.Thread):
+    """Every `heartbeat_seconds` records this worker as alive; every `sweep_interval` recovers lapsed jobs.
+
+    `resend(job_id, queue)` puts a recovered job back on its queue (by task name). Several workers
+    sweep at once safely: `JobStore.recover_lapsed` is atomic, and only its winner re-sends.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        queue: str,
+        heartbeat_seconds: float,
+        sweep_interval: float,
+        resend: Callable[[str, str], None],
+        current_job: Callable[[], str | None],
+    ) -> None:
+        super().__init__(name="worker-monitor", daemon=True)
+        self.store, self.queue = store, queue
+        self.heartbeat_seconds, self.sweep_interval = heartbeat_seconds, sweep_interval
+        self.resend, self.current_job = resend, current_job
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        tick = min(self.heartbeat_seconds, self.sweep_interval)
+        since_sweep = self.sweep_interval  # sweep at once: a restarted worker recovers its own dead job
+        while True:
+            try:
+                self.store.record_worker_heartbeat(worker_id(), self.queue, job_id=self.current_job())
+                if since_sweep >= self.sweep_interval:
+                    since_sweep = 0.0
+                    self.sweep()
+            except StoreUnavailable as exc:
+                log.warning("worker monitor: %s", exc)
+            except Exception:  # the monitor must outlive any surprise; the next tick tries again
+                log.exception("worker monitor failed a round")
+            if self._stop_event.wait(tick):
+                return
+            since_sweep += tick
+
+    def sweep(self) -> list[str]:
+        """Recover running jobs whose lease lapsed; returns the ids handed back to a queue."""
+        requeued = []
+        for job_id in self.store.running_jobs():
+            if self.store.lease_holder(job_id) is not None:
+                continue
+            new_state = self.store.recover_lapsed(job_id)
+            if new_state == JobState.QUEUED:
+                record = self.store.get(job_id) or {}
+                queue = record.get("queue") or self.queue
+                log.warning("job %s: lease lapsed (worker gone); re-sent to queue %s", job_id, queue)
+                self.store.append_event(job_id, "recovered", {"by": worker_id(), "queue": queue})
+                self.resend(job_id, queue)
+                requeued.append(job_id)
+            elif new_state is not None:
+                log.warning("job %s: lease lapsed while cancelling; now %s", job_id, new_state)
+        return requeued
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)

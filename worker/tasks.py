@@ -1,0 +1,358 @@
+"""Celery tasks (thin, by name) and a job's life inside a worker.
+
+`clr.run_job(job_id)` may be delivered more than once (late acks, redelivery after a crash, the
+sweeper's re-send), so every delivery first asks the job record and the lease whether to train:
+a final or cancelled job is skipped, a job whose lease another worker holds is a duplicate and is
+skipped, a job that already killed its worker `max_deliveries` times fails. Otherwise the worker
+trains, renewing the lease, and ends the job in exactly one final state with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import mimetypes
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from celery import signals
+
+from service.config import get_settings
+from service.store import FINAL_STATES, InvalidTransition, JobState, JobStore, StoreUnavailable
+from worker.celery_app import PING, RUN_JOB, app
+from worker.lease import LeaseKeeper, WorkerMonitor, worker_id
+
+log = logging.getLogger(__name__)
+
+settings = get_settings()
+_store: JobStore | None = None
+_monitor: WorkerMonitor | None = None
+_current_job: str | None = None
+_shutting_down = threading.Event()
+
+STORE_PATIENCE_S = 120.0  # how long a worker waits out a Redis outage before giving a step up
+CANCEL_POLL_S = 0.2  # should_stop runs every batch; the record is read at most this often
+
+T = TypeVar("T")
+FINAL = {s.value for s in FINAL_STATES}
+
+CONTENT_TYPES = {
+    ".png": "image/png",
+    ".json": "application/json",
+    ".csv": "text/csv",
+    ".txt": "text/plain; charset=utf-8",
+    ".pt": "application/octet-stream",
+}
+
+
+def store() -> JobStore:
+    global _store
+    if _store is None:
+        _store = JobStore.from_settings(settings)
+    return _store
+
+
+# ---------------------------------------------------------------- tasks
+
+
+@app.task(name=RUN_JOB)
+def run_job_task(job_id: str) -> str:
+    """Run one job; returns what this delivery did (for the worker log only; no result backend)."""
+    outcome = execute(job_id)
+    log.info("job %s: delivery outcome %s", job_id, outcome)
+    return outcome
+
+
+@app.task(name=PING, acks_late=False)
+def ping(token: str) -> None:
+    """Readiness canary: proves this worker's consumer takes messages, not only that it lives."""
+    store().record_canary(token, worker_id(), settings.queue)
+
+
+def resend(job_id: str, queue: str) -> None:
+    """Put a job back on a queue by task name (sweeper recovery, shutdown hand-off)."""
+    app.send_task(RUN_JOB, args=[job_id], queue=queue)
+
+
+# ---------------------------------------------------------------- worker signals
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    """Load torch and the core now, so the first job does not pay for it; start heartbeat and sweeper."""
+    global _monitor
+    import clrcore.runs  # noqa: F401  (preload torch and the core; the API process never imports them)
+    import clrcore.trainer  # noqa: F401
+
+    _monitor = WorkerMonitor(
+        store(),
+        queue=settings.queue,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        sweep_interval=settings.sweep_interval,
+        resend=resend,
+        current_job=lambda: _current_job,
+    )
+    _monitor.start()
+    log.info("worker %s ready on queue %s", worker_id(), settings.queue)
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    """Warm shutdown: a running job stops at its next batch and is handed back to the queue."""
+    _shutting_down.set()
+
+
+@signals.worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    if _monitor is not None:
+        _monitor.stop()
+
+
+@signals.task_prerun.connect
+def _on_task_taken(**_: Any) -> None:
+    try:
+        store().record_worker_heartbeat(worker_id(), settings.queue, job_id=_current_job, took_task=True)
+    except StoreUnavailable as exc:
+        log.warning("cannot record heartbeat: %s", exc)
+
+
+# ---------------------------------------------------------------- one delivery
+
+
+def _patiently(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call a store method, waiting out a Redis outage (restart, failover) for up to STORE_PATIENCE_S."""
+    deadline = time.monotonic() + STORE_PATIENCE_S
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except StoreUnavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("store unavailable, retrying: %s", exc)
+            time.sleep(1.0)
+
+
+def _finish(job_id: str, to: JobState, **kwargs: Any) -> bool:
+    """Move the job to a final state; False (logged) if the state machine says it already moved on."""
+    try:
+        _patiently(store().transition, job_id, to, **kwargs)
+        return True
+    except InvalidTransition as exc:
+        log.warning("job %s: %s", job_id, exc)
+        return False
+
+
+def execute(job_id: str) -> str:
+    """One delivery of `clr.run_job`; see the module docstring for the rules."""
+    db = store()
+    record = _patiently(db.get, job_id)
+    if record is None:
+        log.error("job %s: no such job record (other deployment or prefix?)", job_id)
+        return "missing"
+    if record["state"] in FINAL:
+        return "final"
+    if not _patiently(db.claim, job_id, worker_id(), settings.lease_seconds):
+        holder = db.lease_holder(job_id)
+        log.warning("job %s: duplicate delivery, lease held by %s; not training", job_id, holder)
+        db.append_event(job_id, "delivery", {"worker": worker_id(), "outcome": "duplicate", "holder": holder})
+        return "duplicate"
+    keeper = LeaseKeeper(db, job_id, queue=settings.queue, lease_seconds=settings.lease_seconds,
+                         interval=settings.heartbeat_seconds)
+    keeper.start()  # at once: anything slow before training (imports, data) must not let the lease lapse
+    try:
+        return _run_claimed(job_id, keeper)
+    finally:
+        keeper.stop()
+        try:
+            _patiently(db.release, job_id, worker_id())
+        except StoreUnavailable:
+            log.error("job %s: could not release lease; it lapses by itself", job_id)
+
+
+def _run_claimed(job_id: str, keeper: LeaseKeeper) -> str:
+    """With the lease held: check the record once more, then train."""
+    db = store()
+    record = _patiently(db.get, job_id)
+    state = record["state"]
+    if state in FINAL:
+        return "final"
+    if record["cancel_requested"] or state == JobState.CANCELLING:
+        _finish(job_id, JobState.CANCELLED)
+        return "cancelled"
+    if record["deliveries"] > settings.max_deliveries:
+        runs = record["deliveries"] - 1
+        _finish(job_id, JobState.FAILED, error=f"job killed its worker {runs} times (out of memory?)")
+        return "delivery_cap"
+    if state == JobState.QUEUED:
+        try:
+            _patiently(db.transition, job_id, JobState.RUNNING)
+        except InvalidTransition:  # cancelled between our reads
+            return "final"
+    # state running: a redelivery after its worker died; we hold the lease now, so we resume it
+    db.append_event(job_id, "delivery", {"worker": worker_id(), "outcome": "started",
+                                         "delivery": record["deliveries"]})
+    return _train(job_id, record, keeper)
+
+
+class StopCheck:
+    """The `should_stop` hook: cancel asked, time limit reached, lease lost, or worker shutting down."""
+
+    def __init__(self, job_id: str, keeper: LeaseKeeper) -> None:
+        self.job_id, self.keeper = job_id, keeper
+        self.deadline = time.monotonic() + settings.job_time_limit
+        self.reason: str | None = None
+        self._next_poll = 0.0
+
+    def __call__(self) -> bool:
+        if self.reason is None:
+            self.reason = self._reason()
+        return self.reason is not None
+
+    def _reason(self) -> str | None:
+        if self.keeper.lost.is_set():
+            return "lease_lost"
+        if _shutting_down.is_set():
+            return "shutdown"
+        now = time.monotonic()
+        if now > self.deadline:
+            return "time_limit"
+        if now >= self._next_poll:
+            self._next_poll = now + CANCEL_POLL_S
+            try:
+                if store().cancel_requested(self.job_id):
+                    return "cancel"
+            except StoreUnavailable:
+                pass  # keep training through a Redis blip; the lease keeper decides if it lasts too long
+        return None
+
+
+class ProgressWriter:
+    """The `on_progress` hook: writes progress at most every `progress_interval`, and every epoch end."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._last_write = 0.0
+        self._last_key: tuple | None = None
+
+    def __call__(self, progress: Any) -> None:
+        now = time.monotonic()
+        key = (progress.phase, progress.epoch)
+        epoch_end = progress.phase == "train" and progress.step == progress.steps
+        if now - self._last_write < settings.progress_interval and key == self._last_key and not epoch_end:
+            return
+        self._last_write, self._last_key = now, key
+        fraction = getattr(progress, "fraction", None)
+        data = {
+            "phase": progress.phase,
+            "epoch": progress.epoch,
+            "epochs": progress.epochs,
+            "step": progress.step,
+            "steps": progress.steps,
+            "fraction": fraction,
+        }
+        try:
+            store().update_progress(self.job_id, _json_safe(data), _json_safe(dict(progress.metrics)))
+        except StoreUnavailable as exc:
+            log.warning("job %s: progress not written: %s", self.job_id, exc)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity are not JSON: a diverging loss is reported as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The one-line reason stored with a failed job."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:500] if lines else type(exc).__name__
+
+
+def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
+    """Run the spec through clrcore into the job's run folder and record how it ended."""
+    global _current_job
+    from clrcore.runs import RunHooks, run_job
+    from clrcore.specs import parse_spec
+    from clrcore.trainer import StopRequested
+
+    run_dir = Path(settings.artifact_dir) / job_id
+    stop = StopCheck(job_id, keeper)
+    _current_job = job_id
+    try:
+        summary = run_job(
+            parse_spec(record["spec"]),
+            run_dir,
+            data_dir=Path(settings.data_dir),
+            download=settings.download,
+            hooks=RunHooks(on_progress=ProgressWriter(job_id), should_stop=stop),
+        )
+    except StopRequested:
+        return _stopped(job_id, stop.reason, run_dir)
+    except Exception as exc:  # any failure ends the job, never the worker
+        log.warning("job %s failed: %s", job_id, exc, exc_info=not _expected_failure(exc))
+        _release_cuda_memory()
+        register_artifacts(job_id, run_dir)
+        _finish(job_id, JobState.FAILED, error=failure_reason(exc))
+        return "failed"
+    finally:
+        _current_job = None
+    register_artifacts(job_id, run_dir)
+    if _finish(job_id, JobState.SUCCEEDED, result=_json_safe(summary)):
+        return "succeeded"
+    return "superseded"
+
+
+def _stopped(job_id: str, reason: str | None, run_dir: Path) -> str:
+    """StopRequested: cancelled, timed out, lease lost (someone else owns it now) or handed back."""
+    if reason == "lease_lost":
+        return "lease_lost"  # another worker or the sweeper owns the job now; write nothing
+    if reason == "shutdown":
+        try:
+            _patiently(store().transition, job_id, JobState.QUEUED)
+            resend(job_id, store().get(job_id).get("queue") or settings.queue)
+            log.info("job %s: handed back to the queue at shutdown", job_id)
+            return "handed_back"
+        except InvalidTransition:
+            pass  # cancel arrived meanwhile: fall through to cancelled
+    register_artifacts(job_id, run_dir)
+    if reason == "time_limit":
+        _finish(job_id, JobState.FAILED, error=f"time limit of {settings.job_time_limit:g} s exceeded")
+        return "failed"
+    _finish(job_id, JobState.CANCELLED)
+    return "cancelled"
+
+
+def _expected_failure(exc: BaseException) -> bool:
+    """Failures that are the job's, not a bug: logged without a traceback."""
+    names = {"TrainingDiverged", "DatasetError", "OutOfMemoryError", "ValidationError"}
+    return any(cls.__name__ in names for cls in type(exc).__mro__)
+
+
+def _release_cuda_memory() -> None:
+    """After an out-of-memory failure the next job should start with an empty cache."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def register_artifacts(job_id: str, run_dir: Path) -> None:
+    """Record every file of the run folder with its content type, so the API can list and serve them."""
+    if not run_dir.is_dir():
+        return
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
+        name = path.relative_to(run_dir).as_posix()
+        content_type = CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0]
+        try:
+            _patiently(store().add_artifact, job_id, name, name, content_type or "application/octet-stream",
+                       path.stat().st_size)
+        except FileNotFoundError:
+            continue
