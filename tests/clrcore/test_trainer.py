@@ -148,6 +148,12 @@ def test_config_from_spec_on_cpu_is_fp32_without_channels_last() -> None:
     assert config.device == torch.device("cpu")
 
 
+def test_compile_on_cpu_is_skipped_with_a_warning(small: Dataset, caplog: pytest.LogCaptureFixture) -> None:
+    result = train(tiny_net(), small, make_config(epochs=1, compile=True))
+    assert "CUDA only" in caplog.text
+    assert result.timings["compile_s"] == 0.0 and result.timings["train_s"] > 0
+
+
 # ---------------------------------------------------------------- digits demo
 
 
