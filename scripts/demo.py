@@ -10,6 +10,7 @@ work; `make stop` (this script with --stop) ends them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -47,10 +48,8 @@ def stop() -> None:
     if not PID_FILE.exists():
         return
     for pid in PID_FILE.read_text().split():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(int(pid), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     PID_FILE.unlink()
     print("stopped the demo API and worker")
 

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
 
     # Worker behaviour.
     queue: str = Field("cpu", description="queue this worker consumes: 'cpu' or 'gpu'")
+    default_queue: str = Field("cpu", description="queue of jobs with device 'auto' (set 'gpu' with GPU workers)")
     lease_seconds: float = Field(30.0, gt=0, description="a job's lease; the running worker renews it")
     heartbeat_seconds: float = Field(5.0, gt=0)
     visibility_timeout: int = Field(3600, description="Redis redelivery of unacknowledged tasks")

@@ -1,0 +1,91 @@
+"""Dependencies as named aliases, so a route's signature reads like a sentence.
+
+Everything is built once in `create_app` and kept on `app.state`; these only look it up.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.auth import OPEN_MODE_OWNER, KeyRing
+from service.config import Settings
+from service.metrics import ServiceMetrics
+from service.queue import JobQueue
+from service.ratelimit import RateLimiter
+from service.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+JOB_ID = re.compile(r"^job_[0-9a-f]{16}$")
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from CLR_API_KEYS (send the secret part)")
+
+
+# Plain lookups are `async def` so FastAPI calls them inline instead of hopping to the threadpool;
+# dependencies that wait on Redis stay `def` and run in the threadpool.
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+async def get_queue(request: Request) -> JobQueue:
+    return request.app.state.queue
+
+
+async def get_metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics
+
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+
+
+def current_owner(request: Request, credentials: Credentials) -> str:
+    """The name of the calling key (or 'local' in open mode), after counting the request against its limit.
+
+    A missing or unknown key is 401 with `WWW-Authenticate: Bearer`; which of the two is not said.
+    """
+    keys: KeyRing = request.app.state.keys
+    if keys.open_mode:
+        owner = OPEN_MODE_OWNER
+    else:
+        owner = keys.owner_of(credentials.credentials) if credentials else None
+        if owner is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing or invalid API key",
+                                headers={"WWW-Authenticate": "Bearer"})
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.check(owner)
+    request.state.owner = owner
+    return owner
+
+
+def owned_job(job_id: str, request: Request, credentials: Credentials) -> dict:
+    """The job record if it exists and belongs to the caller; 404 otherwise (another key's job included,
+    so ids cannot be probed). Ids that cannot exist are refused without asking Redis.
+
+    Authenticates itself rather than depending on `current_owner`, so a job request costs one
+    threadpool hop, not two.
+    """
+    owner = current_owner(request, credentials)
+    if not JOB_ID.match(job_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
+    record = request.app.state.store.get(job_id)
+    if record is None or record["owner"] != owner:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
+    request.app.state.metrics.observe_job(record)
+    return record
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+Owner = Annotated[str, Depends(current_owner)]
+OwnedJob = Annotated[dict, Depends(owned_job)]

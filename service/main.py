@@ -1,0 +1,130 @@
+"""The API process: builds the FastAPI app from one Settings object.
+
+Imports only torch-free modules (clrcore.specs/catalog/presets, the store, a by-name Celery client);
+`tests/service/test_boundaries.py` checks that `torch` never lands in `sys.modules`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import errors
+from service.auth import KeyRing
+from service.config import Settings, get_settings
+from service.metrics import ServiceMetrics
+from service.queue import JobQueue
+from service.ratelimit import RateLimiter
+from service.routes import artifacts, catalog, health, jobs
+from service.store import JobStore
+
+logger = logging.getLogger(__name__)
+access_log = logging.getLogger("service.access")
+
+SSE_THREADS = 256
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+DESCRIPTION = """\
+Submit LR range tests and cyclical-learning-rate training jobs, follow them, and fetch their plots
+and reports. Authenticate with `Authorization: Bearer <secret>`; every job belongs to its key.
+"""
+
+
+class RequestContext:
+    """Gives each request an id (`X-Request-ID`, reused when the client sent a sane one), logs one line
+    per request with it, and counts requests. The Authorization header is never read or logged here."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status_code = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(scope["method"], route, status_code, elapsed)
+            access_log.info("%s %s %d %.1fms request_id=%s", scope["method"], scope["path"], status_code,
+                            elapsed * 1000, request_id)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app and its clients (nothing connects until the first request needs Redis)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.queue.close()
+        app.state.store.redis.close()
+
+    app = FastAPI(
+        title="CLR training service",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )
+    store = JobStore.from_settings(settings)
+    app.state.settings = settings
+    app.state.store = store
+    app.state.queue = JobQueue(settings)
+    app.state.keys = KeyRing.from_setting(settings.api_keys, open_mode=settings.open_mode)
+    app.state.rate_limiter = RateLimiter(store.redis, settings.key_prefix, settings.rate_limit_per_minute)
+    app.state.metrics = ServiceMetrics(store)
+    # SSE streams wait on Redis in threads; their own pool keeps them from starving ordinary requests.
+    app.state.sse_limiter = anyio.CapacityLimiter(SSE_THREADS)
+
+    errors.install(app)
+    for module in (jobs, artifacts, catalog, health):
+        app.include_router(module.router)
+
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key",
+                                          "Last-Event-ID"],
+                           expose_headers=["Location", "X-Request-ID", "Retry-After"])
+    app.add_middleware(RequestContext, metrics=app.state.metrics)
+    return app
+
+
+def main() -> None:
+    """`python -m service.main`: serve with uvicorn and plain logging (our access line replaces uvicorn's)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run("service.main:app", host="127.0.0.1", port=8000, access_log=False)
+
+
+app = create_app()
+
+if __name__ == "__main__":
+    main()

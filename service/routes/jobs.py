@@ -1,0 +1,354 @@
+"""Jobs: submit a range test or a training run, read and list them, cancel them, follow their events."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from functools import partial
+from typing import Annotated, Any, Literal
+
+import anyio
+import kombu.exceptions
+import redis.exceptions
+from fastapi import APIRouter, Body, Header, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from clrcore.specs import RangeTestSpec, TrainSpec
+from service.config import Settings
+from service.deps import MetricsDep, OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
+from service.errors import field_error, unavailable
+from service.queue import queue_for
+from service.routes.artifacts import job_links
+from service.store import FINAL_STATES, InvalidCursor, JobState, JobStore, StoreUnavailable, body_hash
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+FINAL = {s.value for s in FINAL_STATES}
+SSE_BLOCK_MS = 2_000
+SSE_PING_S = 15
+EVENT_ID = r"^\d{1,20}-\d{1,20}$"  # a Redis Stream id
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255,
+           description="retrying with the same key and body returns the first answer instead of a new job"),
+]
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+class Progress(BaseModel):
+    phase: str | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    fraction: float | None = None
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    cancel: str
+    report: str | None = Field(None, description="present once report.json exists")
+    report_text: str | None = None
+    plots: dict[str, str] = Field(default_factory=dict, description="plot name -> PNG URL")
+    artifacts: dict[str, str] = Field(default_factory=dict, description="artifact name -> URL")
+
+
+class Job(BaseModel):
+    id: str
+    kind: Literal["range_test", "train"]
+    state: JobState
+    spec: dict[str, Any]
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress | None
+    metrics: dict[str, Any] = Field(description="latest metrics (loss, accuracy, lr, ...)")
+    error: str | None = Field(None, description="one-line failure reason")
+    result: dict[str, Any] | None = Field(None, description="summary: suggested LRs, final accuracy, ...")
+    cancel_requested: bool
+    queue: str | None
+    deliveries: int
+    links: JobLinks
+
+
+class JobPage(BaseModel):
+    items: list[Job]
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next (older) page")
+
+
+def _time(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def job_out(record: dict, settings: Settings) -> dict:
+    """The public view of a store record (the owner and internal fields left out)."""
+    return {
+        "id": record["id"],
+        "kind": record["kind"],
+        "state": record["state"],
+        "spec": record["spec"] or {},
+        "created_at": _time(record["created_at"]),
+        "started_at": _time(record["started_at"]),
+        "finished_at": _time(record["finished_at"]),
+        "progress": record["progress"],
+        "metrics": record["metrics"],
+        "error": record["error"],
+        "result": record["result"],
+        "cancel_requested": record["cancel_requested"],
+        "queue": record["queue"],
+        "deliveries": record["deliveries"],
+        "links": job_links(record, settings),
+    }
+
+
+# ------------------------------------------------------------------------------------------ submit
+
+_RANGE_TEST_EXAMPLES = {
+    "digits": {
+        "summary": "Quick sweep on the bundled digits (CPU)",
+        "value": {"dataset": "digits", "model": "tiny_cnn", "batch_size": 64, "start_lr": 1e-5,
+                  "end_lr": 10, "num_iter": 60, "device": "cpu"},
+    },
+    "cifar10": {
+        "summary": "CIFAR-10 sweep on a GPU, linear mode with validation loss",
+        "value": {"dataset": "cifar10", "model": "resnet_fast", "batch_size": 512, "start_lr": 1e-4,
+                  "end_lr": 10, "num_iter": 200, "mode": "linear", "validation": True, "device": "cuda"},
+    },
+}
+_TRAIN_EXAMPLES = {
+    "preset": {"summary": "The digits demo preset (max_lr 'auto' runs a range test first)",
+               "value": {"preset": "digits-demo", "device": "cpu"}},
+    "triangular": {
+        "summary": "Triangular CLR with explicit bounds",
+        "value": {"dataset": "digits", "model": "tiny_cnn", "epochs": 8, "batch_size": 64,
+                  "policy": "triangular", "base_lr": 0.001, "max_lr": 0.05, "step_size": 2,
+                  "step_unit": "epochs", "seed": 1, "device": "cpu"},
+    },
+    "one_cycle": {
+        "summary": "One-cycle on CIFAR-10, bounds from the range test",
+        "value": {"dataset": "cifar10", "model": "resnet_fast", "epochs": 10, "batch_size": 512,
+                  "policy": "one_cycle", "max_lr": "auto", "label_smoothing": 0.2, "device": "cuda"},
+    },
+}
+
+
+def _limit_errors(spec: RangeTestSpec | TrainSpec, settings: Settings) -> list[dict]:
+    """Server limits (from Settings) that pydantic cannot know; each error names its field."""
+    errors = []
+    if spec.batch_size > settings.max_batch_size:
+        errors.append(field_error("batch_size", f"must be at most {settings.max_batch_size} on this server",
+                                  spec.batch_size, "less_than_equal"))
+    if isinstance(spec, RangeTestSpec):
+        if spec.num_iter > settings.max_range_test_iter:
+            errors.append(field_error("num_iter", f"must be at most {settings.max_range_test_iter} on this "
+                                      "server", spec.num_iter, "less_than_equal"))
+        return errors
+    if spec.epochs > settings.max_epochs:
+        errors.append(field_error("epochs", f"must be at most {settings.max_epochs} on this server",
+                                  spec.epochs, "less_than_equal"))
+    if spec.range_test.num_iter > settings.max_range_test_iter:
+        errors.append(field_error(("range_test", "num_iter"),
+                                  f"must be at most {settings.max_range_test_iter} on this server",
+                                  spec.range_test.num_iter, "less_than_equal"))
+    return errors
+
+
+def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, store: JobStore,
+            queue: QueueDep, settings: Settings) -> JSONResponse:
+    """Validate limits, honour the idempotency key, store the job, then enqueue its id by task name."""
+    if errors := _limit_errors(spec, settings):
+        raise RequestValidationError(errors)
+    body = spec.model_dump(mode="json")
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # "\ud800" parses as JSON but cannot be stored or sent back as UTF-8
+        raise RequestValidationError([field_error((), "text must be valid Unicode (a lone surrogate was sent)",
+                                                  None, "string_unicode")]) from None
+    fingerprint = body_hash(body)
+    if key is not None:
+        outcome, first = store.idempotency_begin(owner, key, fingerprint)
+        if outcome == "replay" and first is not None:
+            return _accepted(first, replayed=True)
+        if outcome == "mismatch":
+            raise RequestValidationError([{
+                "type": "idempotency_key_reused", "loc": ("header", "Idempotency-Key"),
+                "msg": "this key was used with a different request body", "input": key,
+            }])
+        if outcome == "in_flight":
+            return JSONResponse({"detail": "a request with this Idempotency-Key is still being handled"},
+                                status.HTTP_409_CONFLICT, headers={"Retry-After": "1"})
+    target = queue_for(spec.device, settings)
+    try:
+        record = store.create(spec.kind, body, owner, queue=target)
+    except Exception:
+        if key is not None:
+            _abort_quietly(store, owner, key, fingerprint)
+        raise
+    try:
+        queue.send(record["id"], target)
+    except (kombu.exceptions.OperationalError, redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("job %s could not be queued: %s", record["id"], exc)
+        store.transition(record["id"], JobState.FAILED, error=f"could not be queued: {exc}")
+        if key is not None:
+            _abort_quietly(store, owner, key, fingerprint)
+        return unavailable(f"broker: {exc}")
+    answer = json.loads(Job.model_validate(job_out(record, settings)).model_dump_json())
+    if key is not None:
+        store.idempotency_finish(owner, key, fingerprint, answer)
+    logger.info("job %s (%s) accepted for %s", record["id"], spec.kind, owner)
+    return _accepted(answer)
+
+
+def _abort_quietly(store: JobStore, owner: str, key: str, fingerprint: str) -> None:
+    try:
+        store.idempotency_abort(owner, key, fingerprint)
+    except Exception as exc:  # the reservation expires by itself; the original error matters more
+        logger.warning("idempotency key not released: %s", exc)
+
+
+def _accepted(answer: dict, *, replayed: bool = False) -> JSONResponse:
+    headers = {"Location": f"/v1/jobs/{answer['id']}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(answer, status.HTTP_202_ACCEPTED, headers=headers)
+
+
+_SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": Job, "description": "accepted; `Location` names the job"},
+    409: {"description": "a request with the same Idempotency-Key is still being handled"},
+    422: {"description": "invalid spec, a server limit exceeded, or an Idempotency-Key reused with "
+                         "another body; `detail` names each field"},
+    503: {"description": "job store or broker unavailable"},
+}
+
+
+@router.post("/jobs/range-test", status_code=202, response_model=Job, responses=_SUBMIT_RESPONSES)
+def submit_range_test(
+    spec: Annotated[RangeTestSpec, Body(openapi_examples=_RANGE_TEST_EXAMPLES)],
+    owner: Owner, store: StoreDep, queue: QueueDep, settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Queue an LR range test: the sweep, its plot, and suggested bounds for the chosen policy."""
+    return _submit(spec, owner=owner, key=idempotency_key, store=store, queue=queue, settings=settings)
+
+
+@router.post("/jobs/train", status_code=202, response_model=Job, responses=_SUBMIT_RESPONSES)
+def submit_train(
+    spec: Annotated[TrainSpec, Body(openapi_examples=_TRAIN_EXAMPLES)],
+    owner: Owner, store: StoreDep, queue: QueueDep, settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Queue a cyclical-LR training run; `max_lr: "auto"` runs a range test inside the job first."""
+    return _submit(spec, owner=owner, key=idempotency_key, store=store, queue=queue, settings=settings)
+
+
+# ------------------------------------------------------------------------------------------ read
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    owner: Owner, store: StoreDep, settings: SettingsDep, metrics: MetricsDep,
+    kind: Literal["range_test", "train"] | None = None,
+    state: JobState | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict:
+    """The caller's jobs, newest first; follow `next_cursor` for older ones."""
+    try:
+        records, next_cursor = store.list(owner, kind=kind, state=state.value if state else None,
+                                          cursor=cursor, limit=limit)
+    except InvalidCursor:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "cursor"),
+                                       "msg": "invalid cursor", "input": cursor}]) from None
+    for record in records:
+        metrics.observe_job(record)
+    return {"items": [job_out(r, settings) for r in records], "next_cursor": next_cursor}
+
+
+_NO_JOB: dict[int | str, dict[str, Any]] = {404: {"description": "no such job for this key"}}
+
+
+@router.get("/jobs/{job_id}", response_model=Job, responses=_NO_JOB)
+async def get_job(job: OwnedJob, settings: SettingsDep) -> dict:
+    """One job: state, progress, latest metrics, failure reason, result summary and artifact links.
+
+    `async`: it only formats the record (and lists the small run folder), so no threadpool hop.
+    """
+    return job_out(job, settings)
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=Job,
+             responses={404: {"description": "no such job for this key"},
+                        409: {"description": "the job already finished"}})
+def cancel_job(job: OwnedJob, store: StoreDep, settings: SettingsDep) -> dict:
+    """Ask a job to stop: a queued job is cancelled at once, a running one stops within a few batches."""
+    record = store.request_cancel(job["id"])
+    logger.info("job %s: cancel requested (now %s)", job["id"], record["state"])
+    return job_out(record, settings)
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "`state` and `progress` events; ends after the final state"}})
+async def job_events(
+    job: OwnedJob, store: StoreDep, request: Request,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID)] = None,
+) -> Response:
+    """Server-Sent Events from the job's event log; `Last-Event-ID` resumes after that event."""
+    limiter: anyio.CapacityLimiter = request.app.state.sse_limiter
+    stream = _event_stream(store, job["id"], last_event_id or "0", limiter)
+    return EventSourceResponse(_ending_on_outage(stream), ping=SSE_PING_S)
+
+
+async def _ending_on_outage(stream: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
+    """A Redis outage mid-stream ends it with an `error` event and a retry hint, not a traceback;
+    the client reconnects with Last-Event-ID and loses nothing (the events stay in the stream)."""
+    try:
+        async for event in stream:
+            yield event
+    except StoreUnavailable as exc:
+        logger.warning("event stream ended: %s", exc)
+        yield ServerSentEvent(json.dumps({"detail": f"job store unavailable: {exc}"}), event="error",
+                              retry=2000)
+
+
+async def _event_stream(store: JobStore, job_id: str, after: str,
+                        limiter: anyio.CapacityLimiter) -> AsyncIterator[ServerSentEvent]:
+    """Relay the stream until a final state event has been sent (or the job is found final)."""
+    closing, record, waited = False, None, False
+    while True:
+        # The first read does not wait, so a stream resumed after the end closes at once.
+        block_ms = SSE_BLOCK_MS if waited and not closing else 0
+        read = partial(store.read_events, job_id, after, block_ms=block_ms, count=100)
+        events = await anyio.to_thread.run_sync(read, limiter=limiter)
+        waited = True
+        for event_id, name, data in events:
+            after = event_id
+            yield ServerSentEvent(json.dumps(data), event=name, id=event_id)
+            if name == "state" and data.get("state") in FINAL:
+                return
+        if events:
+            continue
+        if closing:
+            # Resumed after the final event (or the log was trimmed): say how it ended, then close.
+            state = record["state"] if record else "deleted"
+            yield ServerSentEvent(json.dumps({"state": state, "error": record and record["error"]}),
+                                  event="state", id=after if after != "0" else None)
+            return
+        record = await anyio.to_thread.run_sync(store.get, job_id, limiter=limiter)
+        # Final now: read once more without waiting, in case the final event landed after our read.
+        closing = record is None or record["state"] in FINAL

@@ -1,0 +1,58 @@
+"""API fixtures: apps built on the session's Settings (real Redis, own key prefix), with two keys.
+
+Jobs submitted here go to a queue no worker consumes ("parked"), so they stay queued and tests can
+drive their states through the store; end-to-end tests pass `device: "cpu"` to reach the real worker.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+from service.main import create_app
+
+ALICE = {"Authorization": "Bearer alice-secret"}
+BOB = {"Authorization": "Bearer bob-secret"}
+WRONG = {"Authorization": "Bearer not-a-key"}
+
+RANGE_TEST = {"dataset": "digits", "model": "tiny_cnn", "batch_size": 32, "num_iter": 10}
+TRAIN = {"dataset": "digits", "model": "tiny_cnn", "epochs": 2, "batch_size": 32, "base_lr": 0.001,
+         "max_lr": 0.05, "step_size": 1}
+
+
+@pytest.fixture(scope="session")
+def api_settings(settings: Settings) -> Settings:
+    """The session settings with API keys on and auto-device jobs parked on an unconsumed queue."""
+    return settings.model_copy(update={
+        "open_mode": False,
+        "api_keys": "alice:alice-secret,bob:bob-secret",
+        "default_queue": "parked",
+        "rate_limit_per_minute": 100_000,
+    })
+
+
+@pytest.fixture(scope="session")
+def client(api_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def tenant(api_settings: Settings) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """A client of a new app that also knows a fresh key, so list assertions see only this test's jobs."""
+    name, secret = f"t{secrets.token_hex(3)}", secrets.token_hex(8)
+    settings = api_settings.model_copy(update={"api_keys": f"{api_settings.api_keys},{name}:{secret}"})
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client, {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def job_id(client: TestClient) -> str:
+    """A fresh queued range-test job of alice's."""
+    response = client.post("/v1/jobs/range-test", json=RANGE_TEST, headers=ALICE)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]

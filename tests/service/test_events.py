@@ -1,0 +1,89 @@
+"""Server-Sent Events: the job's Redis Stream relayed with ids, ending after the final state, resumable."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from fastapi.testclient import TestClient
+
+from service.store import JobState, JobStore
+from tests.service.conftest import ALICE
+
+
+def parse_sse(text: str) -> list[dict]:
+    """Events of an SSE body as dicts with id, event and (JSON-decoded) data; pings (comments) dropped."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict = {}
+        for line in block.split("\n"):
+            key, sep, value = line.partition(": ")
+            if sep and key in ("id", "event", "data"):
+                fields[key] = value
+        if "data" in fields:
+            fields["data"] = json.loads(fields["data"])
+            events.append(fields)
+    return events
+
+
+def _drive(store: JobStore, job_id: str, delay: float = 0.3) -> threading.Thread:
+    """Run a job's life through the store from a thread while the client is streaming."""
+    def life() -> None:
+        time.sleep(delay)
+        store.transition(job_id, JobState.RUNNING)
+        for step in (1, 2):
+            store.update_progress(job_id, {"phase": "train", "epoch": 1, "epochs": 1, "step": step, "steps": 2,
+                                           "fraction": step / 2}, {"loss": 1.0 / step})
+        store.transition(job_id, JobState.SUCCEEDED, result={"accuracy": 0.9})
+
+    thread = threading.Thread(target=life, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_events_are_delivered_and_the_stream_ends_on_the_final_state(client: TestClient, store: JobStore,
+                                                                      job_id: str) -> None:
+    thread = _drive(store, job_id)
+    started = time.monotonic()
+    response = client.get(f"/v1/jobs/{job_id}/events", headers=ALICE)
+    thread.join()
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(response.text)
+    assert [e["event"] for e in events] == ["state", "state", "progress", "progress", "state"]
+    assert [e["data"]["state"] for e in events if e["event"] == "state"] == ["queued", "running", "succeeded"]
+    assert events[3]["data"]["progress"]["fraction"] == 1.0
+    assert all("-" in e["id"] for e in events)  # Redis Stream ids
+    assert time.monotonic() - started < 10
+
+
+def test_last_event_id_resumes_after_that_event(client: TestClient, store: JobStore, job_id: str) -> None:
+    _drive(store, job_id, delay=0).join()
+    everything = parse_sse(client.get(f"/v1/jobs/{job_id}/events", headers=ALICE).text)
+    resumed = parse_sse(client.get(f"/v1/jobs/{job_id}/events",
+                                   headers={**ALICE, "Last-Event-ID": everything[1]["id"]}).text)
+    assert [e["id"] for e in resumed] == [e["id"] for e in everything[2:]]
+
+
+def test_resuming_after_the_final_event_gets_the_final_state_and_closes(client: TestClient, store: JobStore,
+                                                                        job_id: str) -> None:
+    _drive(store, job_id, delay=0).join()
+    last = parse_sse(client.get(f"/v1/jobs/{job_id}/events", headers=ALICE).text)[-1]
+    again = parse_sse(client.get(f"/v1/jobs/{job_id}/events", headers={**ALICE, "Last-Event-ID": last["id"]}).text)
+    assert [(e["event"], e["data"]["state"]) for e in again] == [("state", "succeeded")]
+
+
+def test_bad_last_event_id_is_422(client: TestClient, job_id: str) -> None:
+    response = client.get(f"/v1/jobs/{job_id}/events", headers={**ALICE, "Last-Event-ID": "0; DROP"})
+    assert response.status_code == 422
+
+
+def test_keep_alive_pings_while_waiting(client: TestClient, store: JobStore, job_id: str,
+                                        monkeypatch) -> None:
+    monkeypatch.setattr("service.routes.jobs.SSE_PING_S", 0.2)
+    thread = _drive(store, job_id, delay=1.0)
+    response = client.get(f"/v1/jobs/{job_id}/events", headers=ALICE)
+    thread.join()
+    assert ": ping" in response.text
+    assert parse_sse(response.text)[-1]["data"]["state"] == "succeeded"
