@@ -67,14 +67,17 @@ def _wait_ready(client: httpx.Client, timeout: float = 90.0) -> None:
 
 
 def _follow(client: httpx.Client, job: dict) -> dict:
-    """Poll until the job ends, printing its progress on one line."""
+    """Poll until the job ends, printing a line whenever its state, phase or progress decile changes."""
+    shown = None
     while True:
         job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
         p = job.get("progress") or {}
-        print(f"\r  {job['kind']:<10} {job['state']:<10} {p.get('phase', ''):<10} "
-              f"{100 * (p.get('fraction') or 0):5.1f} %", end="", flush=True)
+        fraction = p.get("fraction") or 0
+        line = (job["state"], p.get("phase", ""), int(10 * fraction))
+        if line != shown:
+            shown = line
+            print(f"  {job['kind']:<10} {job['state']:<10} {p.get('phase', ''):<10} {100 * fraction:5.1f} %")
         if job["state"] in ("succeeded", "failed", "cancelled"):
-            print()
             return job
         time.sleep(0.5)
 
@@ -91,8 +94,7 @@ def main() -> None:
     py = sys.executable
     pids = [
         _start("api", [py, "-m", "uvicorn", "service.main:app", "--host", HOST, "--port", str(PORT)]),
-        _start("worker", [py, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "cpu",
-                          "--pool", "solo", "--loglevel", "INFO", "-n", "demo@%h"]),
+        _start("worker", [py, "-m", "worker"]),
     ]
     PID_FILE.write_text(" ".join(map(str, pids)))
     with httpx.Client(base_url=BASE, timeout=30) as client:

@@ -1,0 +1,136 @@
+"""What the service adds to a training job: queueing, progress writes, artifacts, polling.
+
+Runs one training spec twice, alternating, `--repeats` times: directly through `clrcore.runs.run_job`
+(what `clr train` does, in a warm process) and through the service (POST to a uvicorn API, one
+`python -m worker` worker, poll until the report is served). Prints JSON lines: time from POST to
+the worker starting the job, training throughput (images/s over the trainer's own train time) on
+both paths, and the end-to-end overhead as a share of the direct job time. Loopback only.
+
+    .venv/bin/python bench/service_overhead.py --epochs 20 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spec(epochs: int) -> dict:
+    return {"dataset": "digits", "model": "tiny_cnn", "batch_size": 64, "epochs": epochs,
+            "policy": "triangular", "base_lr": 0.01, "max_lr": 0.2, "step_size": max(1, epochs // 4),
+            "augment": {"translate": 1, "flip": False}, "device": "cpu"}
+
+
+def _ts(value: str | float | None) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    return datetime.fromisoformat(str(value)).timestamp()
+
+
+def direct(spec: dict, work: Path) -> dict:
+    from clrcore.runs import run_job
+    from clrcore.specs import TrainSpec
+
+    out = work / f"direct-{secrets.token_hex(3)}"
+    started = time.perf_counter()
+    summary = run_job(TrainSpec.model_validate(spec), out, data_dir=work / "data")
+    wall = time.perf_counter() - started
+    shutil.rmtree(out, ignore_errors=True)
+    return {"wall_s": wall, "train_s": summary["timings"]["train_s"]}
+
+
+def through_service(client: httpx.Client, spec: dict) -> dict:
+    posted = time.perf_counter()
+    job = client.post("/v1/jobs/train", json=spec).raise_for_status().json()
+    while job["state"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(0.05)
+        job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
+    if job["state"] != "succeeded":
+        raise SystemExit(f"service job {job['state']}: {job.get('error')}")
+    client.get(f"/v1/jobs/{job['id']}/report").raise_for_status()
+    wall = time.perf_counter() - posted
+    return {"wall_s": wall, "train_s": job["result"]["timings"]["train_s"],
+            "queue_s": _ts(job["started_at"]) - _ts(job["created_at"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="clr-overhead-"))
+    port = _free_port()
+    env = {**os.environ, "CLR_OPEN_MODE": "true", "CLR_KEY_PREFIX": f"bench-{secrets.token_hex(4)}",
+           "CLR_ARTIFACT_DIR": str(work / "artifacts"), "CLR_DATA_DIR": str(work / "data"),
+           "CLR_QUEUE": "cpu", "CLR_DEFAULT_QUEUE": "cpu", "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port),
+                          "--log-level", "warning"], cwd=ROOT, env=env),
+        subprocess.Popen([sys.executable, "-m", "worker", "--loglevel", "WARNING"], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    spec = _spec(args.epochs)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
+            else:
+                raise SystemExit("API/worker not ready in 120 s")
+            through_service(client, _spec(1))  # warm both paths: imports, dataset, allocator
+            direct(_spec(1), work)
+            rows: dict[str, list[dict]] = {"direct": [], "service": []}
+            for _ in range(args.repeats):
+                rows["direct"].append(direct(spec, work))
+                rows["service"].append(through_service(client, spec))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    from clrcore.datasets import load_digits_dataset
+
+    images = len(load_digits_dataset().train) // 64 * 64 * args.epochs
+    for path, runs in rows.items():
+        best = min(runs, key=lambda r: r["wall_s"])
+        print(json.dumps({"what": f"train via {path}", "epochs": args.epochs, "wall_s": round(best["wall_s"], 3),
+                          "train_images_per_s": round(images / best["train_s"], 1)}))
+    queue = [r["queue_s"] for r in rows["service"]]
+    print(json.dumps({"what": "POST to worker start", "median_ms": round(1000 * statistics.median(queue), 1),
+                      "max_ms": round(1000 * max(queue), 1)}))
+    d = statistics.median(r["wall_s"] for r in rows["direct"])
+    s = statistics.median(r["wall_s"] for r in rows["service"])
+    print(json.dumps({"what": "service overhead", "direct_wall_s": round(d, 3), "service_wall_s": round(s, 3),
+                      "overhead_pct": round(100 * (s - d) / d, 2), "goal_pct": 3.0}))
+
+
+if __name__ == "__main__":
+    main()
