@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,13 +25,15 @@ from service.config import Settings, get_settings
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
-from service.routes import artifacts, catalog, health, jobs
+from service.routes import artifacts, catalog, datasets, health, jobs
 from service.store import JobStore
+from service.uploads import DatasetStore
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
 
 SSE_THREADS = 256
+UNLIMITED_BODY = sys.maxsize
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 DESCRIPTION = """\
@@ -95,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = JobStore.from_settings(settings)
     app.state.settings = settings
     app.state.store = store
+    app.state.uploads = DatasetStore(store.redis, settings.key_prefix, settings.data_dir)
     app.state.queue = JobQueue(settings)
     app.state.keys = KeyRing.from_setting(settings.api_keys, open_mode=settings.open_mode)
     app.state.rate_limiter = RateLimiter(store.redis, settings.key_prefix, settings.rate_limit_per_minute)
@@ -105,6 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (jobs, artifacts, catalog, health):
         app.include_router(module.router)
+    # Uploads are exempt from the JSON body limit: the route streams the body to disk and counts it
+    # against CLR_MAX_UPLOAD_BYTES and the key's quota itself, refusing with a 413 that says which.
+    app.include_router(datasets.router, max_body_size=UNLIMITED_BODY)
 
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:

@@ -23,6 +23,7 @@ from celery import signals
 from service.config import get_settings
 from service.store import FINAL_STATES, InvalidTransition, JobState, JobStore, StoreUnavailable
 from worker.celery_app import PING, RUN_JOB, app
+from worker.datasets import resolve_uploaded
 from worker.lease import LeaseKeeper, WorkerMonitor, worker_id
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ class StopCheck:
         return self.reason is not None
 
     def _reason(self) -> str | None:
-        if self.keeper.lost.is_set():
+        if self.keeper.lost.is_set() or self.keeper.lapsed():
             return "lease_lost"
         if _shutting_down.is_set():
             return "shutdown"
@@ -232,12 +233,14 @@ class StopCheck:
 class ProgressWriter:
     """The `on_progress` hook: writes progress at most every `progress_interval`, and every epoch end."""
 
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
+    def __init__(self, job_id: str, keeper: LeaseKeeper | None = None) -> None:
+        self.job_id, self.keeper = job_id, keeper
         self._last_write = 0.0
         self._last_key: tuple | None = None
 
     def __call__(self, progress: Any) -> None:
+        if self.keeper is not None and (self.keeper.lost.is_set() or self.keeper.lapsed()):
+            return  # the job may be another worker's now: its progress is not ours to write
         now = time.monotonic()
         key = (progress.phase, progress.epoch)
         epoch_end = progress.phase == "train" and progress.step == progress.steps
@@ -271,9 +274,18 @@ def _json_safe(value: Any) -> Any:
 
 
 def failure_reason(exc: BaseException) -> str:
-    """The one-line reason stored with a failed job."""
+    """The one-line reason stored with a failed job; memory exhaustion always reads "out of memory"."""
     lines = str(exc).strip().splitlines()
-    return lines[0][:500] if lines else type(exc).__name__
+    line = lines[0][:480] if lines else type(exc).__name__
+    if _out_of_memory(exc) and "out of memory" not in line.lower():
+        return f"out of memory: {line}"
+    return line
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises torch.OutOfMemoryError; the CPU allocator a plain RuntimeError (e.g. under RLIMIT_AS)."""
+    return (any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
+            or isinstance(exc, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(exc))
 
 
 def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
@@ -288,11 +300,11 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
     _current_job = job_id
     try:
         summary = run_job(
-            parse_spec(record["spec"]),
+            parse_spec(resolve_uploaded(record["spec"], record["owner"], store(), Path(settings.data_dir))),
             run_dir,
             data_dir=Path(settings.data_dir),
             download=settings.download,
-            hooks=RunHooks(on_progress=ProgressWriter(job_id), should_stop=stop),
+            hooks=RunHooks(on_progress=ProgressWriter(job_id, keeper), should_stop=stop),
         )
     except StopRequested:
         return _stopped(job_id, stop.reason, run_dir)
@@ -333,7 +345,7 @@ def _stopped(job_id: str, reason: str | None, run_dir: Path) -> str:
 def _expected_failure(exc: BaseException) -> bool:
     """Failures that are the job's, not a bug: logged without a traceback."""
     names = {"TrainingDiverged", "DatasetError", "OutOfMemoryError", "ValidationError"}
-    return any(cls.__name__ in names for cls in type(exc).__mro__)
+    return any(cls.__name__ in names for cls in type(exc).__mro__) or _out_of_memory(exc)
 
 
 def _release_cuda_memory() -> None:

@@ -1,4 +1,7 @@
-"""What can be trained: datasets and models from the torch-free catalog."""
+"""What can be trained: models from the torch-free catalog, and the dataset entry shape.
+
+`GET /v1/datasets` lives in `service/routes/datasets.py`, which merges the catalog with the caller's uploads.
+"""
 
 from __future__ import annotations
 
@@ -28,18 +31,8 @@ class ModelOut(BaseModel):
     tags: list[str]
 
 
-class DatasetList(BaseModel):
-    items: list[DatasetOut]
-
-
 class ModelList(BaseModel):
     items: list[ModelOut]
-
-
-@router.get("/datasets", response_model=DatasetList)
-def list_datasets(owner: Owner) -> dict:
-    """Built-in datasets with class names and input shapes (C, H, W; null where the files decide)."""
-    return {"items": [catalog.DATASETS[name].to_dict() for name in catalog.dataset_names()]}
 
 
 @router.get("/models", response_model=ModelList)

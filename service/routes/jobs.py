@@ -24,6 +24,7 @@ from service.deps import MetricsDep, OwnedJob, Owner, QueueDep, SettingsDep, Sto
 from service.errors import field_error, unavailable
 from service.queue import queue_for
 from service.routes.artifacts import job_links
+from service.routes.datasets import upload_errors
 from service.store import FINAL_STATES, InvalidCursor, JobState, JobStore, StoreUnavailable, body_hash
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 FINAL = {s.value for s in FINAL_STATES}
 SSE_BLOCK_MS = 2_000
 SSE_PING_S = 15
-EVENT_ID = r"^\d{1,20}-\d{1,20}$"  # a Redis Stream id
+EVENT_ID = r"^\d{1,19}-\d{1,19}$"  # a Redis Stream id; 19 digits stay below 2**64 (Redis refuses more)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -167,7 +168,7 @@ def _limit_errors(spec: RangeTestSpec | TrainSpec, settings: Settings) -> list[d
 def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, store: JobStore,
             queue: QueueDep, settings: Settings) -> JSONResponse:
     """Validate limits, honour the idempotency key, store the job, then enqueue its id by task name."""
-    if errors := _limit_errors(spec, settings):
+    if errors := _limit_errors(spec, settings) + upload_errors(spec, owner, store, settings):
         raise RequestValidationError(errors)
     body = spec.model_dump(mode="json")
     try:

@@ -1,0 +1,243 @@
+"""Datasets: the catalog plus the caller's uploaded archives; upload, inspect and delete them.
+
+`POST /v1/datasets?name=flowers` takes the archive itself as the request body (not multipart), with
+`Content-Type: application/zip`, `application/x-tar` or `application/gzip` (a .tar.gz). The body is
+streamed to a temp file and counted as it arrives, so a large archive never sits in memory and one
+over the limit is refused mid-stream. Both byte limits answer 413, with `problem` saying which:
+`too_large` (CLR_MAX_UPLOAD_BYTES) or `quota_exceeded` (CLR_UPLOAD_QUOTA_BYTES, the sum of the key's
+stored archives). Every other refusal is a 4xx with `detail` naming the member and the problem;
+nothing is stored unless the whole archive passed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from functools import partial
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
+
+from clrcore import catalog
+from clrcore.specs import RangeTestSpec, TrainSpec
+from service.config import Settings
+from service.deps import Owner, SettingsDep, StoreDep
+from service.errors import field_error
+from service.routes.catalog import DatasetOut
+from service.store import JobState, JobStore
+from service.uploads import (
+    ARCHIVE_TYPES,
+    DATASET_ID,
+    DatasetStore,
+    UploadRefused,
+    archive_ext,
+    check_magic,
+    inspect_archive,
+    write_stream,
+)
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["datasets"])
+
+IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
+
+
+async def get_uploads(request: Request) -> DatasetStore:
+    return request.app.state.uploads
+
+
+UploadsDep = Annotated[DatasetStore, Depends(get_uploads)]
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+class DatasetListItem(DatasetOut):
+    source: Literal["catalog", "upload"] = Field("catalog", description="built in, or uploaded by this key")
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetListItem]
+
+
+class UploadedDataset(BaseModel):
+    id: str = Field(description="what a job spec names as `dataset`")
+    name: str
+    format: Literal["zip", "tar", "tar.gz"]
+    bytes: int
+    created_at: datetime
+    validation: str = Field(description="'ok': every member was checked before the archive was kept")
+    classes: list[str]
+    num_classes: int
+    held_out_split: Literal["test", "val"] = Field(description="the split jobs evaluate on")
+    counts: dict[str, dict[str, int]] = Field(description="split -> class -> images")
+    width: int
+    height: int
+    channels: int
+    image_size: int | None = Field(description="the side of square images; null otherwise")
+    input_shape: list[int] = Field(description="C, H, W")
+    links: dict[str, str]
+
+
+class Refusal(BaseModel):
+    detail: str
+    problem: str = Field(description="a stable code: too_large, quota_exceeded, unsafe_member, not_an_image, ...")
+
+
+def dataset_out(record: dict) -> dict:
+    """The public view of a record (the owner and the file path left out)."""
+    width, height, channels = record["width"], record["height"], record["channels"]
+    return {
+        **{k: record[k] for k in ("id", "name", "format", "bytes", "validation", "classes", "held_out_split",
+                                  "counts", "width", "height", "channels")},
+        "created_at": datetime.fromtimestamp(record["created_at"], UTC),
+        "num_classes": len(record["classes"]),
+        "image_size": width if width == height else None,
+        "input_shape": [channels, height, width],
+        "links": {"self": f"/v1/datasets/{record['id']}"},
+    }
+
+
+def _list_item(record: dict) -> dict:
+    counts = record["counts"]
+    train, held_out = sum(counts["train"].values()), sum(counts[record["held_out_split"]].values())
+    width, height, channels = record["width"], record["height"], record["channels"]
+    return {
+        "name": record["id"], "source": "upload", "channels": channels, "offline": True,
+        "description": f"uploaded {record['name']!r}: {train} train and {held_out} "
+                       f"{record['held_out_split']} images",
+        "image_size": width if width == height else None, "input_shape": [channels, height, width],
+        "classes": record["classes"],
+    }
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def upload_errors(spec: RangeTestSpec | TrainSpec, owner: str, store: JobStore, settings: Settings) -> list[dict]:
+    """Submit-time check: an uploaded dataset a spec names must exist and be the caller's (422 otherwise)."""
+    if not DATASET_ID.match(spec.dataset):
+        return []
+    errors = []
+    if DatasetStore(store.redis, store.prefix, settings.data_dir).owned(owner, spec.dataset) is None:
+        errors.append(field_error("dataset", f"no uploaded dataset {spec.dataset!r} for this key "
+                                  "(see GET /v1/datasets)", spec.dataset))
+    if spec.dataset_path is not None:
+        errors.append(field_error("dataset_path", "only for dataset 'imagefolder'; an uploaded dataset "
+                                  "knows its own file", spec.dataset_path))
+    return errors
+
+
+def _job_naming(store: JobStore, owner: str, dataset_id: str) -> dict | None:
+    """A not yet final job of `owner` whose spec names the dataset, if any (the in-flight sets are small)."""
+    for state in IN_FLIGHT:
+        for job_id in sorted(store.redis.smembers(f"{store.prefix}:state:{state.value}")):
+            record = store.get(job_id)
+            if record and record["owner"] == owner and (record["spec"] or {}).get("dataset") == dataset_id:
+                return record
+    return None
+
+
+def _owned(uploads: DatasetStore, owner: str, dataset_id: str) -> dict:
+    record = uploads.owned(owner, dataset_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="dataset not found")
+    return record
+
+
+# ------------------------------------------------------------------------------------------ routes
+
+
+@router.get("/datasets", response_model=DatasetList)
+def list_datasets(owner: Owner, uploads: UploadsDep) -> dict:
+    """Built-in datasets (input shape C, H, W; null where the files decide), then the caller's uploads,
+    newest first; an upload's `name` is its id, which a job spec names as `dataset`."""
+    builtin = [catalog.DATASETS[name].to_dict() for name in catalog.dataset_names()]
+    return {"items": [*builtin, *(_list_item(r) for r in uploads.list(owner))]}
+
+
+_ARCHIVE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    media: {"schema": {"type": "string", "format": "binary"}} for media in ARCHIVE_TYPES}}}
+_UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {"model": UploadedDataset, "description": "stored; `Location` names the dataset"},
+    413: {"model": Refusal, "description": "over CLR_MAX_UPLOAD_BYTES (`too_large`) or the key's storage "
+                                           "quota (`quota_exceeded`)"},
+    415: {"model": Refusal, "description": "Content-Type is not one of the archive types"},
+    # 422 also comes from FastAPI's own parameter validation (`?name=` too long): both bodies are declared.
+    422: {"content": {"application/json": {"schema": {"anyOf": [
+        {"$ref": "#/components/schemas/Refusal"}, {"$ref": "#/components/schemas/HTTPValidationError"}]}}},
+          "description": "an unsafe member, a file that is not a readable image, or a layout the loader "
+                         "cannot use; `detail` names it"},
+}
+
+
+@router.post("/datasets", status_code=201, response_model=UploadedDataset, responses=_UPLOAD_RESPONSES,
+             openapi_extra=_ARCHIVE_BODY)
+async def upload_dataset(
+    request: Request, owner: Owner, uploads: UploadsDep, settings: SettingsDep,
+    name: Annotated[str | None, Query(min_length=1, max_length=100, description="a label for you")] = None,
+) -> Response:
+    """Upload an image-folder archive (`train/<class>/<image>` plus `test/` or `val/`) as the raw body."""
+    try:
+        record = await _intake(request, owner, name, uploads, settings)
+    except UploadRefused as refused:
+        logger.info("upload by %s refused (%s): %s", owner, refused.problem, refused.message)
+        return JSONResponse({"detail": refused.message, "problem": refused.problem}, refused.status)
+    except ClientDisconnect:
+        logger.info("upload by %s abandoned: client disconnected", owner)
+        return Response(status_code=status.HTTP_400_BAD_REQUEST)
+    body = UploadedDataset.model_validate(dataset_out(record)).model_dump(mode="json")
+    return JSONResponse(body, status.HTTP_201_CREATED, headers={"Location": body["links"]["self"]})
+
+
+async def _intake(request: Request, owner: str, name: str | None, uploads: DatasetStore,
+                  settings: Settings) -> dict:
+    """Stream, check, validate, commit; the temp file is gone afterwards whatever happened."""
+    ext = archive_ext(request.headers.get("content-type"))
+    quota = settings.upload_quota_bytes
+    left = quota - await anyio.to_thread.run_sync(uploads.bytes_used, owner)
+    if left < settings.max_upload_bytes:
+        limit, refusal = left, UploadRefused(413, "quota_exceeded", f"storage quota exceeded: this key has "
+                                             f"{max(left, 0)} of its {quota} bytes left (delete a dataset first)")
+    else:
+        limit, refusal = settings.max_upload_bytes, UploadRefused(
+            413, "too_large", f"the archive is over the {settings.max_upload_bytes}-byte upload limit")
+    declared = request.headers.get("content-length", "")
+    if limit <= 0 or (declared.isdigit() and int(declared) > limit):
+        raise refusal
+    temp = uploads.incoming_path(ext)
+    try:
+        size = await write_stream(request.stream(), temp, limit, refusal)
+        await anyio.to_thread.run_sync(check_magic, temp, ext)
+        summary = await anyio.to_thread.run_sync(partial(inspect_archive, temp, max_files=settings.max_upload_files))
+        return await anyio.to_thread.run_sync(
+            partial(uploads.commit, owner, name or "", temp, ext, size, summary, quota))
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+_NO_DATASET: dict[int | str, dict[str, Any]] = {404: {"description": "no such dataset for this key"}}
+
+
+@router.get("/datasets/{dataset_id}", response_model=UploadedDataset, responses=_NO_DATASET)
+def get_dataset(dataset_id: str, owner: Owner, uploads: UploadsDep) -> dict:
+    """One uploaded dataset: classes, image counts per split and class, image size, validation result."""
+    return dataset_out(_owned(uploads, owner, dataset_id))
+
+
+@router.delete("/datasets/{dataset_id}", status_code=204,
+               responses={**_NO_DATASET, 409: {"description": "a queued or running job of this key names it"}})
+def delete_dataset(dataset_id: str, owner: Owner, uploads: UploadsDep, store: StoreDep) -> Response:
+    """Remove the archive and its record, unless a job that has not finished yet names it."""
+    record = _owned(uploads, owner, dataset_id)
+    job = _job_naming(store, owner, dataset_id)
+    if job is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"dataset {dataset_id} is in use by job {job['id']} "
+                            f"({job['state']}); cancel it or wait until it ends")
+    uploads.delete(record)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

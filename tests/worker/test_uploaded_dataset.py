@@ -1,0 +1,83 @@
+"""An uploaded dataset trained on by a real worker, and the resolver that points a job at its archive."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from clrcore.datasets import DatasetError
+from service.config import Settings
+from service.main import create_app
+from service.store import JobStore
+from worker.datasets import resolve_uploaded
+
+CLASSES = ("circle", "square", "triangle")
+
+
+def tiny_archive() -> bytes:
+    """A zip of 8x8 PNGs: train/<class>/ four each, val/<class>/ two each (val, not test, on purpose)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for k, cls in enumerate(CLASSES):
+            for split, n in (("train", 4), ("val", 2)):
+                for i in range(n):
+                    image = io.BytesIO()
+                    Image.new("RGB", (8, 8), (80 * k, 10 * i, 200 - 60 * k)).save(image, "PNG")
+                    archive.writestr(f"{split}/{cls}/{i}.png", image.getvalue())
+    return out.getvalue()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The API on the session settings (open mode: every request is owner 'local'), sharing the worker's data dir."""
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def dataset_id(client: TestClient) -> Iterator[str]:
+    response = client.post("/v1/datasets", params={"name": "shapes"}, content=tiny_archive(),
+                           headers={"Content-Type": "application/zip"})
+    assert response.status_code == 201, response.text
+    yield response.json()["id"]
+    client.delete(f"/v1/datasets/{response.json()['id']}")
+
+
+@pytest.mark.slow
+def test_train_job_on_an_uploaded_dataset_succeeds(client: TestClient, dataset_id: str, worker) -> None:
+    spec = {"dataset": dataset_id, "model": "tiny_cnn", "device": "cpu", "epochs": 1, "batch_size": 4,
+            "policy": "triangular", "base_lr": 0.01, "max_lr": 0.05, "step_size": 1,
+            "augment": {"translate": 0, "flip": False}}
+    submitted = client.post("/v1/jobs/train", json=spec)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    deadline = time.monotonic() + 90
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, f"job still {job['state']}:\n{worker.log_tail()}"
+        time.sleep(0.2)
+    assert job["state"] == "succeeded", f"{job['error']}\n{worker.log_tail()}"
+    assert job["spec"]["dataset"] == dataset_id and job["spec"]["dataset_path"] is None
+    assert job["result"]["classes"] == list(CLASSES)
+    report = client.get(f"/v1/jobs/{job_id}/report").json()
+    assert report["classes"] == list(CLASSES) and set(CLASSES) <= set(report)  # per-class rows by name
+
+
+def test_resolver_points_at_the_archive_and_checks_the_owner(client: TestClient, dataset_id: str,
+                                                             store: JobStore, settings: Settings) -> None:
+    data_dir = Path(settings.data_dir)
+    digits = {"dataset": "digits", "model": "tiny_cnn"}
+    assert resolve_uploaded(digits, "local", store, data_dir) is digits
+    resolved = resolve_uploaded({**digits, "dataset": dataset_id}, "local", store, data_dir)
+    assert resolved["dataset"] == "imagefolder" and resolved["dataset_path"].endswith(f"/{dataset_id}.zip")
+    assert (data_dir / resolved["dataset_path"]).is_file()
+    with pytest.raises(DatasetError, match="no such uploaded dataset"):
+        resolve_uploaded({**digits, "dataset": dataset_id}, "someone-else", store, data_dir)
+    with pytest.raises(DatasetError, match="no such uploaded dataset"):
+        resolve_uploaded({**digits, "dataset": "ds_gone0000"}, "local", store, data_dir)

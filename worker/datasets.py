@@ -1,0 +1,35 @@
+"""Uploaded datasets inside a worker: a spec's `dataset: ds_...` becomes the imagefolder archive it names.
+
+The API stored the spec as the client sent it (so a job shows what was asked); only the copy handed
+to `clrcore.runs` is rewritten, to `dataset: imagefolder` with `dataset_path` pointing at the archive
+under the data directory. The record is read again here, not trusted from submit time: the dataset
+could have been deleted since, and then the job fails with that reason instead of a missing file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from clrcore.datasets import DatasetError
+from service.store import JobStore
+from service.uploads import DATASET_ID, DatasetStore
+
+log = logging.getLogger(__name__)
+
+
+def resolve_uploaded(spec: dict, owner: str, store: JobStore, data_dir: Path) -> dict:
+    """`spec` itself when it names no uploaded dataset; otherwise a copy naming the archive.
+
+    Raises `DatasetError` when the dataset is gone or is not the job owner's (the job then fails with it).
+    """
+    dataset = spec.get("dataset")
+    if not isinstance(dataset, str) or not DATASET_ID.match(dataset):
+        return spec
+    record = DatasetStore(store.redis, store.prefix, data_dir).owned(owner, dataset)
+    if record is None:
+        raise DatasetError(dataset, "no such uploaded dataset for this key (deleted?)")
+    if not (Path(data_dir) / record["path"]).is_file():
+        raise DatasetError(dataset, "the uploaded archive is missing from the data directory")
+    log.info("dataset %s resolved to %s", dataset, record["path"])
+    return {**spec, "dataset": "imagefolder", "dataset_path": record["path"]}
