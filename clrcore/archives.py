@@ -13,6 +13,7 @@ import os
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -191,5 +192,8 @@ def iter_image_members(
     readers = {"dir": _iter_dir, "zip": _iter_zip, "tar": _iter_tar}
     try:
         yield from readers[kind](path, budget)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
-        raise ArchiveError(f"{path.name}: unreadable {kind} archive ({err})") from err
+    # zipfile and zlib also raise NotImplementedError (unknown compression), RuntimeError (encrypted
+    # member) and zlib.error on corrupt data: all mean the same thing to a caller.
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+            RuntimeError) as err:
+        raise ArchiveError(f"{path.name}: unreadable {kind} archive ({type(err).__name__}: {err})") from err

@@ -402,3 +402,20 @@ def test_parallel_decode_matches_serial_and_reports_bad_files(tmp_path, monkeypa
     bad = write_zip(tmp_path / "bad.zip", {**tree_files(per_class=6), "train/dog/zz.png": b"broken"})
     with pytest.raises(DatasetError, match=r"'imagefolder': bad\.zip: train/dog/zz\.png: not a readable"):
         load_image_tree(bad, workers=2)
+
+
+def test_corrupt_zip_payload_is_a_dataset_error(tmp_path):
+    """A zip whose member data is damaged (zlib.error inside zipfile) is reported, not a crash."""
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for split in ("train", "test"):
+            for cls in ("a", "b"):
+                img = tmp_path / "img.png"
+                Image.new("L", (8, 8), color=7).save(img)
+                zf.write(img, f"{split}/{cls}/x.png")
+    raw = bytearray(archive.read_bytes())
+    start = raw.index(b"train/a/x.png") + len(b"train/a/x.png")
+    raw[start + 5:start + 40] = b"\xff" * 35  # damage the first member's deflate stream
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match="bad.zip"):
+        load_dataset("imagefolder", tmp_path, path="bad.zip")
