@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,17 @@ class Dataset:
     classes: list[str]
     mean: tuple[float, ...]  # per channel, on the 0..1 scale, computed on train
     std: tuple[float, ...]
+    # the train split's mean image, float32 (C, H, W) on the 0..255 scale; computed on first use
+    _pixel_mean: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def pixel_mean(self) -> np.ndarray:
+        """The per-pixel mean of the training images, as the Keras CLR blog subtracts it.
+
+        Computed once and kept: a second loader (range test, evaluation) for the same dataset reuses it.
+        """
+        if self._pixel_mean is None:
+            self._pixel_mean = pixel_mean(self.train.images)
+        return self._pixel_mean
 
 
 class DatasetError(ValueError):
@@ -94,6 +105,17 @@ def channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[tuple[float, .
     mean = total / count
     var = np.maximum(squares / count - mean**2, 0.0)
     return tuple(float(m / 255) for m in mean), tuple(float(max(v**0.5 / 255, 1e-6)) for v in var)
+
+
+def pixel_mean(images: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Mean image (C, H, W) of uint8 NCHW `images`, float32 on the 0..255 scale.
+
+    Summed in float64 chunks: no float copy of the whole set (600 MB for CIFAR-10 in float32).
+    """
+    total = np.zeros(images.shape[1:], dtype=np.float64)
+    for start in range(0, len(images), chunk):
+        total += images[start:start + chunk].sum(axis=0, dtype=np.float64)
+    return (total / max(len(images), 1)).astype(np.float32)
 
 
 def make_dataset(name: str, train: Split, test: Split, classes: list[str]) -> Dataset:

@@ -10,15 +10,17 @@ and the host fallback (`HostLoader`, for splits too big for the device) yields e
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from clrcore.datasets import Split
+from clrcore.datasets import Dataset, Split
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +103,43 @@ def gather_batch(images: torch.Tensor, plan: EpochPlan) -> torch.Tensor:
                   cols[:, None, None, :]]
 
 
+NORMALIZE_MODES = ("channel", "pixel_mean", "unit")
+
+
+def normalization(dataset: Dataset, mode: str = "channel") -> dict[str, Any]:
+    """The `mean`, `std` and `pixel_mean` keyword arguments of `make_loader` for a spec's `normalize`.
+
+    channel: (x / 255 - mean) / std per channel. pixel_mean: x - mean image, on the 0..255 scale, as
+    the Keras CLR blog feeds CIFAR-10. unit: x / 255, as the blog feeds Fashion-MNIST.
+    """
+    if mode == "channel":
+        return {"mean": dataset.mean, "std": dataset.std, "pixel_mean": None}
+    channels = dataset.train.images.shape[1]
+    if mode == "unit":
+        return {"mean": (0.0,) * channels, "std": (1.0,) * channels, "pixel_mean": None}
+    if mode == "pixel_mean":
+        return {"mean": dataset.mean, "std": dataset.std, "pixel_mean": dataset.pixel_mean()}
+    raise ValueError(f"unknown normalize mode {mode!r}; known: {', '.join(NORMALIZE_MODES)}")
+
+
 class _Normaliser:
-    """uint8 NCHW to normalised float32: (x / 255 - mean) / std as one multiply-add."""
+    """uint8 NCHW to normalised float32 as one multiply-add: x * scale + shift.
+
+    Per channel: (x / 255 - mean) / std. With `pixel_mean` (a float (C, H, W) image on the 0..255
+    scale) instead: x - pixel_mean, unscaled; the mean is subtracted after the shift and flip, which
+    differs from shifting the mean-subtracted image only where the mean image itself varies.
+    """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device,
-                 channels_last: bool) -> None:
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = -mean_t / std_t
+                 channels_last: bool, pixel_mean: np.ndarray | None = None) -> None:
+        if pixel_mean is not None:
+            self.scale = torch.ones(1, 1, 1, 1, device=device)
+            self.shift = -torch.as_tensor(np.asarray(pixel_mean, dtype=np.float32), device=device)[None]
+        else:
+            mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            self.scale = 1.0 / (255.0 * std_t)
+            self.shift = -mean_t / std_t
         self.channels_last = channels_last
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -134,14 +164,14 @@ class DeviceLoader:
     def __init__(self, split: Split, batch_size: int, *, device: torch.device | str, mean: Sequence[float],
                  std: Sequence[float], train: bool, translate: int = 0, flip: bool = False,
                  drop_last: bool = False, generator: torch.Generator | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, pixel_mean: np.ndarray | None = None) -> None:
         self.device = torch.device(device)
         self.images = torch.from_numpy(np.ascontiguousarray(split.images)).to(self.device)
         self.labels = torch.from_numpy(np.ascontiguousarray(split.labels)).to(self.device)
         self.batch_size = batch_size
         self.train, self.translate, self.flip, self.drop_last = train, translate, flip, drop_last
         self.generator = generator if generator is not None else _default_generator()
-        self.normalise = _Normaliser(mean, std, self.device, channels_last)
+        self.normalise = _Normaliser(mean, std, self.device, channels_last, pixel_mean)
 
     def __len__(self) -> int:
         return iters_per_epoch(len(self.labels), self.batch_size, self.drop_last)
@@ -177,7 +207,10 @@ class _PlanSampler:
     """Yields one EpochPlan slice per batch; the epoch's draws happen in the main process."""
 
     def __init__(self, loader: HostLoader) -> None:
-        self.loader = loader
+        # A weak reference: a strong one would make HostLoader -> DataLoader -> sampler -> HostLoader a
+        # cycle, left to the cyclic collector, which tears down the worker queues before the worker
+        # iterator's shutdown can use them: each worker then costs a 5 s join timeout.
+        self.loader = weakref.proxy(loader)
         self.skip = 0
 
     def __len__(self) -> int:
@@ -203,13 +236,14 @@ class HostLoader:
     def __init__(self, split: Split, batch_size: int, *, device: torch.device | str, mean: Sequence[float],
                  std: Sequence[float], train: bool, translate: int = 0, flip: bool = False,
                  drop_last: bool = False, generator: torch.Generator | None = None,
-                 channels_last: bool = False, num_workers: int = 2) -> None:
+                 channels_last: bool = False, num_workers: int = 2,
+                 pixel_mean: np.ndarray | None = None) -> None:
         self.device = torch.device(device)
         self.source = _PlannedBatches(split)
         self.batch_size = batch_size
         self.train, self.translate, self.flip, self.drop_last = train, translate, flip, drop_last
         self.generator = generator if generator is not None else _default_generator()
-        self.normalise = _Normaliser(mean, std, self.device, channels_last)
+        self.normalise = _Normaliser(mean, std, self.device, channels_last, pixel_mean)
         self.sampler = _PlanSampler(self)
         self.loader = DataLoader(
             self.source, batch_size=None, sampler=self.sampler, num_workers=num_workers,
@@ -246,12 +280,16 @@ def make_loader(split: Split, batch_size: int, *, device: torch.device | str, me
                 std: Sequence[float], train: bool, translate: int = 0, flip: bool = False,
                 drop_last: bool = False, generator: torch.Generator | None = None,
                 channels_last: bool = False, max_device_bytes: int | None = None,
-                num_workers: int = 2) -> DeviceLoader | HostLoader:
-    """DeviceLoader if the split fits in `max_device_bytes` (default `device_budget`), else HostLoader."""
+                num_workers: int = 2, pixel_mean: np.ndarray | None = None) -> DeviceLoader | HostLoader:
+    """DeviceLoader if the split fits in `max_device_bytes` (default `device_budget`), else HostLoader.
+
+    `max_device_bytes=0` forces the host path (the benchmark measures the device path against it).
+    """
     device = torch.device(device)
     budget = max_device_bytes if max_device_bytes is not None else device_budget(device)
     common = dict(device=device, mean=mean, std=std, train=train, translate=translate, flip=flip,
-                  drop_last=drop_last, generator=generator, channels_last=channels_last)
+                  drop_last=drop_last, generator=generator, channels_last=channels_last,
+                  pixel_mean=pixel_mean)
     size = split_bytes(split)
     if budget is None or size <= budget:
         return DeviceLoader(split, batch_size, **common)

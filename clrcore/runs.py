@@ -21,7 +21,7 @@ from torch import nn
 
 from clrcore import plots, reports
 from clrcore.datasets import Dataset, Split, load_dataset, make_dataset
-from clrcore.loaders import make_loader
+from clrcore.loaders import make_loader, normalization
 from clrcore.models import build_model
 from clrcore.range_test import RangeTestResult, range_test
 from clrcore.schedules import build_schedule, preview, schedule_from_spec
@@ -92,13 +92,14 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
            device: torch.device, hooks: RunHooks, label_smoothing: float = 0.0) -> RangeTestResult:
     """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data."""
     optimizer = build_optimizer(model, _sweep_config(spec, options, device))
-    batches = make_loader(ds.train, spec.batch_size, device=device, mean=ds.mean, std=ds.std, train=True,
+    inputs = normalization(ds, spec.normalize)  # the sweep must see the inputs training will see
+    batches = make_loader(ds.train, spec.batch_size, device=device, **inputs, train=True,
                           translate=spec.augment.translate, flip=spec.augment.flip,
                           drop_last=len(ds.train) > spec.batch_size,
                           generator=torch.Generator(device=device).manual_seed(spec.seed))
     val = None
     if options.validation:
-        test = make_loader(ds.test, spec.batch_size, device=device, mean=ds.mean, std=ds.std, train=False)
+        test = make_loader(ds.test, spec.batch_size, device=device, **inputs, train=False)
         val = [b for _, b in zip(range(options.val_batches), test, strict=False)]
     bf16 = device.type == "cuda" and spec.precision != "fp32"
     last = [0.0]

@@ -60,6 +60,12 @@ class JobSpecBase(StrictModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    normalize: Literal["channel", "pixel_mean", "unit"] = Field(
+        "channel",
+        description="input scaling: channel = per-channel mean/std of the train split; pixel_mean = "
+        "subtract the train split's mean image, 0..255 scale (the Keras CLR blog's CIFAR-10); "
+        "unit = pixels / 255 (the blog's Fashion-MNIST)",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -164,7 +170,8 @@ class TrainSpec(JobSpecBase, ScheduleSpec):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not data.get("preset"):
+        # A preset that is not a string (an object, a list) is left to the field's own type check: a 422.
+        if not isinstance(data, dict) or not data.get("preset") or not isinstance(data["preset"], str):
             return data
         name = data["preset"]
         if name not in PRESETS:

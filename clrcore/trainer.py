@@ -21,8 +21,10 @@ import logging
 import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clrcore.checkpoint import capture_rng_state, load_checkpoint, plain, restore_rng_state, save_checkpoint
-from clrcore.loaders import iters_per_epoch, make_loader
+from clrcore.loaders import iters_per_epoch, make_loader, normalization
 from clrcore.schedules import Schedule, set_hyperparams
 
 if TYPE_CHECKING:
@@ -45,8 +47,10 @@ log = logging.getLogger(__name__)
 # Read the on-device loss buffer at least this often (in steps), so a NaN stops a run within this many
 # steps even with no progress callback and a slow clock.
 DIVERGENCE_CHECK_EVERY = 50
-# Evaluation has no backward pass and no optimizer state, so it can afford far larger batches.
-EVAL_BATCH_SIZE = 1024
+# Evaluation has no backward pass and no optimizer state, so it can afford far larger batches. 1000
+# divides the 10,000-image test splits of CIFAR-10 and (Fashion-)MNIST: a compiled model then sees a
+# single evaluation batch shape instead of compiling once more for a ragged last batch.
+EVAL_BATCH_SIZE = 1000
 
 # Training drops the ragged last batch (see `steps_per_epoch`).
 TRAIN_DROP_LAST = True
@@ -79,7 +83,7 @@ class Progress:
     @property
     def fraction(self) -> float:
         """Share of the training run done, 0..1; evaluation counts as the end of its epoch."""
-        if self.phase == "train":
+        if self.phase in ("train", "range_test"):
             return self.step / self.steps if self.steps else 1.0
         return self.epoch / self.epochs if self.epochs else 1.0
 
@@ -158,6 +162,11 @@ class TrainConfig:
     compile: bool = False
     checkpoint_path: Path | None = None
     eval_batch_size: int = EVAL_BATCH_SIZE
+    normalize: str = "channel"  # "channel" | "pixel_mean" | "unit"; see loaders.normalization
+    # Speed switches, each on by default where it pays; the GPU benchmark turns them off one at a time.
+    device_data: bool = True  # whole split on the device when it fits; False forces the DataLoader path
+    optimizer_impl: str = "auto"  # "auto" (fused on CUDA) | "fused" | "foreach" | "loop"
+    sync_every: int = DIVERGENCE_CHECK_EVERY  # steps between reads of the on-device loss buffer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -200,6 +209,7 @@ def config_from_spec(spec: TrainSpec, schedule: Schedule, device: torch.device |
         channels_last=on_cuda,
         compile=spec.compile and on_cuda,
         checkpoint_path=checkpoint_path,
+        normalize=spec.normalize,
     )
 
 
@@ -218,13 +228,21 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     Decaying BatchNorm scales and biases pulls them towards zero for no regularising benefit, so every
     parameter with fewer than two dimensions goes to a second group without decay. On CUDA the fused
     kernels do the update in one launch; on CPU the default per-parameter loop is already the fastest.
+    `config.optimizer_impl` overrides that choice ("fused", "foreach" or the per-parameter "loop").
     """
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     lr = config.schedule.lr(0)
-    fused = {"fused": True} if config.device.type == "cuda" else {}
+    impl = config.optimizer_impl
+    if impl == "auto":
+        impl = "fused" if config.device.type == "cuda" else "default"
+    implementations = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False},
+                       "default": {}}
+    if impl not in implementations:
+        raise ValueError(f"unknown optimizer_impl {config.optimizer_impl!r}; known: auto, fused, foreach, loop")
+    fused = implementations[impl]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov, **fused)
     if config.optimizer == "adamw":
@@ -293,11 +311,15 @@ def predict(
     precision: str = "fp32",
     tta_flip: bool = False,
     channels_last: bool = False,
+    pixel_mean: np.ndarray | None = None,
 ) -> Prediction:
-    """Evaluate `model` on a whole split (no augmentation, in order); for reports outside training."""
+    """Evaluate `model` on a whole split (no augmentation, in order); for reports outside training.
+
+    `pixel_mean` (a (C, H, W) mean image on the 0..255 scale) replaces mean/std, as in training.
+    """
     device = torch.device(device)
     loader = make_loader(split, batch_size, device=device, mean=mean, std=std, train=False,
-                         channels_last=channels_last)
+                         channels_last=channels_last, pixel_mean=pixel_mean)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     was_training = model.training
     model.eval()
@@ -399,7 +421,7 @@ def train_epoch(
             _synchronize(device)
             first_step_s = time.perf_counter() - started
         tick = ticker.due()
-        if tick or i + 1 - checked >= DIVERGENCE_CHECK_EVERY:
+        if tick or i + 1 - checked >= config.sync_every:
             running_loss, running_acc = _read_running(losses, correct, i + 1, seen, checked, first_step, lrs)
             checked = i + 1
             if tick:
@@ -424,6 +446,65 @@ def _compile_estimate(first_s: float, total_s: float, count: int) -> float:
     if count < 2:
         return first_s
     return max(0.0, first_s - (total_s - first_s) / (count - 1))
+
+
+# ---------------------------------------------------------------- torch.compile, cached per process
+#
+# Compiling a net costs tens of seconds, far more than a fast preset trains. A worker process trains
+# the same few architectures again and again, so the compiled module is kept here and reused: a later
+# job of the same architecture copies its fresh weights into the kept module (same parameter objects,
+# so the compiled code's guards still hold and nothing recompiles), trains that, and copies the result
+# back into its own model. Each job still starts from its own seeded initialisation.
+
+COMPILE_CACHE_SIZE = 4  # architectures kept compiled per process (each holds one copy of its weights)
+_COMPILED: OrderedDict[tuple, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]] = OrderedDict()
+
+
+def compile_supported(device: torch.device) -> bool:
+    """torch.compile is used on CUDA only: on a CPU its compile time dwarfs the short runs it speeds up."""
+    return device.type == "cuda"
+
+
+def compile_model(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile with static shapes: a train batch size and an eval batch size, each compiled once."""
+    return torch.compile(module, dynamic=False)
+
+
+def compile_key(model: nn.Module, config: TrainConfig) -> tuple:
+    """What makes two models interchangeable for the compiled code: class, every tensor's shape and
+    dtype, which parameters train, the device, the memory format and the precision."""
+    tensors = tuple((name, tuple(t.shape), str(t.dtype)) for name, t in model.state_dict().items())
+    trainable = tuple(p.requires_grad for p in model.parameters())
+    return (type(model).__module__, type(model).__qualname__, tensors, trainable, str(config.device),
+            config.channels_last, config.precision)
+
+
+def compiled_forward(model: nn.Module, config: TrainConfig
+                     ) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], bool]:
+    """(module to train, its compiled forward, whether it came from the cache) for `model`.
+
+    The module is never `model` itself but a kept twin holding `model`'s current weights and buffers,
+    so the caller's model is untouched until `train` copies the result back.
+    """
+    key = compile_key(model, config)
+    if key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        module, forward = _COMPILED[key]
+        module.load_state_dict(model.state_dict())
+        for param in module.parameters():
+            param.grad = None
+        return module, forward, True
+    module = deepcopy(model)
+    forward = compile_model(module)
+    _COMPILED[key] = (module, forward)
+    while len(_COMPILED) > COMPILE_CACHE_SIZE:
+        _COMPILED.popitem(last=False)
+    return module, forward, False
+
+
+def clear_compile_cache() -> None:
+    """Forget every kept compiled module (frees their weights)."""
+    _COMPILED.clear()
 
 
 # ---------------------------------------------------------------- train
@@ -499,6 +580,8 @@ def train(
 
     Resumes from config.checkpoint_path when it exists and writes it after every epoch. Raises
     `StopRequested` when hooks.should_stop() turns true, `TrainingDiverged` on a NaN/inf loss.
+    With `config.compile` on CUDA the work happens on a kept compiled twin of `model` (see
+    `compiled_forward`) whose trained weights are copied back into `model` at the end.
     """
     hooks = hooks or Hooks()
     ticker = _Ticker(hooks)
@@ -512,19 +595,27 @@ def train(
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config)
+    # `net` is what trains: `model` itself, or the kept compiled twin of its architecture
+    net, forward, compile_cached = model, model, False
+    if config.compile and compile_supported(device):
+        net, forward, compile_cached = compiled_forward(model, config)  # compiles lazily, on first use
+    elif config.compile:
+        log.warning("torch.compile is used on CUDA only; training uncompiled on %s", device)
+    optimizer = build_optimizer(net, config)
+    inputs = normalization(dataset, config.normalize)
+    placement = {"max_device_bytes": None if config.device_data else 0}
     train_loader = make_loader(
-        dataset.train, config.batch_size, device=device, mean=dataset.mean, std=dataset.std, train=True,
+        dataset.train, config.batch_size, device=device, train=True,
         translate=config.translate, flip=config.flip,
         drop_last=TRAIN_DROP_LAST,
         # on the CPU even for CUDA: the loader draws each epoch's order and augmentation from it up
         # front, and a CPU stream gives the same batches on every device and in the host fallback
         generator=torch.Generator().manual_seed(config.seed),
-        channels_last=config.channels_last,
+        channels_last=config.channels_last, **inputs, **placement,
     )
     test_loader = make_loader(
-        dataset.test, config.eval_batch_size, device=device, mean=dataset.mean, std=dataset.std, train=False,
-        channels_last=config.channels_last,
+        dataset.test, config.eval_batch_size, device=device, train=False,
+        channels_last=config.channels_last, **inputs, **placement,
     )
     steps = len(train_loader)
     summary = _config_summary(config, steps)
@@ -534,25 +625,19 @@ def train(
     timings = {"train_s": 0.0, "eval_s": 0.0, "compile_s": 0.0}
     checkpoint = Path(config.checkpoint_path) if config.checkpoint_path is not None else None
     if checkpoint is not None and checkpoint.exists():
-        start_epoch, history, timings = _resume(checkpoint, model, optimizer, train_loader.generator, summary)
+        start_epoch, history, timings = _resume(checkpoint, net, optimizer, train_loader.generator, summary)
         resumed_from = start_epoch
-
-    forward: Callable[[torch.Tensor], torch.Tensor] = model
-    if config.compile and device.type == "cuda":
-        forward = torch.compile(model)  # compiles lazily: the first train and eval batches pay for it
-    elif config.compile:
-        log.warning("torch.compile is used on CUDA only; training uncompiled on %s", device)
 
     # -- the epochs
     last_eval: Prediction | None = None
     for epoch in range(start_epoch, config.epochs):
-        compiling = forward is not model and epoch == start_epoch
+        compiling = forward is not net and epoch == start_epoch
         started = time.perf_counter()
-        model.train()
+        net.train()
         stats = train_epoch(forward, train_loader, optimizer, config, epoch=epoch, steps=steps, ticker=ticker,
                             time_first_step=compiling)
         trained = time.perf_counter()
-        model.eval()
+        net.eval()
         last_eval, first_eval_s = _evaluate_epoch(forward, test_loader, config, ticker, epoch, compiling)
         finished = time.perf_counter()
 
@@ -572,7 +657,7 @@ def train(
             save_checkpoint({
                 "epoch": epoch + 1,
                 "step": (epoch + 1) * steps,
-                "model": model.state_dict(),
+                "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "schedule": plain(config.schedule),
                 "rng": capture_rng_state(train_loader.generator),
@@ -587,12 +672,17 @@ def train(
 
     if last_eval is None:  # resumed from the checkpoint of a finished run: evaluate once for the report
         started = time.perf_counter()
-        model.eval()
+        net.eval()
         last_eval = evaluate(forward, test_loader, autocast=_autocast(config), tta_flip=config.tta_flip)
         timings["eval_s"] += time.perf_counter() - started
         ticker.emit(Progress("eval", config.epochs, config.epochs, len(test_loader), len(test_loader),
                              {"val_loss": last_eval.loss, "val_acc": last_eval.accuracy}))
 
+    if net is not model:
+        model.load_state_dict(net.state_dict())
+        model.train(net.training)
+    if forward is not net:
+        timings["compile_cache_hit"] = float(compile_cached)
     metrics = {"test_loss": last_eval.loss, "test_acc": last_eval.accuracy}
     if history["train_loss"]:
         metrics.update(train_loss=history["train_loss"][-1], train_acc=history["train_acc"][-1])

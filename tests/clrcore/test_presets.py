@@ -1,0 +1,46 @@
+"""Every preset validates into a TrainSpec and runs through `run_job` (CPU, tiny generated data)."""
+
+from pathlib import Path
+
+import pytest
+
+from clrcore import datasets
+from clrcore.presets import PRESETS
+from clrcore.runs import run_job
+from clrcore.specs import TrainSpec
+
+# What shrinks a preset to a smoke run: the preset's model, schedule, optimizer, normalisation and
+# augmentation stay; the data, epochs, batch and sweep length shrink.
+TINY = {"dataset": "synthetic", "train_subset": 64, "epochs": 1, "batch_size": 16, "device": "cpu",
+        "range_test": {"start_lr": 1e-4, "end_lr": 10.0, "num_iter": 20}}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_validates_into_a_train_spec(name: str) -> None:
+    spec = TrainSpec(preset=name)
+    for key, value in PRESETS[name].items():
+        dumped = spec.model_dump()[key]
+        assert dumped == value or (isinstance(value, dict) and value.items() <= dumped.items()), key
+
+
+def test_blog_presets_are_the_published_recipes() -> None:
+    blog = TrainSpec(preset="cifar10-blog")
+    assert (blog.base_lr, blog.max_lr, blog.step_size, blog.step_unit) == (1e-7, 1e-2, 8, "epochs")
+    assert (blog.epochs, blog.batch_size, blog.policy, blog.normalize) == (96, 64, "triangular", "pixel_mean")
+    assert (blog.optimizer.momentum, blog.optimizer.nesterov) == (0.9, False)
+    assert (blog.augment.translate, blog.augment.flip) == (3, True)  # 10 % of 32 px, and flips
+    fashion = TrainSpec(preset="fashion_mnist-blog")
+    assert (fashion.base_lr, fashion.max_lr, fashion.epochs, fashion.batch_size) == (1e-5, 1e-2, 48, 64)
+    assert (fashion.range_test.start_lr, fashion.range_test.end_lr) == (1e-10, 10.0)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_runs_through_run_job_on_tiny_data(name: str, tmp_path: Path, monkeypatch) -> None:
+    if PRESETS[name]["dataset"] == "fashion_mnist":  # generated data of Fashion-MNIST's shape
+        monkeypatch.setitem(datasets.LOADERS, "synthetic", lambda *_: datasets.synthetic_dataset(
+            n_train=64, n_test=64, channels=1, image_size=28))
+    spec = TrainSpec(preset=name, **TINY)
+    summary = run_job(spec, tmp_path, data_dir=tmp_path)
+    assert summary["epochs_run"] == 1 and 0.0 <= summary["accuracy"] <= 1.0
+    assert (tmp_path / "report.json").exists() and (tmp_path / "model.pt").exists()
+    assert (tmp_path / "range_test.json").exists() == (PRESETS[name].get("max_lr") == "auto")
