@@ -161,21 +161,33 @@ def _stopped(hooks: RunHooks) -> bool:
 # ---------------------------------------------------------------- the two jobs
 
 
-def run_range_test(spec: RangeTestSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
-                   hooks: RunHooks | None = None) -> dict[str, Any]:
-    """Sweep the LR for the spec's model and data; write the result, log and plot; return the summary."""
-    hooks = hooks or RunHooks()
+def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path,
+             download: bool) -> tuple[Path, torch.device, Dataset, nn.Module]:
+    """The run folder (with spec.json), the device, the data and a freshly seeded model."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "spec.json", spec.model_dump(mode="json"))
-    started = time.perf_counter()
     device = resolve_device(spec.device)
     ds = _load_data(spec, data_dir, download)
-    model = _model_for(spec, ds, device)
-    result = _sweep(spec, spec, spec.policy, ds, model, device, hooks)
+    return out_dir, device, ds, _model_for(spec, ds, device)
+
+
+def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
+                    device: torch.device, hooks: RunHooks, out_dir: Path, *, epochs_hint: int | None = None,
+                    label_smoothing: float = 0.0) -> dict[str, Any]:
+    """Run the sweep and write its artifacts; a sweep cut short by a stop request raises StopRequested."""
+    result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing)
     if result.stop_reason == "stopped" and _stopped(hooks):
-        raise StopRequested("range test stopped on request")
-    summary = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), None)
+        raise StopRequested("stopped during the range test")
+    return _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint)
+
+
+def run_range_test(spec: RangeTestSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
+                   hooks: RunHooks | None = None) -> dict[str, Any]:
+    """Sweep the LR for the spec's model and data; write the result, log and plot; return the summary."""
+    started = time.perf_counter()
+    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download)
+    summary = _sweep_and_save(spec, spec, spec.policy, ds, model, device, hooks or RunHooks(), out_dir)
     return {"kind": "range_test", **summary, "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -193,12 +205,8 @@ def _resolve_bounds(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torc
         if saved.exists():
             summary = json.loads(saved.read_text())["summary"]
         else:
-            result = _sweep(spec, spec.range_test, spec.policy, ds, model, device, hooks,
-                            spec.label_smoothing)
-            if result.stop_reason == "stopped" and _stopped(hooks):
-                raise StopRequested("stopped during the range test")
-            summary = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size),
-                                  spec.epochs)
+            summary = _sweep_and_save(spec, spec.range_test, spec.policy, ds, model, device, hooks, out_dir,
+                                      epochs_hint=spec.epochs, label_smoothing=spec.label_smoothing)
         rec = summary["recommendation"]
         if rec is None:
             raise ValueError("range test found no usable LR (the loss never fell): "
@@ -221,13 +229,8 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     Resumes from out_dir/checkpoints/last.pt when it exists.
     """
     hooks = hooks or RunHooks()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "spec.json", spec.model_dump(mode="json"))
     started = time.perf_counter()
-    device = resolve_device(spec.device)
-    ds = _load_data(spec, data_dir, download)
-    model = _model_for(spec, ds, device)
+    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download)
     base_lr, max_lr, lr_info = _resolve_bounds(spec, ds, model, device, out_dir, hooks)
 
     iters = steps_per_epoch(len(ds.train), spec.batch_size)
