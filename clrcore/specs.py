@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from clrcore import catalog
 from clrcore.presets import PRESETS
@@ -111,11 +111,13 @@ class RangeTestOptions(StrictModel):
     val_every: int = Field(10, ge=1)
     val_batches: int = Field(2, ge=1, le=100)
 
-    @model_validator(mode="after")
-    def _ordered(self) -> RangeTestOptions:
-        if self.start_lr >= self.end_lr:
+    @field_validator("end_lr")
+    @classmethod
+    def _above_start(cls, value: float, info: ValidationInfo) -> float:
+        start = info.data.get("start_lr")
+        if start is not None and start >= value:
             raise ValueError("start_lr must be below end_lr")
-        return self
+        return value
 
 
 class RangeTestSpec(JobSpecBase, RangeTestOptions):
@@ -146,16 +148,30 @@ class ScheduleSpec(StrictModel):
     base_momentum: float = Field(0.85, ge=0, lt=1)
     max_momentum: float = Field(0.95, ge=0, lt=1)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ScheduleSpec:
-        lo, hi = self.base_lr, self.max_lr
-        if isinstance(lo, float) and isinstance(hi, float) and lo >= hi:
+    # Cross-field rules are field validators on the later field, so a 422 names that field.
+    @field_validator("max_lr")
+    @classmethod
+    def _above_base(cls, value: float | str, info: ValidationInfo) -> float | str:
+        base = info.data.get("base_lr")
+        cyclic = info.data.get("policy") not in ("one_cycle", "constant")  # they ignore base_lr
+        if cyclic and isinstance(base, float) and isinstance(value, float) and base >= value:
             raise ValueError("base_lr must be below max_lr")
-        if self.gamma is not None and self.final_amplitude is not None:
+        return value
+
+    @field_validator("final_amplitude")
+    @classmethod
+    def _one_decay_rule(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("gamma") is not None:
             raise ValueError("give gamma or final_amplitude, not both")
-        if self.cycle_momentum and self.base_momentum >= self.max_momentum:
+        return value
+
+    @field_validator("max_momentum")
+    @classmethod
+    def _momentum_ordered(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("base_momentum")
+        if info.data.get("cycle_momentum") and base is not None and base >= value:
             raise ValueError("base_momentum must be below max_momentum")
-        return self
+        return value
 
 
 class TrainSpec(JobSpecBase, ScheduleSpec):
@@ -170,13 +186,26 @@ class TrainSpec(JobSpecBase, ScheduleSpec):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        # A preset that is not a string (an object, a list) is left to the field's own type check: a 422.
-        if not isinstance(data, dict) or not data.get("preset") or not isinstance(data["preset"], str):
+        """Fill what the request leaves out from the preset; nested objects merge field by field."""
+        # A preset that is not a known name is left to the field validator below (a 422 naming `preset`).
+        if not isinstance(data, dict) or not isinstance(data.get("preset"), str) or data["preset"] not in PRESETS:
             return data
-        name = data["preset"]
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-        return {**PRESETS[name], **data}
+        return _merge(PRESETS[data["preset"]], data)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; known: {', '.join(sorted(PRESETS))}")
+        return value
+
+
+def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(defaults)
+    for key, value in given.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both_dicts else value
+    return out
 
 
 JobSpec = Annotated[RangeTestSpec | TrainSpec, Field(discriminator="kind")]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -32,6 +33,7 @@ from service.store import JobState, JobStore
 from service.uploads import (
     ARCHIVE_TYPES,
     DATASET_ID,
+    UPLOADS_DIR,
     DatasetStore,
     UploadRefused,
     archive_ext,
@@ -120,7 +122,16 @@ def _list_item(record: dict) -> dict:
 
 
 def upload_errors(spec: RangeTestSpec | TrainSpec, owner: str, store: JobStore, settings: Settings) -> list[dict]:
-    """Submit-time check: an uploaded dataset a spec names must exist and be the caller's (422 otherwise)."""
+    """Submit-time check: an uploaded dataset a spec names must exist and be the caller's (422 otherwise).
+
+    `dataset_path` may not reach into the uploads folder or hidden folders (caches, incoming uploads):
+    another key's archive is reachable only through its id, and the id is checked for ownership.
+    """
+    if spec.dataset_path is not None and not DATASET_ID.match(spec.dataset):
+        parts = PurePosixPath(spec.dataset_path.replace("\\", "/")).parts
+        if parts[:1] == (UPLOADS_DIR,) or any(part.startswith(".") for part in parts):
+            return [field_error("dataset_path", f"'{UPLOADS_DIR}/' and hidden folders are reserved; name an "
+                                "uploaded dataset by its id", spec.dataset_path)]
     if not DATASET_ID.match(spec.dataset):
         return []
     errors = []

@@ -44,3 +44,9 @@ def test_preset_runs_through_run_job_on_tiny_data(name: str, tmp_path: Path, mon
     assert summary["epochs_run"] == 1 and 0.0 <= summary["accuracy"] <= 1.0
     assert (tmp_path / "report.json").exists() and (tmp_path / "model.pt").exists()
     assert (tmp_path / "range_test.json").exists() == (PRESETS[name].get("max_lr") == "auto")
+
+
+def test_request_fields_override_a_preset_field_by_field() -> None:
+    spec = TrainSpec(preset="cifar10-blog", optimizer={"momentum": 0.95}, epochs=3)
+    assert spec.optimizer.momentum == 0.95 and spec.optimizer.name == "sgd"  # the rest of the preset stays
+    assert spec.epochs == 3 and spec.max_lr == PRESETS["cifar10-blog"]["max_lr"]

@@ -13,7 +13,7 @@ def _locs(response) -> list[list]:
 
 
 @pytest.mark.parametrize("path, body, loc, words", [
-    ("train", {**TRAIN, "base_lr": 0.1, "max_lr": 0.01}, ["body"], "base_lr must be below max_lr"),
+    ("train", {**TRAIN, "base_lr": 0.1, "max_lr": 0.01}, ["body", "max_lr"], "base_lr must be below max_lr"),
     ("train", {**TRAIN, "step_size": 0}, ["body", "step_size"], "greater than 0"),
     ("train", {**TRAIN, "step_size": -2}, ["body", "step_size"], "greater than 0"),
     ("train", {**TRAIN, "batch_size": 0}, ["body", "batch_size"], "greater than or equal to 1"),
@@ -22,15 +22,23 @@ def _locs(response) -> list[list]:
     ("range-test", {**RANGE_TEST, "model": "resnet9000"}, ["body", "model"], "unknown model 'resnet9000'"),
     ("train", {**TRAIN, "epochz": 3}, ["body", "epochz"], "Extra inputs are not permitted"),
     ("train", {**TRAIN, "optimizer": {"name": "sgd", "lr": 1}}, ["body", "optimizer", "lr"], "Extra inputs"),
-    ("range-test", {**RANGE_TEST, "start_lr": 1.0, "end_lr": 0.1}, ["body"], "start_lr must be below end_lr"),
+    ("range-test", {**RANGE_TEST, "start_lr": 1.0, "end_lr": 0.1}, ["body", "end_lr"], "start_lr must be below end_lr"),
     ("range-test", {**RANGE_TEST, "kind": "train"}, ["body", "kind"], "'range_test'"),
-    ("train", {**TRAIN, "preset": "nope"}, ["body"], "unknown preset 'nope'"),
+    ("train", {**TRAIN, "preset": "nope"}, ["body", "preset"], "unknown preset 'nope'"),
     ("train", {**TRAIN, "dataset_path": "../../etc"}, ["body", "dataset_path"], "without '..'"),
     # Server limits from Settings (defaults: 200 epochs, 5000 iterations, batch 4096).
     ("train", {**TRAIN, "epochs": 201}, ["body", "epochs"], "at most 200"),
     ("train", {**TRAIN, "batch_size": 5000}, ["body", "batch_size"], "at most 4096"),
     ("range-test", {**RANGE_TEST, "num_iter": 5001}, ["body", "num_iter"], "at most 5000"),
     ("train", {**TRAIN, "range_test": {"num_iter": 9000}}, ["body", "range_test", "num_iter"], "at most 5000"),
+    ("train", {**TRAIN, "dataset": "imagefolder", "dataset_path": "uploads/0123abcd/ds_abcdefgh.zip"},
+     ["body", "dataset_path"], "reserved"),
+    ("train", {**TRAIN, "dataset": "imagefolder", "dataset_path": "./uploads/x.zip"}, ["body", "dataset_path"],
+     "reserved"),
+    ("range-test", {**RANGE_TEST, "dataset": "imagefolder", "dataset_path": "cifar/.cache/x.npz"},
+     ["body", "dataset_path"], "reserved"),
+    ("train", {**TRAIN, "dataset": "imagefolder", "dataset_path": "../etc/passwd"}, ["body", "dataset_path"],
+     "without '..'"),
 ])
 def test_invalid_spec_is_422_naming_the_field(client: TestClient, path: str, body: dict, loc: list,
                                               words: str) -> None:
