@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from clrcore.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +27,8 @@ FORMAT_VERSION = 1
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
     """Write `state` to `path` atomically: readers see the old checkpoint or the new one, never a torn one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT_VERSION, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        torch.save({"format": FORMAT_VERSION, **state}, handle)
     log.debug("checkpoint written to %s", path)
     return path
 

@@ -20,6 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from clrcore.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 FIGSIZE_IN = (8.0, 5.0)
@@ -46,7 +48,8 @@ def _save(fig: Figure, path: str | Path) -> Path:
     """Write the figure as PNG at the fixed size (no tight bbox: that would change the size)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=DPI)
+    with atomic_write(out) as handle:  # the API may serve this file while the job runs
+        fig.savefig(handle, format="png", dpi=DPI)
     fig.clear()  # no pyplot registry to close from; this frees the artists now
     log.debug("wrote plot %s", out)
     return out

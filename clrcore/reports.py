@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics
 
+from clrcore.files import write_text
+
 log = logging.getLogger(__name__)
 
 DIGITS = 4  # decimals in the text table
@@ -119,6 +121,6 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"text": out / "report.txt", "json": out / "report.json"}
-    paths["text"].write_text(report.text if report.text.endswith("\n") else report.text + "\n")
-    paths["json"].write_text(report.to_json() + "\n")
+    write_text(paths["text"], report.text if report.text.endswith("\n") else report.text + "\n")
+    write_text(paths["json"], report.to_json() + "\n")
     return paths

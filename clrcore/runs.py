@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from clrcore import plots, reports
+from clrcore.checkpoint import load_checkpoint
 from clrcore.datasets import Dataset, Split, load_dataset, make_dataset
+from clrcore.files import atomic_write, write_text
 from clrcore.loaders import make_loader, normalization
 from clrcore.models import build_model
 from clrcore.range_test import RangeTestResult, range_test
@@ -58,10 +60,7 @@ class RunHooks:
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    tmp = path.with_name(f".{path.name}.{time.monotonic_ns()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
-    return path
+    return write_text(path, json.dumps(data, indent=1, default=str))
 
 
 def _load_data(spec: JobSpecBase, data_dir: Path, download: bool) -> Dataset:
@@ -177,9 +176,10 @@ def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, d
                     label_smoothing: float = 0.0) -> dict[str, Any]:
     """Run the sweep and write its artifacts; a sweep cut short by a stop request raises StopRequested."""
     result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing)
-    if result.stop_reason == "stopped" and _stopped(hooks):
+    summary = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint)
+    if result.stop_reason == "stopped" and _stopped(hooks):  # the partial curve stays in the run folder
         raise StopRequested("stopped during the range test")
-    return _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint)
+    return summary
 
 
 def run_range_test(spec: RangeTestSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
@@ -202,9 +202,8 @@ def _resolve_bounds(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torc
     max_lr, base_lr = spec.max_lr, spec.base_lr
     if max_lr == "auto" or base_lr == "auto":
         saved = out_dir / "range_test.json"
-        if saved.exists():
-            summary = json.loads(saved.read_text())["summary"]
-        else:
+        summary = json.loads(saved.read_text())["summary"] if saved.exists() else None
+        if summary is None or summary["stop_reason"] == "stopped":  # a sweep cut short is run again
             summary = _sweep_and_save(spec, spec.range_test, spec.policy, ds, model, device, hooks, out_dir,
                                       epochs_hint=spec.epochs, label_smoothing=spec.label_smoothing)
         rec = summary["recommendation"]
@@ -239,8 +238,12 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     plots.plot_lr_schedule(out_dir / "lr_schedule_preview.png", planned["step"], planned["lr"],
                            planned["momentum"] or None)
     config = config_from_spec(spec, schedule, device, checkpoint_path=out_dir / CHECKPOINT)
-    result = train(model, ds, config, hooks=Hooks(hooks.on_progress, hooks.should_stop,
-                                                  hooks.progress_interval))
+    try:
+        result = train(model, ds, config, hooks=Hooks(hooks.on_progress, hooks.should_stop,
+                                                      hooks.progress_interval))
+    except StopRequested:
+        _save_partial_history(out_dir)
+        raise
 
     report = reports.classification_report(result.y_true, result.y_pred, ds.classes)
     reports.write_report(report, out_dir)
@@ -250,7 +253,8 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     plots.plot_lr_schedule(out_dir / "lr_schedule.png", list(range(len(history["lr"]))), history["lr"],
                            history.get("momentum") or None)
     plots.plot_confusion_matrix(out_dir / "confusion_matrix.png", report.matrix, ds.classes)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / "model.pt")
+    with atomic_write(out_dir / "model.pt") as handle:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
     return {
         "kind": "train",
         "accuracy": report.accuracy,
@@ -268,6 +272,16 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
         "device": str(device),
         "classes": ds.classes,
     }
+
+
+def _save_partial_history(out_dir: Path) -> None:
+    """A stopped run keeps the history of its complete epochs (from the checkpoint) beside the checkpoint."""
+    if not (out_dir / CHECKPOINT).exists():
+        return
+    history = load_checkpoint(out_dir / CHECKPOINT)["history"]
+    _write_json(out_dir / "history.json", history)
+    if history.get("epoch"):
+        plots.plot_history(out_dir / "history.png", history)
 
 
 def run_job(spec: RangeTestSpec | TrainSpec, out_dir: Path, **kwargs: Any) -> dict[str, Any]:

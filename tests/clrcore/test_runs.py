@@ -1,5 +1,6 @@
 """A spec in, a run folder out: the path both the `clr` command and the worker take."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,10 +57,31 @@ def test_auto_lr_on_digits_reaches_95_percent(tmp_path: Path) -> None:
     assert summary["accuracy"] >= 0.95
 
 
-def test_stop_request_raises_stop_requested(tmp_path: Path) -> None:
-    spec = TrainSpec(**FAST, epochs=3, base_lr=0.01, max_lr=0.1)
+def _stop_after(calls: int):
+    count = iter(range(10**9))
+    return lambda: next(count) >= calls
+
+
+def test_stopped_training_keeps_checkpoint_and_history_of_complete_epochs(tmp_path: Path) -> None:
+    spec = TrainSpec(**FAST, epochs=3, base_lr=0.01, max_lr=0.1)  # 8 batches an epoch, then evaluation
     with pytest.raises(StopRequested):
-        run_job(spec, tmp_path, data_dir=tmp_path, hooks=RunHooks(should_stop=lambda: True))
+        run_job(spec, tmp_path, data_dir=tmp_path, hooks=RunHooks(should_stop=_stop_after(12)))
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["epoch"] == [1]
+    assert (tmp_path / "checkpoints" / "last.pt").exists() and _png_size(tmp_path / "history.png")
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_stopped_range_test_keeps_its_partial_curve_and_is_not_reused(tmp_path: Path) -> None:
+    spec = TrainSpec(**FAST, epochs=1, max_lr="auto", range_test={"start_lr": 1e-5, "num_iter": 40})
+    with pytest.raises(StopRequested):
+        run_job(spec, tmp_path, data_dir=tmp_path, hooks=RunHooks(should_stop=_stop_after(10)))
+    partial = json.loads((tmp_path / "range_test.json").read_text())["summary"]
+    assert partial["stop_reason"] == "stopped" and 0 < partial["steps"] < 40
+    assert (tmp_path / "range_test_log.csv").exists() and (tmp_path / "range_test.png").exists()
+    summary = run_job(spec, tmp_path, data_dir=tmp_path)  # the next delivery sweeps again, in full
+    full = json.loads((tmp_path / "range_test.json").read_text())["summary"]
+    assert full["stop_reason"] != "stopped" and summary["lr_choice"]["source"] == "range_test"
 
 
 def test_missing_imagefolder_names_the_path(tmp_path: Path) -> None:
