@@ -3,6 +3,8 @@
 Every field of the job specs is a flag (`--max-lr auto`, `--optimizer-momentum 0.95`,
 `--range-test-num-iter 200`), generated from the pydantic models so the CLI and the API never drift.
 With no flags, `clr train` runs the embedded default: the `digits-demo` preset, offline, on the CPU.
+Spec flags given without --dataset or --preset change that default rather than replace it:
+`clr train --epochs 5` trains digits-demo for 5 epochs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ from clrcore.specs import RangeTestSpec, TrainSpec
 
 DEFAULT_PRESET = "digits-demo"
 NESTED = "__"  # dest separator for nested spec fields (optimizer__momentum)
+EPILOGS = {
+    "train": f"Without --dataset or --preset, training starts from the {DEFAULT_PRESET} preset and the\n"
+             "spec flags change it: `clr train --epochs 5` trains digits-demo for 5 epochs.\n"
+             "With --max-lr auto the range test runs first; unless you set --step-size, --step-unit or\n"
+             "--epochs (a preset's values count as set), its recipe picks them so the run ends on a\n"
+             "cycle minimum.",
+    "range-test": "Prints each suggestion, the recommended bounds and the whole recipe (policy, base and\n"
+                  "max LR, step size in iterations and epochs, epochs), the rules' spread in decades and\n"
+                  "the low-confidence flag.",
+}
 
 
 def _model_class(annotation: Any) -> type[BaseModel] | None:
@@ -62,8 +74,8 @@ def spec_from_args(args: argparse.Namespace, model: type[BaseModel]) -> Any:
         for part in parents:
             target = target.setdefault(part, {})
         target[leaf] = None if value == "none" else value
-    if model is TrainSpec and not data:
-        data = {"preset": DEFAULT_PRESET}
+    if model is TrainSpec and "dataset" not in data and "preset" not in data:
+        data = {"preset": DEFAULT_PRESET, **data}  # tweaks of the embedded default, not of bare TrainSpec
     return model.model_validate(data)
 
 
@@ -137,6 +149,11 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
             print(f"  {name:<16} {lr:.3g}" if lr else f"  {name:<16} -")
         if rec:
             print(f"recommended: base_lr {rec['base_lr']:.3g}, max_lr {rec['max_lr']:.3g} ({rec['rule']})")
+        if summary.get("recipe"):
+            print(_recipe_line(summary["recipe"]))
+        spread = summary.get("spread_decades")
+        print(f"spread: {'-' if spread is None else f'{spread:.2f}'} decades; "
+              f"low confidence: {'yes' if summary['low_confidence'] else 'no'}")
         for warning in summary["warnings"]:
             print(f"warning: {warning}")
     else:
@@ -145,7 +162,25 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
             print(report.read_text())
         print(f"accuracy {summary['accuracy']:.4f}; lr {summary['base_lr']:.3g}..{summary['max_lr']:.3g} "
               f"({summary['lr_choice']['source']}); {summary['seconds']:.1f} s")
+        if summary.get("from_recipe"):
+            print("from the range test's recipe: "
+                  + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in summary["from_recipe"].items()))
+        for warning in summary.get("warnings", []):
+            print(f"warning: {warning}")
     print(f"run folder: {out}")
+
+
+def _recipe_line(plan: dict[str, Any]) -> str:
+    """The recipe in one line: policy, bounds, step size (iterations and epochs) and epochs."""
+    parts = [f"recipe: policy {plan['policy']}, base_lr {plan['base_lr']:.3g}, max_lr {plan['max_lr']:.3g}"]
+    if "step_size" in plan:
+        parts.append(f"step_size {plan['step_size']} iterations ({plan['step_epochs']} epochs)")
+        cycles = plan["cycles"]
+        parts.append(f"epochs {plan['epochs']} ({cycles} cycle{'s' if cycles != 1 else ''})")
+    else:
+        parts.append(f"epochs {plan['epochs']}")
+    return ", ".join(parts)
 
 
 def _list(what: str) -> int:
@@ -161,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, model, text in (("train", TrainSpec, "train with a cyclical LR schedule"),
                               ("range-test", RangeTestSpec, "run the LR range test")):
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, epilog=EPILOGS[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--out", default=None, help="run folder (default runs/<command>-<time>)")
         p.add_argument("--data-dir", default=os.environ.get("CLR_DATA_DIR", "runs/data"),
                        help="where datasets live or are downloaded to")

@@ -15,6 +15,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import sys
 import tempfile
 import zipfile
@@ -432,6 +433,15 @@ def load_image_tree(
 # Builders, one per catalog name
 
 
+# What torchvision raises on files it cannot read: a short idx file fails int() or a reshape, a
+# CIFAR batch fails its checksum ("not found or corrupted") or unpickling, a cut file hits EOF.
+TORCHVISION_LOAD_ERRORS = (ValueError, OSError, EOFError, pickle.UnpicklingError, RuntimeError)
+
+
+def _holds_files(root: Path) -> bool:
+    return root.is_dir() and next((p for p in root.rglob("*") if p.is_file()), None) is not None
+
+
 def _torchvision_split(name: str, data_dir: Path, download: bool, train: bool, hint: str = ""):
     import torchvision
 
@@ -440,8 +450,11 @@ def _torchvision_split(name: str, data_dir: Path, download: bool, train: bool, h
     root = data_dir / name
     try:
         return cls(str(root), train=train, download=False)
-    except RuntimeError as err:
+    except TORCHVISION_LOAD_ERRORS as err:
         if not download:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if _holds_files(root):  # torchvision says "not found" for a failed checksum too
+                raise DatasetError(name, f"files under {root} are corrupt or incomplete: {reason}") from err
             raise DatasetError(name, f"not found under {root}; pass download=True (needs internet), put "
                                f"torchvision's files there{hint} ({err})") from err
     try:

@@ -133,6 +133,7 @@ def _validation_panel(ax: Axes, val: Mapping[str, Any]) -> None:
     ax.set_ylabel("val loss", color="tab:purple")
     if lr_loss.size:
         ax.plot(lr_loss, loss, color="tab:purple", marker=".", label="val loss")
+        ax.set_ylim(*_loss_limits(loss))  # one huge loss at a high LR would flatten the rest
     twin = ax.twinx()
     twin.set_ylabel("val accuracy", color="tab:olive")
     if lr_acc.size:

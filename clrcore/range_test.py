@@ -2,8 +2,10 @@
 
 The sweep counts real optimizer steps only: gradient accumulation takes k micro-batches per step,
 and a step that AMP skipped (inf gradients, the scale went down) is logged but does not move up the
-ladder. Afterwards model, optimizer, GradScaler and every RNG are restored from an in-memory
-snapshot and checked by a checksum, so a range test before training changes nothing but the clock.
+ladder. With several param groups the ladder sets group 0's LR and the others keep their initial
+ratio to it, so discriminative LRs stay discriminative. Afterwards model, optimizer, GradScaler and
+every RNG are restored from an in-memory snapshot and checked by a checksum, so a range test before
+training changes nothing but the clock.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clrcore.suggest import Recommendation, recommend, suggest_lrs, warnings_for
+from clrcore.suggest import Recommendation, recipe, recommend, suggest_lrs, warnings_for
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,17 @@ class RangeTestResult:
         """(lr, smoothed loss) over the steps that were really taken; the curve the rules read."""
         taken = [r for r in self.log if not r["skipped"]]
         return [r["lr"] for r in taken], [r["smoothed"] for r in taken]
+
+    def recipe(self, iters_per_epoch: int, epochs_hint: int | None = None) -> dict[str, Any] | None:
+        """The whole training recipe (base_lr, max_lr, step size, epochs, policy), not just one LR.
+
+        For the triangular family the step size is 2-8 epochs' worth of iterations and the epoch
+        count a whole number of cycles, so training ends on a cycle minimum; see `suggest.recipe`.
+        None when the sweep gave no recommendation.
+        """
+        if self.recommendation is None:
+            return None
+        return recipe(self.recommendation, iters_per_epoch=iters_per_epoch, epochs_hint=epochs_hint)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: NaN and inf become None."""
@@ -139,9 +152,42 @@ def _tensor_digest(h: Any, name: str, t: torch.Tensor) -> None:
     h.update(t.view(torch.uint8).cpu().numpy().tobytes())
 
 
-def state_checksum(model: nn.Module, optimizer: torch.optim.Optimizer) -> str:
-    """sha256 over every model state tensor (weights and buffers such as BatchNorm statistics), the
-    optimizer's state tensors and its hyperparameters."""
+def rng_states() -> dict[str, Any]:
+    """Every global RNG a sweep can advance: torch CPU, CUDA (only if initialised), numpy, python."""
+    return {
+        "torch": torch.get_rng_state(),
+        # only if CUDA is up: initialising it here would break forked workers on CPU runs
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+def _rng_digest(h: Any, states: dict[str, Any]) -> None:
+    _tensor_digest(h, "rng.torch", states["torch"])
+    for i, t in enumerate(states["cuda"] or []):
+        _tensor_digest(h, f"rng.cuda{i}", t)
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    h.update(f"rng.numpy|{kind}|{pos}|{has_gauss}|{gauss!r}|".encode())
+    h.update(np.ascontiguousarray(keys).tobytes())
+    h.update(f"rng.python|{states['python']!r}".encode())
+
+
+def state_checksum(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None) -> str:
+    """sha256 over everything a range test must leave as it found it.
+
+    Covers every model state tensor (weights and buffers such as BatchNorm statistics), the
+    optimizer's state tensors and hyperparameters, the GradScaler's state (scale and growth tracker)
+    and the current global RNG states, so a restore that forgets any of them fails the comparison.
+    """
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         _tensor_digest(h, f"model.{name}", t)
@@ -154,6 +200,9 @@ def state_checksum(model: nn.Module, optimizer: torch.optim.Optimizer) -> str:
             else:
                 h.update(f"opt.{pid}.{key}={value!r}".encode())
     h.update(json.dumps(opt["param_groups"], sort_keys=True, default=repr).encode())
+    if scaler is not None:
+        h.update(b"scaler|" + json.dumps(scaler.state_dict(), sort_keys=True, default=repr).encode())
+    _rng_digest(h, rng_states())
     return h.hexdigest()
 
 
@@ -176,15 +225,9 @@ class _Snapshot:
             grads=[None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
             optimizer=copy.deepcopy(optimizer.state_dict()),
             scaler=None if scaler is None else copy.deepcopy(scaler.state_dict()),
-            rng={
-                "torch": torch.get_rng_state(),
-                # only if CUDA is up: initialising it here would break forked workers on CPU runs
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            rng=rng_states(),
             training=model.training,
-            checksum=state_checksum(model, optimizer),
+            checksum=state_checksum(model, optimizer, scaler),
         )
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any) -> str:
@@ -195,13 +238,9 @@ class _Snapshot:
         optimizer.load_state_dict(self.optimizer)
         if scaler is not None and self.scaler is not None:
             scaler.load_state_dict(self.scaler)
-        torch.set_rng_state(self.rng["torch"])
-        if self.rng["cuda"] is not None:
-            torch.cuda.set_rng_state_all(self.rng["cuda"])
-        np.random.set_state(self.rng["numpy"])
-        random.setstate(self.rng["python"])
+        _set_rng_states(self.rng)
         model.train(self.training)
-        checksum = state_checksum(model, optimizer)
+        checksum = state_checksum(model, optimizer, scaler)
         if checksum != self.checksum:
             raise RuntimeError(f"range test restore failed: checksum {checksum[:12]} != {self.checksum[:12]}")
         return checksum
@@ -210,12 +249,25 @@ class _Snapshot:
 # ---------------------------------------------------------------------------- the sweep
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
+def _group_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Each param group's initial LR relative to group 0's, so discriminative LRs keep their ratios.
+
+    With equal initial LRs (the usual case) every ratio is 1 and all groups follow the ladder; a
+    group 0 without a positive LR gives no reference, so then every group follows it too.
+    """
+    first = float(optimizer.param_groups[0]["lr"])
+    if not first > 0:
+        return [1.0] * len(optimizer.param_groups)
+    return [float(g["lr"]) / first for g in optimizer.param_groups]
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float, ratios: list[float]) -> None:
+    """Group 0 gets the ladder's LR, every other group the same LR times its ratio."""
+    for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
         if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
+            group["lr"].fill_(lr * ratio)
         else:
-            group["lr"] = lr
+            group["lr"] = lr * ratio
 
 
 def _momenta(optimizer: torch.optim.Optimizer) -> list[float | None]:
@@ -292,7 +344,10 @@ def range_test(
 ) -> RangeTestResult:
     """Sweep the LR over `num_iter` optimizer steps, then restore every state and read the curve.
 
-    `train_batches` yields (x, y) already on the device and is cycled when it runs out. Stops on
+    The ladder sets group 0's LR; other param groups move in step at their initial LR ratio to
+    group 0 (discriminative LRs keep their ratios), and each record's `lrs` holds the LR every
+    group really had. `train_batches` yields (x, y) already on the device and is cycled when it
+    runs out. Stops on
     divergence (smoothed loss > diverge_factor x best), NaN/inf loss, the end of the ladder, data
     that yields nothing, or `should_stop()` returning True. `on_step` receives each step's record.
     Raises RuntimeError if the restored state's checksum differs from the one taken before.
@@ -384,10 +439,11 @@ def _sweep(
 ) -> tuple[str, tuple[int, float] | None]:
     """The loop itself; appends to `records` and `val_log`, returns (stop_reason, stopped_at)."""
     avg, best, taken, skips_in_row = 0.0, math.inf, 0, 0
+    ratios = _group_ratios(optimizer)
     while taken < len(ladder):
         if should_stop is not None and should_stop():
             return "stopped", None
-        _set_lr(optimizer, float(ladder[taken]))
+        _set_lr(optimizer, float(ladder[taken]), ratios)
         optimizer.zero_grad(set_to_none=True)
         window_loss = None
         for _ in range(accumulation_steps):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +27,9 @@ from clrcore.files import atomic_write, write_text
 from clrcore.loaders import make_loader, normalization
 from clrcore.models import build_model
 from clrcore.range_test import RangeTestResult, range_test
-from clrcore.schedules import build_schedule, preview, schedule_from_spec
+from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_spec
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
-from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, recipe
+from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, Recommendation, recipe
 from clrcore.trainer import (
     Hooks,
     Progress,
@@ -101,23 +102,32 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
         test = make_loader(ds.test, spec.batch_size, device=device, **inputs, train=False)
         val = [b for _, b in zip(range(options.val_batches), test, strict=False)]
     bf16 = device.type == "cuda" and spec.precision != "fp32"
-    last = [0.0]
+    emitted: dict[str, Any] = {"at": -math.inf, "pending": None}  # the first step always shows
 
     def on_step(record: dict[str, Any]) -> None:
+        # "iteration" is already 1-based: the ladder position of this optimizer step
+        progress = Progress("range_test", 0, 0, record["iteration"], options.num_iter,
+                            {"lr": record["lr"], "loss": record["loss"],
+                             "smoothed_loss": record["smoothed"] or float("nan")})
         now = time.monotonic()
-        if hooks.on_progress and now - last[0] >= hooks.progress_interval:
-            last[0] = now
-            hooks.on_progress(Progress("range_test", 0, 0, record["iteration"] + 1, options.num_iter,
-                                       {"lr": record["lr"], "loss": record["loss"],
-                                        "smoothed_loss": record["smoothed"] or float("nan")}))
+        last_rung = record["iteration"] == options.num_iter and not record["skipped"]
+        if hooks.on_progress and (last_rung or now - emitted["at"] >= hooks.progress_interval):
+            emitted["at"], emitted["pending"] = now, None
+            hooks.on_progress(progress)
+        else:
+            emitted["pending"] = progress
 
-    return range_test(
+    result = range_test(
         model, optimizer, nn.CrossEntropyLoss(label_smoothing=label_smoothing), batches,
         start_lr=options.start_lr, end_lr=options.end_lr, num_iter=options.num_iter, mode=options.mode,
         smooth=options.smooth, diverge_factor=options.diverge_factor, val_batches=val,
-        val_every=options.val_every, autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
+        val_every=options.val_every, accumulation_steps=options.accumulation_steps,
+        autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
         on_step=on_step, should_stop=hooks.should_stop, policy=policy,
     )
+    if hooks.on_progress and emitted["pending"] is not None:  # a sweep that stopped early: its last step
+        hooks.on_progress(emitted["pending"])
+    return result
 
 
 def _save_sweep(result: RangeTestResult, out_dir: Path, iters_per_epoch: int,
@@ -211,7 +221,8 @@ def _resolve_bounds(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torc
             raise ValueError("range test found no usable LR (the loss never fell): "
                              + "; ".join(summary["warnings"]))
         info = {"source": "range_test", "rule": rec["rule"], "low_confidence": rec["low_confidence"],
-                "suggestions": summary["suggestions"], "warnings": summary["warnings"]}
+                "suggestions": summary["suggestions"], "warnings": summary["warnings"],
+                "recommendation": rec}
         max_lr = rec["max_lr"] if max_lr == "auto" else max_lr
         base_lr = rec["base_lr"] if base_lr in ("auto", None) else base_lr
     if base_lr is None:
@@ -219,6 +230,45 @@ def _resolve_bounds(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torc
     if spec.policy not in ("one_cycle", "constant") and base_lr >= max_lr:
         raise ValueError(f"base_lr {base_lr:.3g} is not below max_lr {max_lr:.3g}")
     return float(base_lr), float(max_lr), info
+
+
+def _apply_recipe(spec: TrainSpec, lr_info: dict[str, Any], iters: int) -> tuple[TrainSpec, dict[str, Any]]:
+    """The spec with the range test's step size and epochs where the user left them to it.
+
+    Only for max_lr 'auto' and the triangular family, and only for fields the request did not set
+    (a preset's values count as set, they arrive in the request data): the step size (step_size and
+    step_unit together) and the epochs. The recipe picks a step of 2-8 epochs and a whole number of
+    cycles, so the run ends on a cycle minimum. Returns the spec to train and every value the range
+    test supplied (the LR bounds included), for the summary.
+    """
+    rec = lr_info.get("recommendation")
+    if rec is None:
+        return spec, {}
+    taken: dict[str, Any] = {"max_lr": rec["max_lr"]} if spec.max_lr == "auto" else {}
+    if spec.base_lr in ("auto", None):
+        taken["base_lr"] = rec["base_lr"]
+    if spec.max_lr != "auto" or spec.policy not in TRIANGULAR_FAMILY:
+        return spec, taken
+    given = spec.model_fields_set
+    plan = recipe(Recommendation(**rec), iters_per_epoch=iters, epochs_hint=spec.epochs)
+    if not given & {"step_size", "step_unit"}:
+        taken |= {"step_size": plan["step_size"], "step_unit": plan["step_unit"]}
+        if "epochs" not in given:
+            taken["epochs"] = plan["epochs"]
+    schedule_fields = {k: v for k, v in taken.items() if k in ("step_size", "step_unit", "epochs")}
+    return (spec.model_copy(update=schedule_fields) if schedule_fields else spec), taken
+
+
+def _cycle_warnings(spec: TrainSpec, schedule: Schedule, iters: int) -> list[str]:
+    """A triangular-family run that stops mid-cycle ends above base_lr, off the accuracy peak: say so."""
+    period = schedule.cycle_length()
+    total = spec.epochs * iters
+    if spec.policy not in TRIANGULAR_FAMILY or not period or total % period == 0:
+        return []
+    fix = (f"use a multiple of {period // iters} epochs" if period % iters == 0
+           else "choose epochs and step_size so that the run is a whole number of cycles")
+    return [f"epochs={spec.epochs} ends mid-cycle ({total / period:.2f} cycles of {period} iterations, "
+            f"last LR {schedule.lr(total - 1):.3g}); {fix} to end on a cycle minimum"]
 
 
 def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
@@ -233,7 +283,11 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     base_lr, max_lr, lr_info = _resolve_bounds(spec, ds, model, device, out_dir, hooks)
 
     iters = steps_per_epoch(len(ds.train), spec.batch_size)
+    spec, from_recipe = _apply_recipe(spec, lr_info, iters)
     schedule = schedule_from_spec(spec, base_lr=base_lr, max_lr=max_lr, iters_per_epoch=iters)
+    run_warnings = _cycle_warnings(spec, schedule, iters)
+    for warning in run_warnings:
+        log.warning("%s", warning)
     planned = preview(schedule, spec.epochs * iters)
     plots.plot_lr_schedule(out_dir / "lr_schedule_preview.png", planned["step"], planned["lr"],
                            planned["momentum"] or None)
@@ -264,6 +318,10 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
         "lr_choice": lr_info,
         "policy": spec.policy,
         "epochs": spec.epochs,
+        "step_size": spec.step_size,
+        "step_unit": spec.step_unit,
+        "from_recipe": from_recipe,
+        "warnings": run_warnings,
         "epochs_run": result.epochs_run,
         "resumed_from": result.resumed_from,
         "iters_per_epoch": iters,

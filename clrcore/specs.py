@@ -110,6 +110,9 @@ class RangeTestOptions(StrictModel):
     validation: bool = Field(False, description="also track loss on a fixed validation subset")
     val_every: int = Field(10, ge=1)
     val_batches: int = Field(2, ge=1, le=100)
+    accumulation_steps: int = Field(
+        1, ge=1, le=64, description="micro-batches per optimizer step; the sweep counts optimizer steps"
+    )
 
     @field_validator("end_lr")
     @classmethod
@@ -128,7 +131,9 @@ class RangeTestSpec(JobSpecBase, RangeTestOptions):
 class ScheduleSpec(StrictModel):
     policy: Policy = "triangular"
     base_lr: PositiveLR | Literal["auto"] | None = Field(
-        None, description="lower bound; None means max_lr/4 (Smith) or the range test's pick"
+        None,
+        description="lower bound; None means max_lr/25 for triangular, triangular2 and exp_range, "
+        "max_lr/div_factor for one_cycle, or the range test's pick when max_lr is 'auto'",
     )
     max_lr: PositiveLR | Literal["auto"] = Field(
         "auto", description="upper bound, or 'auto' to run the range test first"

@@ -28,6 +28,28 @@ def test_range_test_prints_suggestions(tmp_path: Path, capsys: pytest.CaptureFix
     assert rc == 0
     printed = capsys.readouterr().out
     assert "recommended: base_lr" in printed and "valley" in printed
+    assert "recipe: policy triangular, base_lr" in printed and "iterations (4 epochs), epochs 8 (1 cycle)" in printed
+    assert "decades; low confidence: " in printed
+
+
+def test_spec_flags_without_dataset_or_preset_tweak_the_digits_demo(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--quiet", "--out", str(out), "--data-dir", str(tmp_path), "--epochs", "2"]) == 0
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["preset"] == "digits-demo" and spec["dataset"] == "digits" and spec["epochs"] == 2
+    assert spec["augment"]["flip"] is False
+    assert json.loads((out / "summary.json").read_text())["epochs_run"] == 2
+
+
+def test_train_max_lr_auto_saves_the_range_test_in_the_run_folder(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    rc = main(["train", "--quiet", "--out", str(out), "--data-dir", str(tmp_path), "--max-lr", "auto",
+               "--epochs", "1", "--train-subset", "256", "--range-test-num-iter", "20"])
+    assert rc == 0
+    for name in ("range_test.json", "range_test_log.csv", "range_test.png"):
+        assert (out / name).stat().st_size > 0
+    assert "from the range test's recipe: max_lr" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -147,6 +147,34 @@ def test_torchvision_mnist_from_existing_files(tmp_path):
     assert ds.classes == list(catalog.DIGIT_CLASSES)
 
 
+def write_fake_mnist(tmp_path: Path) -> Path:
+    """torchvision's MNIST layout under tmp_path/mnist; returns the raw folder."""
+    raw_dir = tmp_path / "mnist" / "MNIST" / "raw"
+    raw_dir.mkdir(parents=True)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        write_idx(raw_dir / f"{prefix}-images-idx3-ubyte", np.zeros((n, 28, 28)))
+        write_idx(raw_dir / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return raw_dir
+
+
+@pytest.mark.parametrize("damage", [lambda data: b"", lambda data: data[:100]], ids=["empty", "truncated"])
+def test_corrupt_mnist_idx_file_is_named_corrupt(tmp_path, damage):
+    images = write_fake_mnist(tmp_path) / "train-images-idx3-ubyte"
+    images.write_bytes(damage(images.read_bytes()))
+    with pytest.raises(DatasetError, match=r"'mnist'.*files under .*mnist are corrupt or incomplete: ") as caught:
+        load_dataset("mnist", tmp_path)
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_garbage_cifar10_batch_file_is_named_corrupt(tmp_path):
+    batches = tmp_path / "cifar10" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]:
+        (batches / name).write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match=r"'cifar10'.*corrupt or incomplete: Dataset not found or corrupted"):
+        load_dataset("cifar10", tmp_path)
+
+
 def test_cifar10_missing_mentions_the_archive(tmp_path):
     with pytest.raises(DatasetError, match="cifar10-jpg.tar.gz"):
         load_dataset("cifar10", tmp_path)

@@ -52,6 +52,17 @@ def test_range_test_clips_the_blow_up_out_of_the_y_range():
     assert low < smoothed.min() < smoothed[0] <= high < 10
 
 
+def test_validation_panel_clips_a_huge_loss_at_high_lr_like_the_training_panel():
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    val = {"lr": [1e-4, 1e-3, 1e-2, 1e-1, 1.0], "val_loss": [2.3, 1.9, 1.1, 0.8, 1e6],
+           "val_acc": [0.1, 0.4, 0.7, 0.8, 0.1]}
+    plots._validation_panel(ax, val)
+    low, high = ax.get_ylim()
+    assert low < 0.8 and 2.3 <= high < 10  # the dip stays readable; 1e6 is off the top
+
+
 def test_history_with_missing_validation(tmp_path):
     history = {"epoch": [1, 2, 3], "train_loss": [2.0, 1.5, 1.1], "train_acc": [0.3, 0.5, 0.6],
                "val_loss": [None, 1.4, NAN], "val_acc": None}

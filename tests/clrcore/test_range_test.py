@@ -89,6 +89,18 @@ def test_log_reads_back_the_applied_lr_and_momentum_per_group():
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.1]  # restored
 
 
+def test_param_groups_keep_their_initial_lr_ratios_along_the_ladder():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.01},
+                           {"params": model[1].parameters(), "lr": 0.1}], lr=0.1)  # fmt: skip
+    batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
+    res = range_test(model, opt, F.cross_entropy, batches, start_lr=1e-4, end_lr=1e-2, num_iter=10)
+    ladder = lr_ladder(1e-4, 1e-2, 10)
+    np.testing.assert_allclose([r["lrs"][0] for r in res.log], ladder)
+    np.testing.assert_allclose([r["lrs"][1] for r in res.log], 10 * ladder)
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.1]  # restored
+
+
 def test_first_smoothed_value_equals_the_raw_loss_and_ema_is_debiased():
     losses = [3.0, 2.0, 2.5, 1.0, 1.5, 1.2]
     res = scripted_run(losses, num_iter=6, smooth=0.9)
@@ -241,21 +253,21 @@ def test_every_state_and_rng_is_restored(digits, make_opt):
     model_before = copy.deepcopy(model.state_dict())
     opt_before = copy.deepcopy(opt.state_dict())
     grads_before = [p.grad.clone() for p in model.parameters()]
-    checksum_before = state_checksum(model, opt)
     torch.manual_seed(123)
     np.random.seed(123)
     random.seed(123)
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    checksum_before = state_checksum(model, opt)  # covers the RNG states too, so taken after seeding
 
     res = range_test(model, opt, F.cross_entropy, train, start_lr=1e-4, end_lr=10.0, num_iter=30)
 
+    assert res.restored and res.checksum == checksum_before == state_checksum(model, opt)
     after = (torch.rand(3), np.random.rand(3), random.random())
     torch.set_rng_state(rng[0])
     np.random.set_state(rng[1])
     random.setstate(rng[2])
     assert torch.equal(after[0], torch.rand(3))  # as if the test had not run
     assert np.array_equal(after[1], np.random.rand(3)) and after[2] == random.random()
-    assert res.restored and res.checksum == checksum_before == state_checksum(model, opt)
     state = model.state_dict()
     assert "1.running_mean" in state
     for name, tensor in model_before.items():
@@ -277,6 +289,33 @@ def test_a_restore_that_does_not_take_raises(digits):
         range_test(model, opt, F.cross_entropy, train, start_lr=1e-3, end_lr=0.1, num_iter=5)
 
 
+def _draws_from_every_rng(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy that also advances numpy's and python's RNGs, as a user's augmentation might."""
+    np.random.rand()
+    random.random()
+    return F.cross_entropy(out, y)
+
+
+@pytest.mark.parametrize("forgotten", ["torch.set_rng_state", "numpy.random.set_state", "random.setstate"])
+def test_a_restore_that_forgets_an_rng_raises(digits, monkeypatch, forgotten):
+    train, _, _ = digits
+    model = mlp(bn=True)  # its dropout advances the torch RNG
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    monkeypatch.setattr(forgotten, lambda state: None)
+    with pytest.raises(RuntimeError, match="restore failed"):
+        range_test(model, opt, _draws_from_every_rng, train, start_lr=1e-3, end_lr=0.1, num_iter=5)
+
+
+def test_the_checksum_covers_the_grad_scaler_state():
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    before = state_checksum(model, opt, scaler)
+    assert state_checksum(model, opt, scaler) == before
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 2.0**5})  # as after a few AMP skips
+    assert state_checksum(model, opt, scaler) != before
+
+
 # ---------------------------------------------------------------------------- end to end
 
 
@@ -288,6 +327,10 @@ def test_digits_recommendation_trains_well_above_chance(digits):
     rec = res.recommendation
     assert rec is not None and 1e-3 <= rec.max_lr <= 3.0, res.suggestions
     assert not res.low_confidence
+    plan = res.recipe(len(train), epochs_hint=12)  # the whole recipe, not one number
+    assert (plan["base_lr"], plan["max_lr"], plan["policy"]) == (rec.base_lr, rec.max_lr, "triangular")
+    assert plan["step_size"] == plan["step_epochs"] * len(train) and 2 <= plan["step_epochs"] <= 8
+    assert plan["epochs"] == 12 == 2 * plan["cycles"] * plan["step_epochs"]  # ends on a cycle minimum
 
     # one triangular cycle, base -> max -> base, over four epochs
     steps, k = 4 * len(train), 0
@@ -304,6 +347,11 @@ def test_digits_recommendation_trains_well_above_chance(digits):
     with torch.no_grad():
         accuracy = (model(xt).argmax(1) == yt).float().mean().item()
     assert accuracy > 0.8, (accuracy, rec)  # chance is 0.1; this run reaches about 0.9
+
+
+def test_a_sweep_without_a_recommendation_has_no_recipe():
+    res = scripted_run([1.0 + 0.01 * i for i in range(20)], num_iter=10, start_lr=1e-3, end_lr=1.0)
+    assert res.recommendation is None and res.recipe(10) is None
 
 
 def test_bf16_autocast_sweep_runs_and_restores(digits):

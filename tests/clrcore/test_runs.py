@@ -9,7 +9,7 @@ from PIL import Image
 from clrcore.datasets import DatasetError
 from clrcore.runs import RunHooks, run_job
 from clrcore.specs import RangeTestSpec, TrainSpec
-from clrcore.trainer import StopRequested
+from clrcore.trainer import Progress, StopRequested
 
 FAST = {"dataset": "digits", "model": "tiny_cnn", "batch_size": 64, "train_subset": 512,
         "augment": {"translate": 1, "flip": False}}
@@ -53,8 +53,67 @@ def test_training_job_writes_every_artifact_and_resumes_when_run_again(tmp_path:
 def test_auto_lr_on_digits_reaches_95_percent(tmp_path: Path) -> None:
     summary = run_job(TrainSpec(preset="digits-demo"), tmp_path, data_dir=tmp_path)
     assert summary["lr_choice"]["source"] == "range_test"
-    assert (tmp_path / "range_test.png").exists()
+    for name in ("range_test.json", "range_test_log.csv", "range_test.png"):
+        assert (tmp_path / name).stat().st_size > 0
     assert summary["accuracy"] >= 0.95
+    # the preset sets step size and epochs (12 epochs = 2 cycles of 3), so only the bounds came from the sweep
+    assert set(summary["from_recipe"]) == {"max_lr", "base_lr"} and summary["warnings"] == []
+
+
+TINY = {**FAST, "train_subset": 128}  # 2 batches an epoch
+SWEEP = {"start_lr": 1e-5, "num_iter": 20}
+
+
+def test_auto_run_takes_step_size_and_epochs_from_the_recipe_when_not_given(tmp_path: Path) -> None:
+    summary = run_job(TrainSpec(**TINY, max_lr="auto", range_test=SWEEP), tmp_path, data_dir=tmp_path)
+    plan = json.loads((tmp_path / "range_test.json").read_text())["summary"]["recipe"]
+    taken = summary["from_recipe"]
+    assert taken["step_size"] == plan["step_size"] == plan["step_epochs"] * summary["iters_per_epoch"]
+    assert taken["step_unit"] == "iterations" and taken["epochs"] == plan["epochs"] == summary["epochs_run"]
+    assert plan["epochs"] % (2 * plan["step_epochs"]) == 0 and summary["warnings"] == []
+    assert summary["max_lr"] == taken["max_lr"] == plan["max_lr"]
+
+
+def test_auto_run_keeps_the_epochs_the_user_set_and_warns_when_they_end_mid_cycle(tmp_path: Path) -> None:
+    summary = run_job(TrainSpec(**TINY, max_lr="auto", epochs=5, range_test=SWEEP), tmp_path, data_dir=tmp_path)
+    assert summary["epochs_run"] == 5 and "epochs" not in summary["from_recipe"]
+    assert summary["from_recipe"]["step_size"] == 3 * summary["iters_per_epoch"]  # nearest whole cycles: 6
+    assert len(summary["warnings"]) == 1 and summary["warnings"][0].startswith("epochs=5 ends mid-cycle")
+
+
+def test_explicit_schedule_that_ends_mid_cycle_is_warned_about_not_changed(tmp_path: Path) -> None:
+    spec = TrainSpec(**TINY, epochs=3, base_lr=0.01, max_lr=0.1, step_size=1)
+    summary = run_job(spec, tmp_path, data_dir=tmp_path)
+    assert summary["epochs_run"] == 3 and summary["step_size"] == 1 and summary["from_recipe"] == {}
+    assert "epochs=3 ends mid-cycle" in summary["warnings"][0] and "multiple of 2 epochs" in summary["warnings"][0]
+
+
+def test_range_test_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
+    spec = RangeTestSpec(**FAST, start_lr=1e-4, end_lr=1e-2, num_iter=6, accumulation_steps=2)
+    summary = run_job(spec, tmp_path, data_dir=tmp_path)
+    saved = json.loads((tmp_path / "range_test.json").read_text())
+    assert summary["stop_reason"] == "end_lr" and summary["steps"] == 6
+    assert saved["settings"]["accumulation_steps"] == 2
+    assert len((tmp_path / "range_test_log.csv").read_text().splitlines()) == 1 + 6
+
+
+def test_range_test_progress_ends_on_the_last_step_even_when_throttled(tmp_path: Path) -> None:
+    seen: list[Progress] = []
+    spec = RangeTestSpec(**FAST, start_lr=1e-4, end_lr=1e-2, num_iter=7)
+    run_job(spec, tmp_path, data_dir=tmp_path, hooks=RunHooks(on_progress=seen.append, progress_interval=3600))
+    assert [p.step for p in seen] == [1, 7]  # the first, then the final one despite the throttle
+    assert seen[-1].steps == 7 and seen[-1].fraction == 1.0
+    assert all(p.step <= p.steps and p.fraction <= 1 for p in seen)
+
+
+def test_validation_mode_logs_every_val_every_steps_and_plots(tmp_path: Path) -> None:
+    spec = RangeTestSpec(**FAST, start_lr=1e-4, end_lr=1e-1, num_iter=9, validation=True, val_every=3,
+                         val_batches=1)
+    summary = run_job(spec, tmp_path, data_dir=tmp_path)
+    val_log = json.loads((tmp_path / "range_test.json").read_text())["val_log"]
+    assert [v["step"] for v in val_log] == list(range(3, summary["steps"] + 1, 3)) and val_log
+    assert all(v["val_loss"] > 0 and 0 <= v["val_acc"] <= 1 for v in val_log)
+    assert _png_size(tmp_path / "range_test.png") == (800, 500)
 
 
 def _stop_after(calls: int):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import logging
 import math
 import pickle
 import warnings
@@ -158,6 +160,37 @@ def test_scheduled_lr_cycles_sgd_momentum_and_adam_beta1():
             optimizer.step()
             scheduler.step()
     assert adam.param_groups[0]["betas"][1] == 0.99
+
+
+def _momentum_trace(scheduler: ScheduledLR, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        out.append(scheduler.optimizer.param_groups[0]["momentum"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_momentum_after_a_mid_cycle_resume_equals_the_uninterrupted_run():
+    schedule = make("triangular", cycle_momentum=True)
+    whole = _momentum_trace(ScheduledLR(sgd(), schedule), TOTAL)
+    first = ScheduledLR(sgd(), schedule)
+    _momentum_trace(first, 7)  # mid-way up the second half of the first cycle
+    resumed = ScheduledLR(sgd(momentum=0.5), schedule)  # a fresh optimizer with some other momentum
+    resumed.load_state_dict(first.state_dict())
+    assert _momentum_trace(resumed, TOTAL - 7) == whole[7:]
+
+
+def test_a_json_round_tripped_state_resumes_without_a_schedule_warning(caplog: pytest.LogCaptureFixture):
+    schedule = make("one_cycle", cycle_momentum=True)
+    first = ScheduledLR(sgd(), schedule)
+    drive(first, 5)
+    state = json.loads(json.dumps(first.state_dict()))  # tuples come back as lists
+    with caplog.at_level(logging.WARNING, logger="clrcore.schedules"):
+        ScheduledLR(sgd(), schedule).load_state_dict(state)
+        assert not caplog.records
+        ScheduledLR(sgd(), make("triangular")).load_state_dict(state)
+    assert "different schedule" in caplog.text
 
 
 def test_momentum_cycling_turns_itself_off_with_one_warning_without_momentum():
