@@ -170,13 +170,17 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
     """Validate limits, honour the idempotency key, store the job, then enqueue its id by task name."""
     if errors := _limit_errors(spec, settings) + upload_errors(spec, owner, store, settings):
         raise RequestValidationError(errors)
-    body = spec.model_dump(mode="json")
+    # The record keeps what the client asked for (after the preset is merged), not every default: the
+    # worker re-validates it, and the fields left unset are the ones the range test's recipe may fill.
+    # The run folder's spec.json holds the full effective spec.
+    body = {"kind": spec.kind, **spec.model_dump(mode="json", exclude_unset=True)}
+    effective = spec.model_dump(mode="json")  # a default spelled out is still the same request
     try:
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
+        json.dumps(effective, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # "\ud800" parses as JSON but cannot be stored or sent back as UTF-8
         raise RequestValidationError([field_error((), "text must be valid Unicode (a lone surrogate was sent)",
                                                   None, "string_unicode")]) from None
-    fingerprint = body_hash(body)
+    fingerprint = body_hash(effective)
     if key is not None:
         outcome, first = store.idempotency_begin(owner, key, fingerprint)
         if outcome == "replay" and first is not None:

@@ -63,7 +63,7 @@ def test_train_job_on_an_uploaded_dataset_succeeds(client: TestClient, dataset_i
         assert time.monotonic() < deadline, f"job still {job['state']}:\n{worker.log_tail()}"
         time.sleep(0.2)
     assert job["state"] == "succeeded", f"{job['error']}\n{worker.log_tail()}"
-    assert job["spec"]["dataset"] == dataset_id and job["spec"]["dataset_path"] is None
+    assert job["spec"]["dataset"] == dataset_id and job["spec"].get("dataset_path") is None
     assert job["result"]["classes"] == list(CLASSES)
     report = client.get(f"/v1/jobs/{job_id}/report").json()
     assert report["classes"] == list(CLASSES) and set(CLASSES) <= set(report)  # per-class rows by name
