@@ -161,6 +161,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: lease, job, events. ARGV: holder, fields JSON, event data, maxlen. Fenced: only the lease holder writes.
+_PROGRESS_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[2], k, v) end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'event', 'progress', 'data', ARGV[3])
+return 1
+"""
+
 # KEYS: idempotency hash. ARGV: body hash, in-flight ttl.
 _IDEM_BEGIN_LUA = """
 local h = redis.call('HMGET', KEYS[1], 'body_hash', 'status', 'response')
@@ -239,6 +247,7 @@ class JobStore:
         self._claim = redis.register_script(_CLAIM_LUA)
         self._renew = redis.register_script(_RENEW_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
+        self._progress = redis.register_script(_PROGRESS_LUA)
         self._idem_begin = redis.register_script(_IDEM_BEGIN_LUA)
         self._idem_finish = redis.register_script(_IDEM_FINISH_LUA)
         self._idem_abort = redis.register_script(_IDEM_ABORT_LUA)
@@ -472,16 +481,28 @@ class JobStore:
     # -- progress, artifacts, events -----------------------------------------------------------------
 
     @_unavailable_on_redis_errors
-    def update_progress(self, job_id: str, progress: dict, metrics: dict | None = None) -> None:
-        """Store the latest progress (and metrics) and log a "progress" event; the caller throttles."""
+    def update_progress(
+        self, job_id: str, progress: dict, metrics: dict | None = None, *, holder: str | None = None
+    ) -> bool:
+        """Store the latest progress (and metrics) and log a "progress" event; the caller throttles.
+
+        With `holder` the write happens only while that worker holds the job's lease, checked inside
+        Redis in the same step: a worker frozen between its own lease check and this write (SIGSTOP,
+        a VM pause) cannot overwrite the progress of the worker that took the job over. Returns
+        whether it wrote.
+        """
         fields = {"progress": json.dumps(progress)}
         if metrics is not None:
             fields["metrics"] = json.dumps(metrics)
         data = json.dumps({"progress": progress, "metrics": metrics, "at": time.time()})
+        if holder is not None:
+            keys = [self._lease_key(job_id), self._job_key(job_id), self._events_key(job_id)]
+            return bool(self._progress(keys=keys, args=[holder, json.dumps(fields), data, EVENTS_MAXLEN]))
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self._job_key(job_id), mapping=fields)
         pipe.xadd(self._events_key(job_id), {"event": "progress", "data": data}, maxlen=EVENTS_MAXLEN)
         pipe.execute()
+        return True
 
     @_unavailable_on_redis_errors
     def add_artifact(

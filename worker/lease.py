@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from service.store import JobState, JobStore, StoreUnavailable
@@ -47,15 +48,27 @@ class LeaseKeeper(threading.Thread):
         self.store, self.job_id, self.queue = store, job_id, queue
         self.lease_seconds, self.interval = lease_seconds, interval
         self.lost = threading.Event()
+        self.renewed_at = time.monotonic()  # the claim was just made
         self._stop_event = threading.Event()
+
+    def lapsed(self) -> bool:
+        """True once no renewal succeeded for `lease_seconds`: Redis has let the lease go by now.
+
+        Known without asking Redis, so a worker that was frozen (SIGSTOP, a VM pause) and wakes up stops
+        at its next batch, before this thread gets round to a renewal; meanwhile another worker may
+        hold the job, and anything written now would overwrite its work.
+        """
+        return time.monotonic() - self.renewed_at > self.lease_seconds
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
+            asked = time.monotonic()  # the lease runs from when we asked, not from when the answer came
             try:
                 if not self.store.renew(self.job_id, worker_id(), self.lease_seconds):
                     log.error("job %s: lease lost; stopping its training", self.job_id)
                     self.lost.set()
                     return
+                self.renewed_at = asked
                 self.store.record_worker_heartbeat(worker_id(), self.queue, job_id=self.job_id)
             except StoreUnavailable as exc:
                 log.warning("job %s: cannot renew lease: %s", self.job_id, exc)

@@ -257,7 +257,9 @@ class ProgressWriter:
             "fraction": fraction,
         }
         try:
-            store().update_progress(self.job_id, _json_safe(data), _json_safe(dict(progress.metrics)))
+            if not store().update_progress(self.job_id, _json_safe(data), _json_safe(dict(progress.metrics)),
+                                           holder=worker_id()):
+                log.warning("job %s: progress not written: the lease is no longer ours", self.job_id)
         except StoreUnavailable as exc:
             log.warning("job %s: progress not written: %s", self.job_id, exc)
 

@@ -1,0 +1,122 @@
+"""Faults inside a worker: memory exhausted, time limit passed, the worker frozen (no heartbeat).
+
+Each test starts its own real Celery worker on a queue of its own and stops it at the end, so no
+other test's worker takes its jobs. (Diverging loss and SIGKILL are in tests/worker/test_tasks.py.)
+"""
+
+from __future__ import annotations
+
+import resource
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings
+from service.store import JobStore
+from tests.conftest import WorkerProcess
+from tests.worker.test_tasks import range_test_spec, submit, train_spec, wait_for
+
+pytestmark = pytest.mark.slow
+
+OOM_HEADROOM = 1 << 30  # address space left to a ready worker: plenty for tiny_cnn, far too little for the OOM job
+
+
+def vm_size(pid: int) -> int:
+    """The process's current virtual size in bytes (what RLIMIT_AS caps)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmSize for {pid}")
+
+
+def test_oom_and_time_limit_fail_the_job_with_reason_and_the_worker_takes_the_next(
+    store: JobStore, celery_sender, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    queue = f"faults-{secrets.token_hex(3)}"
+    # glibc's per-thread malloc arenas would use up the address-space cap on their own.
+    worker = start_worker(CLR_QUEUE=queue, CLR_JOB_TIME_LIMIT="6", MALLOC_ARENA_MAX="2")
+    try:
+        limit = vm_size(worker.pid) + OOM_HEADROOM
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (limit, limit))
+        # minigooglenet on a 4096 batch needs several GB of activations: a genuine allocation failure.
+        oom = submit(store, celery_sender, range_test_spec(model="minigooglenet", batch_size=4096,
+                                                            train_subset=None, num_iter=5), queue=queue)
+        slow = submit(store, celery_sender, train_spec(epochs=200), queue=queue)
+        after = submit(store, celery_sender, range_test_spec(num_iter=10), queue=queue)
+
+        record = wait_for(store, oom, timeout=90)
+        assert record["state"] == "failed", record
+        assert record["error"].startswith("out of memory"), record["error"]
+        record = wait_for(store, slow, timeout=60)
+        assert record["state"] == "failed" and record["error"] == "time limit of 6 s exceeded", record
+        assert "checkpoints/last.pt" in record["artifacts"]  # what it made so far is kept
+        assert wait_for(store, after, timeout=60)["state"] == "succeeded"
+        assert worker.proc.poll() is None  # the same worker process served all three
+    finally:
+        worker.stop()
+
+
+def test_frozen_worker_loses_its_job_to_another_and_cannot_touch_it_after_waking(
+    store: JobStore, celery_sender, start_worker: Callable[..., WorkerProcess], settings: Settings
+) -> None:
+    queue = f"hang-{secrets.token_hex(3)}"
+    frozen = start_worker(CLR_QUEUE=queue)
+    job_id = submit(store, celery_sender, train_spec(epochs=12, train_subset=1000), queue=queue)
+    spare = None
+    try:
+        wait_for(store, job_id, lambda r: (r["progress"] or {}).get("epoch", 0) >= 2)
+        assert store.lease_holder(job_id).split(":")[1] == str(frozen.pid)
+        frozen.proc.send_signal(signal.SIGSTOP)  # hangs: no heartbeat, no renewal, no progress
+        spare = start_worker(CLR_QUEUE=queue)  # its sweeper notices the lapsed lease and re-sends the job
+        record = wait_for(store, job_id, lambda r: r["deliveries"] >= 2, timeout=60)
+        assert store.lease_holder(job_id) is None or str(frozen.pid) not in store.lease_holder(job_id)
+
+        record = wait_for(store, job_id, timeout=120)
+        assert record["state"] == "succeeded", record["error"]
+        events = store.read_events(job_id, count=10_000)
+        assert "recovered" in {e for _, e, _ in events}
+        final_event = events[-1][0]
+        checkpoint = Path(settings.artifact_dir) / job_id / "checkpoints" / "last.pt"
+        before = (checkpoint.stat().st_mtime_ns, record["finished_at"], record["progress"], record["metrics"])
+
+        frozen.proc.send_signal(signal.SIGCONT)  # wakes with a lapsed lease: must stop without writing
+        time.sleep(3 * settings.heartbeat_seconds + 2.0)
+        after = store.get(job_id)
+        assert after["state"] == "succeeded" and after["deliveries"] == 2
+        late = store.read_events(job_id, after=final_event)
+        assert late == [], (late, frozen.log_tail(3000))  # nothing appended after the end
+        assert (checkpoint.stat().st_mtime_ns, after["finished_at"], after["progress"], after["metrics"]) == before, (
+            frozen.log_tail(3000))
+        assert frozen.proc.poll() is None  # it lives on, ready for the next job
+        assert "lease_lost" in frozen.log_tail(20_000)
+    finally:
+        if frozen.proc.poll() is None:
+            frozen.proc.send_signal(signal.SIGCONT)
+        frozen.stop()
+        if spare is not None:
+            spare.stop()
+
+
+def test_a_lapsed_lease_is_known_without_asking_redis(store: JobStore) -> None:
+    from worker.lease import LeaseKeeper
+
+    keeper = LeaseKeeper(store, "job_0000000000000000", queue="cpu", lease_seconds=0.2, interval=10)
+    assert not keeper.lapsed()
+    time.sleep(0.3)
+    assert keeper.lapsed()  # a frozen worker that wakes now stops at its next batch (no Redis call made)
+
+
+def test_progress_is_written_only_by_the_lease_holder(store: JobStore) -> None:
+    job_id = store.create("train", train_spec(), "faults")["id"]
+    assert store.claim(job_id, "worker-b", lease_seconds=60)
+    assert store.update_progress(job_id, {"epoch": 3}, {"loss": 1.0}, holder="worker-b")
+    events_before = store.read_events(job_id, count=1000)
+    # A woken worker whose lease is gone: refused inside Redis, nothing written, nothing logged.
+    assert not store.update_progress(job_id, {"epoch": 1}, {}, holder="worker-a")
+    record = store.get(job_id)
+    assert record["progress"] == {"epoch": 3} and record["metrics"] == {"loss": 1.0}
+    assert store.read_events(job_id, count=1000) == events_before
