@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,13 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    """Write `state` to `path` atomically: readers see the old checkpoint or the new one, never a torn one."""
+def save_checkpoint(state: dict[str, Any], path: Path, *, may_write: Callable[[], bool] | None = None) -> Path:
+    """Write `state` to `path` atomically: readers see the old checkpoint or the new one, never a torn one.
+
+    `may_write` (see `atomic_write`) is checked right before the rename; False raises `WriteRefused`.
+    """
     path = Path(path)
-    with atomic_write(path) as handle:
+    with atomic_write(path, may_write=may_write) as handle:
         torch.save({"format": FORMAT_VERSION, **state}, handle)
     log.debug("checkpoint written to %s", path)
     return path

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 
+class WriteRefused(Exception):
+    """The `may_write` fence said no just before the rename: `path` was left as it was."""
+
+
 @contextmanager
-def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
-    """Yield a binary handle; on success the bytes replace `path` in one rename, on error nothing changes."""
+def atomic_write(path: str | Path, *, may_write: Callable[[], bool] | None = None) -> Iterator[BinaryIO]:
+    """Yield a binary handle; on success the bytes replace `path` in one rename, on error nothing changes.
+
+    `may_write` is asked once more after the bytes are on disk and right before the rename, because
+    serialising a checkpoint takes long enough for the caller to lose its right to write meanwhile
+    (a worker frozen mid-save whose job another worker took over); False raises `WriteRefused`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -25,6 +34,8 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if may_write is not None and not may_write():
+            raise WriteRefused(f"{path}: write refused by its fence; the old file is kept")
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

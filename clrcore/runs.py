@@ -36,6 +36,7 @@ from clrcore.trainer import (
     StopRequested,
     TrainConfig,
     build_optimizer,
+    check_may_write,
     config_from_spec,
     resolve_device,
     seed_everything,
@@ -50,11 +51,14 @@ CHECKPOINT = Path("checkpoints") / "last.pt"
 
 @dataclass
 class RunHooks:
-    """What the caller wants to hear and whether it wants the run to stop (checked every batch)."""
+    """What the caller wants to hear, whether it wants the run to stop (checked every batch), and
+    whether it may still write into the run folder (`may_write`, asked before every checkpoint and
+    before the final artifacts; False raises `StopRequested("lease lost: ...")`, see `Hooks`)."""
 
     on_progress: Callable[[Progress], None] | None = None
     should_stop: Callable[[], bool] | None = None
     progress_interval: float = 0.25
+    may_write: Callable[[], bool] | None = None
 
 
 # ---------------------------------------------------------------- shared setup
@@ -186,6 +190,7 @@ def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, d
                     label_smoothing: float = 0.0) -> dict[str, Any]:
     """Run the sweep and write its artifacts; a sweep cut short by a stop request raises StopRequested."""
     result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing)
+    check_may_write(hooks.may_write, "range test result")
     summary = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint)
     if result.stop_reason == "stopped" and _stopped(hooks):  # the partial curve stays in the run folder
         raise StopRequested("stopped during the range test")
@@ -294,10 +299,13 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     config = config_from_spec(spec, schedule, device, checkpoint_path=out_dir / CHECKPOINT)
     try:
         result = train(model, ds, config, hooks=Hooks(hooks.on_progress, hooks.should_stop,
-                                                      hooks.progress_interval))
+                                                      hooks.progress_interval, hooks.may_write))
     except StopRequested:
-        _save_partial_history(out_dir)
+        if hooks.may_write is None or hooks.may_write():  # fenced off: the folder is not ours to touch
+            _save_partial_history(out_dir)
         raise
+
+    check_may_write(hooks.may_write, "final artifacts")
 
     report = reports.classification_report(result.y_true, result.y_pred, ds.classes)
     reports.write_report(report, out_dir)
@@ -307,6 +315,7 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     plots.plot_lr_schedule(out_dir / "lr_schedule.png", list(range(len(history["lr"]))), history["lr"],
                            history.get("momentum") or None)
     plots.plot_confusion_matrix(out_dir / "confusion_matrix.png", report.matrix, ds.classes)
+    check_may_write(hooks.may_write, "final weights")
     with atomic_write(out_dir / "model.pt") as handle:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
     return {

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clrcore.checkpoint import capture_rng_state, load_checkpoint, plain, restore_rng_state, save_checkpoint
+from clrcore.files import WriteRefused
 from clrcore.loaders import iters_per_epoch, make_loader, normalization
 from clrcore.schedules import Schedule, set_hyperparams
 
@@ -94,11 +95,24 @@ class Progress:
 
 @dataclass
 class Hooks:
-    """Plain callables from the caller: a progress sink and a stop flag (checked every batch)."""
+    """Plain callables from the caller: a progress sink, a stop flag (checked every batch) and a write fence.
+
+    `may_write` is asked right before every checkpoint write (and again right before its rename): a
+    caller whose right to the run folder can lapse (a worker whose job lease another worker took over
+    while it was frozen) says False there, and the run stops with `StopRequested` instead of
+    overwriting the new owner's checkpoint. clrcore knows nothing of leases; it only asks.
+    """
 
     on_progress: Callable[[Progress], None] | None = None
     should_stop: Callable[[], bool] | None = None
     progress_interval: float = 0.25  # seconds between progress calls, besides one at every epoch end
+    may_write: Callable[[], bool] | None = None
+
+
+def check_may_write(may_write: Callable[[], bool] | None, what: str) -> None:
+    """Raise `StopRequested` ("lease lost: ...") when the caller's write fence refuses `what`."""
+    if may_write is not None and not may_write():
+        raise StopRequested(f"lease lost: {what} not written; the run folder may be another worker's now")
 
 
 class StopRequested(Exception):
@@ -573,6 +587,16 @@ def _evaluate_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader: Any
     return prediction, first_batch_s
 
 
+def _save_epoch_checkpoint(path: Path, hooks: Hooks, epoch: int, state: dict[str, Any]) -> None:
+    """Write an epoch's checkpoint only while `hooks.may_write` allows it, before and at the rename."""
+    what = f"checkpoint of epoch {epoch}"
+    check_may_write(hooks.may_write, what)
+    try:
+        save_checkpoint(state, path, may_write=hooks.may_write)
+    except WriteRefused as exc:
+        raise StopRequested(f"lease lost: {what} not written (refused at the rename)") from exc
+
+
 def train(
     model: nn.Module, dataset: Dataset, config: TrainConfig, *, hooks: Hooks | None = None
 ) -> TrainResult:
@@ -654,7 +678,7 @@ def train(
                  config.epochs, stats.loss, stats.acc, last_eval.loss, last_eval.accuracy, finished - started)
 
         if checkpoint is not None:
-            save_checkpoint({
+            _save_epoch_checkpoint(checkpoint, hooks, epoch + 1, {
                 "epoch": epoch + 1,
                 "step": (epoch + 1) * steps,
                 "model": net.state_dict(),
@@ -664,7 +688,7 @@ def train(
                 "history": history,
                 "config": summary,
                 "timings": timings,
-            }, checkpoint)
+            })
         ticker.emit(Progress("eval", epoch + 1, config.epochs, len(test_loader), len(test_loader), {
             "train_loss": stats.loss, "train_acc": stats.acc,
             "val_loss": last_eval.loss, "val_acc": last_eval.accuracy,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,11 +43,31 @@ class Settings(BaseSettings):
     default_queue: str = Field("cpu", description="queue of jobs with device 'auto' (set 'gpu' with GPU workers)")
     lease_seconds: float = Field(30.0, gt=0, description="a job's lease; the running worker renews it")
     heartbeat_seconds: float = Field(5.0, gt=0)
-    visibility_timeout: int = Field(3600, description="Redis redelivery of unacknowledged tasks")
+    visibility_timeout: int = Field(
+        6 * 3600 + 3600,
+        description="Redis redelivery of unacknowledged tasks; at least job_time_limit, or a job still "
+                    "running is delivered again",
+    )
     max_deliveries: int = Field(5, ge=1, description="then the job fails: it keeps killing its worker")
     job_time_limit: float = Field(6 * 3600.0, gt=0, description="seconds; a job running longer fails")
     progress_interval: float = Field(0.25, gt=0, description="seconds between progress writes")
     sweep_interval: float = Field(5.0, gt=0, description="how often lapsed leases are looked for")
+    requeue_after_seconds: float = Field(
+        60.0, gt=0,
+        description="a job queued this long (at least 2 x lease_seconds) that is in no queue is sent again",
+    )
+
+    @model_validator(mode="after")
+    def _visibility_covers_a_whole_job(self) -> Settings:
+        """A visibility timeout below the job time limit hands a job that is still running to a second
+        worker (kombu redelivers the unacknowledged message), so refuse that combination at start-up."""
+        if self.visibility_timeout < self.job_time_limit:
+            raise ValueError(
+                f"visibility_timeout ({self.visibility_timeout} s, CLR_VISIBILITY_TIMEOUT) must be at least "
+                f"job_time_limit ({self.job_time_limit:g} s, CLR_JOB_TIME_LIMIT): otherwise Redis delivers "
+                "a job that is still running to a second worker; use job_time_limit + 3600"
+            )
+        return self
 
 
 @lru_cache

@@ -79,7 +79,6 @@ def owned_job(job_id: str, request: Request, credentials: Credentials) -> dict:
     record = request.app.state.store.get(job_id)
     if record is None or record["owner"] != owner:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
-    request.app.state.metrics.observe_job(record)
     return record
 
 

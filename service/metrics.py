@@ -1,5 +1,6 @@
-"""Prometheus metrics of the API: jobs by state and queue depth (read from Redis at scrape time),
-job durations (observed when this process first sees a job in a final state) and HTTP requests.
+"""Prometheus metrics of the API: jobs by state, queue depth and job durations (all read from Redis at
+scrape time, so every API process reports the same figures, including jobs no API process looked at)
+and HTTP requests.
 
 Each app gets its own registry, so tests can build many apps in one process.
 """
@@ -7,21 +8,16 @@ Each app gets its own registry, so tests can build many apps in one process.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.queue import QUEUES
-from service.store import FINAL_STATES, JobStore, StoreUnavailable
+from service.store import DURATION_BUCKETS, JobStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
-
-DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600, float("inf"))
-_FINAL = {s.value for s in FINAL_STATES}
-_SEEN_MAX = 50_000
 
 
 class _StoreCollector(Collector):
@@ -30,11 +26,12 @@ class _StoreCollector(Collector):
     def __init__(self, store: JobStore) -> None:
         self.store = store
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("clr_store_up", "1 when the job store (Redis) answered this scrape")
         try:
             counts = self.store.counts_by_state()
             depths = {q: self.store.queue_depth(q) for q in QUEUES}
+            durations = self.store.duration_histograms()
         except StoreUnavailable as exc:
             logger.warning("metrics scrape without the store: %s", exc)
             up.add_metric([], 0)
@@ -51,6 +48,15 @@ class _StoreCollector(Collector):
         for queue, count in depths.items():
             depth.add_metric([queue], count)
         yield depth
+        # Cumulative since the durations hash began (every final transition adds to it in Redis), so
+        # it behaves as a Prometheus histogram should: counts only grow, rate() works.
+        histogram = HistogramMetricFamily(
+            "clr_job_duration_seconds", "run time of finished jobs (started, else created, to finished)",
+            labels=["kind", "state"])
+        for (kind, state), entry in sorted(durations.items()):
+            buckets = [(f"{bound:g}", n) for bound, n in zip(DURATION_BUCKETS, entry["buckets"], strict=True)]
+            histogram.add_metric([kind, state], [*buckets, ("+Inf", entry["count"])], entry["sum"])
+        yield histogram
 
 
 class ServiceMetrics:
@@ -59,30 +65,14 @@ class ServiceMetrics:
     def __init__(self, store: JobStore) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_StoreCollector(store))
-        self.job_duration = Histogram(
-            "clr_job_duration_seconds", "run time of finished jobs (started to finished), by kind and state",
-            ["kind", "state"], buckets=DURATION_BUCKETS, registry=self.registry,
-        )
         self.requests = Counter("clr_http_requests", "HTTP requests answered",
                                 ["method", "route", "status"], registry=self.registry)
         self.latency = Histogram("clr_http_request_duration_seconds", "time to answer a request",
                                  ["method", "route"], registry=self.registry)
-        self._seen: OrderedDict[str, None] = OrderedDict()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
-
-    def observe_job(self, record: dict) -> None:
-        """Count a job's duration once, the first time this process sees it finished."""
-        if record["state"] not in _FINAL or record["id"] in self._seen:
-            return
-        self._seen[record["id"]] = None
-        if len(self._seen) > _SEEN_MAX:
-            self._seen.popitem(last=False)
-        start, end = record.get("started_at") or record.get("created_at"), record.get("finished_at")
-        if start is not None and end is not None:
-            self.job_duration.labels(record["kind"], record["state"]).observe(max(0.0, end - start))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,6 +16,7 @@ Key layout (every key starts with the configured prefix, so tests can share one 
     {p}:idem:{owner-hash}:{key}  hash: an idempotency key's body hash, status and stored response
     {p}:worker:{id}, {p}:workers worker liveness (hash per worker, sorted set by last seen)
     {p}:canary:{token}           a worker's reply to a readiness canary task
+    {p}:durations                hash: cumulative job-duration histogram, "kind|state|le<i>", "|count", "|sum"
     {p}:broker:...               the Celery/kombu queues (see `broker_transport_options`)
 """
 
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 EVENTS_MAXLEN = 10_000
 MAX_BLOCK_MS = 5_000  # below the client's socket timeout, so a blocking read never looks like a dead Redis
 WORKER_RECORD_TTL = 24 * 3600
+# Upper bounds (seconds) of the job-duration histogram kept in Redis (`{p}:durations`); +Inf is the count.
+DURATION_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600)
 
 
 class JobState(StrEnum):
@@ -111,8 +114,10 @@ def _unavailable_on_redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-# KEYS: job, events, lease, then one set per JobState in declaration order.
-# ARGV: job id, {from: to} JSON, now, extra fields JSON, require-no-lease flag, final states JSON, maxlen.
+# KEYS: job, events, lease, then one set per JobState in declaration order, then the durations hash.
+# ARGV: job id, {from: to} JSON, now, extra fields JSON, require-no-lease flag, final states JSON, maxlen,
+# duration bucket bounds JSON. Reaching a final state adds the run time (started, else created, to
+# finished) to the durations histogram in the same step, whichever process made the transition.
 # Returns {status, current, target}; status is ok | missing | invalid | leased.
 _TRANSITION_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -134,18 +139,36 @@ if to == 'running' and redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
 end
 local is_final = false
 for _, s in ipairs(cjson.decode(ARGV[6])) do if s == to then is_final = true end end
-if is_final then redis.call('HSET', KEYS[1], 'finished_at', ARGV[3]) end
+if is_final then
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
+  local h = redis.call('HMGET', KEYS[1], 'kind', 'started_at', 'created_at')
+  local start = tonumber(h[2] or '') or tonumber(h[3] or '')
+  if start then
+    local d = math.max(0, tonumber(ARGV[3]) - start)
+    local label = (h[1] or '') .. '|' .. to .. '|'
+    for i, bound in ipairs(cjson.decode(ARGV[8])) do
+      if d <= bound then redis.call('HINCRBY', KEYS[10], label .. 'le' .. i, 1) end
+    end
+    redis.call('HINCRBY', KEYS[10], label .. 'count', 1)
+    redis.call('HINCRBYFLOAT', KEYS[10], label .. 'sum', tostring(d))
+  end
+end
 local data = {state = to, previous = cur, at = tonumber(ARGV[3])}
 if fields['error'] then data['error'] = fields['error'] end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'event', 'state', 'data', cjson.encode(data))
 return {'ok', cur, to}
 """
 
-# KEYS: lease, job. ARGV: worker id, lease ms.
+# KEYS: lease, job. ARGV: worker id, lease ms. A delivery after one that left no clean-release
+# marker (its worker was killed, ran out of memory, or hung until the sweeper took the job) is a crash.
 _CLAIM_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
+  local n = redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
+  if n > 1 and redis.call('HGET', KEYS[2], 'released') ~= '1' then
+    redis.call('HINCRBY', KEYS[2], 'crashes', 1)
+  end
+  redis.call('HSET', KEYS[2], 'released', '0')
   return 1
 end
 return 0
@@ -156,8 +179,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
+# KEYS: lease, job. ARGV: worker id. Only the holder releases, and that marks the delivery clean.
 _RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'released', '1') end
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 
@@ -166,6 +193,17 @@ _PROGRESS_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[2], k, v) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'event', 'progress', 'data', ARGV[3])
+return 1
+"""
+
+# KEYS: job, lease. ARGV: now, older-than seconds. Stamps a new send of a queued job nobody holds whose
+# last send (or creation) is older than that; of several sweepers only the one that stamps re-sends.
+_RESTAMP_STALE_LUA = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'created_at', 'sent_at')
+if h[1] ~= 'queued' or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local last = tonumber(h[3] or '') or tonumber(h[2] or '') or 0
+if tonumber(ARGV[1]) - last < tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'sent_at', ARGV[1])
 return 1
 """
 
@@ -248,6 +286,7 @@ class JobStore:
         self._renew = redis.register_script(_RENEW_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
         self._progress = redis.register_script(_PROGRESS_LUA)
+        self._restamp_stale = redis.register_script(_RESTAMP_STALE_LUA)
         self._idem_begin = redis.register_script(_IDEM_BEGIN_LUA)
         self._idem_finish = redis.register_script(_IDEM_FINISH_LUA)
         self._idem_abort = redis.register_script(_IDEM_ABORT_LUA)
@@ -351,6 +390,7 @@ class JobStore:
             "error": raw.get("error") or None,
             "queue": raw.get("queue") or None,
             "deliveries": int(raw.get("deliveries") or 0),
+            "crashes": int(raw.get("crashes") or 0),
             "cancel_requested": str(raw.get("cancel_requested", "0")) == "1",
             "artifacts": {},
         }
@@ -406,7 +446,8 @@ class JobStore:
     def _run_transition(
         self, job_id: str, mapping: dict[str, str], fields: dict[str, Any], *, require_no_lease: bool = False
     ) -> tuple[str, str, str]:
-        keys = [self._job_key(job_id), self._events_key(job_id), self._lease_key(job_id), *self._state_keys()]
+        keys = [self._job_key(job_id), self._events_key(job_id), self._lease_key(job_id), *self._state_keys(),
+                self._k("durations")]
         args = [
             job_id,
             json.dumps(mapping),
@@ -415,6 +456,7 @@ class JobStore:
             "1" if require_no_lease else "0",
             json.dumps([s.value for s in FINAL_STATES]),
             EVENTS_MAXLEN,
+            json.dumps(DURATION_BUCKETS),
         ]
         status, current, target = self._transition(keys=keys, args=args)
         if status == "missing":
@@ -568,7 +610,11 @@ class JobStore:
 
     @_unavailable_on_redis_errors
     def claim(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
-        """Take the job's lease if nobody holds it; counts a delivery when it succeeds."""
+        """Take the job's lease if nobody holds it; counts a delivery when it succeeds.
+
+        Also counts a crash when the previous delivery did not `release` (its worker died or hung), so
+        the delivery cap fails only jobs that keep killing their worker, not ones handed back cleanly.
+        """
         ms = max(1, int(lease_seconds * 1000))
         return bool(self._claim(keys=[self._lease_key(job_id), self._job_key(job_id)], args=[worker_id, ms]))
 
@@ -580,8 +626,8 @@ class JobStore:
 
     @_unavailable_on_redis_errors
     def release(self, job_id: str, worker_id: str) -> None:
-        """Give the lease up, only if this worker still holds it."""
-        self._release(keys=[self._lease_key(job_id)], args=[worker_id])
+        """Give the lease up, only if this worker still holds it; marks the delivery as ended cleanly."""
+        self._release(keys=[self._lease_key(job_id), self._job_key(job_id)], args=[worker_id])
 
     @_unavailable_on_redis_errors
     def lease_holder(self, job_id: str) -> str | None:
@@ -594,12 +640,69 @@ class JobStore:
             self.redis.sunion(self._k("state", JobState.RUNNING.value), self._k("state", "cancelling"))
         )
 
+    # -- sends: a queued job whose message never reached (or fell out of) its queue is sent again --------
+
+    @_unavailable_on_redis_errors
+    def mark_sent(self, job_id: str) -> None:
+        """Stamp `sent_at` after the job's task was sent (API submit, sweeper re-send, hand-back)."""
+        self.redis.hset(self._job_key(job_id), "sent_at", repr(time.time()))
+
+    @_unavailable_on_redis_errors
+    def stale_queued(self, queue: str, older_than: float) -> list[str]:
+        """Queued jobs of `queue` with no lease, not sent (or created) within `older_than` seconds, and
+        whose id is in no message of that queue or of the broker's unacknowledged set: the API died
+        between storing and sending them, or their message was lost. Callers re-send them after
+        `restamp_stale` (which makes one of several sweepers the one that sends)."""
+        ids = sorted(self.redis.smembers(self._k("state", JobState.QUEUED.value)))
+        if not ids:
+            return []
+        cutoff = time.time() - older_than
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._job_key(job_id), "queue", "created_at", "sent_at")
+            pipe.exists(self._lease_key(job_id))
+        replies = pipe.execute()
+        candidates = []
+        for job_id, (job_queue, created, sent), leased in zip(ids, replies[::2], replies[1::2], strict=True):
+            last = float(sent or created or 0)
+            if (job_queue or "") == queue and not leased and last < cutoff:
+                candidates.append(job_id)
+        if not candidates:
+            return []
+        broker = broker_key_prefix(self.prefix)
+        waiting = "\n".join(self.redis.lrange(broker + queue, 0, -1))  # argsrepr names the job id
+        waiting += "\n".join(self.redis.hvals(broker + "unacked"))
+        return [job_id for job_id in candidates if job_id not in waiting]
+
+    @_unavailable_on_redis_errors
+    def restamp_stale(self, job_id: str, older_than: float) -> bool:
+        """Atomically re-check that the job is still queued, unleased and stale, and stamp `sent_at`."""
+        keys = [self._job_key(job_id), self._lease_key(job_id)]
+        return bool(self._restamp_stale(keys=keys, args=[repr(time.time()), older_than]))
+
     @_unavailable_on_redis_errors
     def counts_by_state(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
         for key in self._state_keys():
             pipe.scard(key)
         return {s.value: n for s, n in zip(JobState, pipe.execute(), strict=True)}
+
+    @_unavailable_on_redis_errors
+    def duration_histograms(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Every finished job's run time so far, per (kind, final state), as recorded by `transition`:
+        {"buckets": [cumulative count per DURATION_BUCKETS bound], "count": n, "sum": seconds}."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for field, value in self.redis.hgetall(self._k("durations")).items():
+            kind, state, part = field.rsplit("|", 2)
+            entry = out.setdefault((kind, state), {"buckets": [0] * len(DURATION_BUCKETS), "count": 0,
+                                                   "sum": 0.0})
+            if part == "count":
+                entry["count"] = int(value)
+            elif part == "sum":
+                entry["sum"] = float(value)
+            elif part.startswith("le") and 1 <= int(part[2:]) <= len(DURATION_BUCKETS):
+                entry["buckets"][int(part[2:]) - 1] = int(value)
+        return out
 
     @_unavailable_on_redis_errors
     def queue_depth(self, queue: str) -> int:

@@ -54,7 +54,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         sweep_interval=0.5,
         progress_interval=0.2,
         visibility_timeout=3600,
+        job_time_limit=3000,  # the visibility timeout must cover a whole job
         max_deliveries=3,
+        requeue_after_seconds=3600,  # the session's workers must not pick up jobs tests leave queued
     )
 
 
@@ -63,7 +65,7 @@ def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLR_")}
     for name in ("redis_url", "key_prefix", "artifact_dir", "data_dir", "download", "open_mode",
                  "lease_seconds", "heartbeat_seconds", "sweep_interval", "progress_interval",
-                 "visibility_timeout", "max_deliveries", "job_time_limit", "queue"):
+                 "visibility_timeout", "max_deliveries", "job_time_limit", "queue", "requeue_after_seconds"):
         value = getattr(settings, name)
         env[f"CLR_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **overrides})

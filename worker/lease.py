@@ -60,6 +60,14 @@ class LeaseKeeper(threading.Thread):
         """
         return time.monotonic() - self.renewed_at > self.lease_seconds
 
+    def may_write(self) -> bool:
+        """clrcore's write fence (`RunHooks.may_write`): the lease is neither known lost nor lapsed.
+
+        Asked right before every checkpoint write and its rename, so a worker woken after its lease
+        lapsed does not overwrite the checkpoint of the worker that now owns the job.
+        """
+        return not self.lost.is_set() and not self.lapsed()
+
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             asked = time.monotonic()  # the lease runs from when we asked, not from when the answer came
@@ -94,11 +102,13 @@ class WorkerMonitor(threading.Thread):
         sweep_interval: float,
         resend: Callable[[str, str], None],
         current_job: Callable[[], str | None],
+        requeue_after: float = 60.0,
     ) -> None:
         super().__init__(name="worker-monitor", daemon=True)
         self.store, self.queue = store, queue
         self.heartbeat_seconds, self.sweep_interval = heartbeat_seconds, sweep_interval
         self.resend, self.current_job = resend, current_job
+        self.requeue_after = requeue_after
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -134,7 +144,22 @@ class WorkerMonitor(threading.Thread):
                 requeued.append(job_id)
             elif new_state is not None:
                 log.warning("job %s: lease lapsed while cancelling; now %s", job_id, new_state)
-        return requeued
+        return requeued + self.resend_stale()
+
+    def resend_stale(self) -> list[str]:
+        """Send again this queue's jobs left `queued` for `requeue_after` seconds with no message anywhere.
+
+        Covers an API that died between storing a job and sending its task, and a message lost by the
+        broker. Only this worker's own queue: a queue nobody consumes gains nothing from re-sends.
+        """
+        resent = []
+        for job_id in self.store.stale_queued(self.queue, self.requeue_after):
+            if self.store.restamp_stale(job_id, self.requeue_after):
+                log.warning("job %s: queued for over %g s with no message; sent again", job_id,
+                            self.requeue_after)
+                self.resend(job_id, self.queue)
+                resent.append(job_id)
+        return resent
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -3,7 +3,8 @@
 `clr.run_job(job_id)` may be delivered more than once (late acks, redelivery after a crash, the
 sweeper's re-send), so every delivery first asks the job record and the lease whether to train:
 a final or cancelled job is skipped, a job whose lease another worker holds is a duplicate and is
-skipped, a job that already killed its worker `max_deliveries` times fails. Otherwise the worker
+skipped, a job whose deliveries already died `max_deliveries` times without releasing their lease
+(killed, out of memory, hung) fails; clean hand-backs (warm shutdown) do not count. Otherwise the worker
 trains, renewing the lease, and ends the job in exactly one final state with a one-line reason.
 """
 
@@ -74,8 +75,10 @@ def ping(token: str) -> None:
 
 
 def resend(job_id: str, queue: str) -> None:
-    """Put a job back on a queue by task name (sweeper recovery, shutdown hand-off)."""
+    """Put a job back on a queue by task name (sweeper recovery, stale re-send, shutdown hand-off);
+    `sent_at` is stamped so the stale-queued sweep knows a message is on its way."""
     app.send_task(RUN_JOB, args=[job_id], queue=queue)
+    store().mark_sent(job_id)
 
 
 # ---------------------------------------------------------------- worker signals
@@ -95,6 +98,8 @@ def _on_worker_ready(**_: Any) -> None:
         sweep_interval=settings.sweep_interval,
         resend=resend,
         current_job=lambda: _current_job,
+        # a job just sent may take a moment to show in the queue; never race a claim about to happen
+        requeue_after=max(settings.requeue_after_seconds, 2 * settings.lease_seconds),
     )
     _monitor.start()
     log.info("worker %s ready on queue %s", worker_id(), settings.queue)
@@ -183,9 +188,9 @@ def _run_claimed(job_id: str, keeper: LeaseKeeper) -> str:
     if record["cancel_requested"] or state == JobState.CANCELLING:
         _finish(job_id, JobState.CANCELLED)
         return "cancelled"
-    if record["deliveries"] > settings.max_deliveries:
-        runs = record["deliveries"] - 1
-        _finish(job_id, JobState.FAILED, error=f"job killed its worker {runs} times (out of memory?)")
+    if record["crashes"] >= settings.max_deliveries:  # that many deliveries died without a clean end
+        crashes = record["crashes"]
+        _finish(job_id, JobState.FAILED, error=f"job killed its worker {crashes} times (out of memory?)")
         return "delivery_cap"
     if state == JobState.QUEUED:
         try:
@@ -231,33 +236,47 @@ class StopCheck:
 
 
 class ProgressWriter:
-    """The `on_progress` hook: writes progress at most every `progress_interval`, and every epoch end."""
+    """The `on_progress` hook: at most one progress write per `progress_interval`, whatever changed.
 
-    def __init__(self, job_id: str, keeper: LeaseKeeper | None = None) -> None:
+    The job record and its event log are read by every poller and SSE client, so a job whose epochs
+    take milliseconds must not write on every phase or epoch change (16 writes/s were seen). Reports
+    that arrive between writes are coalesced: the newest progress wins and metrics are merged (so an
+    epoch's validation figures are not lost to the next training step), and `flush` writes what is
+    left when the run ends, so the record always holds the final state.
+    """
+
+    def __init__(self, job_id: str, keeper: LeaseKeeper | None = None, interval: float | None = None) -> None:
         self.job_id, self.keeper = job_id, keeper
-        self._last_write = 0.0
-        self._last_key: tuple | None = None
+        self.interval = settings.progress_interval if interval is None else interval
+        self._last_write = -math.inf
+        self._pending: Any = None
+        self._pending_metrics: dict[str, Any] = {}
 
     def __call__(self, progress: Any) -> None:
+        self._pending = progress
+        self._pending_metrics.update(progress.metrics)
+        if time.monotonic() - self._last_write >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the newest unwritten progress now (the caller ends the run, or the interval passed)."""
+        progress, metrics = self._pending, self._pending_metrics
+        if progress is None:
+            return
+        self._pending, self._pending_metrics = None, {}
         if self.keeper is not None and (self.keeper.lost.is_set() or self.keeper.lapsed()):
             return  # the job may be another worker's now: its progress is not ours to write
-        now = time.monotonic()
-        key = (progress.phase, progress.epoch)
-        epoch_end = progress.phase == "train" and progress.step == progress.steps
-        if now - self._last_write < settings.progress_interval and key == self._last_key and not epoch_end:
-            return
-        self._last_write, self._last_key = now, key
-        fraction = getattr(progress, "fraction", None)
+        self._last_write = time.monotonic()
         data = {
             "phase": progress.phase,
             "epoch": progress.epoch,
             "epochs": progress.epochs,
             "step": progress.step,
             "steps": progress.steps,
-            "fraction": fraction,
+            "fraction": getattr(progress, "fraction", None),
         }
         try:
-            if not store().update_progress(self.job_id, _json_safe(data), _json_safe(dict(progress.metrics)),
+            if not store().update_progress(self.job_id, _json_safe(data), _json_safe(metrics),
                                            holder=worker_id()):
                 log.warning("job %s: progress not written: the lease is no longer ours", self.job_id)
         except StoreUnavailable as exc:
@@ -299,16 +318,21 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
 
     run_dir = Path(settings.artifact_dir) / job_id
     stop = StopCheck(job_id, keeper)
+    progress = ProgressWriter(job_id, keeper)
     _current_job = job_id
     try:
-        summary = run_job(
-            parse_spec(resolve_uploaded(record["spec"], record["owner"], store(), Path(settings.data_dir))),
-            run_dir,
-            data_dir=Path(settings.data_dir),
-            download=settings.download,
-            hooks=RunHooks(on_progress=ProgressWriter(job_id, keeper), should_stop=stop),
-        )
+        try:
+            summary = run_job(
+                parse_spec(resolve_uploaded(record["spec"], record["owner"], store(), Path(settings.data_dir))),
+                run_dir,
+                data_dir=Path(settings.data_dir),
+                download=settings.download,
+                hooks=RunHooks(on_progress=progress, should_stop=stop, may_write=keeper.may_write),
+            )
+        finally:
+            progress.flush()  # the last coalesced progress, before the final state is written
     except StopRequested:
+        stop()  # a write fence (may_write) may have raised it: then this finds the reason, lease_lost
         return _stopped(job_id, stop.reason, run_dir)
     except Exception as exc:  # any failure ends the job, never the worker
         log.warning("job %s failed: %s", job_id, exc, exc_info=not _expected_failure(exc))

@@ -172,8 +172,24 @@ def list_datasets(owner: Owner, uploads: UploadsDep) -> dict:
     return {"items": [*builtin, *(_list_item(r) for r in uploads.list(owner))]}
 
 
+_ARCHIVE_LAYOUT = ("An image-folder archive: `train/<class>/<image>` plus `test/<class>/<image>` (or "
+                   "`val/`), at least two classes, the same classes in both splits, one image size. "
+                   "Send the file itself as the body, e.g. `curl --data-binary @flowers{ext} -H "
+                   "'Content-Type: {media}' '.../v1/datasets?name=flowers'`.")
+
+
+def _archive_example(media: str, ext: str) -> dict[str, Any]:
+    """An example per media type: a binary body has no inline value, so it describes the file to send
+    (and names one by `externalValue`), which is what a reader of /docs needs to build a request."""
+    suffix = "." + ext
+    return {"flowers": {"summary": f"a {ext} image-folder archive",
+                        "description": _ARCHIVE_LAYOUT.format(ext=suffix, media=media),
+                        "externalValue": f"flowers{suffix}"}}
+
+
 _ARCHIVE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    media: {"schema": {"type": "string", "format": "binary"}} for media in ARCHIVE_TYPES}}}
+    media: {"schema": {"type": "string", "format": "binary"}, "examples": _archive_example(media, ext)}
+    for media, ext in ARCHIVE_TYPES.items()}}}
 _UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": UploadedDataset, "description": "stored; `Location` names the dataset"},
     413: {"model": Refusal, "description": "over CLR_MAX_UPLOAD_BYTES (`too_large`) or the key's storage "

@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from clrcore.specs import RangeTestSpec, TrainSpec
 from service.config import Settings
-from service.deps import MetricsDep, OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
+from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
 from service.errors import field_error, unavailable
 from service.queue import queue_for
 from service.routes.artifacts import job_links
@@ -34,6 +34,9 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 FINAL = {s.value for s in FINAL_STATES}
 SSE_BLOCK_MS = 2_000
 SSE_PING_S = 15
+# What clients see of a job's event log. The log also keeps operators' events (`delivery`,
+# `recovered`) that name workers, hosts and pids; those stay in Redis and never reach a client.
+CLIENT_EVENTS = frozenset({"state", "progress", "metrics"})
 EVENT_ID = r"^\d{1,19}-\d{1,19}$"  # a Redis Stream id; 19 digits stay below 2**64 (Redis refuses more)
 
 IdempotencyKey = Annotated[
@@ -208,6 +211,10 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
         if key is not None:
             _abort_quietly(store, owner, key, fingerprint)
         return unavailable(f"broker: {exc}")
+    try:
+        store.mark_sent(record["id"])
+    except StoreUnavailable as exc:  # the job is queued; without the stamp a sweeper may re-send it once
+        logger.warning("job %s: send not stamped: %s", record["id"], exc)
     answer = json.loads(Job.model_validate(job_out(record, settings)).model_dump_json())
     if key is not None:
         store.idempotency_finish(owner, key, fingerprint, answer)
@@ -263,7 +270,7 @@ def submit_train(
 
 @router.get("/jobs", response_model=JobPage)
 def list_jobs(
-    owner: Owner, store: StoreDep, settings: SettingsDep, metrics: MetricsDep,
+    owner: Owner, store: StoreDep, settings: SettingsDep,
     kind: Literal["range_test", "train"] | None = None,
     state: JobState | None = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -276,8 +283,6 @@ def list_jobs(
     except InvalidCursor:
         raise RequestValidationError([{"type": "value_error", "loc": ("query", "cursor"),
                                        "msg": "invalid cursor", "input": cursor}]) from None
-    for record in records:
-        metrics.observe_job(record)
     return {"items": [job_out(r, settings) for r in records], "next_cursor": next_cursor}
 
 
@@ -308,7 +313,8 @@ def cancel_job(job: OwnedJob, store: StoreDep, settings: SettingsDep) -> dict:
 
 @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "`state` and `progress` events; ends after the final state"}})
+                             "description": "`state`, `progress` and `metrics` events; ends after the final "
+                                            "state"}})
 async def job_events(
     job: OwnedJob, store: StoreDep, request: Request,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID)] = None,
@@ -343,6 +349,8 @@ async def _event_stream(store: JobStore, job_id: str, after: str,
         waited = True
         for event_id, name, data in events:
             after = event_id
+            if name not in CLIENT_EVENTS:
+                continue
             yield ServerSentEvent(json.dumps(data), event=name, id=event_id)
             if name == "state" and data.get("state") in FINAL:
                 return

@@ -147,3 +147,14 @@ def test_missing_imagefolder_names_the_path(tmp_path: Path) -> None:
     spec = TrainSpec(dataset="imagefolder", dataset_path="nowhere.zip", epochs=1, max_lr=0.1)
     with pytest.raises(DatasetError, match="nowhere"):
         run_job(spec, tmp_path / "run", data_dir=tmp_path)
+
+
+def test_fenced_off_training_writes_no_final_artifacts_and_no_partial_history(tmp_path: Path) -> None:
+    # may_write is asked twice for epoch 1's checkpoint, then before the final artifacts: refuse there.
+    spec = TrainSpec(**FAST, epochs=1, base_lr=0.01, max_lr=0.1)
+    refuse = _stop_after(2)
+    with pytest.raises(StopRequested, match="^lease lost: final artifacts"):
+        run_job(spec, tmp_path, data_dir=tmp_path, hooks=RunHooks(may_write=lambda: not refuse()))
+    assert (tmp_path / "checkpoints" / "last.pt").exists()
+    for name in ("history.json", "report.json", "model.pt", "history.png"):
+        assert not (tmp_path / name).exists(), name

@@ -210,6 +210,26 @@ def test_resumed_run_equals_uninterrupted_run(small: Dataset, tmp_path: Path) ->
     assert np.array_equal(resumed.y_pred, straight.y_pred)
 
 
+@pytest.mark.parametrize("refuse_from_call", [3, 4], ids=["before-epoch-2-save", "at-epoch-2-rename"])
+def test_may_write_turning_false_stops_without_writing_the_checkpoint(
+    small: Dataset, tmp_path: Path, refuse_from_call: int
+) -> None:
+    # Asked twice per checkpoint (before serialising, before the rename): calls 1-2 are epoch 1's.
+    checkpoint = tmp_path / "last.pt"
+    calls = {"n": 0}
+
+    def may_write() -> bool:
+        calls["n"] += 1
+        return calls["n"] < refuse_from_call
+
+    with pytest.raises(StopRequested, match="^lease lost: checkpoint of epoch 2"):
+        train(tiny_net(), small, make_config(epochs=3, checkpoint_path=checkpoint),
+              hooks=Hooks(may_write=may_write))
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+    assert calls["n"] == refuse_from_call
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
 def test_resuming_a_finished_run_only_evaluates(small: Dataset, tmp_path: Path) -> None:
     config = make_config(epochs=1, checkpoint_path=tmp_path / "last.pt")
     first = train(tiny_net(), small, config)

@@ -58,6 +58,19 @@ def test_events_are_delivered_and_the_stream_ends_on_the_final_state(client: Tes
     assert time.monotonic() - started < 10
 
 
+def test_internal_events_stay_in_redis_and_never_reach_the_client(client: TestClient, store: JobStore,
+                                                                  job_id: str) -> None:
+    store.append_event(job_id, "delivery", {"worker": "host:123:abc", "outcome": "started", "delivery": 1})
+    store.append_event(job_id, "recovered", {"by": "host:456:def", "queue": "cpu"})
+    _drive(store, job_id, delay=0).join()
+    response = client.get(f"/v1/jobs/{job_id}/events", headers=ALICE)
+    events = parse_sse(response.text)
+    assert [e["event"] for e in events] == ["state", "state", "progress", "progress", "state"]
+    assert "host:" not in response.text
+    logged = {name for _, name, _ in store.read_events(job_id, count=1000)}
+    assert {"delivery", "recovered"} <= logged  # kept for operators
+
+
 def test_last_event_id_resumes_after_that_event(client: TestClient, store: JobStore, job_id: str) -> None:
     _drive(store, job_id, delay=0).join()
     everything = parse_sse(client.get(f"/v1/jobs/{job_id}/events", headers=ALICE).text)

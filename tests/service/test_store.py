@@ -215,6 +215,22 @@ def test_lease_claim_renew_release_and_expiry(store: JobStore) -> None:
     assert not store.claim("job_0000000000000000", "w1", 5)
 
 
+def test_only_deliveries_that_ended_without_a_release_count_as_crashes(store: JobStore) -> None:
+    job_id = job_in(store, JobState.QUEUED)
+    for n in range(3):  # clean hand-backs (warm shutdown): released by their holder
+        assert store.claim(job_id, f"clean-{n}", 5)
+        store.release(job_id, f"clean-{n}")
+    assert store.claim(job_id, "killed", 0.05)  # killed: never released, the lease lapses
+    time.sleep(0.1)
+    assert store.claim(job_id, "next", 5)
+    store.release(job_id, "killed")  # a woken stale worker's release is not a clean end
+    assert store.get(job_id)["crashes"] == 1
+    store.redis.delete(store._lease_key(job_id))  # "next" hung until its lease lapsed
+    assert store.claim(job_id, "third", 5)
+    record = store.get(job_id)
+    assert record["crashes"] == 2 and record["deliveries"] == 6
+
+
 def test_lapsed_running_job_is_recovered_once(store: JobStore) -> None:
     job_id = job_in(store, JobState.RUNNING)
     store.claim(job_id, "w1", 5)

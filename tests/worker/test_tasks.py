@@ -163,13 +163,26 @@ def test_job_that_keeps_killing_its_worker_fails_at_the_delivery_cap(
     store: JobStore, celery_sender, worker, settings: Settings
 ) -> None:
     job_id = submit(store, celery_sender, train_spec(), send=False)
-    for n in range(settings.max_deliveries):  # earlier deliveries whose worker died
-        assert store.claim(job_id, f"dead-worker-{n}", lease_seconds=60)
-        store.release(job_id, f"dead-worker-{n}")
+    for n in range(settings.max_deliveries):  # deliveries whose worker died: never released
+        assert store.claim(job_id, f"dead-worker-{n}", lease_seconds=0.05)
+        time.sleep(0.1)  # the lease lapses
     celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
     record = wait_for(store, job_id)
     assert record["state"] == "failed"
     assert record["error"] == f"job killed its worker {settings.max_deliveries} times (out of memory?)"
+
+
+def test_clean_hand_backs_do_not_count_towards_the_delivery_cap(
+    store: JobStore, celery_sender, worker, settings: Settings
+) -> None:
+    job_id = submit(store, celery_sender, range_test_spec(num_iter=10), send=False)
+    for n in range(settings.max_deliveries + 2):  # warm shutdowns: each released its lease
+        assert store.claim(job_id, f"stopped-worker-{n}", lease_seconds=60)
+        store.release(job_id, f"stopped-worker-{n}")
+    celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
+    record = wait_for(store, job_id)
+    assert record["state"] == "succeeded", record["error"]
+    assert record["crashes"] == 0 and record["deliveries"] == settings.max_deliveries + 3
 
 
 def test_sigkilled_worker_job_resumes_from_checkpoint_on_a_new_worker(
@@ -188,3 +201,31 @@ def test_sigkilled_worker_job_resumes_from_checkpoint_on_a_new_worker(
     resumed_from = record["result"]["resumed_from"]
     assert 0 < resumed_from <= killed_at  # epochs finished before the kill were not trained again
     assert [d["outcome"] for d in deliveries(store, job_id)] == ["started", "started"]
+
+
+def test_a_job_stored_but_never_sent_is_sent_by_the_sweeper_and_runs(
+    store: JobStore, start_worker, settings: Settings
+) -> None:
+    # The API died between storing the job and sending its task: no message exists anywhere.
+    queue = f"stale-{secrets.token_hex(3)}"  # own queue: other tests' leftover queued jobs stay out of it
+    job_id = submit(store, None, range_test_spec(num_iter=10), queue=queue, send=False)
+    start_worker(CLR_QUEUE=queue, CLR_REQUEUE_AFTER_SECONDS="1", wait=False)  # effective: 2 x lease = 4 s
+    record = wait_for(store, job_id, timeout=90)
+    assert record["state"] == "succeeded", record["error"]
+    assert record["deliveries"] == 1
+    assert record["started_at"] - record["created_at"] >= 2 * settings.lease_seconds
+
+
+def test_progress_is_written_at_most_once_per_interval_even_across_phase_changes(
+    store: JobStore, celery_sender, worker, settings: Settings
+) -> None:
+    # Tiny epochs change phase (train -> eval -> train) many times a second.
+    job_id = submit(store, celery_sender, train_spec(epochs=25, train_subset=128))
+    record = wait_for(store, job_id)
+    assert record["state"] == "succeeded", record["error"]
+    assert record["progress"]["epoch"] == 25  # the final state is always flushed
+    times = sorted(int(event_id.split("-")[0]) for event_id, name, _ in
+                   store.read_events(job_id, count=10_000) if name == "progress")
+    assert len(times) >= 2
+    busiest = max(sum(1 for t in times if start <= t < start + 1000) for start in times)
+    assert busiest <= 1 / settings.progress_interval + 1, times
