@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.uploads.sweep_incoming()  # temp files of uploads a crashed process never finished
         yield
         app.state.queue.close()
         app.state.store.redis.close()

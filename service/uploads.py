@@ -283,6 +283,26 @@ class DatasetStore:
         incoming.mkdir(parents=True, exist_ok=True)
         return incoming / f"{uuid.uuid4().hex}.{ext}"
 
+    def sweep_incoming(self, older_than: float = 3600.0) -> int:
+        """Remove temp files an API process left behind when it died mid-upload; returns how many.
+
+        Only files untouched for `older_than` seconds go: a live upload (this or another API process)
+        writes its temp file continuously, so it is always younger than that.
+        """
+        incoming = self.uploads_dir / INCOMING_DIR
+        cutoff = time.time() - older_than
+        removed = 0
+        for path in incoming.glob("*") if incoming.is_dir() else ():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("removed %d abandoned upload temp files from %s", removed, incoming)
+        return removed
+
     def get(self, dataset_id: str) -> dict | None:
         if not DATASET_ID.match(dataset_id):
             return None

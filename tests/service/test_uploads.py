@@ -8,9 +8,11 @@ so "nothing written" can be checked exactly: no file under uploads/ and no recor
 from __future__ import annotations
 
 import io
+import os
 import secrets
 import stat
 import tarfile
+import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from PIL import Image
 
 from service.config import Settings
 from service.main import create_app
-from service.uploads import DatasetStore, UploadRefused, owner_hash, write_stream
+from service.uploads import INCOMING_DIR, UPLOADS_DIR, DatasetStore, UploadRefused, owner_hash, write_stream
 
 CONTENT_TYPES = {"zip": "application/zip", "tar": "application/x-tar", "tar.gz": "application/gzip"}
 TRAIN = {"model": "tiny_cnn", "epochs": 1, "batch_size": 4, "base_lr": 0.01, "max_lr": 0.05, "step_size": 1}
@@ -335,3 +337,18 @@ def test_delete_refused_while_a_job_names_it_then_gone(env: Env) -> None:
     assert env.client.get(f"/v1/datasets/{dataset_id}", headers=env.me).status_code == 404
     assert env.client.delete(f"/v1/datasets/{dataset_id}", headers=env.me).status_code == 404
     env.assert_nothing_written()
+
+
+def test_abandoned_upload_temp_files_are_swept_at_startup(api_settings) -> None:
+    """An API process that died mid-upload leaves a temp file; the next start removes it (old ones only)."""
+    incoming = Path(api_settings.data_dir) / UPLOADS_DIR / INCOMING_DIR
+    incoming.mkdir(parents=True, exist_ok=True)
+    old, fresh = incoming / "abandoned.zip", incoming / "in-progress.zip"
+    old.write_bytes(b"x" * 10)
+    fresh.write_bytes(b"y" * 10)
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    with TestClient(create_app(api_settings)):
+        pass
+    assert not old.exists() and fresh.exists()
+    fresh.unlink()
