@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service.auth import bearer_token
 from service.store import InvalidTransition, JobNotFound, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -49,9 +50,24 @@ async def _invalid_transition(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc) or "the job cannot change state now"}, status.HTTP_409_CONFLICT)
 
 
+def _unauthenticated(request: Request) -> bool:
+    """A /v1 request without a valid key: FastAPI validates the body before dependencies refuse it."""
+    keys = request.app.state.keys
+    if not request.url.path.startswith("/v1/") or keys.open_mode:
+        return False
+    token = bearer_token(request.headers.get("authorization"))
+    return token is None or keys.owner_of(token) is None
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's standard 422 body, but with inputs cut short: a 10 MB string is not echoed back."""
+    """FastAPI's standard 422 body, but with inputs cut short: a 10 MB string is not echoed back.
+
+    A caller without a valid key gets the 401 instead: validation must not answer strangers first.
+    """
     assert isinstance(exc, RequestValidationError)
+    if _unauthenticated(request):
+        return JSONResponse({"detail": "missing or invalid API key"}, status.HTTP_401_UNAUTHORIZED,
+                            headers={"WWW-Authenticate": "Bearer"})
     errors = []
     for err in exc.errors():
         err = dict(err)

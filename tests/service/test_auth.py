@@ -146,3 +146,15 @@ def test_cors_opens_for_configured_origins_only(api_settings: Settings) -> None:
 def test_a_record_never_shows_its_owner(client: TestClient, finished_job: str) -> None:
     job = client.get(f"/v1/jobs/{finished_job}", headers=ALICE).json()
     assert "owner" not in job and "alice" not in json.dumps(job["links"])
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}], ids=["no key", "wrong key"])
+@pytest.mark.parametrize("body", [b'{"dataset": ', b'{"epochs": "many"}', b'{"bogus": 1}'],
+                         ids=["bad json", "wrong type", "unknown field"])
+def test_invalid_body_without_a_valid_key_is_401_not_422(client: TestClient, headers: dict, body: bytes) -> None:
+    """Validation must not answer a stranger first: no key, no 422 details."""
+    response = client.post("/v1/jobs/train", content=body, headers={**headers, "Content-Type": "application/json"})
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    assert "detail" in response.json() and "loc" not in response.text
+    with_key = client.post("/v1/jobs/train", content=body, headers={**ALICE, "Content-Type": "application/json"})
+    assert with_key.status_code == 422
