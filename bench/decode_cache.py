@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from clrcore.catalog import CIFAR10_CLASSES
-from clrcore.datasets import decode_workers, load_dataset, load_image_tree
+from clrcore.datasets import load_dataset
+from clrcore.image_tree import decode_workers, load_image_tree
 
 DEFAULT_ARCHIVE = Path("/work/shared/data/cifar10-jpg.tar.gz")
 

@@ -119,8 +119,8 @@ def _run(args: argparse.Namespace, model: type[BaseModel]) -> int:
             print(f"clr: {_flag_name(err['loc'])}: {err['msg']}", file=sys.stderr)
         return 2
     from clrcore.datasets import DatasetError
+    from clrcore.hooks import StopRequested, TrainingDiverged
     from clrcore.runs import RunHooks, run_job
-    from clrcore.trainer import StopRequested, TrainingDiverged
 
     kind = "train" if model is TrainSpec else "range-test"
     out = Path(args.out or Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -1,45 +1,26 @@
-"""Dataset registry: every catalog name to a `Dataset` of uint8 NCHW arrays, with a decode cache.
+"""Dataset registry: every catalog name to a `Dataset` of uint8 NCHW arrays.
 
 Training feeds from whole uint8 arrays held on the device (see `loaders.py`), so every source (the
 torchvision sets, JPEG/PNG trees and archives, scikit-learn's digits, generated patterns) ends up in
-the same shape. Decoding tens of thousands of images costs seconds; the decoded arrays are cached as
-an .npz keyed by the file's path, size and mtime. This module does not import torch at load time, so
-the decode worker processes start fast.
+the same shape. Trees and archives are decoded (in parallel, with a decode cache) by `image_tree.py`.
+This module does not import torch at load time, so the decode worker processes start fast.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
-import multiprocessing
-import os
 import pickle
-import sys
-import tempfile
-import zipfile
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from clrcore import catalog
-from clrcore.archives import ArchiveError, iter_image_members
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-CACHE_FIELDS = {"train_images", "train_labels", "test_images", "test_labels", "classes", "mean", "std"}
 CIFAR10_ARCHIVE = "cifar10-jpg.tar.gz"
-DECODE_CHUNK = 2048
-PARALLEL_MIN_IMAGES = 2048  # below this a process pool costs more than it saves
-MAX_DECODED_BYTES = 32 * 2**30
-MAX_IMAGE_PIXELS = 4096 * 4096
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
 @dataclass
@@ -150,286 +131,6 @@ def dataset_info(dataset: Dataset) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Image decoding (runs in worker processes for big sets)
-
-
-def _decode_one(where: str, data: bytes) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size  # read from the header: refuse a decompression bomb before decoding
-            if width * height > MAX_IMAGE_PIXELS:
-                raise DatasetError("imagefolder", f"{where}: {width}x{height} is over the "
-                                   f"{MAX_IMAGE_PIXELS}-pixel limit for one image")
-            image.load()
-            if image.mode in GRAY_MODES:
-                return np.asarray(image.convert("L"))
-            return np.asarray(image.convert("RGB"))
-    except UnidentifiedImageError:
-        raise DatasetError("imagefolder", f"{where}: not a readable image (unknown format)") from None
-    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data in a known format
-        raise DatasetError("imagefolder", f"{where}: not a readable image ({err})") from None
-
-
-def _decode_chunk(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
-    """Decode one chunk to HxW (grayscale) or HxWx3 arrays; module-level so worker processes can run it."""
-    return [_decode_one(where, data) for where, data in items]
-
-
-def decode_workers(workers: int | None) -> int:
-    """Decode processes to use: as asked, else the CPU count capped at 8 (reading is the other limit)."""
-    return workers if workers is not None else min(os.cpu_count() or 1, 8)
-
-
-def _decode_pool(workers: int) -> Executor | None:
-    if workers <= 1:
-        return None
-    try:
-        # fork starts fastest and does not re-import the caller's main module; a parent that has
-        # initialised CUDA must not be forked, so then the slower forkserver is used.
-        torch = sys.modules.get("torch")
-        cuda_live = torch is not None and torch.cuda.is_initialized()
-        context = multiprocessing.get_context("forkserver" if cuda_live else "fork")
-        return ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    except (OSError, ValueError, AssertionError) as err:  # e.g. a daemonic parent
-        log.warning("decoding in-process: no worker pool (%s)", err)
-        return None
-
-
-# ---------------------------------------------------------------------------------------------
-# imagefolder: a tree or archive laid out split/class/image
-
-
-def _read_tree(name: str, path: Path, workers: int | None) -> dict[str, dict[str, list[list]]]:
-    """Read every member, decoding in chunks (in worker processes for big sets) while reading goes on.
-
-    Returns {split: {class: [[file name, HxW or HxWx3 uint8 array], ...]}}. Decoded bytes are
-    counted as chunks finish, so an archive that would not fit in memory fails early.
-    """
-    workers = decode_workers(workers)
-    tree: dict[str, dict[str, list[list]]] = {}
-    pending: list[tuple[str, bytes]] = []
-    slots: list[list] = []
-    chunks: list[tuple[Future | list[np.ndarray], list[list]]] = []
-    pool: Executor | None = None
-    pool_tried = False
-    decoded = 0
-    submitted = 0
-
-    def collect(keep: int) -> None:
-        """Resolve finished-or-oldest chunks until at most `keep` are outstanding."""
-        nonlocal decoded
-        while len(chunks) > keep:
-            result, entries = chunks.pop(0)
-            arrays = result.result() if isinstance(result, Future) else result
-            for entry, array in zip(entries, arrays, strict=True):
-                entry[1] = array
-                decoded += array.nbytes
-            if decoded > MAX_DECODED_BYTES:
-                raise DatasetError(name, f"more than {MAX_DECODED_BYTES >> 30} GiB of decoded images")
-
-    def flush() -> None:
-        nonlocal pending, slots, pool, pool_tried, submitted
-        if not pending:
-            return
-        submitted += len(pending)
-        if not pool_tried and submitted >= PARALLEL_MIN_IMAGES:
-            pool, pool_tried = _decode_pool(workers), True
-        result: Future | list[np.ndarray] | None = None
-        if pool is not None:
-            try:
-                result = pool.submit(_decode_chunk, pending)
-            except (OSError, RuntimeError, AssertionError) as err:  # the pool could not start workers
-                log.warning("decoding in-process: worker pool failed (%s)", err)
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = None
-        if result is None:
-            result = _decode_chunk(pending)
-        chunks.append((result, slots))
-        pending, slots = [], []
-        collect(keep=2 * workers if pool is not None else 0)
-
-    try:
-        for split, cls, file_name, data in iter_image_members(path):
-            entry = [file_name, None]
-            tree.setdefault(split, {}).setdefault(cls, []).append(entry)
-            pending.append((f"{split}/{cls}/{file_name}", data))
-            slots.append(entry)
-            if len(pending) >= DECODE_CHUNK:
-                flush()
-        flush()
-        collect(keep=0)
-    except ArchiveError as err:
-        raise DatasetError(name, f"{path.name}: {err}") from err
-    except DatasetError as err:
-        raise DatasetError(name, f"{path.name}: {err.why}") from err
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return tree
-
-
-def _pick_splits(name: str, path: Path, tree: dict) -> tuple[dict, dict]:
-    if not tree:
-        raise DatasetError(name, f"{path.name}: no images laid out split/class/image")
-    if "train" not in tree:
-        raise DatasetError(name, f"{path.name}: no 'train' split (found: {', '.join(sorted(tree))})")
-    held_out = "test" if "test" in tree else "val" if "val" in tree else None
-    if held_out is None:
-        raise DatasetError(name, f"{path.name}: no 'test' or 'val' split next to 'train'")
-    return tree["train"], tree[held_out]
-
-
-def _stack_split(name: str, path: Path, split_name: str, by_class: dict, classes: list[str],
-                 size: tuple[int, int], gray: bool) -> Split:
-    index = {c: i for i, c in enumerate(classes)}
-    entries = [(cls, file_name, array) for cls in sorted(by_class, key=index.__getitem__)
-               for file_name, array in sorted(by_class[cls], key=lambda entry: entry[0])]
-    images = np.empty((len(entries), 1 if gray else 3, *size), dtype=np.uint8)
-    labels = np.empty(len(entries), dtype=np.int64)
-    for i, (cls, file_name, array) in enumerate(entries):
-        if array.shape[:2] != size:
-            raise DatasetError(name, f"{path.name}: {split_name}/{cls}/{file_name} is "
-                               f"{array.shape[1]}x{array.shape[0]}, the others {size[1]}x{size[0]}; "
-                               "all images must be one size")
-        images[i] = array if array.ndim == 2 else array.transpose(2, 0, 1)
-        labels[i] = index[cls]
-    return Split(images, labels)
-
-
-def _imagefolder_arrays(name: str, path: Path, classes: list[str] | None, workers: int | None) -> dict:
-    tree = _read_tree(name, path, workers)
-    train, test = _pick_splits(name, path, tree)
-    if classes is None:
-        classes = sorted(train)
-    elif set(train) != set(classes):
-        raise DatasetError(name, f"{path.name}: train classes {sorted(train)} are not {classes}")
-    if len(classes) < 2:
-        raise DatasetError(name, f"{path.name}: needs at least 2 classes in train, found {len(classes)}")
-    missing = [c for c in classes if c not in test]
-    if missing:
-        raise DatasetError(name, f"{path.name}: class {missing[0]!r} is in train but not in the test split")
-    extra = [c for c in test if c not in classes]
-    if extra:
-        raise DatasetError(name, f"{path.name}: class {extra[0]!r} is in the test split but not in train")
-    gray = all(a.ndim == 2 for split in (train, test) for entries in split.values() for _, a in entries)
-    first = next(a for entries in train.values() for _, a in entries)
-    size = first.shape[:2]
-    train_split = _stack_split(name, path, "train", train, classes, size, gray)
-    test_split = _stack_split(name, path, "test", test, classes, size, gray)
-    return {
-        "train_images": train_split.images, "train_labels": train_split.labels,
-        "test_images": test_split.images, "test_labels": test_split.labels,
-        "classes": np.asarray(classes),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Decode cache
-
-
-def cache_key(name: str, path: Path) -> str:
-    """sha256 of the source's identity (path, size, mtime; every file's for a directory), not its bytes.
-
-    Hashing 20 MB of archive on every load would cost more than reading the cache.
-    """
-    path = path.resolve()
-    if path.is_dir():
-        stats = sorted(
-            (str(p.relative_to(path)), p.lstat().st_size, p.lstat().st_mtime_ns) for p in path.rglob("*")
-        )
-    else:
-        info = path.stat()
-        stats = [(info.st_size, info.st_mtime_ns)]
-    identity = json.dumps([CACHE_VERSION, name, str(path), stats])
-    return hashlib.sha256(identity.encode()).hexdigest()
-
-
-def _cache_stem(name: str, path: Path) -> str:
-    """Names the source (not its version), so older caches of the same file can be found and removed."""
-    return f"{name}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-
-
-def _prune_cache(current: Path) -> None:
-    stem = current.name.rsplit("-", 1)[0]
-    for old in current.parent.glob(f"{stem}-*.npz"):
-        if old != current:
-            old.unlink(missing_ok=True)
-            log.info("removed stale decode cache %s", old.name)
-
-
-def _read_cache(file: Path) -> dict | None:
-    try:
-        with np.load(file, allow_pickle=False) as cached:
-            return {key: cached[key] for key in cached.files}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        log.warning("ignoring unreadable decode cache %s: %s", file, err)
-        return None
-
-
-def _write_cache(file: Path, arrays: dict) -> None:
-    """Write atomically: a uniquely named temp file in the same folder, then os.replace."""
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=file.stem + ".", suffix=".tmp", dir=file.parent)
-    except OSError as err:
-        log.warning("not caching decoded images in %s: %s", file.parent, err)
-        return
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(temp, file)
-    except OSError as err:
-        log.warning("not caching decoded images in %s: %s", file.parent, err)
-        Path(temp).unlink(missing_ok=True)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def load_image_tree(
-    path: Path,
-    *,
-    name: str = "imagefolder",
-    classes: list[str] | None = None,
-    cache_dir: Path | None = None,
-    workers: int | None = None,
-) -> Dataset:
-    """Load a directory or archive laid out split/class/image (train plus test or val), cached.
-
-    `classes` fixes the label order (and requires exactly those classes); by default it is the sorted
-    folder names. `workers` is the number of decode processes (default: CPU count, at most 8).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(name, f"{path}: no such file or directory")
-    cache_file = None
-    arrays = None
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"{_cache_stem(name, path)}-{cache_key(name, path)[:24]}.npz"
-        arrays = _read_cache(cache_file)
-        if arrays is not None and not arrays.keys() >= CACHE_FIELDS:
-            log.warning("ignoring incomplete decode cache %s", cache_file)
-            arrays = None
-    if arrays is None:
-        arrays = _imagefolder_arrays(name, path, classes, workers)
-        arrays.update(zip(("mean", "std"), map(np.asarray, channel_stats(arrays["train_images"])),
-                          strict=True))
-        if cache_file is not None:
-            _write_cache(cache_file, arrays)
-            _prune_cache(cache_file)
-    return Dataset(
-        name,
-        Split(arrays["train_images"], arrays["train_labels"]),
-        Split(arrays["test_images"], arrays["test_labels"]),
-        [str(c) for c in arrays["classes"]],
-        tuple(float(m) for m in arrays["mean"]),
-        tuple(float(s) for s in arrays["std"]),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # Builders, one per catalog name
 
 
@@ -479,6 +180,8 @@ def _resolve(data_dir: Path, path: str | None) -> Path | None:
 
 
 def _load_cifar10(data_dir: Path, path: str | None, download: bool, cache_dir: Path | None) -> Dataset:
+    from clrcore.image_tree import load_image_tree  # image_tree builds on this module's types
+
     archive = _resolve(data_dir, path) or Path(data_dir) / CIFAR10_ARCHIVE
     if path is not None or archive.exists():
         return load_image_tree(archive, name="cifar10", classes=list(catalog.CIFAR10_CLASSES),
@@ -487,6 +190,8 @@ def _load_cifar10(data_dir: Path, path: str | None, download: bool, cache_dir: P
 
 
 def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None) -> Dataset:
+    from clrcore.image_tree import load_image_tree
+
     if path is None:
         raise DatasetError("imagefolder", "needs a path: a directory or archive laid out split/class/image")
     return load_image_tree(_resolve(data_dir, path), cache_dir=cache_dir)

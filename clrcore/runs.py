@@ -24,6 +24,7 @@ from clrcore import plots, reports
 from clrcore.checkpoint import load_checkpoint
 from clrcore.datasets import Dataset, Split, load_dataset, make_dataset
 from clrcore.files import atomic_write, write_text
+from clrcore.hooks import Hooks, Progress, StopRequested, check_may_write
 from clrcore.loaders import make_loader, normalization
 from clrcore.models import build_model
 from clrcore.range_test import RangeTestResult, range_test
@@ -31,12 +32,8 @@ from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_s
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
 from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, Recommendation, recipe
 from clrcore.trainer import (
-    Hooks,
-    Progress,
-    StopRequested,
     TrainConfig,
     build_optimizer,
-    check_may_write,
     config_from_spec,
     resolve_device,
     seed_everything,

@@ -13,6 +13,10 @@ history and write a checkpoint. Three decisions shape the code:
   bit for bit (on CPU) where the uninterrupted one would have been. A stop request mid-epoch keeps the
   last epoch's checkpoint and drops the partial epoch: resuming mid-epoch would also need the partial
   epoch's loss buffers and running sums in the checkpoint, for at most one epoch of work saved.
+
+What a caller sees (`Progress`, `Hooks`, `StopRequested`, `TrainingDiverged`) lives in `hooks.py`, the
+resume checks and the fenced checkpoint write in `resume.py`, the per-process torch.compile cache in
+`compile_cache.py`. The hooks and errors stay importable from here.
 """
 
 from __future__ import annotations
@@ -21,10 +25,8 @@ import logging
 import math
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,9 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clrcore.checkpoint import capture_rng_state, load_checkpoint, plain, restore_rng_state, save_checkpoint
-from clrcore.files import WriteRefused
+from clrcore import compile_cache
+from clrcore.checkpoint import capture_rng_state, plain
+from clrcore.hooks import Hooks, Progress, StopRequested, TrainingDiverged
 from clrcore.loaders import iters_per_epoch, make_loader, normalization
+from clrcore.resume import config_summary, resume, save_epoch_checkpoint
 from clrcore.schedules import Schedule, set_hyperparams
 
 if TYPE_CHECKING:
@@ -58,77 +62,9 @@ TRAIN_DROP_LAST = True
 # Per-iteration history keys (one value per optimizer step) and per-epoch keys (one per epoch).
 ITERATION_KEYS = ("lr", "momentum", "loss")
 EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "eval_time")
-# Config fields that change the trajectory: a checkpoint written under other values cannot be resumed.
-RESUME_MUST_MATCH = ("batch_size", "optimizer", "seed", "steps_per_epoch")
 
 
-# ---------------------------------------------------------------- hooks, errors, results
-
-
-@dataclass
-class Progress:
-    """Where a run is, for progress bars and the job record.
-
-    In phase "train" `step`/`steps` count optimizer steps over the whole run (so they only grow); in
-    phase "eval" they count evaluation batches of the current epoch. `metrics` holds only values that
-    were already read from the device.
-    """
-
-    phase: str
-    epoch: int  # 1-based
-    epochs: int
-    step: int
-    steps: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def fraction(self) -> float:
-        """Share of the training run done, 0..1; evaluation counts as the end of its epoch."""
-        if self.phase in ("train", "range_test"):
-            return self.step / self.steps if self.steps else 1.0
-        return self.epoch / self.epochs if self.epochs else 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "epoch": self.epoch, "epochs": self.epochs, "step": self.step,
-                "steps": self.steps, "fraction": self.fraction, "metrics": dict(self.metrics)}
-
-
-@dataclass
-class Hooks:
-    """Plain callables from the caller: a progress sink, a stop flag (checked every batch) and a write fence.
-
-    `may_write` is asked right before every checkpoint write (and again right before its rename): a
-    caller whose right to the run folder can lapse (a worker whose job lease another worker took over
-    while it was frozen) says False there, and the run stops with `StopRequested` instead of
-    overwriting the new owner's checkpoint. clrcore knows nothing of leases; it only asks.
-    """
-
-    on_progress: Callable[[Progress], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    progress_interval: float = 0.25  # seconds between progress calls, besides one at every epoch end
-    may_write: Callable[[], bool] | None = None
-
-
-def check_may_write(may_write: Callable[[], bool] | None, what: str) -> None:
-    """Raise `StopRequested` ("lease lost: ...") when the caller's write fence refuses `what`."""
-    if may_write is not None and not may_write():
-        raise StopRequested(f"lease lost: {what} not written; the run folder may be another worker's now")
-
-
-class StopRequested(Exception):
-    """The caller's `should_stop` said so; the checkpoint of the last complete epoch is kept."""
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the message names the first bad step and its LR."""
-
-    def __init__(self, step: int, lr: float) -> None:
-        super().__init__(f"loss diverged at step {step}, lr {lr:.3g}")
-        self.step = step
-        self.lr = lr
-
-    def __reduce__(self):  # keeps the exception picklable (Celery sends it back to the caller)
-        return (TrainingDiverged, (self.step, self.lr))
+# ---------------------------------------------------------------- results
 
 
 @dataclass
@@ -462,65 +398,6 @@ def _compile_estimate(first_s: float, total_s: float, count: int) -> float:
     return max(0.0, first_s - (total_s - first_s) / (count - 1))
 
 
-# ---------------------------------------------------------------- torch.compile, cached per process
-#
-# Compiling a net costs tens of seconds, far more than a fast preset trains. A worker process trains
-# the same few architectures again and again, so the compiled module is kept here and reused: a later
-# job of the same architecture copies its fresh weights into the kept module (same parameter objects,
-# so the compiled code's guards still hold and nothing recompiles), trains that, and copies the result
-# back into its own model. Each job still starts from its own seeded initialisation.
-
-COMPILE_CACHE_SIZE = 4  # architectures kept compiled per process (each holds one copy of its weights)
-_COMPILED: OrderedDict[tuple, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]] = OrderedDict()
-
-
-def compile_supported(device: torch.device) -> bool:
-    """torch.compile is used on CUDA only: on a CPU its compile time dwarfs the short runs it speeds up."""
-    return device.type == "cuda"
-
-
-def compile_model(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """torch.compile with static shapes: a train batch size and an eval batch size, each compiled once."""
-    return torch.compile(module, dynamic=False)
-
-
-def compile_key(model: nn.Module, config: TrainConfig) -> tuple:
-    """What makes two models interchangeable for the compiled code: class, every tensor's shape and
-    dtype, which parameters train, the device, the memory format and the precision."""
-    tensors = tuple((name, tuple(t.shape), str(t.dtype)) for name, t in model.state_dict().items())
-    trainable = tuple(p.requires_grad for p in model.parameters())
-    return (type(model).__module__, type(model).__qualname__, tensors, trainable, str(config.device),
-            config.channels_last, config.precision)
-
-
-def compiled_forward(model: nn.Module, config: TrainConfig
-                     ) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], bool]:
-    """(module to train, its compiled forward, whether it came from the cache) for `model`.
-
-    The module is never `model` itself but a kept twin holding `model`'s current weights and buffers,
-    so the caller's model is untouched until `train` copies the result back.
-    """
-    key = compile_key(model, config)
-    if key in _COMPILED:
-        _COMPILED.move_to_end(key)
-        module, forward = _COMPILED[key]
-        module.load_state_dict(model.state_dict())
-        for param in module.parameters():
-            param.grad = None
-        return module, forward, True
-    module = deepcopy(model)
-    forward = compile_model(module)
-    _COMPILED[key] = (module, forward)
-    while len(_COMPILED) > COMPILE_CACHE_SIZE:
-        _COMPILED.popitem(last=False)
-    return module, forward, False
-
-
-def clear_compile_cache() -> None:
-    """Forget every kept compiled module (frees their weights)."""
-    _COMPILED.clear()
-
-
 # ---------------------------------------------------------------- train
 
 
@@ -540,30 +417,6 @@ def _record_epoch(history: dict[str, list], epoch: int, stats: _EpochStats, pred
         ("epoch_time", epoch_time), ("eval_time", eval_time),
     ):
         history[key].append(value)
-
-
-def _config_summary(config: TrainConfig, steps: int) -> dict[str, Any]:
-    summary = plain(config)
-    summary["steps_per_epoch"] = steps
-    return summary
-
-
-def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-            summary: dict[str, Any]) -> tuple[int, dict[str, list], dict[str, float]]:
-    """Load a checkpoint into model, optimizer and RNGs; returns (epochs done, history, timings)."""
-    state = load_checkpoint(path, map_location=summary["device"])
-    saved = state.get("config", {})
-    mismatched = [key for key in RESUME_MUST_MATCH if saved.get(key) != summary.get(key)]
-    if mismatched:
-        raise ValueError(f"checkpoint {path} was written with other {', '.join(mismatched)}; "
-                         "delete it or use the original settings")
-    if saved.get("schedule") != summary.get("schedule") or saved.get("epochs") != summary.get("epochs"):
-        log.warning("resuming %s with a different schedule or epoch count than it was written with", path)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    restore_rng_state(state["rng"], generator)
-    log.info("resuming from %s after epoch %d", path, state["epoch"])
-    return int(state["epoch"]), state["history"], dict(state.get("timings", {}))
 
 
 def _evaluate_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader: Any, config: TrainConfig,
@@ -587,16 +440,6 @@ def _evaluate_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader: Any
     return prediction, first_batch_s
 
 
-def _save_epoch_checkpoint(path: Path, hooks: Hooks, epoch: int, state: dict[str, Any]) -> None:
-    """Write an epoch's checkpoint only while `hooks.may_write` allows it, before and at the rename."""
-    what = f"checkpoint of epoch {epoch}"
-    check_may_write(hooks.may_write, what)
-    try:
-        save_checkpoint(state, path, may_write=hooks.may_write)
-    except WriteRefused as exc:
-        raise StopRequested(f"lease lost: {what} not written (refused at the rename)") from exc
-
-
 def train(
     model: nn.Module, dataset: Dataset, config: TrainConfig, *, hooks: Hooks | None = None
 ) -> TrainResult:
@@ -605,7 +448,7 @@ def train(
     Resumes from config.checkpoint_path when it exists and writes it after every epoch. Raises
     `StopRequested` when hooks.should_stop() turns true, `TrainingDiverged` on a NaN/inf loss.
     With `config.compile` on CUDA the work happens on a kept compiled twin of `model` (see
-    `compiled_forward`) whose trained weights are copied back into `model` at the end.
+    `compile_cache.compiled_forward`) whose trained weights are copied back into `model` at the end.
     """
     hooks = hooks or Hooks()
     ticker = _Ticker(hooks)
@@ -621,8 +464,8 @@ def train(
         model.to(memory_format=torch.channels_last)
     # `net` is what trains: `model` itself, or the kept compiled twin of its architecture
     net, forward, compile_cached = model, model, False
-    if config.compile and compile_supported(device):
-        net, forward, compile_cached = compiled_forward(model, config)  # compiles lazily, on first use
+    if config.compile and compile_cache.compile_supported(device):
+        net, forward, compile_cached = compile_cache.compiled_forward(model, config)  # compiles lazily, on first use
     elif config.compile:
         log.warning("torch.compile is used on CUDA only; training uncompiled on %s", device)
     optimizer = build_optimizer(net, config)
@@ -642,14 +485,14 @@ def train(
         channels_last=config.channels_last, **inputs, **placement,
     )
     steps = len(train_loader)
-    summary = _config_summary(config, steps)
+    summary = config_summary(config, steps)
 
     # -- resume: weights, optimizer state, RNG streams and history of the last complete epoch
     history, start_epoch, resumed_from = new_history(), 0, None
     timings = {"train_s": 0.0, "eval_s": 0.0, "compile_s": 0.0}
     checkpoint = Path(config.checkpoint_path) if config.checkpoint_path is not None else None
     if checkpoint is not None and checkpoint.exists():
-        start_epoch, history, timings = _resume(checkpoint, net, optimizer, train_loader.generator, summary)
+        start_epoch, history, timings = resume(checkpoint, net, optimizer, train_loader.generator, summary)
         resumed_from = start_epoch
 
     # -- the epochs
@@ -678,7 +521,7 @@ def train(
                  config.epochs, stats.loss, stats.acc, last_eval.loss, last_eval.accuracy, finished - started)
 
         if checkpoint is not None:
-            _save_epoch_checkpoint(checkpoint, hooks, epoch + 1, {
+            save_epoch_checkpoint(checkpoint, hooks, epoch + 1, {
                 "epoch": epoch + 1,
                 "step": (epoch + 1) * steps,
                 "model": net.state_dict(),

@@ -61,8 +61,8 @@ ARCHIVE_TYPES: dict[str, str] = {
 }
 # Only plain raster formats: PIL's EPS plugin would run Ghostscript on a tenant's bytes.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
-MAX_IMAGE_PIXELS = 4096 * 4096  # the loader's per-image limit (clrcore.datasets)
-MAX_DECODED_BYTES = 32 * 2**30  # the loader's limit on a whole dataset once decoded (clrcore.datasets)
+MAX_IMAGE_PIXELS = 4096 * 4096  # the loader's per-image limit (clrcore.image_tree)
+MAX_DECODED_BYTES = 32 * 2**30  # the loader's limit on a whole dataset once decoded (clrcore.image_tree)
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # decoded as one channel by the loader
 SPLITS = ("train", "test", "val")
 

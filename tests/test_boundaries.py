@@ -19,6 +19,7 @@ def test_clrcore_imports_no_web_or_queue_stack() -> None:
     assert not loaded & {"fastapi", "starlette", "celery", "kombu", "redis", "uvicorn"}
 
 
-@pytest.mark.parametrize("module", ["clrcore.specs", "clrcore.catalog", "clrcore.presets", "clrcore.cli"])
+@pytest.mark.parametrize("module", ["clrcore.specs", "clrcore.catalog", "clrcore.presets", "clrcore.cli",
+                                    "clrcore.hooks", "clrcore.datasets", "clrcore.image_tree"])
 def test_spec_modules_do_not_import_torch(module: str) -> None:
     assert "torch" not in _modules_after(module)

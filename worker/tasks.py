@@ -312,9 +312,9 @@ def _out_of_memory(exc: BaseException) -> bool:
 def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
     """Run the spec through clrcore into the job's run folder and record how it ended."""
     global _current_job
+    from clrcore.hooks import StopRequested
     from clrcore.runs import RunHooks, run_job
     from clrcore.specs import parse_spec
-    from clrcore.trainer import StopRequested
 
     run_dir = Path(settings.artifact_dir) / job_id
     stop = StopCheck(job_id, keeper)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clrcore import catalog, datasets
+from clrcore import catalog, image_tree
 from clrcore.archives import ArchiveError, iter_image_members
 from clrcore.datasets import (
     LOADERS,
@@ -22,9 +22,9 @@ from clrcore.datasets import (
     channel_stats,
     dataset_info,
     load_dataset,
-    load_image_tree,
     synthetic_dataset,
 )
+from clrcore.image_tree import load_image_tree
 
 CIFAR_ARCHIVE = Path("/work/shared/data/cifar10-jpg.tar.gz")
 
@@ -355,7 +355,7 @@ def test_cache_hit_returns_identical_arrays_without_decoding(tmp_path, monkeypat
     start = time.perf_counter()
     first = load_image_tree(path, cache_dir=cache)
     first_s = time.perf_counter() - start
-    monkeypatch.setattr(datasets, "_decode_chunk", lambda items: pytest.fail("decoded on a cache hit"))
+    monkeypatch.setattr(image_tree, "_decode_chunk", lambda items: pytest.fail("decoded on a cache hit"))
     start = time.perf_counter()
     second = load_image_tree(path, cache_dir=cache)
     second_s = time.perf_counter() - start
@@ -408,20 +408,20 @@ def test_real_cifar10_archive(tmp_path):
 
 
 def test_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "MAX_IMAGE_PIXELS", 63)
+    monkeypatch.setattr(image_tree, "MAX_IMAGE_PIXELS", 63)
     with pytest.raises(DatasetError, match=r"8x8 is over the 63-pixel limit"):
         load_folder(tmp_path, write_any(tmp_path, "zip", tree_files()))
 
 
 def test_decoded_size_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "MAX_DECODED_BYTES", 1000)
+    monkeypatch.setattr(image_tree, "MAX_DECODED_BYTES", 1000)
     with pytest.raises(DatasetError, match="GiB of decoded images"):
         load_folder(tmp_path, write_any(tmp_path, "zip", tree_files()))
 
 
 def test_parallel_decode_matches_serial_and_reports_bad_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "DECODE_CHUNK", 4)
-    monkeypatch.setattr(datasets, "PARALLEL_MIN_IMAGES", 8)
+    monkeypatch.setattr(image_tree, "DECODE_CHUNK", 4)
+    monkeypatch.setattr(image_tree, "PARALLEL_MIN_IMAGES", 8)
     path = write_any(tmp_path, "tar", tree_files(per_class=6))
     serial = load_image_tree(path, workers=1)
     parallel = load_image_tree(path, workers=2)

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from clrcore.datasets import DatasetError
+from clrcore.hooks import Progress, StopRequested
 from clrcore.runs import RunHooks, run_job
 from clrcore.specs import RangeTestSpec, TrainSpec
-from clrcore.trainer import Progress, StopRequested
 
 FAST = {"dataset": "digits", "model": "tiny_cnn", "batch_size": 64, "train_subset": 512,
         "augment": {"translate": 1, "flip": False}}

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from clrcore import trainer
+from clrcore import compile_cache, trainer
 from clrcore.datasets import Dataset, Split, load_digits_dataset, make_dataset, pixel_mean
 from clrcore.loaders import HostLoader, make_loader, normalization
 from clrcore.schedules import build_schedule
@@ -137,11 +137,11 @@ def fake_compile(monkeypatch) -> list[nn.Module]:
         compiled.append(module)
         return lambda x: module(x)
 
-    monkeypatch.setattr(trainer, "compile_supported", lambda device: True)
-    monkeypatch.setattr(trainer, "compile_model", compile_model)
-    trainer.clear_compile_cache()
+    monkeypatch.setattr(compile_cache, "compile_supported", lambda device: True)
+    monkeypatch.setattr(compile_cache, "compile_model", compile_model)
+    compile_cache.clear_compile_cache()
     yield compiled
-    trainer.clear_compile_cache()
+    compile_cache.clear_compile_cache()
 
 
 def test_compiled_net_is_reused_by_the_next_job_with_that_jobs_fresh_weights(small: Dataset,
@@ -173,8 +173,8 @@ def test_another_architecture_or_precision_compiles_again(small: Dataset, fake_c
 
 
 def test_compile_stays_off_on_the_cpu(small: Dataset, monkeypatch) -> None:
-    trainer.clear_compile_cache()
-    monkeypatch.setattr(trainer, "compile_model", lambda module: pytest.fail("compiled on the CPU"))
+    compile_cache.clear_compile_cache()
+    monkeypatch.setattr(compile_cache, "compile_model", lambda module: pytest.fail("compiled on the CPU"))
     result = train(tiny_net(0), small, config(compile=True, epochs=1))
     assert "compile_cache_hit" not in result.timings
 
