@@ -72,5 +72,9 @@ def test_missing_dataset_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capt
     assert err.startswith("clr: ") and "missing" in err and len(err.splitlines()) == 1
 
 
-def test_lists_are_json() -> None:
-    assert main(["presets"]) == 0
+@pytest.mark.parametrize(("what", "expected"), [("presets", "digits-demo"), ("datasets", "cifar10"),
+                                                 ("models", "minigooglenet")])
+def test_lists_are_json(what: str, expected: str, capsys: pytest.CaptureFixture) -> None:
+    assert main([what]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert expected in listed and len(listed) >= 3
