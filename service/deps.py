@@ -18,6 +18,7 @@ from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
 from service.store import JobStore
+from service.workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_store(request: Request) -> JobStore:
     return request.app.state.store
+
+
+async def get_workers(request: Request) -> WorkerRegistry:
+    return request.app.state.workers
 
 
 async def get_queue(request: Request) -> JobQueue:
@@ -84,6 +89,7 @@ def owned_job(job_id: str, request: Request, credentials: Credentials) -> dict:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 Owner = Annotated[str, Depends(current_owner)]

@@ -28,6 +28,7 @@ from service.ratelimit import RateLimiter
 from service.routes import artifacts, catalog, datasets, health, jobs
 from service.store import JobStore
 from service.uploads import DatasetStore
+from service.workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = JobStore.from_settings(settings)
     app.state.settings = settings
     app.state.store = store
+    app.state.workers = WorkerRegistry(store.redis, settings.key_prefix)
     app.state.uploads = DatasetStore(store.redis, settings.key_prefix, settings.data_dir)
     app.state.queue = JobQueue(settings)
     app.state.keys = KeyRing.from_setting(settings.api_keys, open_mode=settings.open_mode)

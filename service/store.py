@@ -14,8 +14,8 @@ Key layout (every key starts with the configured prefix, so tests can share one 
     {p}:owner:{owner}:{kind}     sorted set: the same, one kind only
     {p}:state:{state}            set: job ids in that state (counts, the sweeper)
     {p}:idem:{owner-hash}:{key}  hash: an idempotency key's body hash, status and stored response
-    {p}:worker:{id}, {p}:workers worker liveness (hash per worker, sorted set by last seen)
-    {p}:canary:{token}           a worker's reply to a readiness canary task
+    {p}:worker:{id}, {p}:workers worker liveness (hash per worker, sorted set by last seen): `service.workers`
+    {p}:canary:{token}           a worker's reply to a readiness canary task: `service.workers`
     {p}:durations                hash: cumulative job-duration histogram, "kind|state|le<i>", "|count", "|sum"
     {p}:broker:...               the Celery/kombu queues (see `broker_transport_options`)
 """
@@ -28,7 +28,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -48,7 +47,6 @@ log = logging.getLogger(__name__)
 
 EVENTS_MAXLEN = 10_000
 MAX_BLOCK_MS = 5_000  # below the client's socket timeout, so a blocking read never looks like a dead Redis
-WORKER_RECORD_TTL = 24 * 3600
 # Upper bounds (seconds) of the job-duration histogram kept in Redis (`{p}:durations`); +Inf is the count.
 DURATION_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600)
 
@@ -103,7 +101,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _unavailable_on_redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
+def unavailable_on_redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn connection trouble into one exception type the API maps to 503."""
 
     @functools.wraps(fn)
@@ -215,7 +213,7 @@ class JobStore:
 
     # -- records -------------------------------------------------------------------------------------
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def create(self, kind: str, spec: dict, owner: str, *, queue: str | None = None) -> dict:
         """Store a new queued job; the caller then sends the task (by name) with the returned id.
 
@@ -246,7 +244,7 @@ class JobStore:
         pipe.execute()
         return self._decode(record)
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def get(self, job_id: str) -> dict | None:
         """The full job record, or None. Timestamps are Unix seconds (float) or None."""
         raw = self.redis.hgetall(self._job_key(job_id))
@@ -288,7 +286,7 @@ class JobStore:
                 record["artifacts"][field[len(_ARTIFACT) :]] = json.loads(value)
         return record
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def list(
         self,
         owner: str,
@@ -348,7 +346,7 @@ class JobStore:
             raise JobNotFound(job_id)
         return status, current, target
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def transition(
         self, job_id: str, to: JobState, *, error: str | None = None, result: dict | None = None
     ) -> dict:
@@ -365,7 +363,7 @@ class JobStore:
             raise InvalidTransition(job_id, current, to.value)
         return self._require(job_id)
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def request_cancel(self, job_id: str) -> dict:
         """Record the cancel intent: a queued job is cancelled at once, a running one stops at its next batch.
 
@@ -382,12 +380,12 @@ class JobStore:
             raise InvalidTransition(job_id, current, JobState.CANCELLED.value)
         return self._require(job_id)
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def cancel_requested(self, job_id: str) -> bool:
         """Whether a cancel was asked for; the training loop polls this every batch."""
         return self.redis.hget(self._job_key(job_id), "cancel_requested") == "1"
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def recover_lapsed(self, job_id: str) -> str | None:
         """Hand back a running job whose lease lapsed (its worker died or hung); returns the new state.
 
@@ -407,7 +405,7 @@ class JobStore:
 
     # -- progress, artifacts, events -----------------------------------------------------------------
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def update_progress(
         self, job_id: str, progress: dict, metrics: dict | None = None, *, holder: str | None = None
     ) -> bool:
@@ -431,7 +429,7 @@ class JobStore:
         pipe.execute()
         return True
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def add_artifact(
         self, job_id: str, name: str, path: str, content_type: str, size: int | None = None
     ) -> None:
@@ -439,14 +437,14 @@ class JobStore:
         entry = {"path": path, "content_type": content_type, "size": size}
         self.redis.hset(self._job_key(job_id), _ARTIFACT + name, json.dumps(entry))
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def append_event(self, job_id: str, event: str, data: dict) -> str:
         """Append to the job's event log (a Redis Stream, so SSE clients can resume by id)."""
         return self.redis.xadd(
             self._events_key(job_id), {"event": event, "data": json.dumps(data)}, maxlen=EVENTS_MAXLEN
         )
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def read_events(
         self, job_id: str, after: str = "0", block_ms: int = 0, count: int = 100
     ) -> list[tuple[str, str, dict]]:
@@ -465,7 +463,7 @@ class JobStore:
 
     # -- idempotency keys (IETF draft "The Idempotency-Key HTTP Header Field") ------------------------
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def idempotency_begin(
         self, owner: str, key: str, body_hash: str, ttl: int = 86400, in_flight_ttl: int = 60
     ) -> tuple[str, dict | None]:
@@ -479,21 +477,21 @@ class JobStore:
         )
         return status, (json.loads(response) if status == "replay" else None)
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def idempotency_finish(
         self, owner: str, key: str, body_hash: str, response: dict, ttl: int = 86400
     ) -> None:
         """Store the answer a retry with the same key and body will get."""
         self._idem_finish(keys=[self._idem_key(owner, key)], args=[body_hash, json.dumps(response), ttl])
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def idempotency_abort(self, owner: str, key: str, body_hash: str) -> None:
         """Drop a reservation whose request failed before creating anything, so a retry may proceed."""
         self._idem_abort(keys=[self._idem_key(owner, key)], args=[body_hash])
 
     # -- leases: a job runs in at most one worker at a time -------------------------------------------
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def claim(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
         """Take the job's lease if nobody holds it; counts a delivery when it succeeds.
 
@@ -503,22 +501,22 @@ class JobStore:
         ms = max(1, int(lease_seconds * 1000))
         return bool(self._claim(keys=[self._lease_key(job_id), self._job_key(job_id)], args=[worker_id, ms]))
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def renew(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
         """Extend the lease; False if it lapsed or another worker holds it (then stop training)."""
         ms = max(1, int(lease_seconds * 1000))
         return bool(self._renew(keys=[self._lease_key(job_id)], args=[worker_id, ms]))
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def release(self, job_id: str, worker_id: str) -> None:
         """Give the lease up, only if this worker still holds it; marks the delivery as ended cleanly."""
         self._release(keys=[self._lease_key(job_id), self._job_key(job_id)], args=[worker_id])
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def lease_holder(self, job_id: str) -> str | None:
         return self.redis.get(self._lease_key(job_id))
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def running_jobs(self) -> list[str]:
         """Jobs that some worker should be running (running or cancelling), for the sweeper."""
         return sorted(
@@ -527,12 +525,12 @@ class JobStore:
 
     # -- sends: a queued job whose message never reached (or fell out of) its queue is sent again --------
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def mark_sent(self, job_id: str) -> None:
         """Stamp `sent_at` after the job's task was sent (API submit, sweeper re-send, hand-back)."""
         self.redis.hset(self._job_key(job_id), "sent_at", repr(time.time()))
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def stale_queued(self, queue: str, older_than: float) -> list[str]:
         """Queued jobs of `queue` with no lease, not sent (or created) within `older_than` seconds, and
         whose id is in no message of that queue or of the broker's unacknowledged set: the API died
@@ -559,20 +557,20 @@ class JobStore:
         waiting += "\n".join(self.redis.hvals(broker + "unacked"))
         return [job_id for job_id in candidates if job_id not in waiting]
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def restamp_stale(self, job_id: str, older_than: float) -> bool:
         """Atomically re-check that the job is still queued, unleased and stale, and stamp `sent_at`."""
         keys = [self._job_key(job_id), self._lease_key(job_id)]
         return bool(self._restamp_stale(keys=keys, args=[repr(time.time()), older_than]))
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def counts_by_state(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
         for key in self._state_keys():
             pipe.scard(key)
         return {s.value: n for s, n in zip(JobState, pipe.execute(), strict=True)}
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def duration_histograms(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every finished job's run time so far, per (kind, final state), as recorded by `transition`:
         {"buckets": [cumulative count per DURATION_BUCKETS bound], "count": n, "sum": seconds}."""
@@ -589,7 +587,7 @@ class JobStore:
                 entry["buckets"][int(part[2:]) - 1] = int(value)
         return out
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in a Celery queue (kombu keeps each queue as a Redis list)."""
         return int(self.redis.llen(broker_key_prefix(self.prefix) + queue))
@@ -601,81 +599,7 @@ class JobStore:
         except redis.RedisError:
             return False
 
-    # -- worker liveness and the readiness canary -----------------------------------------------------
-
-    @_unavailable_on_redis_errors
-    def record_worker_heartbeat(
-        self, worker_id: str, queue: str, *, job_id: str | None = None, took_task: bool = False
-    ) -> None:
-        """Note that a worker lives, what it runs, and (took_task) that its consumer just took a message.
-
-        A busy `-c 1` worker cannot answer `inspect ping`, so its lease thread reports here instead; an
-        idle worker proves it consumes by taking `clr.ping` canary tasks (`took_task`).
-        """
-        now = time.time()
-        fields: dict[str, Any] = {
-            "worker_id": worker_id,
-            "queue": queue,
-            "last_seen": repr(now),
-            "job_id": job_id or "",
-            "pid": os.getpid(),
-        }
-        if took_task:
-            fields["last_task_at"] = repr(now)
-        key = self._k("worker", worker_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, WORKER_RECORD_TTL)
-        pipe.zadd(self._k("workers"), {worker_id: now})
-        pipe.zremrangebyscore(self._k("workers"), "-inf", now - WORKER_RECORD_TTL)
-        pipe.execute()
-
-    @_unavailable_on_redis_errors
-    def live_workers(self, max_age: float) -> list[dict]:
-        """Workers seen within `max_age` seconds, each {worker_id, queue, last_seen, last_task_at, job_id}."""
-        ids = self.redis.zrangebyscore(self._k("workers"), time.time() - max_age, "+inf")
-        pipe = self.redis.pipeline(transaction=False)
-        for worker_id in ids:
-            pipe.hgetall(self._k("worker", worker_id))
-        workers = []
-        for raw in pipe.execute():
-            if not raw:
-                continue
-            workers.append(
-                {
-                    "worker_id": raw["worker_id"],
-                    "queue": raw["queue"],
-                    "last_seen": float(raw["last_seen"]),
-                    "last_task_at": float(raw["last_task_at"]) if raw.get("last_task_at") else None,
-                    "job_id": raw.get("job_id") or None,
-                    "pid": int(raw.get("pid") or 0),
-                }
-            )
-        return workers
-
-    def proven_workers(self, max_age: float, queue: str | None = None) -> list[dict]:
-        """Live workers that demonstrably take work: busy with a job, or took a task within `max_age`."""
-        now = time.time()
-        return [
-            w
-            for w in self.live_workers(max_age)
-            if (queue is None or w["queue"] == queue)
-            and (w["job_id"] or (w["last_task_at"] is not None and now - w["last_task_at"] <= max_age))
-        ]
-
-    @_unavailable_on_redis_errors
-    def record_canary(self, token: str, worker_id: str, queue: str, ttl: int = 600) -> None:
-        """A worker's answer to the canary task `clr.ping(token)`."""
-        reply = json.dumps({"worker_id": worker_id, "queue": queue, "at": time.time()})
-        self.redis.set(self._k("canary", token), reply, ex=ttl)
-
-    @_unavailable_on_redis_errors
-    def canary(self, token: str) -> dict | None:
-        """The reply to a canary sent with `token`, or None while no worker has taken it."""
-        reply = self.redis.get(self._k("canary", token))
-        return json.loads(reply) if reply else None
-
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     def delete_all(self) -> int:
         """Remove every key under this prefix (tests; never on a shared prefix)."""
         removed = 0

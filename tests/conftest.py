@@ -22,6 +22,7 @@ import redis
 
 from service.config import Settings
 from service.store import JobStore
+from service.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,12 @@ def store(settings: Settings) -> Iterator[JobStore]:
     job_store.redis.close()
 
 
+@pytest.fixture(scope="session")
+def workers(store: JobStore) -> WorkerRegistry:
+    """The session's worker registry, on the store's connection (its keys go with the store's)."""
+    return WorkerRegistry(store.redis, store.prefix)
+
+
 class WorkerProcess:
     """A real `celery worker` subprocess with this session's settings; its log goes to a file."""
 
@@ -101,11 +108,12 @@ class WorkerProcess:
 
     def wait_ready(self, store: JobStore, timeout: float = WORKER_START_TIMEOUT_S) -> None:
         """Until the worker's heartbeat appears (it is sent once torch is loaded and it consumes)."""
+        registry = WorkerRegistry(store.redis, store.prefix)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if any(w["pid"] == self.pid for w in store.live_workers(5.0)):
+            if any(w["pid"] == self.pid for w in registry.live_workers(5.0)):
                 return
             time.sleep(0.2)
         raise TimeoutError(f"worker not ready after {timeout} s:\n{self.log_tail()}")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from service.store import JobState, JobStore, StoreUnavailable
+from service.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,11 @@ class LeaseKeeper(threading.Thread):
     """
 
     def __init__(
-        self, store: JobStore, job_id: str, *, queue: str, lease_seconds: float, interval: float
+        self, store: JobStore, workers: WorkerRegistry, job_id: str, *, queue: str, lease_seconds: float,
+        interval: float,
     ) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
-        self.store, self.job_id, self.queue = store, job_id, queue
+        self.store, self.workers, self.job_id, self.queue = store, workers, job_id, queue
         self.lease_seconds, self.interval = lease_seconds, interval
         self.lost = threading.Event()
         self.renewed_at = time.monotonic()  # the claim was just made
@@ -77,7 +79,7 @@ class LeaseKeeper(threading.Thread):
                     self.lost.set()
                     return
                 self.renewed_at = asked
-                self.store.record_worker_heartbeat(worker_id(), self.queue, job_id=self.job_id)
+                self.workers.record_heartbeat(worker_id(), self.queue, job_id=self.job_id)
             except StoreUnavailable as exc:
                 log.warning("job %s: cannot renew lease: %s", self.job_id, exc)
 
@@ -96,6 +98,7 @@ class WorkerMonitor(threading.Thread):
     def __init__(
         self,
         store: JobStore,
+        workers: WorkerRegistry,
         *,
         queue: str,
         heartbeat_seconds: float,
@@ -105,7 +108,7 @@ class WorkerMonitor(threading.Thread):
         requeue_after: float = 60.0,
     ) -> None:
         super().__init__(name="worker-monitor", daemon=True)
-        self.store, self.queue = store, queue
+        self.store, self.workers, self.queue = store, workers, queue
         self.heartbeat_seconds, self.sweep_interval = heartbeat_seconds, sweep_interval
         self.resend, self.current_job = resend, current_job
         self.requeue_after = requeue_after
@@ -116,7 +119,7 @@ class WorkerMonitor(threading.Thread):
         since_sweep = self.sweep_interval  # sweep at once: a restarted worker recovers its own dead job
         while True:
             try:
-                self.store.record_worker_heartbeat(worker_id(), self.queue, job_id=self.current_job())
+                self.workers.record_heartbeat(worker_id(), self.queue, job_id=self.current_job())
                 if since_sweep >= self.sweep_interval:
                     since_sweep = 0.0
                     self.sweep()

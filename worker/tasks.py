@@ -23,6 +23,7 @@ from celery import signals
 
 from service.config import get_settings
 from service.store import FINAL_STATES, InvalidTransition, JobState, JobStore, StoreUnavailable
+from service.workers import WorkerRegistry
 from worker.celery_app import PING, RUN_JOB, app
 from worker.datasets import resolve_uploaded
 from worker.lease import LeaseKeeper, WorkerMonitor, worker_id
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 settings = get_settings()
 _store: JobStore | None = None
+_workers: WorkerRegistry | None = None
 _monitor: WorkerMonitor | None = None
 _current_job: str | None = None
 _shutting_down = threading.Event()
@@ -57,6 +59,14 @@ def store() -> JobStore:
     return _store
 
 
+def workers() -> WorkerRegistry:
+    """This worker's heartbeats and canary replies, on the store's connection pool."""
+    global _workers
+    if _workers is None:
+        _workers = WorkerRegistry(store().redis, settings.key_prefix)
+    return _workers
+
+
 # ---------------------------------------------------------------- tasks
 
 
@@ -71,7 +81,7 @@ def run_job_task(job_id: str) -> str:
 @app.task(name=PING, acks_late=False)
 def ping(token: str) -> None:
     """Readiness canary: proves this worker's consumer takes messages, not only that it lives."""
-    store().record_canary(token, worker_id(), settings.queue)
+    workers().record_canary(token, worker_id(), settings.queue)
 
 
 def resend(job_id: str, queue: str) -> None:
@@ -93,6 +103,7 @@ def _on_worker_ready(**_: Any) -> None:
 
     _monitor = WorkerMonitor(
         store(),
+        workers(),
         queue=settings.queue,
         heartbeat_seconds=settings.heartbeat_seconds,
         sweep_interval=settings.sweep_interval,
@@ -120,7 +131,7 @@ def _on_shutdown(**_: Any) -> None:
 @signals.task_prerun.connect
 def _on_task_taken(**_: Any) -> None:
     try:
-        store().record_worker_heartbeat(worker_id(), settings.queue, job_id=_current_job, took_task=True)
+        workers().record_heartbeat(worker_id(), settings.queue, job_id=_current_job, took_task=True)
     except StoreUnavailable as exc:
         log.warning("cannot record heartbeat: %s", exc)
 
@@ -165,7 +176,7 @@ def execute(job_id: str) -> str:
         log.warning("job %s: duplicate delivery, lease held by %s; not training", job_id, holder)
         db.append_event(job_id, "delivery", {"worker": worker_id(), "outcome": "duplicate", "holder": holder})
         return "duplicate"
-    keeper = LeaseKeeper(db, job_id, queue=settings.queue, lease_seconds=settings.lease_seconds,
+    keeper = LeaseKeeper(db, workers(), job_id, queue=settings.queue, lease_seconds=settings.lease_seconds,
                          interval=settings.heartbeat_seconds)
     keeper.start()  # at once: anything slow before training (imports, data) must not let the lease lapse
     try:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import MetricsDep, QueueDep, SettingsDep, StoreDep
+from service.deps import MetricsDep, QueueDep, SettingsDep, StoreDep, WorkersDep
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz", responses={503: {"description": "Redis unreachable or no worker taking work"}})
-def readyz(store: StoreDep, queue: QueueDep, settings: SettingsDep) -> Response:
+def readyz(store: StoreDep, workers: WorkersDep, queue: QueueDep, settings: SettingsDep) -> Response:
     """Ready when Redis answers and some worker demonstrably takes work.
 
     A live heartbeat is not enough (workers have been seen alive but no longer consuming after a Redis
@@ -42,10 +42,10 @@ def readyz(store: StoreDep, queue: QueueDep, settings: SettingsDep) -> Response:
     if not store.ping():
         return _not_ready("redis unreachable")
     heartbeat_age = max(3 * settings.heartbeat_seconds, 5.0)
-    live = {w["worker_id"]: w for w in store.live_workers(heartbeat_age)}
+    live = {w["worker_id"]: w for w in workers.live_workers(heartbeat_age)}
     if not live:
         return _not_ready(f"no worker heartbeat in the last {heartbeat_age:g} s")
-    proven = [w for w in store.proven_workers(PROOF_WINDOW_S) if w["worker_id"] in live]
+    proven = [w for w in workers.proven_workers(PROOF_WINDOW_S) if w["worker_id"] in live]
     if proven:
         return JSONResponse({"status": "ready", "workers": _summary(proven)})
     token = secrets.token_hex(8)
@@ -53,7 +53,7 @@ def readyz(store: StoreDep, queue: QueueDep, settings: SettingsDep) -> Response:
         queue.send_canary(token, name)
     deadline = time.monotonic() + CANARY_WAIT_S
     while time.monotonic() < deadline:
-        if reply := store.canary(token):
+        if reply := workers.canary(token):
             answered = live.get(reply["worker_id"], reply)
             return JSONResponse({"status": "ready", "workers": _summary([answered])})
         time.sleep(0.05)

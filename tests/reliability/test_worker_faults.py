@@ -17,6 +17,7 @@ import pytest
 
 from service.config import Settings
 from service.store import JobStore
+from service.workers import WorkerRegistry
 from tests.conftest import WorkerProcess
 from tests.worker.test_tasks import range_test_spec, submit, train_spec, wait_for
 
@@ -101,10 +102,10 @@ def test_frozen_worker_loses_its_job_to_another_and_cannot_touch_it_after_waking
             spare.stop()
 
 
-def test_a_lapsed_lease_is_known_without_asking_redis(store: JobStore) -> None:
+def test_a_lapsed_lease_is_known_without_asking_redis(store: JobStore, workers: WorkerRegistry) -> None:
     from worker.lease import LeaseKeeper
 
-    keeper = LeaseKeeper(store, "job_0000000000000000", queue="cpu", lease_seconds=0.2, interval=10)
+    keeper = LeaseKeeper(store, workers, "job_0000000000000000", queue="cpu", lease_seconds=0.2, interval=10)
     assert not keeper.lapsed()
     time.sleep(0.3)
     assert keeper.lapsed()  # a frozen worker that wakes now stops at its next batch (no Redis call made)

@@ -1,4 +1,4 @@
-"""JobStore against a real Redis: the state machine, listing, idempotency, events, leases, liveness."""
+"""JobStore against a real Redis: the state machine, listing, idempotency, events, leases."""
 
 from __future__ import annotations
 
@@ -248,22 +248,6 @@ def test_counts_by_state(store: JobStore) -> None:
     job_in(store, JobState.FAILED)
     after = store.counts_by_state()
     assert after["failed"] == before["failed"] + 1 and set(after) == {s.value for s in JobState}
-
-
-def test_worker_heartbeats_and_canary(store: JobStore) -> None:
-    busy, idle, silent = (f"w-{secrets.token_hex(3)}" for _ in range(3))
-    store.record_worker_heartbeat(busy, "gpu", job_id="job_x")
-    store.record_worker_heartbeat(idle, "cpu", took_task=True)
-    store.record_worker_heartbeat(silent, "cpu")
-    live = {w["worker_id"] for w in store.live_workers(10)}
-    assert {busy, idle, silent} <= live
-    proven = {w["worker_id"] for w in store.proven_workers(10)}
-    assert {busy, idle} <= proven and silent not in proven
-    assert {w["worker_id"] for w in store.proven_workers(10, queue="gpu")} >= {busy}
-    token = secrets.token_hex(8)
-    assert store.canary(token) is None
-    store.record_canary(token, idle, "cpu")
-    assert store.canary(token)["worker_id"] == idle
 
 
 def test_unreachable_redis_raises_store_unavailable() -> None:

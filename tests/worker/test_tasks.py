@@ -12,6 +12,7 @@ import pytest
 from clrcore.specs import parse_spec
 from service.config import Settings
 from service.store import JobState, JobStore
+from service.workers import WorkerRegistry
 from worker.celery_app import PING, RUN_JOB
 
 pytestmark = pytest.mark.slow
@@ -54,12 +55,12 @@ def wait_for(
     raise TimeoutError(f"job {job_id} still {store.get(job_id)}")
 
 
-def drain(store: JobStore, sender, queue: str = "cpu", timeout: float = 60.0) -> None:
+def drain(workers: WorkerRegistry, sender, queue: str = "cpu", timeout: float = 60.0) -> None:
     """Until the one worker on `queue` took every message sent before: it answers a canary sent last."""
     token = secrets.token_hex(8)
     sender.send_task(PING, args=[token], queue=queue)
     deadline = time.monotonic() + timeout
-    while store.canary(token) is None:
+    while workers.canary(token) is None:
         assert time.monotonic() < deadline, "worker did not answer the canary"
         time.sleep(0.05)
 
@@ -95,19 +96,19 @@ def test_training_job_succeeds_with_report_plots_and_checkpoint(
     assert {"state", "progress"} <= events
 
 
-def test_canary_proves_the_worker_consumes(store: JobStore, celery_sender, worker) -> None:
-    drain(store, celery_sender)
-    proven = store.proven_workers(10.0, queue="cpu")
+def test_canary_proves_the_worker_consumes(workers: WorkerRegistry, celery_sender, worker) -> None:
+    drain(workers, celery_sender)
+    proven = workers.proven_workers(10.0, queue="cpu")
     assert worker.pid in {w["pid"] for w in proven}
 
 
 def test_cancelled_queued_job_never_starts(
-    store: JobStore, celery_sender, worker, settings: Settings
+    store: JobStore, workers: WorkerRegistry, celery_sender, worker, settings: Settings
 ) -> None:
     job_id = submit(store, celery_sender, train_spec(), send=False)
     assert store.request_cancel(job_id)["state"] == "cancelled"
     celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
-    drain(store, celery_sender)
+    drain(workers, celery_sender)
     record = store.get(job_id)
     assert record["state"] == "cancelled" and record["started_at"] is None and record["deliveries"] == 0
     assert not (Path(settings.artifact_dir) / job_id).exists()
@@ -141,13 +142,13 @@ def test_diverging_job_fails_with_reason_and_worker_takes_the_next(
 
 
 def test_second_delivery_of_a_leased_job_does_not_train(
-    store: JobStore, celery_sender, worker, settings: Settings
+    store: JobStore, workers: WorkerRegistry, celery_sender, worker, settings: Settings
 ) -> None:
     job_id = submit(store, celery_sender, range_test_spec(num_iter=10), send=False)
     assert store.claim(job_id, "another-worker", lease_seconds=60)
     store.transition(job_id, JobState.RUNNING)
     celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
-    drain(store, celery_sender)
+    drain(workers, celery_sender)
     assert [d["outcome"] for d in deliveries(store, job_id)] == ["duplicate"]
     record = store.get(job_id)
     assert record["state"] == "running" and record["progress"] is None and record["deliveries"] == 1
