@@ -38,9 +38,8 @@ from typing import Any
 
 import torch
 
-from clrcore.datasets import Dataset, Split, load_dataset, make_dataset
-from clrcore.models import build_model
-from clrcore.runs import RunHooks, run_job
+from clrcore.datasets import Dataset, load_dataset, with_train_subset
+from clrcore.runs import RunHooks, fresh_model, run_job
 from clrcore.schedules import schedule_from_spec
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
 from clrcore.trainer import config_from_spec, resolve_device, steps_per_epoch, train
@@ -297,10 +296,7 @@ class Bench:
     def ablation_data(self) -> Dataset:
         spec = self.spec(self.settings["ablation_preset"])
         ds = load_dataset(spec.dataset, self.data_dir, path=spec.dataset_path)
-        if spec.train_subset and spec.train_subset < len(ds.train):
-            n = spec.train_subset
-            ds = make_dataset(ds.name, Split(ds.train.images[:n], ds.train.labels[:n]), ds.test, ds.classes)
-        return ds
+        return with_train_subset(ds, spec.train_subset)
 
     def ablation(self, ds: Dataset, label: str, **switches: Any) -> dict[str, Any]:
         """cifar10-fast for a few epochs at a fixed max LR with one mechanic changed; `train` called directly."""
@@ -310,9 +306,7 @@ class Bench:
         iters = steps_per_epoch(len(ds.train), spec.batch_size)
         schedule = schedule_from_spec(spec, base_lr=max_lr / spec.div_factor, max_lr=max_lr, iters_per_epoch=iters)
         config = replace(config_from_spec(spec, schedule, self.device), **switches)
-        torch.manual_seed(spec.seed)
-        _, channels, size, _ = ds.train.images.shape
-        model = build_model(spec.model, channels, len(ds.classes), size)
+        model = fresh_model(spec, ds, self.device)
         result, call_s = cuda_timed(self.device, lambda: train(model, ds, config))
         return {"ablation": label, "switches": switches, "epochs": epochs, "max_lr": max_lr,
                 "accuracy": result.metrics["test_acc"], **_round(result.timings), "call_s": round(call_s, 3),
@@ -401,6 +395,8 @@ def run(args: argparse.Namespace) -> int:
             recorder.item(f"lr_sweep {source} {max_lr:.3g}", lambda lr=max_lr, src=source: bench.lr_sweep(lr, src))
         ablations = [] if not full else [
             ("all on (compiled, warm)", {}),
+            ("translate TTA off (flip only)", {"tta_translate": False}),
+            ("BatchNorm shifts at 1x LR (not 64x)", {"bn_bias_lr_scale": 1.0}),
             ("eager (compile off)", {"compile": False}),
             ("eager, fp32 (bf16 off)", {"compile": False, "precision": "fp32"}),
             ("eager, channels_last off", {"compile": False, "channels_last": False}),

@@ -66,7 +66,8 @@ MODELS: dict[str, ModelInfo] = {
     for m in (
         ModelInfo("minigooglenet", "MiniGoogLeNet from the Keras CLR blog (Zhang et al. 2017 variant)",
                   "about 1.7M parameters", ("blog",)),
-        ModelInfo("resnet_fast", "airbench94-style conv net (Dirac-initialised, no skip connections) for fast GPU runs",
+        ModelInfo("resnet_fast", "airbench94's net (patch-whitening stem fitted to the training images, "
+                  "Dirac-initialised convs, no skip connections) for fast GPU runs",
                   "about 2M parameters", ("fast",)),
         ModelInfo("tiny_cnn", "two conv layers and a linear head; for CPU tests and the digits demo",
                   "about 20k parameters", ("cpu",)),

@@ -106,6 +106,25 @@ def make_dataset(name: str, train: Split, test: Split, classes: list[str]) -> Da
     return Dataset(name, train, test, list(classes), mean, std)
 
 
+def sample(split: Split, count: int, seed: int = 0) -> Split:
+    """`count` images drawn at random without replacement (the same ones for a given seed).
+
+    Not the first `count`: image folders load class by class, so a prefix would hold one or two classes.
+    """
+    if count >= len(split.labels):
+        return split
+    index = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:count])
+    return Split(split.images[index], split.labels[index])
+
+
+def with_train_subset(dataset: Dataset, count: int | None) -> Dataset:
+    """The dataset with `count` training images drawn by `sample` (unchanged for None or too many);
+    normalisation statistics are recomputed on the subset, as training on it would see them."""
+    if not count or count >= len(dataset.train.labels):
+        return dataset
+    return make_dataset(dataset.name, sample(dataset.train, count), dataset.test, dataset.classes)
+
+
 def dataset_info(dataset: Dataset) -> dict:
     """A JSON-ready summary (classes, counts, image size, channels) for the API and upload checks."""
     _, channels, height, width = dataset.train.images.shape

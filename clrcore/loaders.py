@@ -147,6 +147,14 @@ class _Normaliser:
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
 
+def normalised_images(split: Split, *, device: torch.device | str, mean: Sequence[float],
+                      std: Sequence[float], pixel_mean: np.ndarray | None = None) -> torch.Tensor:
+    """The split's images as the model will see them (no augmentation), as one float tensor on `device`."""
+    device = torch.device(device)
+    images = torch.from_numpy(np.ascontiguousarray(split.images)).to(device)
+    return _Normaliser(mean, std, device, False, pixel_mean)(images)
+
+
 def _default_generator() -> torch.Generator:
     # Seeded from torch's global RNG, so torch.manual_seed still makes a run reproducible.
     seed = int(torch.randint(0, 2**62, (1,)).item())

@@ -22,11 +22,11 @@ from torch import nn
 
 from clrcore import plots, reports
 from clrcore.checkpoint import load_checkpoint
-from clrcore.datasets import Dataset, Split, load_dataset, make_dataset
+from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
 from clrcore.hooks import Hooks, Progress, StopRequested, check_may_write
-from clrcore.loaders import make_loader, normalization
-from clrcore.models import build_model
+from clrcore.loaders import make_loader, normalised_images, normalization
+from clrcore.models import FIT_IMAGES, build_model, fit_to_data
 from clrcore.range_test import RangeTestResult, range_test
 from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_spec
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
@@ -67,16 +67,18 @@ def _write_json(path: Path, data: Any) -> Path:
 
 def _load_data(spec: JobSpecBase, data_dir: Path, download: bool) -> Dataset:
     ds = load_dataset(spec.dataset, Path(data_dir), path=spec.dataset_path, download=download)
-    if spec.train_subset and spec.train_subset < len(ds.train):
-        n = spec.train_subset
-        ds = make_dataset(ds.name, Split(ds.train.images[:n], ds.train.labels[:n]), ds.test, ds.classes)
-    return ds
+    return with_train_subset(ds, spec.train_subset)
 
 
-def _model_for(spec: JobSpecBase, ds: Dataset, device: torch.device) -> nn.Module:
+def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device) -> nn.Module:
+    """A freshly seeded model, with its data-dependent initialisation done on training images drawn at
+    random (image folders load class by class: the first few thousand would show one class)."""
     seed_everything(spec.seed)
     _, channels, size, _ = ds.train.images.shape
-    return build_model(spec.model, channels, len(ds.classes), size).to(device)
+    model = build_model(spec.model, channels, len(ds.classes), size).to(device)
+    images = sample(ds.train, FIT_IMAGES, seed=spec.seed)
+    fit_to_data(model, normalised_images(images, device=device, **normalization(ds, spec.normalize)))
+    return model
 
 
 def _sweep_config(spec: JobSpecBase, options: RangeTestOptions, device: torch.device) -> TrainConfig:
@@ -86,6 +88,7 @@ def _sweep_config(spec: JobSpecBase, options: RangeTestOptions, device: torch.de
     return TrainConfig(epochs=1, batch_size=spec.batch_size, schedule=flat, optimizer=spec.optimizer.name,
                        momentum=spec.optimizer.momentum, nesterov=spec.optimizer.nesterov,
                        weight_decay=spec.optimizer.weight_decay, beta2=spec.optimizer.beta2,
+                       bn_bias_lr_scale=spec.optimizer.bn_bias_lr_scale,
                        seed=spec.seed, device=device)
 
 
@@ -179,7 +182,7 @@ def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path,
     _write_json(out_dir / "spec.json", spec.model_dump(mode="json"))
     device = resolve_device(spec.device)
     ds = _load_data(spec, data_dir, download)
-    return out_dir, device, ds, _model_for(spec, ds, device)
+    return out_dir, device, ds, fresh_model(spec, ds, device)
 
 
 def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,

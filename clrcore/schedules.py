@@ -318,10 +318,11 @@ def _set_group_value(group: dict[str, Any], key: str, value: float) -> None:
 def set_hyperparams(optimizer: Optimizer, lr: float, momentum: float | None) -> bool:
     """Set `lr` in every param group, and momentum (SGD, RMSprop) or beta1 (Adam family) if given.
 
-    An optimizer with neither gets the LR only and one warning; returns whether momentum was applied.
+    A group with an `lr_scale` gets `lr` times that (the trainer's BatchNorm shifts). An optimizer with
+    neither momentum nor betas gets the LR only and one warning; returns whether momentum was applied.
     """
     for group in optimizer.param_groups:
-        _set_group_value(group, "lr", lr)
+        _set_group_value(group, "lr", lr * group.get("lr_scale", 1.0))
     if momentum is None:
         return False
     if not all("momentum" in group or "betas" in group for group in optimizer.param_groups):
@@ -359,7 +360,7 @@ class ScheduledLR(LRScheduler):
         lr = self.schedule.lr(step)
         if self.momentum_on:
             self.momentum_on = set_hyperparams(self.optimizer, lr, self.schedule.momentum(step))
-        return [lr] * len(self.optimizer.param_groups)
+        return [lr * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
         """Scheduler state of plain values; the schedule travels as a dict, for checking on load."""

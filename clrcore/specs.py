@@ -32,6 +32,10 @@ class OptimizerSpec(StrictModel):
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0, le=1)
     beta2: float = Field(0.999, gt=0, lt=1, description="AdamW only")
+    bn_bias_lr_scale: float = Field(
+        1.0, ge=0.01, le=1000,
+        description="LR multiplier for BatchNorm shifts (airbench uses 64: they move faster than weights)",
+    )
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimizerSpec:
@@ -56,7 +60,9 @@ class JobSpecBase(StrictModel):
     batch_size: int = Field(128, ge=1, le=8192)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
-    train_subset: int | None = Field(None, ge=1, description="use only the first N training images")
+    train_subset: int | None = Field(
+        None, ge=1, description="train on N training images drawn at random (the same N for every job)"
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
@@ -184,7 +190,12 @@ class TrainSpec(JobSpecBase, ScheduleSpec):
     preset: str | None = Field(None, description="named recipe whose values fill the fields not given")
     epochs: int = Field(10, ge=1, le=10_000)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    tta_flip: bool = Field(False, description="average predictions over the image and its mirror")
+    tta_flip: bool = Field(
+        False, description="final evaluation: average predictions over the image and its mirror"
+    )
+    tta_translate: bool = Field(
+        False, description="final evaluation: also average over the image shifted 1 px up-left and down-right"
+    )
     range_test: RangeTestOptions = Field(default_factory=RangeTestOptions, description="used when max_lr='auto'")
     compile: bool = Field(False, description="torch.compile the model (CUDA only)")
 

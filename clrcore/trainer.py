@@ -16,7 +16,8 @@ history and write a checkpoint. Three decisions shape the code:
 
 What a caller sees (`Progress`, `Hooks`, `StopRequested`, `TrainingDiverged`) lives in `hooks.py`, the
 resume checks and the fenced checkpoint write in `resume.py`, the per-process torch.compile cache in
-`compile_cache.py`. The hooks and errors stay importable from here.
+`compile_cache.py`, evaluation and test-time augmentation in `evaluation.py`. The hooks and errors
+stay importable from here.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,13 +39,14 @@ from torch import nn
 
 from clrcore import compile_cache
 from clrcore.checkpoint import capture_rng_state, plain
+from clrcore.evaluation import EVAL_BATCH_SIZE, Prediction, evaluate
 from clrcore.hooks import Hooks, Progress, StopRequested, TrainingDiverged
 from clrcore.loaders import iters_per_epoch, make_loader, normalization
 from clrcore.resume import config_summary, resume, save_epoch_checkpoint
 from clrcore.schedules import Schedule, set_hyperparams
 
 if TYPE_CHECKING:
-    from clrcore.datasets import Dataset, Split
+    from clrcore.datasets import Dataset
     from clrcore.specs import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -52,10 +54,6 @@ log = logging.getLogger(__name__)
 # Read the on-device loss buffer at least this often (in steps), so a NaN stops a run within this many
 # steps even with no progress callback and a slow clock.
 DIVERGENCE_CHECK_EVERY = 50
-# Evaluation has no backward pass and no optimizer state, so it can afford far larger batches. 1000
-# divides the 10,000-image test splits of CIFAR-10 and (Fashion-)MNIST: a compiled model then sees a
-# single evaluation batch shape instead of compiling once more for a ragged last batch.
-EVAL_BATCH_SIZE = 1000
 
 # Training drops the ragged last batch (see `steps_per_epoch`).
 TRAIN_DROP_LAST = True
@@ -65,16 +63,6 @@ EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_
 
 
 # ---------------------------------------------------------------- results
-
-
-@dataclass
-class Prediction:
-    """One pass over a split: labels, predicted classes (numpy, for the report), mean loss, accuracy."""
-
-    y_true: np.ndarray
-    y_pred: np.ndarray
-    loss: float
-    accuracy: float
 
 
 @dataclass
@@ -101,10 +89,12 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 5e-4
     beta2: float = 0.999
+    bn_bias_lr_scale: float = 1.0  # BatchNorm shifts train at this multiple of the scheduled LR
     label_smoothing: float = 0.0
     translate: int = 0
     flip: bool = False
     tta_flip: bool = False
+    tta_translate: bool = False
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"  # "bf16" | "fp32"
@@ -149,10 +139,12 @@ def config_from_spec(spec: TrainSpec, schedule: Schedule, device: torch.device |
         nesterov=spec.optimizer.nesterov,
         weight_decay=spec.optimizer.weight_decay,
         beta2=spec.optimizer.beta2,
+        bn_bias_lr_scale=spec.optimizer.bn_bias_lr_scale,
         label_smoothing=spec.label_smoothing,
         translate=spec.augment.translate,
         flip=spec.augment.flip,
         tta_flip=spec.tta_flip,
+        tta_translate=spec.tta_translate,
         seed=spec.seed,
         device=device,
         precision=precision,
@@ -176,15 +168,22 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     """SGD or AdamW with weight decay on weights only.
 
     Decaying BatchNorm scales and biases pulls them towards zero for no regularising benefit, so every
-    parameter with fewer than two dimensions goes to a second group without decay. On CUDA the fused
-    kernels do the update in one launch; on CPU the default per-parameter loop is already the fastest.
-    `config.optimizer_impl` overrides that choice ("fused", "foreach" or the per-parameter "loop").
+    parameter with fewer than two dimensions goes to a group without decay. BatchNorm shifts get a
+    group of their own whose `lr_scale` (config.bn_bias_lr_scale) multiplies the scheduled LR, so the
+    schedule and the range test keep the ratio. On CUDA the fused kernels do the update in one launch;
+    on CPU the default per-parameter loop is already the fastest. `config.optimizer_impl` overrides
+    that choice ("fused", "foreach" or the per-parameter "loop").
     """
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    scale = config.bn_bias_lr_scale
+    norm_shifts = {id(m.bias) for m in model.modules()
+                   if scale != 1.0 and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    trainable = [p for p in model.parameters() if p.requires_grad]
     lr = config.schedule.lr(0)
+    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in trainable if p.ndim < 2 and id(p) not in norm_shifts], "weight_decay": 0.0}]
+    if norm_shifts:  # only then: a default run's optimizer state keeps the two groups older checkpoints have
+        groups.append({"params": [p for p in trainable if id(p) in norm_shifts], "weight_decay": 0.0,
+                       "lr_scale": scale, "lr": lr * scale})
     impl = config.optimizer_impl
     if impl == "auto":
         impl = "fused" if config.device.type == "cuda" else "default"
@@ -209,74 +208,6 @@ def seed_everything(seed: int) -> None:
 
 def _autocast(config: TrainConfig) -> AbstractContextManager:
     return torch.autocast(config.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-def evaluate(
-    model: Callable[[torch.Tensor], torch.Tensor],
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    autocast: AbstractContextManager | None = None,
-    tta_flip: bool = False,
-    on_batch: Callable[[int], None] | None = None,
-) -> Prediction:
-    """Predict every batch of `loader` with gradients off; one host transfer at the end.
-
-    The loss is plain cross-entropy (no label smoothing) so it compares across recipes. With `tta_flip`
-    the logits of each image and its horizontal mirror are averaged. `on_batch(done)` runs after every
-    batch without synchronising (the trainer checks its stop flag and ticks progress there).
-    """
-    loss_sum = None
-    preds, labels = [], []
-    with torch.no_grad():
-        for index, (x, y) in enumerate(loader):
-            with autocast if autocast is not None else nullcontext():
-                logits = model(x)
-                if tta_flip:
-                    logits = (logits + model(torch.flip(x, dims=(-1,)))) / 2
-                batch_loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-            preds.append(logits.argmax(dim=1))
-            labels.append(y)
-            if on_batch is not None:
-                on_batch(index + 1)
-    if not preds:
-        return Prediction(np.empty(0, np.int64), np.empty(0, np.int64), math.nan, math.nan)
-    y_pred = torch.cat(preds).cpu().numpy()
-    y_true = torch.cat(labels).cpu().numpy()
-    loss = float(loss_sum) / len(y_true)
-    return Prediction(y_true, y_pred, loss, float((y_pred == y_true).mean()))
-
-
-def predict(
-    model: nn.Module,
-    split: Split,
-    *,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    device: torch.device | str = "cpu",
-    batch_size: int = EVAL_BATCH_SIZE,
-    precision: str = "fp32",
-    tta_flip: bool = False,
-    channels_last: bool = False,
-    pixel_mean: np.ndarray | None = None,
-) -> Prediction:
-    """Evaluate `model` on a whole split (no augmentation, in order); for reports outside training.
-
-    `pixel_mean` (a (C, H, W) mean image on the 0..255 scale) replaces mean/std, as in training.
-    """
-    device = torch.device(device)
-    loader = make_loader(split, batch_size, device=device, mean=mean, std=std, train=False,
-                         channels_last=channels_last, pixel_mean=pixel_mean)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    was_training = model.training
-    model.eval()
-    try:
-        return evaluate(model, loader, autocast=autocast, tta_flip=tta_flip)
-    finally:
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------- the batch loop
@@ -421,8 +352,13 @@ def _record_epoch(history: dict[str, list], epoch: int, stats: _EpochStats, pred
 
 def _evaluate_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader: Any, config: TrainConfig,
                     ticker: _Ticker, epoch: int, time_first_batch: bool) -> tuple[Prediction, float]:
-    """Evaluate after an epoch, with stop checks and throttled progress; also the first batch's seconds."""
+    """Evaluate after an epoch, with stop checks and throttled progress; also the first batch's seconds.
+
+    Test-time augmentation runs on the final epoch only: it multiplies evaluation work by up to six,
+    and only the final predictions make the report. Earlier epochs' val_acc is single-view.
+    """
     batches = len(loader)
+    final = epoch + 1 == config.epochs
     started = time.perf_counter()
     first_batch_s = 0.0
 
@@ -435,8 +371,8 @@ def _evaluate_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader: Any
         if ticker.due():
             ticker.emit(Progress("eval", epoch + 1, config.epochs, done, batches, {}))
 
-    prediction = evaluate(forward, loader, autocast=_autocast(config), tta_flip=config.tta_flip,
-                          on_batch=on_batch)
+    prediction = evaluate(forward, loader, autocast=_autocast(config), tta_flip=final and config.tta_flip,
+                          tta_translate=final and config.tta_translate, on_batch=on_batch)
     return prediction, first_batch_s
 
 
@@ -540,7 +476,8 @@ def train(
     if last_eval is None:  # resumed from the checkpoint of a finished run: evaluate once for the report
         started = time.perf_counter()
         net.eval()
-        last_eval = evaluate(forward, test_loader, autocast=_autocast(config), tta_flip=config.tta_flip)
+        last_eval = evaluate(forward, test_loader, autocast=_autocast(config), tta_flip=config.tta_flip,
+                             tta_translate=config.tta_translate)
         timings["eval_s"] += time.perf_counter() - started
         ticker.emit(Progress("eval", config.epochs, config.epochs, len(test_loader), len(test_loader),
                              {"val_loss": last_eval.loss, "val_acc": last_eval.accuracy}))

@@ -19,10 +19,13 @@ from clrcore.datasets import (
     LOADERS,
     Dataset,
     DatasetError,
+    Split,
     channel_stats,
     dataset_info,
     load_dataset,
+    make_dataset,
     synthetic_dataset,
+    with_train_subset,
 )
 from clrcore.image_tree import load_image_tree
 
@@ -113,6 +116,17 @@ def test_synthetic_default_and_parameters(tmp_path):
     assert ds.classes == list(catalog.DATASETS["synthetic"].classes)
     small = synthetic_dataset(n_train=20, n_test=10, num_classes=4, image_size=16, channels=1)
     assert small.train.images.shape == (20, 1, 16, 16) and set(small.train.labels.tolist()) == {0, 1, 2, 3}
+
+
+def test_train_subset_of_a_class_sorted_split_holds_every_class_and_repeats():
+    labels = np.repeat(np.arange(10), 100)  # as an image folder loads: class by class
+    split = Split(labels.astype(np.uint8).reshape(1000, 1, 1, 1), labels)  # each image shows its label
+    data = make_dataset("sorted", split, split, [str(i) for i in range(10)])
+    subset = with_train_subset(data, 50)
+    assert len(subset.train.labels) == 50 and set(subset.train.labels.tolist()) == set(range(10))
+    assert np.array_equal(with_train_subset(data, 50).train.images, subset.train.images)
+    assert np.array_equal(subset.train.images.ravel(), subset.train.labels)  # images keep their labels
+    assert with_train_subset(data, None) is data and with_train_subset(data, 5000) is data
 
 
 def test_channel_stats_match_numpy():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from clrcore import catalog
-from clrcore.models import MODELS, FixedScaleBatchNorm, build_model, count_parameters
+from clrcore.models import MODELS, FixedScaleBatchNorm, PatchWhitening, build_model, count_parameters, fit_to_data
 
 INPUTS = [(1, 16), (1, 28), (3, 32)]
 
@@ -65,3 +65,34 @@ def test_bad_arguments():
         build_model("vgg", 3, 10, 32)
     with pytest.raises(ValueError, match="minimum"):
         build_model("tiny_cnn", 3, 10, 4)
+
+
+def test_whitening_stem_decorrelates_training_patches_and_only_its_bias_learns():
+    torch.manual_seed(0)
+    model = build_model("resnet_fast", 3, 10, 32)
+    stem = model[0]
+    assert isinstance(stem, PatchWhitening) and stem.out_channels == 24
+    assert not stem.weight.requires_grad and stem.bias.requires_grad
+    images = torch.randn(400, 3, 32, 32) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+    images[:, 1] += 0.8 * images[:, 0]  # correlated channels, unequal scales
+    fit_to_data(model, images)
+    with torch.no_grad():
+        features = nn.functional.conv2d(images, stem.weight)  # without the (zero, learned) bias
+    first_half = features[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = first_half.T @ first_half / len(first_half)
+    assert torch.allclose(covariance, torch.eye(12), atol=5e-3)
+    assert torch.equal(stem.weight[12:], -stem.weight[:12])  # both signs survive the GELU
+
+
+def test_fit_to_data_leaves_models_without_a_data_init_alone():
+    model = build_model("tiny_cnn", 3, 10, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit_to_data(model, torch.randn(8, 3, 32, 32))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_resnet_fast_takes_the_smallest_supported_image():
+    model = build_model("resnet_fast", 1, 10, 10)
+    assert model(torch.randn(2, 1, 10, 10)).shape == (2, 10)
+    with pytest.raises(ValueError, match="below"):
+        build_model("resnet_fast", 1, 10, 9)

@@ -4,11 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from clrcore.datasets import DatasetError
+from clrcore.datasets import DatasetError, load_dataset, with_train_subset
 from clrcore.hooks import Progress, StopRequested
-from clrcore.runs import RunHooks, run_job
+from clrcore.models import build_model
+from clrcore.runs import RunHooks, fresh_model, run_job
 from clrcore.specs import RangeTestSpec, TrainSpec
 
 FAST = {"dataset": "digits", "model": "tiny_cnn", "batch_size": 64, "train_subset": 512,
@@ -86,6 +88,20 @@ def test_explicit_schedule_that_ends_mid_cycle_is_warned_about_not_changed(tmp_p
     summary = run_job(spec, tmp_path, data_dir=tmp_path)
     assert summary["epochs_run"] == 3 and summary["step_size"] == 1 and summary["from_recipe"] == {}
     assert "epochs=3 ends mid-cycle" in summary["warnings"][0] and "multiple of 2 epochs" in summary["warnings"][0]
+
+
+def test_resnet_fast_job_fits_its_stem_to_the_data_and_resumes_to_the_same_result(tmp_path: Path) -> None:
+    spec = TrainSpec(dataset="digits", model="resnet_fast", batch_size=32, train_subset=96, epochs=1,
+                     policy="one_cycle", max_lr=0.2, optimizer={"nesterov": True, "bn_bias_lr_scale": 64},
+                     augment={"translate": 1, "flip": False}, tta_flip=True, tta_translate=True)
+    first = run_job(spec, tmp_path, data_dir=tmp_path)
+    data = with_train_subset(load_dataset("digits", tmp_path), 96)
+    fitted = fresh_model(spec, data, torch.device("cpu"))[0].weight
+    trained = torch.load(tmp_path / "model.pt", weights_only=True)["0.weight"]
+    assert torch.equal(trained, fitted)  # frozen, and set from the training images, not left random
+    assert not torch.equal(fitted, build_model("resnet_fast", 1, 10, 16)[0].weight)
+    again = run_job(spec, tmp_path, data_dir=tmp_path)
+    assert again["resumed_from"] == 1 and again["accuracy"] == pytest.approx(first["accuracy"])
 
 
 def test_range_test_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from clrcore.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from clrcore.datasets import Dataset, Split, load_digits_dataset, make_dataset
+from clrcore.evaluation import predict
 from clrcore.schedules import build_schedule
 from clrcore.specs import TrainSpec
 from clrcore.trainer import (
@@ -29,7 +30,6 @@ from clrcore.trainer import (
     TrainingDiverged,
     build_optimizer,
     config_from_spec,
-    predict,
     steps_per_epoch,
     train,
 )
@@ -139,6 +139,27 @@ def test_weight_decay_skips_batchnorm_and_biases() -> None:
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
 
 
+def test_batchnorm_shifts_follow_the_schedule_at_their_lr_multiple(small: Dataset) -> None:
+    model = tiny_net()
+    config = make_config(epochs=1, bn_bias_lr_scale=64.0)
+    optimizer = build_optimizer(model, config)
+    decayed, plain, shifts = optimizer.param_groups
+    norm_biases = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert {id(p) for p in shifts["params"]} == norm_biases and shifts["weight_decay"] == 0.0
+    assert not norm_biases & {id(p) for p in plain["params"]}  # the conv and linear biases stay at 1x
+    assert shifts["lr"] == pytest.approx(64 * decayed["lr"])
+
+    seen: list[tuple[float, float]] = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append((opt.param_groups[0]["lr"], opt.param_groups[2]["lr"])))
+    try:
+        result = train(model, small, config)
+    finally:
+        handle.remove()
+    assert [lr for lr, _ in seen] == result.history["lr"]  # the history keeps the weights' LR
+    assert all(shift == pytest.approx(64 * lr) for lr, shift in seen)
+
+
 def test_config_from_spec_on_cpu_is_fp32_without_channels_last() -> None:
     spec = TrainSpec(max_lr=0.1, epochs=3, optimizer={"name": "adamw", "momentum": 0.8}, tta_flip=True)
     schedule = build_schedule("constant", base_lr=0.1, max_lr=0.1, step_size=1, total_steps=1)
@@ -185,9 +206,10 @@ def test_digits_demo_reaches_95_percent_within_10_cpu_seconds(digits: Dataset) -
 # ---------------------------------------------------------------- resume and reproducibility
 
 
-def test_resumed_run_equals_uninterrupted_run(small: Dataset, tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [{}, {"bn_bias_lr_scale": 8.0}], ids=["plain", "scaled-shift-lr"])
+def test_resumed_run_equals_uninterrupted_run(small: Dataset, tmp_path: Path, extra: dict) -> None:
     straight_model = tiny_net()
-    straight = train(straight_model, small, make_config(epochs=3, flip=True))
+    straight = train(straight_model, small, make_config(epochs=3, flip=True, **extra))
 
     checkpoint = tmp_path / "last.pt"
     epoch_done = {"value": 0}
@@ -198,12 +220,12 @@ def test_resumed_run_equals_uninterrupted_run(small: Dataset, tmp_path: Path) ->
 
     hooks = Hooks(on_progress=on_progress, should_stop=lambda: epoch_done["value"] >= 1)
     with pytest.raises(StopRequested):
-        train(tiny_net(), small, make_config(epochs=3, flip=True, checkpoint_path=checkpoint), hooks=hooks)
+        train(tiny_net(), small, make_config(epochs=3, flip=True, checkpoint_path=checkpoint, **extra), hooks=hooks)
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
 
     torch.manual_seed(123)  # the global RNG state at resume time must not matter
     resumed_model = tiny_net(seed=7)  # nor the fresh initialisation: the checkpoint replaces it
-    resumed = train(resumed_model, small, make_config(epochs=3, flip=True, checkpoint_path=checkpoint))
+    resumed = train(resumed_model, small, make_config(epochs=3, flip=True, checkpoint_path=checkpoint, **extra))
     assert resumed.resumed_from == 1 and resumed.epochs_run == 2
     assert_same_weights(straight_model, resumed_model)
     assert without_times(resumed.history) == without_times(straight.history)
@@ -342,6 +364,25 @@ def test_progress_is_throttled(small: Dataset) -> None:
     # the first tick, then only the forced ones: train and eval end of each epoch
     assert [(p.phase, p.epoch) for p in events] == [("train", 1), ("train", 1), ("eval", 1),
                                                      ("train", 2), ("eval", 2)]
+
+
+class CountsEvalForwards(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.eval_calls = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.eval_calls += not self.training
+        return self.inner(x)
+
+
+def test_test_time_augmentation_runs_on_the_final_evaluation_only(small: Dataset) -> None:
+    model = CountsEvalForwards(tiny_net())
+    result = train(model, small, make_config(epochs=2, tta_flip=True, tta_translate=True))
+    assert model.eval_calls == 1 + 6  # one batch per evaluation: single view after epoch 1, six views after 2
+    final = predict(model.inner, small.test, mean=small.mean, std=small.std, tta_flip=True, tta_translate=True)
+    assert result.history["val_acc"][-1] == final.accuracy
+    assert np.array_equal(result.y_pred, final.y_pred) and result.y_true.tolist() == small.test.labels.tolist()
 
 
 def test_predict_with_flip_tta_matches_labels_shape(small: Dataset) -> None:

@@ -1,0 +1,42 @@
+"""Test-time augmentation: which views are averaged, and with what weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clrcore.evaluation import tta_logits
+
+
+def probe(x: torch.Tensor) -> torch.Tensor:
+    """A 'model' whose logits are the top-left pixel and the pixel right of it: views are told apart."""
+    return torch.stack([x[:, 0, 0, 0], x[:, 0, 0, 1]], dim=1)
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+
+
+def test_no_views_is_the_plain_forward(images: torch.Tensor) -> None:
+    assert torch.equal(tta_logits(probe, images), probe(images))
+
+
+def test_flip_averages_the_image_and_its_mirror(images: torch.Tensor) -> None:
+    expected = (probe(images) + probe(images.flip(-1))) / 2
+    assert torch.allclose(tta_logits(probe, images, flip=True), expected)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_translate_adds_the_one_pixel_shifts_at_half_weight(images: torch.Tensor, flip: bool) -> None:
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[..., :4, :4], padded[..., 2:, 2:]
+
+    def views(x: torch.Tensor) -> torch.Tensor:
+        return (probe(x) + probe(x.flip(-1))) / 2 if flip else probe(x)
+
+    expected = views(images) / 2 + (views(up_left) + views(down_right)) / 4
+    got = tta_logits(probe, images, flip=flip, translate=True)
+    assert torch.allclose(got, expected)
+    assert not torch.allclose(got, views(images))  # the shifted views really differ here
