@@ -111,8 +111,14 @@ class PatchWhitening(nn.Conv2d):
     def fit(self, images: torch.Tensor, eps: float) -> None:
         """Set the filters from normalised NCHW float `images` (a few thousand are plenty)."""
         channels, kernel = self.in_channels, self.kernel_size[0]
-        patches = nn.functional.unfold(images.float(), kernel).transpose(1, 2).reshape(-1, channels * kernel**2)
-        covariance = patches.T @ patches / len(patches)
+        size = channels * kernel**2
+        covariance = torch.zeros(size, size, device=images.device)
+        count = 0
+        for chunk in images.split(256):  # patches of a chunk at a time: bounded memory at any image size
+            patches = nn.functional.unfold(chunk.float(), kernel).transpose(1, 2).reshape(-1, size)
+            covariance += patches.T @ patches
+            count += len(patches)
+        covariance /= count
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending; largest first below
         filters = (eigenvectors.T.flip(0) / torch.sqrt(eigenvalues.flip(0) + eps)[:, None])
         filters = filters.reshape(-1, channels, kernel, kernel)
@@ -241,15 +247,24 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int) 
 FIT_IMAGES = 5000  # training images a data-dependent init sees (airbench's count for its whitening)
 
 
+def fit_image_count(height: int, width: int) -> int:
+    """FIT_IMAGES at 32x32, fewer for larger images: the same number of pixels (about 60 MB as floats)."""
+    return max(1, min(FIT_IMAGES, FIT_IMAGES * 32 * 32 // max(1, height * width)))
+
+
+def has_data_init(model: nn.Module) -> bool:
+    """Whether `model` wants `fit_to_data` (so callers prepare the images only then)."""
+    return callable(getattr(model, "fit_to_data", None))
+
+
 def fit_to_data(model: nn.Module, images: torch.Tensor) -> None:
     """Data-dependent initialisation, for models that have one (resnet_fast's whitening stem).
 
     `images` are up to FIT_IMAGES normalised training images on the model's device, unaugmented. Call
     it once on a fresh model, before the optimizer is built; a resumed run's checkpoint overwrites it.
     """
-    fit = getattr(model, "fit_to_data", None)
-    if callable(fit):
-        fit(images)
+    if has_data_init(model):
+        model.fit_to_data(images)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -26,7 +26,7 @@ from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
 from clrcore.hooks import Hooks, Progress, StopRequested, check_may_write
 from clrcore.loaders import make_loader, normalised_images, normalization
-from clrcore.models import FIT_IMAGES, build_model, fit_to_data
+from clrcore.models import build_model, fit_image_count, fit_to_data, has_data_init
 from clrcore.range_test import RangeTestResult, range_test
 from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_spec
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
@@ -76,8 +76,9 @@ def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device) -> nn.Modu
     seed_everything(spec.seed)
     _, channels, size, _ = ds.train.images.shape
     model = build_model(spec.model, channels, len(ds.classes), size).to(device)
-    images = sample(ds.train, FIT_IMAGES, seed=spec.seed)
-    fit_to_data(model, normalised_images(images, device=device, **normalization(ds, spec.normalize)))
+    if has_data_init(model):  # only then: 5,000 float images of a large-image dataset are not small
+        images = sample(ds.train, fit_image_count(size, ds.train.images.shape[3]), seed=spec.seed)
+        fit_to_data(model, normalised_images(images, device=device, **normalization(ds, spec.normalize)))
     return model
 
 

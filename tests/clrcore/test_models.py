@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from clrcore import catalog
-from clrcore.models import MODELS, FixedScaleBatchNorm, PatchWhitening, build_model, count_parameters, fit_to_data
+from clrcore.models import (
+    MODELS,
+    FixedScaleBatchNorm,
+    PatchWhitening,
+    build_model,
+    count_parameters,
+    fit_image_count,
+    fit_to_data,
+)
 
 INPUTS = [(1, 16), (1, 28), (3, 32)]
 
@@ -82,6 +90,14 @@ def test_whitening_stem_decorrelates_training_patches_and_only_its_bias_learns()
     covariance = first_half.T @ first_half / len(first_half)
     assert torch.allclose(covariance, torch.eye(12), atol=5e-3)
     assert torch.equal(stem.weight[12:], -stem.weight[:12])  # both signs survive the GELU
+
+
+def test_whitening_fit_sees_a_bounded_number_of_pixels_at_any_image_size():
+    assert fit_image_count(32, 32) == 5000 and fit_image_count(28, 28) == 5000
+    assert fit_image_count(224, 224) == 102 and fit_image_count(4000, 4000) == 1
+    model = build_model("resnet_fast", 3, 10, 96)
+    fit_to_data(model, torch.randn(300, 3, 96, 96))  # more than one chunk of 256
+    assert torch.isfinite(model[0].weight).all() and model[0].weight.abs().sum() > 0
 
 
 def test_fit_to_data_leaves_models_without_a_data_init_alone():
