@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     # Access. Keys are given as `name:secret` pairs, comma separated; only their hashes are kept.
     api_keys: str = Field("", description="comma-separated name:secret pairs")
     open_mode: bool = Field(False, description="no keys needed (local use only); jobs belong to 'local'")
+    metrics_token: str = Field(
+        "", description="if set, GET /metrics needs `Authorization: Bearer <token>`; empty: open to scrapers"
+    )
     cors_origins: str = Field("", description="comma-separated allowed origins; empty means CORS closed")
     rate_limit_per_minute: int = Field(600, ge=1)
     max_body_bytes: int = Field(64 * 1024, description="JSON request bodies")

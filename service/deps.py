@@ -71,6 +71,15 @@ def current_owner(request: Request, credentials: Credentials) -> str:
     return owner
 
 
+async def scraper(request: Request, credentials: Credentials) -> None:
+    """With CLR_METRICS_TOKEN set, /metrics answers only that bearer token (401 otherwise), compared in
+    constant time like an API key; without it the endpoint stays open, as plain Prometheus setups expect."""
+    keys: KeyRing | None = request.app.state.scrape_keys
+    if keys is not None and (credentials is None or keys.owner_of(credentials.credentials) is None):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing or invalid metrics token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
 def owned_job(job_id: str, request: Request, credentials: Credentials) -> dict:
     """The job record if it exists and belongs to the caller; 404 otherwise (another key's job included,
     so ids cannot be probed). Ids that cannot exist are refused without asking Redis.

@@ -104,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.uploads = DatasetStore(store.redis, settings.key_prefix, settings.data_dir)
     app.state.queue = JobQueue(settings)
     app.state.keys = KeyRing.from_setting(settings.api_keys, open_mode=settings.open_mode)
+    token = settings.metrics_token
+    app.state.scrape_keys = KeyRing.from_setting(f"prometheus:{token}") if token else None
     app.state.rate_limiter = RateLimiter(store.redis, settings.key_prefix, settings.rate_limit_per_minute)
     app.state.metrics = ServiceMetrics(store)
     # SSE streams wait on Redis in threads; their own pool keeps them from starving ordinary requests.

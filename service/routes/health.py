@@ -1,4 +1,5 @@
-"""Liveness, readiness and Prometheus metrics (no API key: probes and scrapers call these)."""
+"""Liveness, readiness and Prometheus metrics (no API key: probes and scrapers call these; /metrics
+takes a bearer token of its own when CLR_METRICS_TOKEN is set)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import logging
 import secrets
 import time
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import MetricsDep, QueueDep, SettingsDep, StoreDep, WorkersDep
+from service.deps import MetricsDep, QueueDep, SettingsDep, StoreDep, WorkersDep, scraper
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,9 @@ def _summary(workers: list[dict]) -> list[dict]:
     return [{"worker_id": w["worker_id"], "queue": w["queue"], "job_id": w.get("job_id")} for w in workers]
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+@router.get("/metrics", response_class=Response, dependencies=[Depends(scraper)],
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+                       401: {"description": "CLR_METRICS_TOKEN is set and the request did not carry it"}})
 def metrics(service_metrics: MetricsDep) -> Response:
     """Jobs by state, queue depth per queue, job durations and request counts (Prometheus text)."""
     return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -65,6 +65,18 @@ def test_metrics_has_jobs_by_state_queue_depth_and_durations(client: TestClient,
     client.post(f"/v1/jobs/{gpu.json()['id']}/cancel", headers=ALICE)
 
 
+def test_metrics_token_when_set_is_required_and_an_api_key_is_not_enough(api_settings: Settings) -> None:
+    settings = api_settings.model_copy(update={"metrics_token": "scrape-secret"})
+    with TestClient(create_app(settings)) as scraped:
+        for headers in ({}, {"Authorization": "Bearer alice-secret"}, {"Authorization": "Bearer scrape-secre"}):
+            refused = scraped.get("/metrics", headers=headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+            assert "clr_" not in refused.text
+        allowed = scraped.get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
+        assert allowed.status_code == 200 and "clr_store_up 1.0" in allowed.text
+        assert scraped.get("/healthz").status_code == 200  # probes stay open
+
+
 @pytest.fixture(scope="module")
 def redis_down(api_settings: Settings):
     """An app whose Redis is a closed port."""
