@@ -43,6 +43,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("whitening stem", {"stem": "whiten", "bn_bias_lr_scale": 1.0, "max_lr": SETUP["max_lr"]}),
     ("whitening + BN shifts at 64x LR", {"stem": "whiten", "bn_bias_lr_scale": 64.0, "max_lr": SETUP["max_lr"]}),
     ("the same at the range test's max_lr", {"stem": "whiten", "bn_bias_lr_scale": 64.0, "max_lr": "range_test"}),
+    ("+ lookahead", {"stem": "whiten", "bn_bias_lr_scale": 64.0, "max_lr": "range_test", "lookahead": True}),
 ]
 
 
@@ -60,9 +61,9 @@ def learned_stem(model: nn.Sequential) -> None:
                              FixedScaleBatchNorm(width))
 
 
-def optimizer(bn_bias_lr_scale: float) -> dict[str, Any]:
+def optimizer(bn_bias_lr_scale: float, lookahead: bool = False) -> dict[str, Any]:
     return {"name": "sgd", "momentum": 0.85, "nesterov": True, "weight_decay": 5e-4,
-            "bn_bias_lr_scale": bn_bias_lr_scale}
+            "bn_bias_lr_scale": bn_bias_lr_scale, "lookahead": lookahead}
 
 
 def range_test_pick(archive: Path, bn_bias_lr_scale: float) -> dict[str, Any]:
@@ -77,7 +78,8 @@ def range_test_pick(archive: Path, bn_bias_lr_scale: float) -> dict[str, Any]:
 
 
 def run_variant(archive: Path, data, name: str, options: dict[str, Any], max_lr: float) -> dict[str, Any]:
-    spec = spec_for(archive, optimizer=optimizer(options["bn_bias_lr_scale"]), max_lr=max_lr)
+    spec = spec_for(archive, optimizer=optimizer(options["bn_bias_lr_scale"], options.get("lookahead", False)),
+                    max_lr=max_lr)
     iters = steps_per_epoch(len(data.train), spec.batch_size)
     schedule = schedule_from_spec(spec, base_lr=spec.max_lr / spec.div_factor, max_lr=spec.max_lr,
                                   iters_per_epoch=iters)
@@ -100,15 +102,18 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="cifar10-jpg.tar.gz")
     for name, value in SETUP.items():  # smaller values make a smoke test (tests/bench/test_fast_net_cpu.py)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--variants", default=",".join(str(i) for i in range(len(VARIANTS))),
+                        help="comma-separated indexes into VARIANTS (default: all)")
     args = parser.parse_args()
     SETUP.update({name: getattr(args, name) for name in SETUP})
+    chosen = [VARIANTS[int(i)] for i in args.variants.split(",")]
     archive = args.data.resolve()
     data = load_dataset("cifar10", archive.parent, path=archive.name)
     n, m = SETUP["train_images"], SETUP["test_images"]
     data = make_dataset(data.name, sample(data.train, n), sample(data.test, m), data.classes)
     print(json.dumps({"setup": SETUP}), flush=True)
     picked = None
-    for name, options in VARIANTS:
+    for name, options in chosen:
         max_lr = options["max_lr"]
         if max_lr == "range_test":
             if picked is None:

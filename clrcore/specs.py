@@ -36,6 +36,10 @@ class OptimizerSpec(StrictModel):
         1.0, ge=0.01, le=1000,
         description="LR multiplier for BatchNorm shifts (airbench uses 64: they move faster than weights)",
     )
+    lookahead: bool = Field(
+        False, description="from 30 % of the run on, pull the weights towards their moving average every "
+        "5 steps, harder towards the end (airbench94's lookahead)",
+    )
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimizerSpec:

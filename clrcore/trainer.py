@@ -42,6 +42,7 @@ from clrcore.checkpoint import capture_rng_state, plain
 from clrcore.evaluation import EVAL_BATCH_SIZE, Prediction, evaluate
 from clrcore.hooks import Hooks, Progress, StopRequested, TrainingDiverged
 from clrcore.loaders import iters_per_epoch, make_loader, normalization
+from clrcore.lookahead import Lookahead
 from clrcore.resume import config_summary, resume, save_epoch_checkpoint
 from clrcore.schedules import Schedule, set_hyperparams
 
@@ -90,6 +91,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     beta2: float = 0.999
     bn_bias_lr_scale: float = 1.0  # BatchNorm shifts train at this multiple of the scheduled LR
+    lookahead: bool = False  # weights pulled towards their moving average late in the run (lookahead.py)
     label_smoothing: float = 0.0
     translate: int = 0
     flip: bool = False
@@ -140,6 +142,7 @@ def config_from_spec(spec: TrainSpec, schedule: Schedule, device: torch.device |
         weight_decay=spec.optimizer.weight_decay,
         beta2=spec.optimizer.beta2,
         bn_bias_lr_scale=spec.optimizer.bn_bias_lr_scale,
+        lookahead=spec.optimizer.lookahead,
         label_smoothing=spec.label_smoothing,
         translate=spec.augment.translate,
         flip=spec.augment.flip,
@@ -267,10 +270,12 @@ def train_epoch(
     steps: int,
     ticker: _Ticker,
     time_first_step: bool = False,
+    lookahead: Lookahead | None = None,
 ) -> _EpochStats:
     """One pass over the training data; iteration i of the run uses schedule.lr(i) and .momentum(i).
 
     With `time_first_step` the first step is synchronised and timed: that is where torch.compile works.
+    With `lookahead` the weights follow its average (see `lookahead.py`).
     """
     started = time.perf_counter()
     first_step_s = 0.0
@@ -294,6 +299,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if lookahead is not None:
+            lookahead.after_step(first_step + i + 1)
 
         losses[i] = loss.detach()
         correct[i] = (logits.detach().argmax(dim=1) == y).sum()
@@ -433,12 +440,17 @@ def train(
 
     # -- the epochs
     last_eval: Prediction | None = None
+    lookahead = Lookahead(net, config.epochs * steps) if config.lookahead else None  # after `net` is final
     for epoch in range(start_epoch, config.epochs):
         compiling = forward is not net and epoch == start_epoch
         started = time.perf_counter()
         net.train()
+        if lookahead is not None:
+            lookahead.start_epoch(epoch * steps)
         stats = train_epoch(forward, train_loader, optimizer, config, epoch=epoch, steps=steps, ticker=ticker,
-                            time_first_step=compiling)
+                            time_first_step=compiling, lookahead=lookahead)
+        if lookahead is not None:
+            lookahead.end_epoch()
         trained = time.perf_counter()
         net.eval()
         last_eval, first_eval_s = _evaluate_epoch(forward, test_loader, config, ticker, epoch, compiling)

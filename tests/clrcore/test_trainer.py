@@ -206,7 +206,8 @@ def test_digits_demo_reaches_95_percent_within_10_cpu_seconds(digits: Dataset) -
 # ---------------------------------------------------------------- resume and reproducibility
 
 
-@pytest.mark.parametrize("extra", [{}, {"bn_bias_lr_scale": 8.0}], ids=["plain", "scaled-shift-lr"])
+@pytest.mark.parametrize("extra", [{}, {"bn_bias_lr_scale": 8.0}, {"lookahead": True}],
+                         ids=["plain", "scaled-shift-lr", "lookahead"])
 def test_resumed_run_equals_uninterrupted_run(small: Dataset, tmp_path: Path, extra: dict) -> None:
     straight_model = tiny_net()
     straight = train(straight_model, small, make_config(epochs=3, flip=True, **extra))
@@ -250,6 +251,14 @@ def test_may_write_turning_false_stops_without_writing_the_checkpoint(
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
     assert calls["n"] == refuse_from_call
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_lookahead_changes_where_the_run_ends_and_still_learns(small: Dataset) -> None:
+    plain_model, averaged_model = tiny_net(), tiny_net()
+    train(plain_model, small, make_config(epochs=3))
+    result = train(averaged_model, small, make_config(epochs=3, lookahead=True))
+    assert not torch.equal(plain_model[0].weight, averaged_model[0].weight)
+    assert result.history["train_loss"][-1] < result.history["train_loss"][0]
 
 
 def test_resuming_a_finished_run_only_evaluates(small: Dataset, tmp_path: Path) -> None:
