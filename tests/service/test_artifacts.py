@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.store import JobState, JobStore
-from tests.service.conftest import ALICE
+from tests.service.conftest import ALICE, mark_running
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
@@ -84,7 +84,7 @@ def test_finished_job_links_come_from_the_workers_list(client: TestClient, store
                                                        job_id: str) -> None:
     store.add_artifact(job_id, "history.png", "history.png", "image/png", 10)
     store.add_artifact(job_id, "checkpoints/last.pt", "checkpoints/last.pt", "application/octet-stream", 10)
-    store.transition(job_id, JobState.RUNNING)
+    mark_running(store, job_id)
     store.transition(job_id, JobState.SUCCEEDED)
     links = client.get(f"/v1/jobs/{job_id}", headers=ALICE).json()["links"]
     assert set(links["plots"]) == {"history"} and set(links["artifacts"]) == {"checkpoint"}

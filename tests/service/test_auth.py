@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from service.config import Settings
 from service.main import create_app
 from service.store import JobState, JobStore
-from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN, WRONG
+from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN, WRONG, mark_running
 
 JOB_ENDPOINTS = [
     ("GET", "/v1/jobs/{id}"),
@@ -43,7 +43,7 @@ def finished_job(client: TestClient, store: JobStore, api_settings: Settings) ->
     (run / "checkpoints").mkdir(parents=True)
     for name in ("history.png", "report.json", "report.txt", "spec.json", "checkpoints/last.pt"):
         (run / name).write_bytes(b'{"secret": "alice data"}')
-    store.transition(job_id, JobState.RUNNING)
+    mark_running(store, job_id)
     store.transition(job_id, JobState.SUCCEEDED, result={"secret": "alice data"})
     return job_id
 

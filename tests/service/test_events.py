@@ -9,7 +9,7 @@ import time
 from fastapi.testclient import TestClient
 
 from service.store import JobState, JobStore
-from tests.service.conftest import ALICE
+from tests.service.conftest import ALICE, mark_running
 
 
 def parse_sse(text: str) -> list[dict]:
@@ -31,7 +31,7 @@ def _drive(store: JobStore, job_id: str, delay: float = 0.3) -> threading.Thread
     """Run a job's life through the store from a thread while the client is streaming."""
     def life() -> None:
         time.sleep(delay)
-        store.transition(job_id, JobState.RUNNING)
+        mark_running(store, job_id)
         for step in (1, 2):
             store.update_progress(job_id, {"phase": "train", "epoch": 1, "epochs": 1, "step": step, "steps": 2,
                                            "fraction": step / 2}, {"loss": 1.0 / step})

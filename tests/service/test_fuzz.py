@@ -15,7 +15,7 @@ from scripts.reliability.fuzzing import fuzz_app
 from service.config import Settings
 from service.main import create_app
 from service.store import JobState, JobStore
-from tests.service.conftest import ALICE, RANGE_TEST, TRAIN
+from tests.service.conftest import ALICE, RANGE_TEST, TRAIN, mark_running
 
 CI_EXAMPLES = 15  # per operation and generation mode (positive, negative)
 
@@ -38,7 +38,7 @@ def seed_jobs(client: TestClient, store: JobStore, settings: Settings, headers: 
         if end is JobState.CANCELLED:
             store.request_cancel(job_id)
         else:
-            store.transition(job_id, JobState.RUNNING)
+            mark_running(store, job_id)
             store.transition(job_id, end, error="loss diverged at step 3, lr 9" if end is JobState.FAILED else None,
                              result={"accuracy": 0.9} if end is JobState.SUCCEEDED else None)
         ids.append(job_id)

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from clrcore.specs import RangeTestSpec
 from service.store import JobState, JobStore, body_hash
-from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN
+from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN, mark_running
 
 
 def test_submit_answers_202_with_location_and_record(client: TestClient) -> None:
@@ -31,7 +31,7 @@ def test_device_picks_the_queue(client: TestClient) -> None:
 
 def test_get_job_shows_state_progress_metrics_and_result(client: TestClient, store: JobStore,
                                                            job_id: str) -> None:
-    store.transition(job_id, JobState.RUNNING)
+    mark_running(store, job_id)
     store.update_progress(job_id, {"phase": "range_test", "epoch": 1, "epochs": 1, "step": 5, "steps": 10,
                                    "fraction": 0.5}, {"loss": 1.25})
     job = client.get(f"/v1/jobs/{job_id}", headers=ALICE).json()
@@ -44,7 +44,7 @@ def test_get_job_shows_state_progress_metrics_and_result(client: TestClient, sto
 
 
 def test_failed_job_shows_its_reason(client: TestClient, store: JobStore, job_id: str) -> None:
-    store.transition(job_id, JobState.RUNNING)
+    mark_running(store, job_id)
     store.transition(job_id, JobState.FAILED, error="loss diverged at step 312, lr 3.2")
     assert client.get(f"/v1/jobs/{job_id}", headers=ALICE).json()["error"] == "loss diverged at step 312, lr 3.2"
 
@@ -64,7 +64,7 @@ def test_cancel_queued_job_then_again_is_409(client: TestClient, job_id: str) ->
 
 
 def test_cancel_running_job_becomes_cancelling(client: TestClient, store: JobStore, job_id: str) -> None:
-    store.transition(job_id, JobState.RUNNING)
+    mark_running(store, job_id)
     response = client.post(f"/v1/jobs/{job_id}/cancel", headers=ALICE)
     assert response.status_code == 202 and response.json()["state"] == "cancelling"
     assert response.json()["cancel_requested"] is True
@@ -72,7 +72,7 @@ def test_cancel_running_job_becomes_cancelling(client: TestClient, store: JobSto
 
 
 def test_cancel_finished_job_is_409(client: TestClient, store: JobStore, job_id: str) -> None:
-    store.transition(job_id, JobState.RUNNING)
+    mark_running(store, job_id)
     store.transition(job_id, JobState.SUCCEEDED)
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=ALICE).status_code == 409
 
@@ -87,7 +87,7 @@ def test_list_newest_first_with_filters_and_cursor_pages(tenant: tuple[TestClien
     for i in range(5):
         body, path = (RANGE_TEST, "range-test") if i % 2 == 0 else (TRAIN, "train")
         made.append(client.post(f"/v1/jobs/{path}", json=body, headers=headers).json()["id"])
-    store.transition(made[0], JobState.RUNNING)
+    mark_running(store, made[0])
 
     everything = client.get("/v1/jobs", headers=headers).json()
     assert [j["id"] for j in everything["items"]] == made[::-1] and everything["next_cursor"] is None
