@@ -156,12 +156,17 @@ def _decode_cursor(cursor: str) -> int:
         raise InvalidCursor("invalid cursor") from exc
 
 
+def require_text_client(client: redis.Redis, user: str) -> None:
+    """Every reader of the store's keys expects str values: refuse a bytes client at construction."""
+    if not client.get_connection_kwargs().get("decode_responses"):
+        raise ValueError(f"{user} needs a Redis client with decode_responses=True")
+
+
 class JobStore:
     """All job state in Redis; methods are atomic where two processes may race."""
 
     def __init__(self, redis: redis.Redis, prefix: str = "clr") -> None:
-        if not redis.get_connection_kwargs().get("decode_responses"):
-            raise ValueError("JobStore needs a Redis client with decode_responses=True")
+        require_text_client(redis, "JobStore")
         self.redis = redis
         self.prefix = prefix
         self._transition = redis.register_script(scripts.TRANSITION_LUA)

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from service.store import unavailable_on_redis_errors
+from service.store import require_text_client, unavailable_on_redis_errors
 
 WORKER_RECORD_TTL = 24 * 3600
 
@@ -30,8 +30,7 @@ class WorkerRegistry:
     """Heartbeats of worker processes and their replies to canary tasks."""
 
     def __init__(self, redis: redis.Redis, prefix: str = "clr") -> None:
-        if not redis.get_connection_kwargs().get("decode_responses"):
-            raise ValueError("WorkerRegistry needs a Redis client with decode_responses=True")
+        require_text_client(redis, "WorkerRegistry")
         self.redis = redis
         self.prefix = prefix
 
