@@ -40,3 +40,15 @@ def test_translate_adds_the_one_pixel_shifts_at_half_weight(images: torch.Tensor
     got = tta_logits(probe, images, flip=flip, translate=True)
     assert torch.allclose(got, expected)
     assert not torch.allclose(got, views(images))  # the shifted views really differ here
+
+
+def test_every_view_keeps_the_channels_last_layout_a_compiled_model_was_built_for() -> None:
+    layouts: list[bool] = []
+
+    def recording(x: torch.Tensor) -> torch.Tensor:
+        layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+        return probe(x)
+
+    images = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    tta_logits(recording, images, flip=True, translate=True)
+    assert layouts == [True] * 6

@@ -26,6 +26,10 @@ def _locs(response) -> list[list]:
     ("range-test", {**RANGE_TEST, "kind": "train"}, ["body", "kind"], "'range_test'"),
     ("train", {**TRAIN, "preset": "nope"}, ["body", "preset"], "unknown preset 'nope'"),
     ("train", {**TRAIN, "dataset_path": "../../etc"}, ["body", "dataset_path"], "without '..'"),
+    ("train", {**TRAIN, "optimizer": {"bn_bias_lr_scale": 0}}, ["body", "optimizer", "bn_bias_lr_scale"],
+     "greater than or equal to 0.01"),
+    ("train", {**TRAIN, "optimizer": {"lookahead": "often"}}, ["body", "optimizer", "lookahead"], "boolean"),
+    ("train", {**TRAIN, "tta_translate": "yes please"}, ["body", "tta_translate"], "boolean"),
     # Server limits from Settings (defaults: 200 epochs, 5000 iterations, batch 4096).
     ("train", {**TRAIN, "epochs": 201}, ["body", "epochs"], "at most 200"),
     ("train", {**TRAIN, "batch_size": 5000}, ["body", "batch_size"], "at most 4096"),
