@@ -44,6 +44,10 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("whitening + BN shifts at 64x LR", {"stem": "whiten", "bn_bias_lr_scale": 64.0, "max_lr": SETUP["max_lr"]}),
     ("the same at the range test's max_lr", {"stem": "whiten", "bn_bias_lr_scale": 64.0, "max_lr": "range_test"}),
     ("+ lookahead", {"stem": "whiten", "bn_bias_lr_scale": 64.0, "max_lr": "range_test", "lookahead": True}),
+    # a pair at one fixed LR (the range test's earlier pick), differing only in how flips are drawn
+    ("whitening + 64x shifts, random flips", {"stem": "whiten", "bn_bias_lr_scale": 64.0, "max_lr": 2.22}),
+    ("whitening + 64x shifts, alternating flips",
+     {"stem": "whiten", "bn_bias_lr_scale": 64.0, "max_lr": 2.22, "flip_mode": "alternate"}),
 ]
 
 
@@ -79,7 +83,8 @@ def range_test_pick(archive: Path, bn_bias_lr_scale: float) -> dict[str, Any]:
 
 def run_variant(archive: Path, data, name: str, options: dict[str, Any], max_lr: float) -> dict[str, Any]:
     spec = spec_for(archive, optimizer=optimizer(options["bn_bias_lr_scale"], options.get("lookahead", False)),
-                    max_lr=max_lr)
+                    max_lr=max_lr, augment={"translate": 2, "flip": True,
+                                            "flip_mode": options.get("flip_mode", "random")})
     iters = steps_per_epoch(len(data.train), spec.batch_size)
     schedule = schedule_from_spec(spec, base_lr=spec.max_lr / spec.div_factor, max_lr=spec.max_lr,
                                   iters_per_epoch=iters)

@@ -5,6 +5,8 @@ the split on the device as uint8 and makes each batch with one gather: no worker
 work, no sync. Every random draw of an epoch (order, shifts, flips) is made at its start from one
 `torch.Generator`, so saving `loader.generator.get_state()` between epochs resumes the same batches,
 and the host fallback (`HostLoader`, for splits too big for the device) yields exactly the same ones.
+Like a DistributedSampler, a training loader is told its epoch (`set_epoch`) before each pass: the
+alternating flips depend on it.
 """
 
 from __future__ import annotations
@@ -59,8 +61,26 @@ class EpochPlan:
         return EpochPlan(part(self.order), part(self.shift_y), part(self.shift_x), part(self.flip))
 
 
-def plan_epoch(n: int, *, train: bool, translate: int, flip: bool, generator: torch.Generator) -> EpochPlan:
+FLIP_MODES = ("random", "alternate")
+
+
+def alternating_flips(n: int, epoch: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image flips that alternate: a random half in even epochs, the other half in odd ones.
+
+    airbench's flip: over any two consecutive epochs every image is seen once each way, where random
+    flips show a quarter of the images one way only. The per-image phase is drawn from the generator's
+    seed, not its stream, so it is the same in every epoch and after a resume.
+    """
+    phase_source = torch.Generator(device=generator.device).manual_seed(generator.initial_seed())
+    phase = torch.rand(n, generator=phase_source, device=generator.device) < 0.5
+    return phase ^ bool(epoch % 2)
+
+
+def plan_epoch(n: int, *, train: bool, translate: int, flip: bool, generator: torch.Generator,
+               flip_mode: str = "random", epoch: int = 0) -> EpochPlan:
     """Draw an epoch's randomness from `generator` (nothing is drawn for evaluation)."""
+    if flip_mode not in FLIP_MODES:
+        raise ValueError(f"unknown flip mode {flip_mode!r}; known: {', '.join(FLIP_MODES)}")
     if not train:
         return EpochPlan(torch.arange(n), None, None, None)
     gen_device = generator.device
@@ -69,7 +89,9 @@ def plan_epoch(n: int, *, train: bool, translate: int, flip: bool, generator: to
     if translate > 0:
         shift_y = torch.randint(-translate, translate + 1, (n,), generator=generator, device=gen_device)
         shift_x = torch.randint(-translate, translate + 1, (n,), generator=generator, device=gen_device)
-    if flip:
+    if flip and flip_mode == "alternate":
+        flips = alternating_flips(n, epoch, generator)[order]
+    elif flip:
         flips = torch.rand(n, generator=generator, device=gen_device) < 0.5
     return EpochPlan(order, shift_y, shift_x, flips)
 
@@ -172,17 +194,23 @@ class DeviceLoader:
     def __init__(self, split: Split, batch_size: int, *, device: torch.device | str, mean: Sequence[float],
                  std: Sequence[float], train: bool, translate: int = 0, flip: bool = False,
                  drop_last: bool = False, generator: torch.Generator | None = None,
-                 channels_last: bool = False, pixel_mean: np.ndarray | None = None) -> None:
+                 channels_last: bool = False, pixel_mean: np.ndarray | None = None,
+                 flip_mode: str = "random") -> None:
         self.device = torch.device(device)
         self.images = torch.from_numpy(np.ascontiguousarray(split.images)).to(self.device)
         self.labels = torch.from_numpy(np.ascontiguousarray(split.labels)).to(self.device)
         self.batch_size = batch_size
         self.train, self.translate, self.flip, self.drop_last = train, translate, flip, drop_last
+        self.flip_mode, self.epoch = flip_mode, 0
         self.generator = generator if generator is not None else _default_generator()
         self.normalise = _Normaliser(mean, std, self.device, channels_last, pixel_mean)
 
     def __len__(self) -> int:
         return iters_per_epoch(len(self.labels), self.batch_size, self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass belongs to (what alternating flips depend on)."""
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()
@@ -191,7 +219,7 @@ class DeviceLoader:
         """One epoch of batches, leaving out the first `skip` (all draws are still made)."""
         n = len(self.labels)
         plan = plan_epoch(n, train=self.train, translate=self.translate, flip=self.flip,
-                          generator=self.generator).to(self.device)
+                          generator=self.generator, flip_mode=self.flip_mode, epoch=self.epoch).to(self.device)
         for i in range(skip, len(self)):
             part = plan.batch(i * self.batch_size, min((i + 1) * self.batch_size, n))
             yield self.normalise(gather_batch(self.images, part)), self.labels[part.order]
@@ -229,7 +257,8 @@ class _PlanSampler:
         self.skip = 0
         n = len(loader.source)
         plan = plan_epoch(n, train=loader.train, translate=loader.translate, flip=loader.flip,
-                          generator=loader.generator).to(torch.device("cpu"))
+                          generator=loader.generator, flip_mode=loader.flip_mode,
+                          epoch=loader.epoch).to(torch.device("cpu"))
         for i in range(skip, len(loader)):
             yield plan.batch(i * loader.batch_size, min((i + 1) * loader.batch_size, n))
 
@@ -245,11 +274,12 @@ class HostLoader:
                  std: Sequence[float], train: bool, translate: int = 0, flip: bool = False,
                  drop_last: bool = False, generator: torch.Generator | None = None,
                  channels_last: bool = False, num_workers: int = 2,
-                 pixel_mean: np.ndarray | None = None) -> None:
+                 pixel_mean: np.ndarray | None = None, flip_mode: str = "random") -> None:
         self.device = torch.device(device)
         self.source = _PlannedBatches(split)
         self.batch_size = batch_size
         self.train, self.translate, self.flip, self.drop_last = train, translate, flip, drop_last
+        self.flip_mode, self.epoch = flip_mode, 0
         self.generator = generator if generator is not None else _default_generator()
         self.normalise = _Normaliser(mean, std, self.device, channels_last, pixel_mean)
         self.sampler = _PlanSampler(self)
@@ -260,6 +290,10 @@ class HostLoader:
 
     def __len__(self) -> int:
         return iters_per_epoch(len(self.source), self.batch_size, self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass belongs to (what alternating flips depend on)."""
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()
@@ -288,7 +322,8 @@ def make_loader(split: Split, batch_size: int, *, device: torch.device | str, me
                 std: Sequence[float], train: bool, translate: int = 0, flip: bool = False,
                 drop_last: bool = False, generator: torch.Generator | None = None,
                 channels_last: bool = False, max_device_bytes: int | None = None,
-                num_workers: int = 2, pixel_mean: np.ndarray | None = None) -> DeviceLoader | HostLoader:
+                num_workers: int = 2, pixel_mean: np.ndarray | None = None,
+                flip_mode: str = "random") -> DeviceLoader | HostLoader:
     """DeviceLoader if the split fits in `max_device_bytes` (default `device_budget`), else HostLoader.
 
     `max_device_bytes=0` forces the host path (the benchmark measures the device path against it).
@@ -297,7 +332,7 @@ def make_loader(split: Split, batch_size: int, *, device: torch.device | str, me
     budget = max_device_bytes if max_device_bytes is not None else device_budget(device)
     common = dict(device=device, mean=mean, std=std, train=train, translate=translate, flip=flip,
                   drop_last=drop_last, generator=generator, channels_last=channels_last,
-                  pixel_mean=pixel_mean)
+                  pixel_mean=pixel_mean, flip_mode=flip_mode)
     size = split_bytes(split)
     if budget is None or size <= budget:
         return DeviceLoader(split, batch_size, **common)

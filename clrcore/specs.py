@@ -51,6 +51,10 @@ class OptimizerSpec(StrictModel):
 class AugmentSpec(StrictModel):
     translate: int = Field(2, ge=0, le=8, description="random shift in pixels (pad and crop)")
     flip: bool = Field(True, description="random horizontal flip")
+    flip_mode: Literal["random", "alternate"] = Field(
+        "random", description="random: each image flipped with probability 1/2 in every epoch; alternate: "
+        "each image flipped in every other epoch, from a random start (airbench's flip)",
+    )
 
 
 class JobSpecBase(StrictModel):

@@ -95,6 +95,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     translate: int = 0
     flip: bool = False
+    flip_mode: str = "random"  # "random" | "alternate"; see loaders.alternating_flips
     tta_flip: bool = False
     tta_translate: bool = False
     seed: int = 0
@@ -146,6 +147,7 @@ def config_from_spec(spec: TrainSpec, schedule: Schedule, device: torch.device |
         label_smoothing=spec.label_smoothing,
         translate=spec.augment.translate,
         flip=spec.augment.flip,
+        flip_mode=spec.augment.flip_mode,
         tta_flip=spec.tta_flip,
         tta_translate=spec.tta_translate,
         seed=spec.seed,
@@ -416,7 +418,7 @@ def train(
     placement = {"max_device_bytes": None if config.device_data else 0}
     train_loader = make_loader(
         dataset.train, config.batch_size, device=device, train=True,
-        translate=config.translate, flip=config.flip,
+        translate=config.translate, flip=config.flip, flip_mode=config.flip_mode,
         drop_last=TRAIN_DROP_LAST,
         # on the CPU even for CUDA: the loader draws each epoch's order and augmentation from it up
         # front, and a CPU stream gives the same batches on every device and in the host fallback
@@ -445,6 +447,7 @@ def train(
         compiling = forward is not net and epoch == start_epoch
         started = time.perf_counter()
         net.train()
+        train_loader.set_epoch(epoch)
         if lookahead is not None:
             lookahead.start_epoch(epoch * steps)
         stats = train_epoch(forward, train_loader, optimizer, config, epoch=epoch, steps=steps, ticker=ticker,

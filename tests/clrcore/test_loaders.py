@@ -14,6 +14,7 @@ from clrcore.loaders import (
     gather_batch,
     iters_per_epoch,
     make_loader,
+    plan_epoch,
 )
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -138,15 +139,59 @@ def test_augmentation_keeps_shape_and_flips_about_half():
     assert 0.35 < flipped < 0.65
 
 
+def flipped_by_image(dl, epoch: int) -> dict[int, bool]:
+    """image id (its label) -> whether that image came out mirrored, for one epoch of `ramp_labelled`."""
+    dl.set_epoch(epoch)
+    out = {}
+    for x, y in dl:
+        row = raw(x)[:, 0, 0]
+        for label, first, last in zip(y.tolist(), row[:, 0].tolist(), row[:, -1].tolist(), strict=True):
+            out[label] = first > last
+    return out
+
+
+def ramp_labelled(n: int = 200) -> Split:
+    split = ramp_split(n)
+    return Split(split.images, np.arange(n, dtype=np.int64))
+
+
+def test_alternating_flips_show_every_image_both_ways_over_two_epochs():
+    dl = loader(ramp_labelled(), batch_size=64, flip=True, flip_mode="alternate")
+    epochs = [flipped_by_image(dl, epoch) for epoch in range(4)]
+    assert 0.35 < sum(epochs[0].values()) / 200 < 0.65  # a random half first
+    for before, after in zip(epochs, epochs[1:], strict=False):
+        assert all(after[i] != before[i] for i in range(200))  # then each image the other way
+    assert epochs[2] == epochs[0]
+    again = loader(ramp_labelled(), batch_size=64, flip=True, flip_mode="alternate")
+    again.generator.set_state(dl.generator.get_state())  # as a resume restores it, many epochs on
+    assert flipped_by_image(again, 3) == epochs[3]
+    other_seed = loader(ramp_labelled(), seed=7, batch_size=64, flip=True, flip_mode="alternate")
+    assert flipped_by_image(other_seed, 0) != epochs[0]
+
+
+def test_random_flips_do_not_alternate():
+    dl = loader(ramp_labelled(), batch_size=64, flip=True)
+    first, second = flipped_by_image(dl, 0), flipped_by_image(dl, 1)
+    same = sum(first[i] == second[i] for i in range(200)) / 200
+    assert 0.35 < same < 0.65
+
+
+def test_unknown_flip_mode_is_refused():
+    with pytest.raises(ValueError, match="flip mode 'sometimes'"):
+        plan_epoch(4, train=True, translate=0, flip=True, generator=torch.Generator(), flip_mode="sometimes")
+
+
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_host_loader_yields_the_same_batches(num_workers):
     split = labelled_split()
-    options = dict(device="cpu", mean=MEAN, std=STD, train=True, translate=1, flip=True)
+    options = dict(device="cpu", mean=MEAN, std=STD, train=True, translate=1, flip=True, flip_mode="alternate")
     device = DeviceLoader(split, 16, generator=torch.Generator().manual_seed(5), **options)
     host = HostLoader(split, 16, generator=torch.Generator().manual_seed(5), num_workers=num_workers,
                       **options)
     assert len(host) == len(device)
-    for _ in range(2):
+    for epoch in range(2):
+        device.set_epoch(epoch)
+        host.set_epoch(epoch)
         for (xd, yd), (xh, yh) in zip(device, host, strict=True):
             assert torch.equal(yd, yh) and torch.equal(xd, xh)
     resumed_host, resumed_device = list(host.batches(skip=3)), list(device.batches(skip=3))

@@ -206,8 +206,8 @@ def test_digits_demo_reaches_95_percent_within_10_cpu_seconds(digits: Dataset) -
 # ---------------------------------------------------------------- resume and reproducibility
 
 
-@pytest.mark.parametrize("extra", [{}, {"bn_bias_lr_scale": 8.0}, {"lookahead": True}],
-                         ids=["plain", "scaled-shift-lr", "lookahead"])
+@pytest.mark.parametrize("extra", [{}, {"bn_bias_lr_scale": 8.0}, {"lookahead": True}, {"flip_mode": "alternate"}],
+                         ids=["plain", "scaled-shift-lr", "lookahead", "alternating-flips"])
 def test_resumed_run_equals_uninterrupted_run(small: Dataset, tmp_path: Path, extra: dict) -> None:
     straight_model = tiny_net()
     straight = train(straight_model, small, make_config(epochs=3, flip=True, **extra))
@@ -268,6 +268,27 @@ def test_resuming_a_finished_run_only_evaluates(small: Dataset, tmp_path: Path) 
     assert again.epochs_run == 0 and again.resumed_from == 1
     assert again.metrics["test_acc"] == first.metrics["test_acc"]
     assert np.array_equal(again.y_pred, first.y_pred)
+
+
+def test_training_loader_is_told_each_epoch(small: Dataset, tmp_path: Path, monkeypatch) -> None:
+    import clrcore.trainer as trainer_module
+
+    told: list[int] = []
+    real_make_loader = trainer_module.make_loader
+
+    def recording_make_loader(*args, **kwargs):
+        made = real_make_loader(*args, **kwargs)
+        if kwargs["train"]:
+            assert made.flip_mode == "alternate"
+            real_set_epoch = made.set_epoch
+            made.set_epoch = lambda epoch: (told.append(epoch), real_set_epoch(epoch))
+        return made
+
+    monkeypatch.setattr(trainer_module, "make_loader", recording_make_loader)
+    checkpoint = tmp_path / "last.pt"
+    train(tiny_net(), small, make_config(epochs=2, flip=True, flip_mode="alternate", checkpoint_path=checkpoint))
+    train(tiny_net(), small, make_config(epochs=3, flip=True, flip_mode="alternate", checkpoint_path=checkpoint))
+    assert told == [0, 1, 2]  # the resumed run starts at the epoch it resumes
 
 
 def test_same_seed_same_weights(small: Dataset) -> None:

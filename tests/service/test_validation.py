@@ -30,6 +30,8 @@ def _locs(response) -> list[list]:
      "greater than or equal to 0.01"),
     ("train", {**TRAIN, "optimizer": {"lookahead": "often"}}, ["body", "optimizer", "lookahead"], "boolean"),
     ("train", {**TRAIN, "tta_translate": "yes please"}, ["body", "tta_translate"], "boolean"),
+    ("train", {**TRAIN, "augment": {"flip_mode": "sometimes"}}, ["body", "augment", "flip_mode"],
+     "'random' or 'alternate'"),
     # Server limits from Settings (defaults: 200 epochs, 5000 iterations, batch 4096).
     ("train", {**TRAIN, "epochs": 201}, ["body", "epochs"], "at most 200"),
     ("train", {**TRAIN, "batch_size": 5000}, ["body", "batch_size"], "at most 4096"),
