@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     cors_origins: str = Field("", description="comma-separated allowed origins; empty means CORS closed")
     rate_limit_per_minute: int = Field(600, ge=1)
     max_body_bytes: int = Field(64 * 1024, description="JSON request bodies")
+    sse_max_streams: int = Field(
+        256, ge=1, description="event streams reading Redis at once, one connection each; more wait their turn"
+    )
 
     # Limits a job spec must stay within (422 naming the field otherwise).
     max_epochs: int = Field(200, ge=1)

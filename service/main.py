@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import errors
 from service.auth import KeyRing
 from service.config import Settings, get_settings
+from service.event_reader import EventReader
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
@@ -33,7 +33,6 @@ from service.workers import WorkerRegistry
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
 
-SSE_THREADS = 256
 UNLIMITED_BODY = sys.maxsize
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -88,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.uploads.sweep_incoming()  # temp files of uploads a crashed process never finished
         yield
         app.state.queue.close()
+        await app.state.events.aclose()
         app.state.store.redis.close()
 
     app = FastAPI(
@@ -108,8 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.scrape_keys = KeyRing.from_setting(f"prometheus:{token}") if token else None
     app.state.rate_limiter = RateLimiter(store.redis, settings.key_prefix, settings.rate_limit_per_minute)
     app.state.metrics = ServiceMetrics(store)
-    # SSE streams wait on Redis in threads; their own pool keeps them from starving ordinary requests.
-    app.state.sse_limiter = anyio.CapacityLimiter(SSE_THREADS)
+    app.state.events = EventReader.from_settings(settings, store)  # SSE: awaited reads, no thread per stream
 
     errors.install(app)
     for module in (jobs, artifacts, catalog, health):

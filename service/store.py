@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -101,15 +102,22 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+@contextlib.contextmanager
+def redis_errors_as_unavailable() -> Iterator[None]:
+    """Turn connection trouble into one exception type the API maps to 503 (sync and asyncio clients alike)."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError is a ConnectionError
+        raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+
+
 def unavailable_on_redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn connection trouble into one exception type the API maps to 503."""
+    """`redis_errors_as_unavailable` around a whole method."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
+        with redis_errors_as_unavailable():
             return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError is a ConnectionError
-            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
 
     return wrapper
 
@@ -156,6 +164,14 @@ def _decode_cursor(cursor: str) -> int:
         raise InvalidCursor("invalid cursor") from exc
 
 
+def parse_event_reply(reply: list | None) -> list[tuple[str, str, dict]]:
+    """An XREAD reply on one event stream as (id, event, data) tuples."""
+    if not reply:
+        return []
+    _, entries = reply[0]
+    return [(entry_id, fields["event"], json.loads(fields["data"])) for entry_id, fields in entries]
+
+
 def require_text_client(client: redis.Redis, user: str) -> None:
     """Every reader of the store's keys expects str values: refuse a bytes client at construction."""
     if not client.get_connection_kwargs().get("decode_responses"):
@@ -197,10 +213,10 @@ class JobStore:
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    def _job_key(self, job_id: str) -> str:
+    def job_key(self, job_id: str) -> str:
         return self._k("job", job_id)
 
-    def _events_key(self, job_id: str) -> str:
+    def events_key(self, job_id: str) -> str:
         return self._k("job", job_id, "events")
 
     def _lease_key(self, job_id: str) -> str:
@@ -241,18 +257,18 @@ class JobStore:
         }
         event = json.dumps({"state": JobState.QUEUED.value, "previous": None, "at": now})
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self._job_key(job_id), mapping=record)
+        pipe.hset(self.job_key(job_id), mapping=record)
         pipe.zadd(self._owner_key(owner), {job_id: seq})
         pipe.zadd(self._owner_key(owner, kind), {job_id: seq})
         pipe.sadd(self._k("state", JobState.QUEUED.value), job_id)
-        pipe.xadd(self._events_key(job_id), {"event": "state", "data": event}, maxlen=EVENTS_MAXLEN)
+        pipe.xadd(self.events_key(job_id), {"event": "state", "data": event}, maxlen=EVENTS_MAXLEN)
         pipe.execute()
         return self._decode(record)
 
     @unavailable_on_redis_errors
     def get(self, job_id: str) -> dict | None:
         """The full job record, or None. Timestamps are Unix seconds (float) or None."""
-        raw = self.redis.hgetall(self._job_key(job_id))
+        raw = self.redis.hgetall(self.job_key(job_id))
         return self._decode(raw) if raw else None
 
     def _require(self, job_id: str) -> dict:
@@ -318,7 +334,7 @@ class JobStore:
                 break
             pipe = self.redis.pipeline(transaction=False)
             for job_id, _ in rows:
-                pipe.hgetall(self._job_key(job_id))
+                pipe.hgetall(self.job_key(job_id))
             for (_, seq), raw in zip(rows, pipe.execute(), strict=True):
                 if raw and (state is None or raw["state"] == state):
                     found.append((seq, self._decode(raw)))
@@ -334,7 +350,7 @@ class JobStore:
     def _run_transition(
         self, job_id: str, mapping: dict[str, str], fields: dict[str, Any], *, require_no_lease: bool = False
     ) -> tuple[str, str, str]:
-        keys = [self._job_key(job_id), self._events_key(job_id), self._lease_key(job_id), *self._state_keys(),
+        keys = [self.job_key(job_id), self.events_key(job_id), self._lease_key(job_id), *self._state_keys(),
                 self._k("durations")]
         args = [
             job_id,
@@ -388,7 +404,7 @@ class JobStore:
     @unavailable_on_redis_errors
     def cancel_requested(self, job_id: str) -> bool:
         """Whether a cancel was asked for; the training loop polls this every batch."""
-        return self.redis.hget(self._job_key(job_id), "cancel_requested") == "1"
+        return self.redis.hget(self.job_key(job_id), "cancel_requested") == "1"
 
     @unavailable_on_redis_errors
     def recover_lapsed(self, job_id: str) -> str | None:
@@ -426,11 +442,11 @@ class JobStore:
             fields["metrics"] = json.dumps(metrics)
         data = json.dumps({"progress": progress, "metrics": metrics, "at": time.time()})
         if holder is not None:
-            keys = [self._lease_key(job_id), self._job_key(job_id), self._events_key(job_id)]
+            keys = [self._lease_key(job_id), self.job_key(job_id), self.events_key(job_id)]
             return bool(self._progress(keys=keys, args=[holder, json.dumps(fields), data, EVENTS_MAXLEN]))
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self._job_key(job_id), mapping=fields)
-        pipe.xadd(self._events_key(job_id), {"event": "progress", "data": data}, maxlen=EVENTS_MAXLEN)
+        pipe.hset(self.job_key(job_id), mapping=fields)
+        pipe.xadd(self.events_key(job_id), {"event": "progress", "data": data}, maxlen=EVENTS_MAXLEN)
         pipe.execute()
         return True
 
@@ -440,13 +456,13 @@ class JobStore:
     ) -> None:
         """Register a file of the job's run folder; `path` is relative to that folder."""
         entry = {"path": path, "content_type": content_type, "size": size}
-        self.redis.hset(self._job_key(job_id), _ARTIFACT + name, json.dumps(entry))
+        self.redis.hset(self.job_key(job_id), _ARTIFACT + name, json.dumps(entry))
 
     @unavailable_on_redis_errors
     def append_event(self, job_id: str, event: str, data: dict) -> str:
         """Append to the job's event log (a Redis Stream, so SSE clients can resume by id)."""
         return self.redis.xadd(
-            self._events_key(job_id), {"event": event, "data": json.dumps(data)}, maxlen=EVENTS_MAXLEN
+            self.events_key(job_id), {"event": event, "data": json.dumps(data)}, maxlen=EVENTS_MAXLEN
         )
 
     @unavailable_on_redis_errors
@@ -460,11 +476,7 @@ class JobStore:
         kwargs: dict[str, Any] = {"count": count}
         if block_ms > 0:
             kwargs["block"] = min(block_ms, MAX_BLOCK_MS)
-        reply = self.redis.xread({self._events_key(job_id): after}, **kwargs)
-        if not reply:
-            return []
-        _, entries = reply[0]
-        return [(entry_id, f["event"], json.loads(f["data"])) for entry_id, f in entries]
+        return parse_event_reply(self.redis.xread({self.events_key(job_id): after}, **kwargs))
 
     # -- idempotency keys (IETF draft "The Idempotency-Key HTTP Header Field") ------------------------
 
@@ -504,7 +516,7 @@ class JobStore:
         the delivery cap fails only jobs that keep killing their worker, not ones handed back cleanly.
         """
         ms = max(1, int(lease_seconds * 1000))
-        return bool(self._claim(keys=[self._lease_key(job_id), self._job_key(job_id)], args=[worker_id, ms]))
+        return bool(self._claim(keys=[self._lease_key(job_id), self.job_key(job_id)], args=[worker_id, ms]))
 
     @unavailable_on_redis_errors
     def renew(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
@@ -515,7 +527,7 @@ class JobStore:
     @unavailable_on_redis_errors
     def release(self, job_id: str, worker_id: str) -> None:
         """Give the lease up, only if this worker still holds it; marks the delivery as ended cleanly."""
-        self._release(keys=[self._lease_key(job_id), self._job_key(job_id)], args=[worker_id])
+        self._release(keys=[self._lease_key(job_id), self.job_key(job_id)], args=[worker_id])
 
     @unavailable_on_redis_errors
     def lease_holder(self, job_id: str) -> str | None:
@@ -533,7 +545,7 @@ class JobStore:
     @unavailable_on_redis_errors
     def mark_sent(self, job_id: str) -> None:
         """Stamp `sent_at` after the job's task was sent (API submit, sweeper re-send, hand-back)."""
-        self.redis.hset(self._job_key(job_id), "sent_at", repr(time.time()))
+        self.redis.hset(self.job_key(job_id), "sent_at", repr(time.time()))
 
     @unavailable_on_redis_errors
     def stale_queued(self, queue: str, older_than: float) -> list[str]:
@@ -547,7 +559,7 @@ class JobStore:
         cutoff = time.time() - older_than
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(self._job_key(job_id), "queue", "created_at", "sent_at")
+            pipe.hmget(self.job_key(job_id), "queue", "created_at", "sent_at")
             pipe.exists(self._lease_key(job_id))
         replies = pipe.execute()
         candidates = []
@@ -565,7 +577,7 @@ class JobStore:
     @unavailable_on_redis_errors
     def restamp_stale(self, job_id: str, older_than: float) -> bool:
         """Atomically re-check that the job is still queued, unleased and stale, and stamp `sent_at`."""
-        keys = [self._job_key(job_id), self._lease_key(job_id)]
+        keys = [self.job_key(job_id), self._lease_key(job_id)]
         return bool(self._restamp_stale(keys=keys, args=[repr(time.time()), older_than]))
 
     @unavailable_on_redis_errors

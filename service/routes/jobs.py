@@ -6,10 +6,8 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from functools import partial
 from typing import Annotated, Any, Literal
 
-import anyio
 import kombu.exceptions
 import redis.exceptions
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
@@ -22,6 +20,7 @@ from clrcore.specs import RangeTestSpec, TrainSpec
 from service.config import Settings
 from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
 from service.errors import field_error, unavailable
+from service.event_reader import EventReader
 from service.queue import queue_for
 from service.routes.artifacts import job_links
 from service.routes.datasets import upload_errors
@@ -316,12 +315,11 @@ def cancel_job(job: OwnedJob, store: StoreDep, settings: SettingsDep) -> dict:
                              "description": "`state`, `progress` and `metrics` events; ends after the final "
                                             "state"}})
 async def job_events(
-    job: OwnedJob, store: StoreDep, request: Request,
+    job: OwnedJob, request: Request,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID)] = None,
 ) -> Response:
     """Server-Sent Events from the job's event log; `Last-Event-ID` resumes after that event."""
-    limiter: anyio.CapacityLimiter = request.app.state.sse_limiter
-    stream = _event_stream(store, job["id"], last_event_id or "0", limiter)
+    stream = _event_stream(request.app.state.events, job["id"], last_event_id or "0")
     return EventSourceResponse(_ending_on_outage(stream), ping=SSE_PING_S)
 
 
@@ -337,15 +335,13 @@ async def _ending_on_outage(stream: AsyncIterator[ServerSentEvent]) -> AsyncIter
                               retry=2000)
 
 
-async def _event_stream(store: JobStore, job_id: str, after: str,
-                        limiter: anyio.CapacityLimiter) -> AsyncIterator[ServerSentEvent]:
+async def _event_stream(reader: EventReader, job_id: str, after: str) -> AsyncIterator[ServerSentEvent]:
     """Relay the stream until a final state event has been sent (or the job is found final)."""
-    closing, record, waited = False, None, False
+    closing, state, waited = False, None, False
     while True:
         # The first read does not wait, so a stream resumed after the end closes at once.
         block_ms = SSE_BLOCK_MS if waited and not closing else 0
-        read = partial(store.read_events, job_id, after, block_ms=block_ms, count=100)
-        events = await anyio.to_thread.run_sync(read, limiter=limiter)
+        events = await reader.read(job_id, after, block_ms=block_ms, count=100)
         waited = True
         for event_id, name, data in events:
             after = event_id
@@ -358,10 +354,10 @@ async def _event_stream(store: JobStore, job_id: str, after: str,
             continue
         if closing:
             # Resumed after the final event (or the log was trimmed): say how it ended, then close.
-            state = record["state"] if record else "deleted"
-            yield ServerSentEvent(json.dumps({"state": state, "error": record and record["error"]}),
+            name, error = state or ("deleted", None)
+            yield ServerSentEvent(json.dumps({"state": name, "error": error}),
                                   event="state", id=after if after != "0" else None)
             return
-        record = await anyio.to_thread.run_sync(store.get, job_id, limiter=limiter)
+        state = await reader.state(job_id)
         # Final now: read once more without waiting, in case the final event landed after our read.
-        closing = record is None or record["state"] in FINAL
+        closing = state is None or state[0] in FINAL
