@@ -28,9 +28,12 @@ def test_cpu_half_of_the_gpu_benchmark_writes_results_and_plot(tmp_path: Path) -
     assert not [r for r in saved if "error" in r]
     assert [r["what"] for r in saved if "skipped" in r] == ["fashion_mnist-blog"]
 
-    for preset in ("cifar10-fast", "cifar10-fast (warm worker)", "cifar10-minigooglenet-fast", "cifar10-blog"):
+    for preset in ("cifar10-fast", "cifar10-fast (warm worker)", "cifar10-fast 2 epochs", "cifar10-minigooglenet-fast",
+                   "cifar10-blog"):
         assert 0.0 <= by_what[preset]["accuracy"] <= 1.0 and by_what[preset]["train_s"] > 0
     assert by_what["cifar10-blog"]["extrapolated"] is True
+    assert by_what["cifar10-fast 2 epochs"]["epochs"] == 2
+    assert by_what["cifar10-fast 2 epochs"]["max_lr"] == by_what["cifar10-fast"]["max_lr"]
     assert by_what["range_test"]["recommendation"]["max_lr"] > 0
     assert any(w.startswith("lr_sweep range_test") for w in by_what)
     ablations = [r for r in saved if r["what"].startswith("ablation:")]
