@@ -410,6 +410,7 @@ def run(args: argparse.Namespace) -> int:
             ("translate TTA off (flip only)", {"tta_translate": False}),
             ("BatchNorm shifts at 1x LR (not 64x)", {"bn_bias_lr_scale": 1.0}),
             ("lookahead on (airbench's weight averaging)", {"lookahead": True}),
+            ("alternating flips (airbench's)", {"flip_mode": "alternate"}),
             ("eager (compile off)", {"compile": False}),
             ("eager, fp32 (bf16 off)", {"compile": False, "precision": "fp32"}),
             ("eager, channels_last off", {"compile": False, "channels_last": False}),

@@ -55,9 +55,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the LR, label smoothing 0.2, 2 px shifts and flips, and at the end the six-view test-time
     # augmentation (mirror x three 1 px shifts). The peak comes from the range test (max_lr auto).
     # Compiled on CUDA, the compiled net kept warm for the next job in the same worker process.
-    # Not carried over from airbench: alternating flips, fp16 weights, freezing the stem's bias after 3
-    # epochs, and its lookahead (available as optimizer.lookahead; no gain on the CPU subset run, see
-    # docs/benchmarks.md, so it stays off until the GPU benchmark's ablation says otherwise).
+    # Not carried over from airbench: fp16 weights and freezing the stem's bias after 3 epochs. Its
+    # lookahead (optimizer.lookahead) and alternating flips (augment.flip_mode "alternate") are options,
+    # off here: neither gained on the CPU subset runs (docs/benchmarks.md); the GPU benchmark ablates both.
     "cifar10-fast": {
         "dataset": "cifar10", "model": "resnet_fast", "batch_size": 1024, "epochs": 10,
         "policy": "one_cycle", "max_lr": "auto", "pct_start": 0.23, "anneal": "linear",

@@ -37,7 +37,7 @@ def test_cpu_half_of_the_gpu_benchmark_writes_results_and_plot(tmp_path: Path) -
     assert by_what["range_test"]["recommendation"]["max_lr"] > 0
     assert any(w.startswith("lr_sweep range_test") for w in by_what)
     ablations = [r for r in saved if r["what"].startswith("ablation:")]
-    assert len(ablations) == 12 and all(r["images_per_s"] > 0 for r in ablations)
+    assert len(ablations) == 13 and all(r["images_per_s"] > 0 for r in ablations)
     assert (tmp_path / "reports" / "cifar10-fast.txt").read_text().strip()
 
     with Image.open(tmp_path / "accuracy_vs_time.png") as png:
