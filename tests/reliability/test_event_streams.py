@@ -32,14 +32,6 @@ SPEC = {"dataset": "digits", "model": "tiny_cnn", "device": "cpu", "num_iter": 1
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def stack(settings: Settings, own_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[ApiServer, JobStore]]:
     """An API process and a store on the private Redis; no worker, so jobs move only when a test says."""
     ours = settings.model_copy(update={"redis_url": own_redis.url})

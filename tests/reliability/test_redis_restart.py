@@ -8,7 +8,6 @@ reconnect, celery#8030), which a job sent after the restart proves.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +27,6 @@ TRAIN = {"dataset": "digits", "model": "tiny_cnn", "device": "cpu", "epochs": 15
          "augment": {"translate": 0, "flip": False}}
 QUICK = {"dataset": "digits", "model": "tiny_cnn", "device": "cpu", "train_subset": 300, "batch_size": 64,
          "num_iter": 10}
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 def wait_state(client: TestClient, job_id: str, done, timeout: float) -> dict:
