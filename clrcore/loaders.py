@@ -183,7 +183,43 @@ def _default_generator() -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-class DeviceLoader:
+class _EpochLoader:
+    """What both loaders share: batch size, augmentation settings, the epoch and its draws, normalising.
+
+    Subclasses say where the images live and how a batch plan becomes a batch (`batches`).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, device: torch.device | str, mean: Sequence[float],
+                 std: Sequence[float], train: bool, translate: int, flip: bool, flip_mode: str, drop_last: bool,
+                 generator: torch.Generator | None, channels_last: bool, pixel_mean: np.ndarray | None) -> None:
+        self.n, self.batch_size, self.device = n, batch_size, torch.device(device)
+        self.train, self.translate, self.flip, self.drop_last = train, translate, flip, drop_last
+        self.flip_mode, self.epoch = flip_mode, 0
+        self.generator = generator if generator is not None else _default_generator()
+        self.normalise = _Normaliser(mean, std, self.device, channels_last, pixel_mean)
+
+    def __len__(self) -> int:
+        return iters_per_epoch(self.n, self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def batches(self, skip: int = 0) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass belongs to (what alternating flips depend on)."""
+        self.epoch = epoch
+
+    def batch_plans(self, device: torch.device, skip: int = 0) -> Iterator[EpochPlan]:
+        """Draw this epoch's plan (on `device`), then yield it a batch at a time, leaving out the first `skip`."""
+        plan = plan_epoch(self.n, train=self.train, translate=self.translate, flip=self.flip,
+                          generator=self.generator, flip_mode=self.flip_mode, epoch=self.epoch).to(device)
+        for i in range(skip, len(self)):
+            yield plan.batch(i * self.batch_size, min((i + 1) * self.batch_size, self.n))
+
+
+class DeviceLoader(_EpochLoader):
     """Iterable of (normalised float NCHW images, int64 labels), with the whole split on `device`.
 
     Each epoch draws its order, shifts and flips from `generator` at the start, then builds each
@@ -196,32 +232,15 @@ class DeviceLoader:
                  drop_last: bool = False, generator: torch.Generator | None = None,
                  channels_last: bool = False, pixel_mean: np.ndarray | None = None,
                  flip_mode: str = "random") -> None:
-        self.device = torch.device(device)
+        super().__init__(len(split.labels), batch_size, device=device, mean=mean, std=std, train=train,
+                         translate=translate, flip=flip, flip_mode=flip_mode, drop_last=drop_last,
+                         generator=generator, channels_last=channels_last, pixel_mean=pixel_mean)
         self.images = torch.from_numpy(np.ascontiguousarray(split.images)).to(self.device)
         self.labels = torch.from_numpy(np.ascontiguousarray(split.labels)).to(self.device)
-        self.batch_size = batch_size
-        self.train, self.translate, self.flip, self.drop_last = train, translate, flip, drop_last
-        self.flip_mode, self.epoch = flip_mode, 0
-        self.generator = generator if generator is not None else _default_generator()
-        self.normalise = _Normaliser(mean, std, self.device, channels_last, pixel_mean)
-
-    def __len__(self) -> int:
-        return iters_per_epoch(len(self.labels), self.batch_size, self.drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch the next pass belongs to (what alternating flips depend on)."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[Batch]:
-        return self.batches()
 
     def batches(self, skip: int = 0) -> Iterator[Batch]:
         """One epoch of batches, leaving out the first `skip` (all draws are still made)."""
-        n = len(self.labels)
-        plan = plan_epoch(n, train=self.train, translate=self.translate, flip=self.flip,
-                          generator=self.generator, flip_mode=self.flip_mode, epoch=self.epoch).to(self.device)
-        for i in range(skip, len(self)):
-            part = plan.batch(i * self.batch_size, min((i + 1) * self.batch_size, n))
+        for part in self.batch_plans(self.device, skip):
             yield self.normalise(gather_batch(self.images, part)), self.labels[part.order]
 
 
@@ -253,17 +272,11 @@ class _PlanSampler:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[EpochPlan]:
-        loader, skip = self.loader, self.skip
-        self.skip = 0
-        n = len(loader.source)
-        plan = plan_epoch(n, train=loader.train, translate=loader.translate, flip=loader.flip,
-                          generator=loader.generator, flip_mode=loader.flip_mode,
-                          epoch=loader.epoch).to(torch.device("cpu"))
-        for i in range(skip, len(loader)):
-            yield plan.batch(i * loader.batch_size, min((i + 1) * loader.batch_size, n))
+        skip, self.skip = self.skip, 0
+        return self.loader.batch_plans(torch.device("cpu"), skip)
 
 
-class HostLoader:
+class HostLoader(_EpochLoader):
     """DeviceLoader's twin for splits too big for the device: same batches, built by DataLoader workers.
 
     Workers gather and augment uint8 batches on the CPU; they travel as uint8 (pinned on CUDA) and
@@ -275,28 +288,15 @@ class HostLoader:
                  drop_last: bool = False, generator: torch.Generator | None = None,
                  channels_last: bool = False, num_workers: int = 2,
                  pixel_mean: np.ndarray | None = None, flip_mode: str = "random") -> None:
-        self.device = torch.device(device)
+        super().__init__(len(split.labels), batch_size, device=device, mean=mean, std=std, train=train,
+                         translate=translate, flip=flip, flip_mode=flip_mode, drop_last=drop_last,
+                         generator=generator, channels_last=channels_last, pixel_mean=pixel_mean)
         self.source = _PlannedBatches(split)
-        self.batch_size = batch_size
-        self.train, self.translate, self.flip, self.drop_last = train, translate, flip, drop_last
-        self.flip_mode, self.epoch = flip_mode, 0
-        self.generator = generator if generator is not None else _default_generator()
-        self.normalise = _Normaliser(mean, std, self.device, channels_last, pixel_mean)
         self.sampler = _PlanSampler(self)
         self.loader = DataLoader(
             self.source, batch_size=None, sampler=self.sampler, num_workers=num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
         )
-
-    def __len__(self) -> int:
-        return iters_per_epoch(len(self.source), self.batch_size, self.drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch the next pass belongs to (what alternating flips depend on)."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[Batch]:
-        return self.batches()
 
     def batches(self, skip: int = 0) -> Iterator[Batch]:
         """One epoch of batches, leaving out the first `skip` (all draws are still made)."""
