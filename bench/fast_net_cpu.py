@@ -48,6 +48,10 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("whitening + 64x shifts, random flips", {"stem": "whiten", "bn_bias_lr_scale": 64.0, "max_lr": 2.22}),
     ("whitening + 64x shifts, alternating flips",
      {"stem": "whiten", "bn_bias_lr_scale": 64.0, "max_lr": 2.22, "flip_mode": "alternate"}),
+    # airbench's own LR and decay at batch 256 (weight_decay 1.33e-3 at lr 0.375: 5e-4 of the weights per
+    # step), against the pair's first row (the preset's path: the range test's LR, weight_decay 5e-4)
+    ("whitening + 64x shifts, airbench's LR and weight decay",
+     {"stem": "whiten", "bn_bias_lr_scale": 64.0, "max_lr": SETUP["max_lr"], "weight_decay": 1.33e-3}),
 ]
 
 
@@ -65,8 +69,8 @@ def learned_stem(model: nn.Sequential) -> None:
                              FixedScaleBatchNorm(width))
 
 
-def optimizer(bn_bias_lr_scale: float, lookahead: bool = False) -> dict[str, Any]:
-    return {"name": "sgd", "momentum": 0.85, "nesterov": True, "weight_decay": 5e-4,
+def optimizer(bn_bias_lr_scale: float, lookahead: bool = False, weight_decay: float = 5e-4) -> dict[str, Any]:
+    return {"name": "sgd", "momentum": 0.85, "nesterov": True, "weight_decay": weight_decay,
             "bn_bias_lr_scale": bn_bias_lr_scale, "lookahead": lookahead}
 
 
@@ -82,7 +86,8 @@ def range_test_pick(archive: Path, bn_bias_lr_scale: float) -> dict[str, Any]:
 
 
 def run_variant(archive: Path, data, name: str, options: dict[str, Any], max_lr: float) -> dict[str, Any]:
-    spec = spec_for(archive, optimizer=optimizer(options["bn_bias_lr_scale"], options.get("lookahead", False)),
+    spec = spec_for(archive, optimizer=optimizer(options["bn_bias_lr_scale"], options.get("lookahead", False),
+                                                 options.get("weight_decay", 5e-4)),
                     max_lr=max_lr, augment={"translate": 2, "flip": True,
                                             "flip_mode": options.get("flip_mode", "random")})
     iters = steps_per_epoch(len(data.train), spec.batch_size)

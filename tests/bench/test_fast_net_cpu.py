@@ -44,8 +44,8 @@ def test_fast_net_cpu_prints_a_line_per_variant_and_the_range_test(tmp_path: Pat
     assert lines[0]["setup"]["train_images"] == 40
     picked = next(line["range_test"] for line in lines if "range_test" in line)["recommendation"]
     variants = [line for line in lines if "variant" in line]
-    assert len(variants) == 7 and picked["max_lr"] > 0 and variants[3]["max_lr"] == picked["max_lr"]
-    assert variants[-1]["flip_mode"] == "alternate"
+    assert len(variants) == 8 and picked["max_lr"] > 0 and variants[3]["max_lr"] == picked["max_lr"]
+    assert variants[6]["flip_mode"] == "alternate" and variants[7]["weight_decay"] == 1.33e-3
     for line in variants:
         assert set(line["test_acc"]) == {"none", "flip", "flip+translate"}
         assert all(0 <= acc <= 1 for acc in line["test_acc"].values()) and len(line["val_acc_by_epoch"]) == 1

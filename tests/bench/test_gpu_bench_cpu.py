@@ -32,6 +32,8 @@ def test_cpu_half_of_the_gpu_benchmark_writes_results_and_plot(tmp_path: Path) -
                    "cifar10-blog"):
         assert 0.0 <= by_what[preset]["accuracy"] <= 1.0 and by_what[preset]["train_s"] > 0
     assert by_what["cifar10-blog"]["extrapolated"] is True
+    assert by_what["cifar10-fast at airbench's LR and decay"]["weight_decay"] == 1.33e-3
+    assert by_what["cifar10-fast at airbench's LR and decay"]["max_lr"] == 0.2
     assert by_what["cifar10-fast 2 epochs"]["epochs"] == 2
     assert by_what["cifar10-fast 2 epochs"]["max_lr"] == by_what["cifar10-fast"]["max_lr"]
     assert by_what["range_test"]["recommendation"]["max_lr"] > 0
