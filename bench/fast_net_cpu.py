@@ -36,7 +36,7 @@ from clrcore.specs import RangeTestSpec, TrainSpec
 from clrcore.trainer import config_from_spec, steps_per_epoch, train
 
 SETUP = {"train_images": 10_000, "test_images": 5_000, "batch_size": 256, "epochs": 6, "max_lr": 0.375,
-         "sweep_iter": 100}
+         "sweep_iter": 100, "seed": 0}  # seed: the runs' (initialisation, order, augmentation), not the subsets'
 
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("learned 3x3 stem (before)", {"stem": "learned", "bn_bias_lr_scale": 1.0, "max_lr": SETUP["max_lr"]}),
@@ -59,7 +59,7 @@ def spec_for(archive: Path, **extra: Any) -> TrainSpec:
     return TrainSpec.model_validate({
         "preset": "cifar10-fast", "dataset_path": archive.name, "device": "cpu", "compile": False,
         "batch_size": SETUP["batch_size"], "epochs": SETUP["epochs"], "train_subset": SETUP["train_images"],
-        "max_lr": SETUP["max_lr"], "tta_flip": False, **extra})
+        "max_lr": SETUP["max_lr"], "tta_flip": False, "seed": SETUP["seed"], **extra})
 
 
 def learned_stem(model: nn.Sequential) -> None:

@@ -57,7 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Compiled on CUDA, the compiled net kept warm for the next job in the same worker process.
     # Not carried over from airbench: fp16 weights and freezing the stem's bias after 3 epochs. Its
     # lookahead (optimizer.lookahead) and alternating flips (augment.flip_mode "alternate") are options,
-    # off here: neither gained on the CPU subset runs (docs/benchmarks.md); the GPU benchmark ablates both.
+    # off here: neither showed a gain on the CPU subset runs (docs/benchmarks.md); the GPU benchmark ablates both.
     "cifar10-fast": {
         "dataset": "cifar10", "model": "resnet_fast", "batch_size": 1024, "epochs": 10,
         "policy": "one_cycle", "max_lr": "auto", "pct_start": 0.23, "anneal": "linear",

@@ -37,11 +37,11 @@ def test_fast_net_cpu_prints_a_line_per_variant_and_the_range_test(tmp_path: Pat
     archive = tiny_cifar_archive(tmp_path / "cifar10-jpg.tar.gz")
     done = subprocess.run(
         [sys.executable, "bench/fast_net_cpu.py", "--data", str(archive), "--train-images", "40",
-         "--test-images", "10", "--batch-size", "8", "--epochs", "1", "--sweep-iter", "20"],
+         "--test-images", "10", "--batch-size", "8", "--epochs", "1", "--sweep-iter", "20", "--seed", "3"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.splitlines()]
-    assert lines[0]["setup"]["train_images"] == 40
+    assert lines[0]["setup"]["train_images"] == 40 and lines[0]["setup"]["seed"] == 3
     picked = next(line["range_test"] for line in lines if "range_test" in line)["recommendation"]
     variants = [line for line in lines if "variant" in line]
     assert len(variants) == 8 and picked["max_lr"] > 0 and variants[3]["max_lr"] == picked["max_lr"]
