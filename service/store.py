@@ -164,6 +164,11 @@ def _decode_cursor(cursor: str) -> int:
         raise InvalidCursor("invalid cursor") from exc
 
 
+def xread_options(block_ms: int, count: int) -> dict[str, int]:
+    """XREAD's count, and its block time when asked to wait (capped at MAX_BLOCK_MS)."""
+    return {"count": count, "block": min(block_ms, MAX_BLOCK_MS)} if block_ms > 0 else {"count": count}
+
+
 def parse_event_reply(reply: list | None) -> list[tuple[str, str, dict]]:
     """An XREAD reply on one event stream as (id, event, data) tuples."""
     if not reply:
@@ -473,10 +478,8 @@ class JobStore:
 
         With block_ms > 0 waits up to that long (capped at 5 s) for the first new event.
         """
-        kwargs: dict[str, Any] = {"count": count}
-        if block_ms > 0:
-            kwargs["block"] = min(block_ms, MAX_BLOCK_MS)
-        return parse_event_reply(self.redis.xread({self.events_key(job_id): after}, **kwargs))
+        reply = self.redis.xread({self.events_key(job_id): after}, **xread_options(block_ms, count))
+        return parse_event_reply(reply)
 
     # -- idempotency keys (IETF draft "The Idempotency-Key HTTP Header Field") ------------------------
 

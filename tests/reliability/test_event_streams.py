@@ -117,6 +117,36 @@ def test_waiting_streams_cost_no_threads_and_a_client_leaving_frees_its_connecti
     wait_for(lambda: blocked_reads(store.redis) == 0, 5, "finished streams still reading")
 
 
+def test_sse_max_streams_bounds_the_reads_at_once_and_the_rest_wait_their_turn(
+    settings: Settings, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    ours = settings.model_copy(update={"redis_url": own_redis.url})
+    api, store = ApiServer(ours, tmp_path / "api.log", CLR_SSE_MAX_STREAMS="2"), JobStore.from_settings(ours)
+    api.start()
+    try:
+        job_id = store.create("range_test", SPEC, "local", queue="parked")["id"]
+        followers = [Follower(f"{api.url}/v1/jobs/{job_id}/events") for _ in range(4)]
+        for follower in followers:
+            follower.start()
+        most = 0
+        deadline = time.monotonic() + 6  # three 2 s read cycles: every stream gets a turn
+        while time.monotonic() < deadline:
+            most = max(most, blocked_reads(store.redis))
+            time.sleep(0.02)
+        assert most == 2  # the pool's two connections were in use, never more
+        assert all(f.connected.is_set() and f.error is None for f in followers)  # the others waited, then read
+
+        mark_running(store, job_id)
+        store.transition(job_id, JobState.SUCCEEDED, result={"accuracy": 0.5})
+        for follower in followers:
+            follower.join(15)
+            assert not follower.is_alive() and follower.error is None, follower.error
+            assert follower.events[-1][2]["state"] == "succeeded"
+    finally:
+        api.stop()
+        store.redis.close()
+
+
 def test_redis_outage_mid_stream_ends_it_with_an_error_event_and_resume_loses_nothing(
     stack, own_redis: RedisServer
 ) -> None:
