@@ -37,7 +37,8 @@ def owner() -> str:
 
 
 def job_in(store: JobStore, state: JobState, kind: str = "train", who: str | None = None) -> str:
-    job_id = store.create(kind, {"epochs": 1}, who or owner())["id"]
+    # parked: a session worker's sweeper re-sends a running job whose lease lapsed to the job's queue
+    job_id = store.create(kind, {"epochs": 1}, who or owner(), queue="parked")["id"]
     for step in PATHS[state]:
         store.transition(job_id, step)
     return job_id
