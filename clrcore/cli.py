@@ -60,7 +60,7 @@ def add_spec_flags(parser: argparse.ArgumentParser, model: type[BaseModel], pref
         parser.add_argument(flag, dest=f"{prefix}{name}", default=argparse.SUPPRESS,
                             nargs="?" if boolean else None, const="true" if boolean else None,
                             metavar="BOOL" if boolean else "VALUE",
-                            help=f"{field.description or ''} (default: {default})".strip())
+                            help=f"{field.description or ''} (default: {default})".strip().replace("%", "%%"))
 
 
 def spec_from_args(args: argparse.Namespace, model: type[BaseModel]) -> Any:

@@ -78,3 +78,15 @@ def test_lists_are_json(what: str, expected: str, capsys: pytest.CaptureFixture)
     assert main([what]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert expected in listed and len(listed) >= 3
+
+
+@pytest.mark.parametrize("command", ["train", "range-test"])
+def test_help_lists_every_flag(command: str, capsys: pytest.CaptureFixture) -> None:
+    # argparse %-formats help text: a description with "30 %" in it once crashed `clr train --help`
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "--batch-size" in text and "--optimizer-momentum" in text and "--data-dir" in text
+    if command == "train":
+        assert "from 30 % of the run on" in " ".join(text.split())
