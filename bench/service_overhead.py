@@ -8,6 +8,13 @@ trainer's own train time) on both paths, and what the service adds: POST to repo
 job's own run time, as a share of that run time. Loopback only.
 
     .venv/bin/python bench/service_overhead.py --epochs 20 --repeats 5
+
+With `--preset` it times that preset instead of the digits job, on the GPU worker queue when the device
+is CUDA (issue 4's row "POST to report ready within train time + 3 s"); every repeat gets its own line,
+so the worker's first job (torch.compile at work) and the warm ones after it show apart:
+
+    python bench/service_overhead.py --preset cifar10-fast --data-dir .data \
+        --dataset-path cifar10-jpg.tar.gz --max-lr 2.2 --device cuda --repeats 2 --no-direct
 """
 
 from __future__ import annotations
@@ -44,22 +51,39 @@ def _spec(epochs: int) -> dict:
             "augment": {"translate": 1, "flip": False}, "device": "cpu"}
 
 
+def _preset_spec(args: argparse.Namespace, epochs: int | None = None) -> dict:
+    spec: dict = {"preset": args.preset, "device": args.device}
+    for name in ("dataset_path", "max_lr"):
+        if getattr(args, name) is not None:
+            spec[name] = getattr(args, name)
+    if epochs is not None:
+        spec["epochs"] = epochs
+    return spec
+
+
+def _flags(spec: dict, prefix: str = "") -> list[str]:
+    """A spec as `clr train` flags: nested fields joined with dashes, booleans spelled out."""
+    flags: list[str] = []
+    for name, value in spec.items():
+        flag = f"{prefix}{name}".replace("_", "-")
+        if isinstance(value, dict):
+            flags += _flags(value, f"{prefix}{name}-")
+        else:
+            flags += [f"--{flag}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
+
+
 def _ts(value: str | float | None) -> float:
     if isinstance(value, int | float):
         return float(value)
     return datetime.fromisoformat(str(value)).timestamp()
 
 
-def direct(spec: dict, work: Path) -> dict:
+def direct(spec: dict, work: Path, data_dir: Path) -> dict:
     """The same job through `clr train` in its own process, as a user would run it."""
     out = work / f"direct-{secrets.token_hex(3)}"
-    flags = ["--dataset", spec["dataset"], "--model", spec["model"], "--batch-size", str(spec["batch_size"]),
-             "--epochs", str(spec["epochs"]), "--policy", spec["policy"], "--base-lr", str(spec["base_lr"]),
-             "--max-lr", str(spec["max_lr"]), "--step-size", str(spec["step_size"]),
-             "--augment-translate", str(spec["augment"]["translate"]), "--augment-flip", "false",
-             "--device", spec["device"]]
     subprocess.run([sys.executable, "-m", "clrcore.cli", "train", "--quiet", "--out", str(out),
-                    "--data-dir", str(work / "data"), *flags], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+                    "--data-dir", str(data_dir), *_flags(spec)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((out / "summary.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
     return {"wall_s": summary["seconds"], "train_s": summary["timings"]["train_s"]}
@@ -78,27 +102,41 @@ def through_service(client: httpx.Client, spec: dict) -> dict:
         raise SystemExit(f"service job {job['state']}: {job.get('error')}")
     client.get(f"/v1/jobs/{job['id']}/report").raise_for_status()
     wall = time.perf_counter() - posted
-    return {"wall_s": wall, "train_s": job["result"]["timings"]["train_s"], "job_s": job["result"]["seconds"],
-            "queue_s": _ts(job["started_at"]) - _ts(job["created_at"])}
+    result = job["result"]
+    return {"wall_s": wall, "train_s": result["timings"]["train_s"], "job_s": result["seconds"],
+            "compile_s": result["timings"].get("compile_s", 0.0), "eval_s": result["timings"].get("eval_s", 0.0),
+            "accuracy": result["accuracy"], "queue_s": _ts(job["started_at"]) - _ts(job["created_at"])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=None, help="default 20 for the digits job, the preset's own")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--preset", default=None, help="time this preset instead of the digits job")
+    parser.add_argument("--dataset-path", default=None, help="with --preset: the archive, inside --data-dir")
+    parser.add_argument("--max-lr", type=float, default=None, help="with --preset: fixed, so no range test runs")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda jobs go to the gpu queue)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="datasets (default: a scratch folder)")
+    parser.add_argument("--no-direct", action="store_true", help="skip the `clr train` runs (service path only)")
     args = parser.parse_args()
+    if args.preset:
+        spec, warmup = _preset_spec(args, args.epochs), _preset_spec(args, 1)
+    else:
+        spec, warmup = _spec(args.epochs or 20), _spec(1)
+    queue = "gpu" if args.device.startswith("cuda") else "cpu"
     work = Path(tempfile.mkdtemp(prefix="clr-overhead-"))
+    data_dir = (args.data_dir or work / "data").resolve()
     port = _free_port()
     env = {**os.environ, "CLR_OPEN_MODE": "true", "CLR_KEY_PREFIX": f"bench-{secrets.token_hex(4)}",
-           "CLR_ARTIFACT_DIR": str(work / "artifacts"), "CLR_DATA_DIR": str(work / "data"),
-           "CLR_QUEUE": "cpu", "CLR_DEFAULT_QUEUE": "cpu", "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+           "CLR_ARTIFACT_DIR": str(work / "artifacts"), "CLR_DATA_DIR": str(data_dir),
+           "CLR_QUEUE": queue, "CLR_DEFAULT_QUEUE": queue, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
     procs = [
         subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port),
                           "--log-level", "warning"], cwd=ROOT, env=env),
         subprocess.Popen([sys.executable, "-m", "worker", "--loglevel", "WARNING"], cwd=ROOT, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
-    spec = _spec(args.epochs)
+    rows: dict[str, list[dict]] = {"direct": [], "service": []}
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             deadline = time.monotonic() + 120
@@ -111,35 +149,49 @@ def main() -> None:
                 time.sleep(0.5)
             else:
                 raise SystemExit("API/worker not ready in 120 s")
-            through_service(client, _spec(1))  # warm both paths: imports, dataset, allocator
-            direct(_spec(1), work)
-            rows: dict[str, list[dict]] = {"direct": [], "service": []}
-            for _ in range(args.repeats):
-                rows["direct"].append(direct(spec, work))
+            if not args.preset:  # warm both paths: imports, dataset, allocator
+                through_service(client, warmup)
+                direct(warmup, work, data_dir)
+            for repeat in range(args.repeats):
+                if not args.no_direct:
+                    rows["direct"].append(direct(spec, work, data_dir))
                 rows["service"].append(through_service(client, spec))
+                if args.preset:
+                    print(json.dumps({"what": f"{args.preset} through the service", "repeat": repeat,
+                                      "worker": "cold (first job)" if repeat == 0 else "warm",
+                                      **{k: round(v, 3) for k, v in rows["service"][-1].items()},
+                                      "post_to_report_minus_train_s": round(
+                                          rows["service"][-1]["wall_s"] - rows["service"][-1]["train_s"], 3),
+                                      "goal_s": 3.0}), flush=True)
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
+    if args.preset:
+        return
     from clrcore.datasets import load_digits_dataset
 
-    images = len(load_digits_dataset().train) // 64 * 64 * args.epochs
+    images = len(load_digits_dataset().train) // 64 * 64 * spec["epochs"]
     for path, runs in rows.items():
+        if not runs:
+            continue
         best = min(runs, key=lambda r: r["wall_s"])
-        print(json.dumps({"what": f"train via {path}", "epochs": args.epochs, "wall_s": round(best["wall_s"], 3),
+        print(json.dumps({"what": f"train via {path}", "epochs": spec["epochs"], "wall_s": round(best["wall_s"], 3),
                           "train_images_per_s": round(images / best["train_s"], 1)}))
-    queue = [r["queue_s"] for r in rows["service"]]
-    print(json.dumps({"what": "POST to worker start", "median_ms": round(1000 * statistics.median(queue), 1),
-                      "max_ms": round(1000 * max(queue), 1)}))
+    queued = [r["queue_s"] for r in rows["service"]]
+    print(json.dumps({"what": "POST to worker start", "median_ms": round(1000 * statistics.median(queued), 1),
+                      "max_ms": round(1000 * max(queued), 1)}))
     svc = rows["service"]
     extra = [(r["wall_s"] - r["job_s"]) / r["job_s"] for r in svc]
-    ratio = statistics.median(r["train_s"] for r in rows["direct"]) / statistics.median(r["train_s"] for r in svc)
-    print(json.dumps({"what": "service overhead", "job_s": round(statistics.median(r["job_s"] for r in svc), 3),
-                      "post_to_report_s": round(statistics.median(r["wall_s"] for r in svc), 3),
-                      "overhead_pct_of_job_time": round(100 * statistics.median(extra), 2), "goal_pct": 3.0,
-                      "train_throughput_service_over_clr": round(ratio, 3)}))
+    line = {"what": "service overhead", "job_s": round(statistics.median(r["job_s"] for r in svc), 3),
+            "post_to_report_s": round(statistics.median(r["wall_s"] for r in svc), 3),
+            "overhead_pct_of_job_time": round(100 * statistics.median(extra), 2), "goal_pct": 3.0}
+    if rows["direct"]:
+        line["train_throughput_service_over_clr"] = round(
+            statistics.median(r["train_s"] for r in rows["direct"]) / statistics.median(r["train_s"] for r in svc), 3)
+    print(json.dumps(line))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""bench/on_device.sh's service item on the CPU: the shell glue the GPU run depends on, with the digits
+preset instead of cifar10-fast (its own Redis, API and worker; one epoch, twice).
+
+The GPU half (gpu_bench.py) has its own CPU test; this covers the rest of the script: starting and
+stopping a private Redis, reading the max LR, the preset mode of bench/service_overhead.py and
+service.jsonl. Nothing about time is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs a redis-server binary on PATH")
+def test_service_item_runs_a_preset_through_api_and_worker(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "OUT": str(tmp_path), "KIT": str(tmp_path / "no-kit"), "PYTHON": sys.executable,
+           "SERVICE_PRESET": "digits-demo", "SERVICE_DEVICE": "cpu", "SERVICE_DATASET_PATH": "",
+           "SERVICE_MAX_LR": "0.1", "SERVICE_EPOCHS": "1", "REDIS_PORT": str(port)}
+    done = subprocess.run(["bash", "bench/on_device.sh", "service"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+
+    lines = [json.loads(line) for line in (tmp_path / "service.jsonl").read_text().splitlines()]
+    assert [line["worker"] for line in lines] == ["cold (first job)", "warm"]
+    for line in lines:
+        assert line["what"] == "digits-demo through the service"
+        assert 0.0 <= line["accuracy"] <= 1.0
+        assert line["wall_s"] >= line["job_s"] >= line["train_s"] > 0
+        assert line["post_to_report_minus_train_s"] == pytest.approx(line["wall_s"] - line["train_s"], abs=2e-3)
+    assert (tmp_path / "machine.txt").read_text().strip()
+    with pytest.raises(OSError):  # the private Redis was stopped
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
