@@ -25,7 +25,7 @@ class RateLimiter:
         key = f"{self._prefix}:{owner}:{window}"
         pipe = self._redis.pipeline(transaction=False)
         pipe.incr(key)
-        pipe.expire(key, WINDOW_SECONDS + 1, nx=True)
+        pipe.expireat(key, (window + 1) * WINDOW_SECONDS + 1)  # the window's end; EXPIRE NX needs Redis 7
         count, _ = pipe.execute()
         if count <= self.per_minute:
             return None

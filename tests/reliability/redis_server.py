@@ -27,9 +27,10 @@ def free_port() -> int:
 class RedisServer:
     """`start()`, `stop()` (SHUTDOWN, as a restart does: the AOF is flushed) and `restart()` on one port."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        if shutil.which("redis-server") is None:
-            raise RuntimeError("redis-server is not installed")
+    def __init__(self, data_dir: Path, port: int | None = None, binary: str = "redis-server") -> None:
+        if shutil.which(binary) is None:
+            raise RuntimeError(f"{binary} is not installed")
+        self.binary = binary
         self.data_dir = data_dir
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -37,7 +38,7 @@ class RedisServer:
         data_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
                    "--appendfsync", "everysec", "--save", "", "--dir", str(self.data_dir),
                    "--maxmemory-policy", "noeviction", "--daemonize", "no"]
         self.proc = subprocess.Popen(command, stdout=(self.data_dir / "redis.log").open("ab"),
