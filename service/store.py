@@ -86,6 +86,16 @@ class InvalidTransition(Exception):
         self.job_id, self.current, self.wanted = job_id, current, wanted
 
 
+class JobNotFinished(InvalidTransition):
+    """Delete asked of a job that is queued or running, or whose worker has not let go yet (API: 409)."""
+
+    def __init__(self, job_id: str, current: str, leased: bool) -> None:
+        Exception.__init__(self, f"job {job_id} is {current}" + (
+            " and its worker is still finishing; retry in a few seconds" if leased
+            else "; cancel it and wait for it to end before deleting it"))
+        self.job_id, self.current, self.wanted = job_id, current, "deleted"
+
+
 class JobNotFound(KeyError):
     """No job with that id (API: 404)."""
 
@@ -199,6 +209,7 @@ class JobStore:
         self._idem_begin = redis.register_script(scripts.IDEM_BEGIN_LUA)
         self._idem_finish = redis.register_script(scripts.IDEM_FINISH_LUA)
         self._idem_abort = redis.register_script(scripts.IDEM_ABORT_LUA)
+        self._delete = redis.register_script(scripts.DELETE_LUA)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
@@ -405,6 +416,19 @@ class JobStore:
         if status != "ok":
             raise InvalidTransition(job_id, current, JobState.CANCELLED.value)
         return self._require(job_id)
+
+    @unavailable_on_redis_errors
+    def delete(self, job: dict) -> None:
+        """Remove a finished job's record, event log and index entries, atomically (its files are the
+        caller's). Raises JobNotFound, or JobNotFinished while it is queued, running or still leased."""
+        job_id = job["id"]
+        keys = [self.job_key(job_id), self.events_key(job_id), self._lease_key(job_id),
+                self._owner_key(job["owner"]), self._owner_key(job["owner"], job["kind"]), *self._state_keys()]
+        status, current = self._delete(keys=keys, args=[job_id, json.dumps([s.value for s in FINAL_STATES])])
+        if status == "missing":
+            raise JobNotFound(job_id)
+        if status != "ok":
+            raise JobNotFinished(job_id, current, leased=status == "leased")
 
     @unavailable_on_redis_errors
     def cancel_requested(self, job_id: str) -> bool:

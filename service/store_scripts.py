@@ -119,3 +119,20 @@ local h = redis.call('HMGET', KEYS[1], 'body_hash', 'status')
 if h[1] == ARGV[1] and h[2] == 'in_flight' then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# KEYS: job, events, lease, owner index, owner-kind index, then every state set. ARGV: job id, final
+# states JSON. Deletes only a finished job whose worker has let go (released its lease): nothing that
+# may still write to it.
+DELETE_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'missing', ''} end
+local finished = false
+for _, s in ipairs(cjson.decode(ARGV[2])) do if s == state then finished = true end end
+if not finished then return {'active', state} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'leased', state} end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+for i = 6, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
+return {'ok', state}
+"""

@@ -7,7 +7,9 @@ anything else. A file that does not exist yet is a 404.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,6 +21,7 @@ from service.deps import OwnedJob, SettingsDep
 from service.store import FINAL_STATES
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
+logger = logging.getLogger(__name__)
 
 PLOTS: dict[str, str] = {
     name: f"{name}.png"
@@ -49,6 +52,16 @@ def run_file(settings: Settings, job_id: str, relative: str) -> Path | None:
     if not path.is_relative_to(root) or not path.is_file():
         return None
     return path
+
+
+def remove_run_folder(settings: Settings, job_id: str) -> None:
+    """Delete the job's run folder; what cannot be removed is logged and left (the record is gone)."""
+    root = Path(settings.artifact_dir) / job_id
+    if root.is_symlink() or not root.is_dir():
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    if root.exists():
+        logger.warning("job %s: run folder %s could not be removed completely", job_id, root)
 
 
 def _present(record: dict, settings: Settings) -> set[str]:

@@ -22,7 +22,7 @@ from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
 from service.errors import field_error, unavailable
 from service.event_reader import EventReader
 from service.queue import queue_for
-from service.routes.artifacts import job_links
+from service.routes.artifacts import job_links, remove_run_folder
 from service.routes.datasets import upload_errors
 from service.store import FINAL_STATES, InvalidCursor, JobState, JobStore, StoreUnavailable, body_hash
 
@@ -305,6 +305,22 @@ def cancel_job(job: OwnedJob, store: StoreDep, settings: SettingsDep) -> dict:
     record = store.request_cancel(job["id"])
     logger.info("job %s: cancel requested (now %s)", job["id"], record["state"])
     return job_out(record, settings)
+
+
+@router.delete("/jobs/{job_id}", status_code=204, response_class=Response,
+               responses={404: {"description": "no such job for this key"},
+                          409: {"description": "the job is queued or running (cancel it first), or its "
+                                             "worker is still finishing"}})
+def delete_job(job: OwnedJob, store: StoreDep, settings: SettingsDep) -> Response:
+    """Remove a finished job for good: its record, events and run folder (model, checkpoints, plots, report).
+
+    Record first, atomically and only once the job is final and its worker has let go; then the files.
+    A Redis outage answers 503 with nothing removed; a folder that cannot be removed is logged and left.
+    """
+    store.delete(job)
+    remove_run_folder(settings, job["id"])
+    logger.info("job %s: deleted (was %s)", job["id"], job["state"])
+    return Response(status_code=204)
 
 
 # ------------------------------------------------------------------------------------------ events

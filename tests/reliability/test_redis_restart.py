@@ -63,6 +63,7 @@ def test_redis_restart_mid_job_is_503_meanwhile_and_loses_nothing(
                 "list": api.get("/v1/jobs"),
                 "submit": api.post("/v1/jobs/range-test", json=QUICK),
                 "cancel": api.post(f"/v1/jobs/{parked[1]}/cancel"),
+                "delete": api.delete(f"/v1/jobs/{parked[0]}"),  # cancelled, so deletable: kept all the same
                 "events": api.get(f"/v1/jobs/{running}/events"),
                 "readyz": api.get("/readyz"),
             }

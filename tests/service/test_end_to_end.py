@@ -59,6 +59,11 @@ def test_auto_train_job_succeeds_with_report_plots_and_events(client: TestClient
     assert {"history.json", "model.pt", "spec.json", "range_test.json"} <= set(job["links"]["artifacts"])
     assert client.get(f"/v1/jobs/{job_id}/artifacts/model.pt", headers=ALICE).content[:2] == b"PK"
 
+    deleted = client.delete(f"/v1/jobs/{job_id}", headers=ALICE)  # the worker has let go: it may go
+    assert deleted.status_code == 204, deleted.text
+    assert client.get(f"/v1/jobs/{job_id}", headers=ALICE).status_code == 404
+    assert client.get(f"/v1/jobs/{job_id}/artifacts/model.pt", headers=ALICE).status_code == 404
+
 
 def test_cancel_running_job_stops_it(client: TestClient, worker: WorkerProcess) -> None:
     long_job = {"dataset": "digits", "model": "tiny_cnn", "epochs": 200, "base_lr": 0.001, "max_lr": 0.05,
