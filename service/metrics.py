@@ -39,7 +39,7 @@ class _StoreCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        jobs = GaugeMetricFamily("clr_jobs", "jobs in each state", labels=["state"])
+        jobs = GaugeMetricFamily("clr_jobs", "stored jobs in each state (deleted ones leave)", labels=["state"])
         for state, count in counts.items():
             jobs.add_metric([state], count)
         yield jobs
