@@ -81,3 +81,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "range_test": {"start_lr": 1e-4, "end_lr": 10.0, "num_iter": 200},
     },
 }
+
+# One line each for listings (`GET /v1/presets`); the comments above give the reasons.
+DESCRIPTIONS: dict[str, str] = {
+    "digits-demo": "the embedded default: scikit-learn's digits and a tiny CNN on the CPU in seconds, "
+                   "bounds from the range test",
+    "cifar10-blog": "the blog's CIFAR-10 recipe as published: MiniGoogLeNet, triangular 1e-7..1e-2, "
+                    "step 8 epochs, 96 epochs, batch 64, fp32",
+    "fashion_mnist-blog": "the blog's Fashion-MNIST recipe: range test 1e-10..1e+1, then triangular "
+                          "1e-5..1e-2, step 8 epochs, 48 epochs, batch 64",
+    "cifar10-fast": "airbench94's mechanics on the fast residual net: 10 epochs of one triangle at batch "
+                    "1024, peak from the range test, label smoothing, six-view TTA, bf16 and compiled on CUDA",
+    "cifar10-minigooglenet-fast": "MiniGoogLeNet with the fast mechanics (24 epochs, batch 512, one cycle, "
+                                  "peak from the range test), to compare like for like with the blog",
+}

@@ -1,14 +1,17 @@
-"""What can be trained: models from the torch-free catalog, and the dataset entry shape.
+"""What can be trained: models from the torch-free catalog, the named presets, and the dataset entry shape.
 
 `GET /v1/datasets` lives in `service/routes/datasets.py`, which merges the catalog with the caller's uploads.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from clrcore import catalog
+from clrcore.presets import DESCRIPTIONS, PRESETS
 from service.deps import Owner
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -33,6 +36,23 @@ class ModelOut(BaseModel):
 
 class ModelList(BaseModel):
     items: list[ModelOut]
+
+
+class PresetOut(BaseModel):
+    name: str
+    description: str
+    fields: dict[str, Any] = Field(description="the spec fields it sets; a request's own fields win")
+
+
+class PresetList(BaseModel):
+    items: list[PresetOut]
+
+
+@router.get("/presets", response_model=PresetList)
+def list_presets(owner: Owner) -> dict:
+    """Named recipes a training spec may start from (`"preset": name`)."""
+    return {"items": [{"name": name, "description": DESCRIPTIONS[name], "fields": fields}
+                      for name, fields in sorted(PRESETS.items())]}
 
 
 @router.get("/models", response_model=ModelList)

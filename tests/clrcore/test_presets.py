@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from clrcore import datasets
-from clrcore.presets import PRESETS
+from clrcore.presets import DESCRIPTIONS, PRESETS
 from clrcore.runs import run_job
 from clrcore.specs import TrainSpec
 
@@ -50,3 +50,8 @@ def test_request_fields_override_a_preset_field_by_field() -> None:
     spec = TrainSpec(preset="cifar10-blog", optimizer={"momentum": 0.95}, epochs=3)
     assert spec.optimizer.momentum == 0.95 and spec.optimizer.name == "sgd"  # the rest of the preset stays
     assert spec.epochs == 3 and spec.max_lr == PRESETS["cifar10-blog"]["max_lr"]
+
+
+def test_every_preset_has_a_one_line_description() -> None:
+    assert set(DESCRIPTIONS) == set(PRESETS)
+    assert all(text and "\n" not in text for text in DESCRIPTIONS.values())
