@@ -139,6 +139,10 @@ def test_cors_opens_for_configured_origins_only(api_settings: Settings) -> None:
         allowed = cors_client.options("/v1/jobs", headers={"Origin": "https://ui.example",
                                                            "Access-Control-Request-Method": "GET"})
         assert allowed.headers["access-control-allow-origin"] == "https://ui.example"
+        for method in ("POST", "DELETE"):  # a browser UI may also submit, cancel and delete
+            preflight = cors_client.options("/v1/jobs/job_0123456789abcdef", headers={
+                "Origin": "https://ui.example", "Access-Control-Request-Method": method})
+            assert preflight.status_code == 200 and method in preflight.headers["access-control-allow-methods"]
         other = cors_client.get("/v1/models", headers={**ALICE, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
 
