@@ -6,9 +6,11 @@ Starts uvicorn (one process, loopback) on the real app plus two bare routes (`/b
 `/bare-sync` threadpool, each returning a constant dict), creates one job in Redis under a fresh key
 prefix, then runs `--clients` httpx clients in a closed loop against each target for `--seconds` in
 all (in `--rounds` turns, so load drift hits every target alike) and prints one JSON line per target:
-p50/p90/p99/mean in milliseconds, requests per second, errors. The keys it made are removed at the
-end. Client and server share this machine's cores, so absolute figures include the client's own
-cost; compare the lines with each other.
+p50/p90/p99/mean in milliseconds, requests per second, errors, the mean time inside the server (its own
+histogram) and the server process's CPU time per request (/proc; the clients' own CPU is not in it,
+and unlike the times it does not grow with queueing). The keys it made are removed at the end.
+Client and server share this machine's cores, so absolute figures include the client's own cost;
+compare the lines with each other.
 """
 
 from __future__ import annotations
@@ -59,18 +61,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def _closed_loop(url: str, headers: dict, clients: int, seconds: float, warmup: float) -> tuple[list, int]:
-    """`clients` tasks each sending one request after another; (latencies after the warm-up, errors)."""
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _closed_loop(url: str, headers: dict, clients: int, seconds: float, warmup: float) -> tuple[list, int, int]:
+    """`clients` tasks each sending one request after another; (latencies after the warm-up, errors,
+    requests sent in all, warm-up included)."""
     latencies: list[float] = []
-    errors = 0
+    errors = sent = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=30) as http:
         start = time.perf_counter()
         measure_from, stop_at = start + warmup, start + warmup + seconds
 
         async def one_client() -> None:
-            nonlocal errors
+            nonlocal errors, sent
             while (now := time.perf_counter()) < stop_at:
+                sent += 1
                 try:
                     response = await http.get(url)
                     ok = response.status_code == 200
@@ -82,7 +92,7 @@ async def _closed_loop(url: str, headers: dict, clients: int, seconds: float, wa
                     errors += not ok
 
         await asyncio.gather(*(one_client() for _ in range(clients)))
-    return latencies, errors
+    return latencies, errors, sent
 
 
 def _summary(latencies: list[float], errors: int, seconds: float) -> dict:
@@ -156,17 +166,24 @@ def main() -> None:
         targets = {"bare_async": "/bare", "bare_sync": "/bare-sync", "job_status": f"/v1/jobs/{job['id']}"}
         # Targets take turns in short rounds, so a change in the machine's load hits all of them alike.
         samples: dict[str, tuple[list[float], int]] = {name: ([], 0) for name in targets}
+        cpu = {name: [0.0, 0] for name in targets}  # server CPU seconds, requests (warm-up included)
         slice_s = args.seconds / args.rounds
         for _ in range(args.rounds):
             for name, path in targets.items():
-                got, errors = asyncio.run(_closed_loop(base + path, headers, args.clients, slice_s, args.warmup))
+                before = _cpu_seconds(server.pid)
+                got, errors, sent = asyncio.run(
+                    _closed_loop(base + path, headers, args.clients, slice_s, args.warmup))
+                cpu[name][0] += _cpu_seconds(server.pid) - before
+                cpu[name][1] += sent
                 samples[name] = (samples[name][0] + got, samples[name][1] + errors)
         server_ms = _server_means(httpx.get(f"{base}/metrics").text)
         for name, path in targets.items():
             route = path.replace(job["id"], "{job_id}")
             print(json.dumps({"target": name, "path": path.replace(job["id"], "{id}"), "clients": args.clients,
                               "seconds": args.seconds, **_summary(*samples[name], args.seconds),
-                              "server_mean_ms": server_ms.get(route)}), flush=True)
+                              "server_mean_ms": server_ms.get(route),
+                              "server_cpu_ms_per_request": round(1000 * cpu[name][0] / max(cpu[name][1], 1), 3)}),
+                  flush=True)
     finally:
         server.terminate()
         server.wait(timeout=10)
