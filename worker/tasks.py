@@ -167,7 +167,7 @@ def execute(job_id: str) -> str:
     db = store()
     record = _patiently(db.get, job_id)
     if record is None:
-        log.error("job %s: no such job record (other deployment or prefix?)", job_id)
+        log.warning("job %s: no such job record (deleted after it ended, or another deployment's prefix)", job_id)
         return "missing"
     if record["state"] in FINAL:
         return "final"

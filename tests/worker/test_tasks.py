@@ -114,6 +114,20 @@ def test_cancelled_queued_job_never_starts(
     assert not (Path(settings.artifact_dir) / job_id).exists()
 
 
+def test_message_of_a_deleted_job_is_dropped_without_a_trace(
+    store: JobStore, workers: WorkerRegistry, celery_sender, worker, settings: Settings
+) -> None:
+    # cancelled while queued, then deleted: its message is still in the queue when the worker gets to it
+    job_id = submit(store, celery_sender, train_spec(), send=False)
+    record = store.request_cancel(job_id)
+    store.delete(record)
+    celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
+    drain(workers, celery_sender)
+    assert store.get(job_id) is None
+    assert not store.redis.exists(store.job_key(job_id), store.events_key(job_id))
+    assert not (Path(settings.artifact_dir) / job_id).exists()
+
+
 def test_cancel_of_running_job_stops_it_within_seconds_keeping_its_checkpoint(
     store: JobStore, celery_sender, worker
 ) -> None:
