@@ -20,7 +20,7 @@ from PIL import Image
 from service.config import Settings
 from service.main import create_app
 from tests.service.conftest import ALICE, BOB, RANGE_TEST, WRONG
-from tests.service.test_auth import BODIES, JOB_ENDPOINTS, OTHER_ENDPOINTS
+from tests.service.test_auth import BODIES, JOB_ENDPOINTS, OTHER_ENDPOINTS, REMOVING_JOB_ENDPOINTS
 
 DATASET_ENDPOINTS = [
     ("GET", "/v1/datasets/{dataset_id}"),
@@ -69,7 +69,8 @@ def alice_dataset(client: TestClient) -> str | None:
 
 def test_every_v1_route_is_in_an_access_matrix(client: TestClient) -> None:
     concrete = [(m, p.format(id="job_0123456789abcdef", dataset_id="ds_x").split("?")[0])
-                for m, p in JOB_ENDPOINTS + OTHER_ENDPOINTS + DATASET_ENDPOINTS + [("POST", "/v1/datasets")]]
+                for m, p in JOB_ENDPOINTS + OTHER_ENDPOINTS + REMOVING_JOB_ENDPOINTS + DATASET_ENDPOINTS
+                + [("POST", "/v1/datasets")]]
     operations = v1_operations(client)
     assert len(operations) >= len(OTHER_ENDPOINTS)
     uncovered = [f"{method} {path}" for method, path in operations
@@ -103,7 +104,8 @@ def test_another_tenants_dataset_is_404(client: TestClient, alice_dataset: str |
 def test_no_log_line_anywhere_carries_a_key_and_each_request_line_has_an_id(
     api_settings: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    endpoints = [*JOB_ENDPOINTS, *OTHER_ENDPOINTS, ("GET", "/healthz"), ("GET", "/metrics")]
+    endpoints = [*JOB_ENDPOINTS, *OTHER_ENDPOINTS, ("GET", "/healthz"), ("GET", "/metrics"),
+                 *REMOVING_JOB_ENDPOINTS]  # last: alice's call removes the job
     with caplog.at_level(logging.DEBUG), TestClient(create_app(api_settings)) as client:
         job_id = client.post("/v1/jobs/range-test", json=RANGE_TEST, headers=ALICE).json()["id"]
         client.post(f"/v1/jobs/{job_id}/cancel", headers=ALICE)  # final, so its event stream ends

@@ -31,6 +31,12 @@ OTHER_ENDPOINTS = [
     ("GET", "/v1/jobs"),
     ("GET", "/v1/datasets"),
     ("GET", "/v1/models"),
+    ("GET", "/v1/presets"),
+]
+# Endpoints that remove the job: refused like the others, but never called with the owner's key here
+# (the shared finished job must stay); tests/service/test_delete_job.py covers the owner's side.
+REMOVING_JOB_ENDPOINTS = [
+    ("DELETE", "/v1/jobs/{id}"),
 ]
 BODIES = {"/v1/jobs/range-test": RANGE_TEST, "/v1/jobs/train": TRAIN}
 
@@ -53,7 +59,7 @@ def _call(client: TestClient, method: str, path: str, headers: dict):
     return client.request(method, path, json=body, headers=headers)
 
 
-@pytest.mark.parametrize("method, path", JOB_ENDPOINTS + OTHER_ENDPOINTS)
+@pytest.mark.parametrize("method, path", JOB_ENDPOINTS + OTHER_ENDPOINTS + REMOVING_JOB_ENDPOINTS)
 @pytest.mark.parametrize("who", ["no key", "wrong key", "basic auth", "empty bearer"])
 def test_missing_or_wrong_key_is_401(client: TestClient, finished_job: str, method: str, path: str,
                                      who: str) -> None:
@@ -72,6 +78,13 @@ def test_another_tenants_job_is_404(client: TestClient, finished_job: str, metho
     response = _call(client, method, path.format(id=finished_job), BOB)
     assert response.status_code == 404
     assert response.json() == {"detail": "job not found"}
+
+
+@pytest.mark.parametrize("method, path", REMOVING_JOB_ENDPOINTS)
+def test_another_tenant_cannot_remove_a_job(client: TestClient, finished_job: str, method: str, path: str) -> None:
+    response = _call(client, method, path.format(id=finished_job), BOB)
+    assert response.status_code == 404 and response.json() == {"detail": "job not found"}
+    assert client.get(f"/v1/jobs/{finished_job}", headers=ALICE).json()["state"] == "succeeded"
 
 
 def test_another_tenants_jobs_are_not_listed(client: TestClient, finished_job: str) -> None:
