@@ -81,8 +81,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 class InvalidTransition(Exception):
     """The job is not in a state from which the requested state can be reached (API: 409)."""
 
-    def __init__(self, job_id: str, current: str, wanted: str) -> None:
-        super().__init__(f"job {job_id} is {current}; cannot become {wanted}")
+    def __init__(self, job_id: str, current: str, wanted: str, message: str | None = None) -> None:
+        super().__init__(message or f"job {job_id} is {current}; cannot become {wanted}")
         self.job_id, self.current, self.wanted = job_id, current, wanted
 
 
@@ -90,10 +90,9 @@ class JobNotFinished(InvalidTransition):
     """Delete asked of a job that is queued or running, or whose worker has not let go yet (API: 409)."""
 
     def __init__(self, job_id: str, current: str, leased: bool) -> None:
-        Exception.__init__(self, f"job {job_id} is {current}" + (
-            " and its worker is still finishing; retry in a few seconds" if leased
-            else "; cancel it and wait for it to end before deleting it"))
-        self.job_id, self.current, self.wanted = job_id, current, "deleted"
+        why = (" and its worker is still finishing; retry in a few seconds" if leased
+               else "; cancel it and wait for it to end before deleting it")
+        super().__init__(job_id, current, "deleted", f"job {job_id} is {current}{why}")
 
 
 class JobNotFound(KeyError):
