@@ -105,7 +105,8 @@ def through_service(client: httpx.Client, spec: dict) -> dict:
     result = job["result"]
     return {"wall_s": wall, "train_s": result["timings"]["train_s"], "job_s": result["seconds"],
             "compile_s": result["timings"].get("compile_s", 0.0), "eval_s": result["timings"].get("eval_s", 0.0),
-            "accuracy": result["accuracy"], "queue_s": _ts(job["started_at"]) - _ts(job["created_at"])}
+            "accuracy": result["accuracy"], "max_lr": result["max_lr"],
+            "queue_s": _ts(job["started_at"]) - _ts(job["created_at"])}
 
 
 def main() -> None:

@@ -42,7 +42,10 @@ def test_service_item_runs_a_preset_through_api_and_worker(tmp_path: Path) -> No
     env = {**os.environ, "PATH": _path_with_redis_server(), "OUT": str(tmp_path), "KIT": str(tmp_path / "no-kit"),
            "PYTHON": sys.executable,
            "SERVICE_PRESET": "digits-demo", "SERVICE_DEVICE": "cpu", "SERVICE_DATASET_PATH": "",
-           "SERVICE_MAX_LR": "0.1", "SERVICE_EPOCHS": "1", "REDIS_PORT": str(port)}
+           "SERVICE_EPOCHS": "1", "REDIS_PORT": str(port)}
+    # the max LR comes from cifar10-fast's line in the benchmark's results, as after gpu_bench.py
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"what": "range_test", "max_lr": 9.0}) + "\n"
+                                          + json.dumps({"what": "cifar10-fast", "max_lr": 0.07}) + "\n")
     done = subprocess.run(["bash", "bench/on_device.sh", "service"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=180)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
@@ -51,7 +54,7 @@ def test_service_item_runs_a_preset_through_api_and_worker(tmp_path: Path) -> No
     assert [line["worker"] for line in lines] == ["cold (first job)", "warm"]
     for line in lines:
         assert line["what"] == "digits-demo through the service"
-        assert 0.0 <= line["accuracy"] <= 1.0
+        assert 0.0 <= line["accuracy"] <= 1.0 and line["max_lr"] == 0.07
         assert line["wall_s"] >= line["job_s"] >= line["train_s"] > 0
         assert line["post_to_report_minus_train_s"] == pytest.approx(line["wall_s"] - line["train_s"], abs=2e-3)
     assert (tmp_path / "machine.txt").read_text().strip()
