@@ -45,9 +45,14 @@ _FINAL = {s.value for s in FINAL_STATES}
 _NOT_YET = {404: {"description": "unknown job, or the job has no such file (yet)"}}
 
 
+def run_folder(settings: Settings, job_id: str) -> Path:
+    """Where the job's worker writes its files."""
+    return Path(settings.artifact_dir) / job_id
+
+
 def run_file(settings: Settings, job_id: str, relative: str) -> Path | None:
     """The file `relative` inside the job's run folder, or None if absent or outside that folder."""
-    root = (Path(settings.artifact_dir) / job_id).resolve()
+    root = run_folder(settings, job_id).resolve()
     path = (root / relative).resolve()
     if not path.is_relative_to(root) or not path.is_file():
         return None
@@ -56,7 +61,7 @@ def run_file(settings: Settings, job_id: str, relative: str) -> Path | None:
 
 def remove_run_folder(settings: Settings, job_id: str) -> None:
     """Delete the job's run folder; what cannot be removed is logged and left (the record is gone)."""
-    root = Path(settings.artifact_dir) / job_id
+    root = run_folder(settings, job_id)
     if root.is_symlink() or not root.is_dir():
         return
     shutil.rmtree(root, ignore_errors=True)
@@ -68,7 +73,7 @@ def _present(record: dict, settings: Settings) -> set[str]:
     """Relative paths of the run folder's files: the worker's list once the job ended, else a listing."""
     if record["state"] in _FINAL and record["artifacts"]:
         return set(record["artifacts"])
-    root = Path(settings.artifact_dir) / record["id"]
+    root = run_folder(settings, record["id"])
     try:
         names = set(os.listdir(root))
     except OSError:

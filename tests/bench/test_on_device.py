@@ -18,13 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability.redis_server import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _path_with_redis_server() -> str:
@@ -38,7 +34,7 @@ def _path_with_redis_server() -> str:
 
 
 def test_service_item_runs_a_preset_through_api_and_worker(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": _path_with_redis_server(), "OUT": str(tmp_path), "KIT": str(tmp_path / "no-kit"),
            "PYTHON": sys.executable,
            "SERVICE_PRESET": "digits-demo", "SERVICE_DEVICE": "cpu", "SERVICE_DATASET_PATH": "",
