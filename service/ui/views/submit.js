@@ -28,7 +28,7 @@ export function render(main) {
   const inputs = new Map(); // field name -> input or select
   const errors = new Map(); // field name -> its message element
   const formError = h("div", { role: "alert" });
-  const presetInfo = h("p.hint#preset-info");
+  const presetInfo = h("p#preset-info.hint");
 
   function field(name, label, control, hint) {
     control.id = domId(name);
@@ -170,7 +170,7 @@ export function render(main) {
       model.append(...m.items.map((item) => h("option", { value: item.name, text: `${item.name}: ${item.description}` })));
       dataset.append(...d.items.map((item) => h("option", { value: item.name,
         text: item.source === "upload" ? `${item.description} (${item.name})` : `${item.name}: ${item.description}` })));
-      form.dataset.ready = "true";
+      form.setAttribute("data-ready", "true"); // not form.dataset: a form exposes its "dataset" field by that name
     } catch (err) {
       if (err.name !== "AbortError") fill(formError, errorBox(`Could not load the choices: ${err.message}`));
     }
