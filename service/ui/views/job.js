@@ -58,7 +58,8 @@ export function render(main, { id }) {
       fact("Model", spec.model || "–"),
       spec.preset ? fact("Preset", spec.preset) : null,
       fact("Progress", h("progress", { max: "1", value: String(fraction ?? 0), "aria-label": "job progress" }),
-        ` ${typeof fraction === "number" ? pct(fraction) : "–"}${progress.phase ? ` (${progress.phase})` : ""}`),
+        ` ${typeof fraction === "number" ? pct(fraction) : "–"}`,
+        progress.phase && !FINAL_STATES.has(job.state) ? ` (${progress.phase})` : ""),
       fact("Created", when(job.created_at)),
       fact("Finished", when(job.finished_at)),
       job.result && typeof job.result.accuracy === "number" ? fact("Accuracy", pct(job.result.accuracy)) : null));
