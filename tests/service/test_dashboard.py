@@ -14,6 +14,7 @@ import os
 import statistics
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -44,23 +45,31 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
-def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    """Open mode (the test settings): no key. Jobs with device auto stay parked; `cpu` reaches the worker."""
-    ui_settings = settings.model_copy(update={"default_queue": "parked", "rate_limit_per_minute": 100_000})
-    api = ApiServer(ui_settings, tmp_path_factory.mktemp("ui-api") / "api.log")
-    api.start()
-    yield api
-    api.stop()
+def servers(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ApiServer]]:
+    """Two real uvicorn APIs, started side by side: "open" (the test settings' open mode: no key) and
+    "keyed" (CLR_API_KEYS set). Jobs with device auto stay parked; device cpu reaches the worker."""
+    common = {"default_queue": "parked", "rate_limit_per_minute": 100_000}
+    apis = {
+        "open": ApiServer(settings.model_copy(update=common), tmp_path_factory.mktemp("ui-api") / "api.log"),
+        "keyed": ApiServer(settings.model_copy(update={**common, "open_mode": False, "api_keys": f"dash:{KEY}"}),
+                           tmp_path_factory.mktemp("ui-keyed-api") / "api.log"),
+    }
+    with ThreadPoolExecutor(2) as pool:
+        for started in [pool.submit(api.start) for api in apis.values()]:
+            started.result()
+    yield apis
+    for api in apis.values():
+        api.stop()
 
 
 @pytest.fixture(scope="module")
-def keyed_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    keyed = settings.model_copy(update={"open_mode": False, "api_keys": f"dash:{KEY}",
-                                        "default_queue": "parked", "rate_limit_per_minute": 100_000})
-    api = ApiServer(keyed, tmp_path_factory.mktemp("ui-keyed-api") / "api.log")
-    api.start()
-    yield api
-    api.stop()
+def server(servers: dict[str, ApiServer]) -> ApiServer:
+    return servers["open"]
+
+
+@pytest.fixture(scope="module")
+def keyed_server(servers: dict[str, ApiServer]) -> ApiServer:
+    return servers["keyed"]
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +121,15 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def assert_labelled(page) -> None:
+    """Every visible form control has an accessible name (a <label for>, or aria-label)."""
+    unnamed = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea')]
+      .filter((el) => el.offsetParent !== null && el.type !== 'hidden')
+      .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
+      .map((el) => el.outerHTML.slice(0, 80))""")
+    assert unnamed == [], f"controls without a label: {unnamed}"
+
+
 def wait_state(base: str, job_id: str, timeout: float = 240.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -150,6 +168,7 @@ def test_a_digits_job_from_the_form_to_its_report(server: ApiServer, worker: Wor
     page.fill("#f-batch_size", "32")
     assert page.input_value("#f-max_lr") == "auto"
     page.fill("#f-rt-num_iter", "30")
+    assert_labelled(page)
     shot(page, "submit")
     page.evaluate(RECORD_POINTS)  # the form goes to the job page by its hash: same document, still recording
     page.get_by_role("button", name="Submit job").click()
@@ -204,10 +223,12 @@ def test_a_digits_job_from_the_form_to_its_report(server: ApiServer, worker: Wor
     other_id = other.json()["id"]
     assert wait_state(base, other_id)["state"] == "succeeded"
     page.wait_for_selector(f'tr[data-job="{other_id}"][data-state="succeeded"]')
+    assert_labelled(page)
     shot(page, "jobs")
     page.goto(f"{base}/ui/#/compare?ids={other_id},{job_id}&metric=range_test")
     page.wait_for_selector('[data-chart="compare"][data-series="2"] canvas')
     page.wait_for_function("() => document.querySelector('[data-chart=\"compare\"]').dataset.points > 20")
+    assert_labelled(page)
     shot(page, "compare")
 
 
@@ -227,6 +248,7 @@ def test_upload_an_archive_see_its_classes_then_delete_it(server: ApiServer, pag
     assert page.eval_on_selector("#upload-progress", "p => p.value") == 1
     rows = card.locator("table.counts tbody tr").all_inner_texts()
     assert [r.split("\t") for r in rows] == [["circle", "3", "1"], ["square", "3", "1"]]
+    assert_labelled(page)
     shot(page, "datasets")
 
     dataset_id = card.get_attribute("data-dataset")
@@ -281,6 +303,7 @@ def test_a_bad_field_shows_its_message_next_to_it(server: ApiServer, page) -> No
 def test_a_wrong_key_shows_not_authorised_and_the_right_one_works(keyed_server: ApiServer, page) -> None:
     page.goto(f"{keyed_server.url}/ui/")
     page.wait_for_selector("text=API key needed")
+    assert_labelled(page)
     page.fill("#api-key", "not-the-key")
     page.press("#api-key", "Enter")
     page.wait_for_selector("#auth-error:not([hidden])")
@@ -365,3 +388,30 @@ def test_job_page_first_paint_and_1000_events_without_dropped_frames(
     # Loose sanity bounds only: a shared 2-core machine stalls now and then.
     assert figures["first_contentful_paint_ms"] < 5000
     assert figures["max_frame_gap_ms"] < 2000
+
+
+def write_progress(store: JobStore, job_id: str, steps: range, total: int) -> None:
+    for step in steps:
+        store.update_progress(job_id, {"phase": "train", "epoch": 1, "epochs": 1, "step": step, "steps": total,
+                                       "fraction": step / total}, {"loss": 1 / step, "acc": step / total, "lr": 0.01})
+
+
+def test_the_job_page_resumes_after_the_api_restarts(server: ApiServer, store: JobStore, page) -> None:
+    """The fetch-based SSE reader reconnects with Last-Event-ID: nothing lost, nothing twice."""
+    record = store.create("train", {"dataset": "digits", "model": "tiny_cnn"}, "local", queue="parked")
+    job_id = record["id"]
+    mark_running(store, job_id)
+    page.goto(f"{server.url}/ui/#/jobs/{job_id}")
+    page.wait_for_selector('.summary[data-state="running"]')
+    write_progress(store, job_id, range(1, 51), 100)
+    page.wait_for_selector('.curves[data-events="50"]')
+
+    server.kill()  # streams break mid-way; the page retries until the API answers again
+    write_progress(store, job_id, range(51, 101), 100)
+    server.start()
+    page.wait_for_selector('.curves[data-events="100"]', timeout=60_000)
+    assert page.get_attribute('[data-chart="loss"]', "data-points") == "100"
+    store.transition(job_id, JobState.SUCCEEDED, result={})
+    page.wait_for_selector('.summary[data-state="succeeded"]')
+    page.wait_for_timeout(500)
+    assert page.get_attribute(".curves", "data-events") == "100"

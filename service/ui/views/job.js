@@ -29,7 +29,8 @@ export function render(main, { id }) {
 
   let job = null;
   const shown = new Set(); // which artifact sections are drawn, so a reload does not redraw them
-  const live = { range: null, loss: null, acc: null, lr: null, lastStep: 0, lastLr: 0, latest: null, frame: false };
+  const live = { range: null, loss: null, acc: null, lr: null, lastStep: 0, lastLr: 0, latest: null, frame: false,
+    events: 0 };
 
   // ------------------------------------------------------------------ the record and its sections
 
@@ -184,6 +185,7 @@ export function render(main, { id }) {
     const progress = data.progress || {};
     const m = data.metrics || {};
     live.latest = progress;
+    live.events += 1;
     if (progress.phase === "range_test" && typeof m.lr === "number" && m.lr > live.lastLr) {
       rangeChart();
       live.lastLr = m.lr;
@@ -208,6 +210,7 @@ export function render(main, { id }) {
     live.frame = true;
     requestAnimationFrame(() => {
       live.frame = false;
+      curves.dataset.events = String(live.events); // progress events received: resuming must not repeat any
       const p = live.latest;
       if (!p) return;
       const where = p.phase === "range_test" ? `range test step ${p.step} of ${p.steps}`
