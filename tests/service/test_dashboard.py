@@ -232,6 +232,40 @@ def test_a_digits_job_from_the_form_to_its_report(server: ApiServer, worker: Wor
     shot(page, "compare")
 
 
+# ------------------------------------------------------------------------------------------ jobs list
+
+
+def test_the_jobs_list_filters_follows_states_cancels_and_deletes(server: ApiServer, store: JobStore, page) -> None:
+    base = server.url
+    train = httpx.post(f"{base}/v1/jobs/train", json={"max_lr": 0.05, "epochs": 1}).json()["id"]  # parked
+    sweep = httpx.post(f"{base}/v1/jobs/range-test", json={"num_iter": 10}).json()["id"]
+    row = 'tr[data-job="{}"]'.format
+    page.goto(f"{base}/ui/#/jobs?state=queued")
+    page.wait_for_selector(row(train))
+    page.wait_for_selector(row(sweep))
+    page.select_option("#filter-kind", "range_test")
+    page.wait_for_selector(row(train), state="detached")
+    assert page.url.endswith("#/jobs?state=queued&kind=range_test")
+    page.select_option("#filter-kind", "")
+    page.select_option("#filter-state", "")
+
+    mark_running(store, train)  # what a worker does; the list shows it without a reload
+    page.wait_for_selector(f'{row(train)}[data-state="running"]', timeout=10_000)
+
+    page.click(f'{row(train)} button[aria-label="cancel {train}"]')  # a dismissed confirmation does nothing
+    assert page.dialogs[-1].startswith(f"Cancel job {train}?")
+    page.wait_for_timeout(300)
+    assert httpx.get(f"{base}/v1/jobs/{train}").json()["state"] == "running"
+
+    page.confirming = True
+    page.click(f'{row(sweep)} button[aria-label="cancel {sweep}"]')
+    page.wait_for_selector(f'{row(sweep)}[data-state="cancelled"]')
+    page.click(f'{row(sweep)} button[aria-label="delete {sweep}"]')
+    page.wait_for_selector(row(sweep), state="detached")
+    assert httpx.get(f"{base}/v1/jobs/{sweep}").status_code == 404
+    store.transition(train, JobState.CANCELLED)
+
+
 # ------------------------------------------------------------------------------------------ datasets
 
 
