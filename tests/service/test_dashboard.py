@@ -334,6 +334,20 @@ def test_a_bad_field_shows_its_message_next_to_it(server: ApiServer, page) -> No
     shot(page, "submit-error")
 
 
+def test_a_failed_job_and_a_missing_one_are_explained_in_words(server: ApiServer, store: JobStore, page) -> None:
+    record = store.create("train", {"dataset": "digits"}, "local", queue="parked")
+    mark_running(store, record["id"])
+    reason = "CUDA out of memory <b>at batch 3</b>"
+    store.transition(record["id"], JobState.FAILED, error=reason)
+    page.goto(f"{server.url}/ui/#/jobs/{record['id']}")
+    alert = page.get_by_role("alert").filter(has_text="failed")
+    alert.wait_for()
+    assert alert.inner_text() == f"This job failed: {reason}"
+    assert page.locator("main b").count() == 0
+    page.goto(f"{server.url}/ui/#/jobs/job_0000000000000000")
+    assert "There is no job job_0000000000000000" in page.get_by_role("alert").inner_text()
+
+
 def test_a_wrong_key_shows_not_authorised_and_the_right_one_works(keyed_server: ApiServer, page) -> None:
     page.goto(f"{keyed_server.url}/ui/")
     page.wait_for_selector("text=API key needed")
