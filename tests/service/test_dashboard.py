@@ -438,6 +438,27 @@ def test_job_page_first_paint_and_1000_events_without_dropped_frames(
     assert figures["max_frame_gap_ms"] < 2000
 
 
+def test_the_event_stream_parser_follows_the_sse_rules(server: ApiServer, page) -> None:
+    """Chunks split anywhere (even inside CRLF), comments, multi-line data, ids kept across events, retry."""
+    page.goto(f"{server.url}/ui/")
+    parsed = page.evaluate("""async () => {
+      const { EventStreamParser } = await import("/ui/sse.js");
+      const out = [];
+      const parser = new EventStreamParser((e) => out.push(e));
+      for (const chunk of [": ping\\r", "\\nid: 1-0\\r", "\\nevent: progress\\ndata: {\\"a\\"", ":1}\\n\\n",
+                           "data: x\\ndata: y\\n\\nretry: 2000\\nid: 2-0\\nevent: state\\ndata:z\\r\\n\\r\\n"]) {
+        parser.push(chunk);
+      }
+      return { out, retry: parser.retry, lastId: parser.lastId };
+    }""")
+    assert parsed["out"] == [
+        {"id": "1-0", "event": "progress", "data": '{"a":1}'},
+        {"id": "1-0", "event": "message", "data": "x\ny"},
+        {"id": "2-0", "event": "state", "data": "z"},
+    ]
+    assert parsed["retry"] == 2000 and parsed["lastId"] == "2-0"
+
+
 def write_progress(store: JobStore, job_id: str, steps: range, total: int) -> None:
     for step in steps:
         store.update_progress(job_id, {"phase": "train", "epoch": 1, "epochs": 1, "step": step, "steps": total,

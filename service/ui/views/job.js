@@ -10,6 +10,7 @@ import { follow } from "../sse.js";
 const KINDS = { train: "training", range_test: "range test" };
 
 export function render(main, { id }) {
+  const path = `/v1/jobs/${encodeURIComponent(id)}`;
   const controller = new AbortController();
   const disposers = [];
   const urls = [];
@@ -36,7 +37,7 @@ export function render(main, { id }) {
 
   async function load() {
     try {
-      job = await api(`/v1/jobs/${encodeURIComponent(id)}`, { signal: controller.signal });
+      job = await api(path, { signal: controller.signal });
     } catch (err) {
       if (err.name === "AbortError") return;
       fill(problem, errorBox(err.status === 404 ? `There is no job ${id} for this key (it may have been deleted).`
@@ -81,10 +82,10 @@ export function render(main, { id }) {
     if (!window.confirm(question)) return;
     try {
       if (action === "cancel") {
-        job = await api(`/v1/jobs/${id}/cancel`, { method: "POST" });
+        job = await api(`${path}/cancel`, { method: "POST" });
         renderSummary();
       } else {
-        await api(`/v1/jobs/${id}`, { method: "DELETE" });
+        await api(path, { method: "DELETE" });
         location.hash = "#/jobs";
       }
     } catch (err) {
@@ -241,7 +242,8 @@ export function render(main, { id }) {
   const isFinal = ({ event, data }) => event === "state" && (FINAL_STATES.has(data.state) || data.state === "deleted");
 
   load().then(() => {
-    follow(`/v1/jobs/${encodeURIComponent(id)}/events`, {
+    if (!job) return; // not found or not loadable: said so above
+    follow(`${path}/events`, {
       onEvent,
       isFinal,
       signal: controller.signal,

@@ -47,8 +47,8 @@ export function render(main, params) {
       : `Delete job ${job.id} for good, with its model, plots and report?`;
     if (!window.confirm(question)) return;
     try {
-      if (action === "cancel") await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
-      else await api(`/v1/jobs/${job.id}`, { method: "DELETE" });
+      if (action === "cancel") await api(`/v1/jobs/${encodeURIComponent(job.id)}/cancel`, { method: "POST" });
+      else await api(`/v1/jobs/${encodeURIComponent(job.id)}`, { method: "DELETE" });
       fill(status, `Job ${job.id}: ${action === "cancel" ? "cancel requested" : "deleted"}.`);
       selected.delete(job.id);
     } catch (err) {
