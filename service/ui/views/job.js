@@ -18,17 +18,21 @@ export function render(main, { id }) {
   const summary = h("div.summary");
   const problem = h("div");
   const actions = h("div.toolbar");
-  const liveStatus = h("p.live-status", { role: "status" });
+  // The follow line changes every frame while a job runs: no live region there, or a screen reader
+  // would read it non-stop. State changes are announced once each, in `announce`.
+  const liveStatus = h("p.live-status");
+  const announce = h("p.visually-hidden", { role: "status" });
   const curves = h("div.curves");
   const rangeSection = h("section", { "aria-labelledby": "rt-h" });
   const reportSection = h("section", { "aria-labelledby": "report-h" });
   const plotsSection = h("section", { "aria-labelledby": "plots-h" });
   const filesSection = h("section", { "aria-labelledby": "files-h" });
-  fill(main, heading, summary, problem, actions,
+  fill(main, heading, announce, summary, problem, actions,
     h("section", { "aria-labelledby": "curves-h" }, h("h2#curves-h", { text: "Live curves" }), liveStatus, curves),
     rangeSection, reportSection, plotsSection, filesSection);
 
   let job = null;
+  let announced = null;
   const shown = new Set(); // which artifact sections are drawn, so a reload does not redraw them
   const live = { range: null, loss: null, acc: null, lr: null, lastStep: 0, lastLr: 0, latest: null, frame: false,
     events: 0 };
@@ -44,6 +48,8 @@ export function render(main, { id }) {
         : `Could not load the job: ${err.message}`));
       return;
     }
+    if (announced !== null && announced !== job.state) announce.textContent = `The job is now ${job.state}.`;
+    announced = job.state;
     renderSummary();
     performance.mark("clr:job-rendered");
     await renderArtifacts();

@@ -84,6 +84,7 @@ export function render(main, params) {
 
   async function load() {
     clearTimeout(timer);
+    if (document.hidden) { timer = setTimeout(load, REFRESH_MS); return; } // a background tab asks nothing
     const query = new URLSearchParams({ limit: "50" });
     if (stateSelect.value) query.set("state", stateSelect.value);
     if (kindSelect.value) query.set("kind", kindSelect.value);
