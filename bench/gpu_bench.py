@@ -44,7 +44,8 @@ from clrcore.datasets import Dataset, load_dataset, with_train_subset
 from clrcore.runs import RunHooks, fresh_model, run_job
 from clrcore.schedules import schedule_from_spec
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
-from clrcore.trainer import config_from_spec, resolve_device, steps_per_epoch, train
+from clrcore.train_setup import config_from_spec, resolve_device, steps_per_epoch
+from clrcore.trainer import train
 
 log = logging.getLogger("gpu_bench")
 

@@ -27,19 +27,13 @@ from clrcore.files import atomic_write, write_text
 from clrcore.hooks import Hooks, Progress, StopRequested, check_may_write
 from clrcore.loaders import make_loader, normalised_images, normalization
 from clrcore.models import build_model, fit_image_count, fit_to_data, has_data_init
+from clrcore.optim import build_optimizer
 from clrcore.range_test import RangeTestResult, range_test
 from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_spec
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
 from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, Recommendation, recipe
-from clrcore.trainer import (
-    TrainConfig,
-    build_optimizer,
-    config_from_spec,
-    resolve_device,
-    seed_everything,
-    steps_per_epoch,
-    train,
-)
+from clrcore.train_setup import TrainConfig, config_from_spec, resolve_device, seed_everything, steps_per_epoch
+from clrcore.trainer import train
 
 log = logging.getLogger(__name__)
 
