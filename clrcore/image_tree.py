@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from clrcore.archives import ArchiveError, iter_image_members
-from clrcore.datasets import Dataset, DatasetError, Split, channel_stats
+from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats
 
 log = logging.getLogger(__name__)
 
