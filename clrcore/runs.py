@@ -26,9 +26,9 @@ from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
 from clrcore.hooks import Hooks, Progress, StopRequested, check_may_write
 from clrcore.loaders import make_loader, normalised_images, normalization
+from clrcore.lr_range import RangeTestResult, range_test
 from clrcore.models import build_model, fit_image_count, fit_to_data, has_data_init
 from clrcore.optim import build_optimizer
-from clrcore.range_test import RangeTestResult, range_test
 from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_spec
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
 from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, Recommendation, recipe

@@ -11,7 +11,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from clrcore.range_test import lr_ladder, range_test, state_checksum
+from clrcore.lr_range import lr_ladder, range_test, state_checksum
 from clrcore.suggest import debiased_ema
 
 F = nn.functional
