@@ -119,15 +119,15 @@ def _run(args: argparse.Namespace, model: type[BaseModel]) -> int:
             print(f"clr: {_flag_name(err['loc'])}: {err['msg']}", file=sys.stderr)
         return 2
     from clrcore.datasets import DatasetError
-    from clrcore.hooks import StopRequested, TrainingDiverged
-    from clrcore.runs import RunHooks, run_job
+    from clrcore.hooks import Hooks, StopRequested, TrainingDiverged
+    from clrcore.runs import run_job
 
     kind = "train" if model is TrainSpec else "range-test"
     out = Path(args.out or Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     bars = _Bars(not args.quiet and sys.stderr.isatty())
     try:
         summary = run_job(spec, out, data_dir=Path(args.data_dir), download=args.download,
-                          hooks=RunHooks(on_progress=bars))
+                          hooks=Hooks(on_progress=bars))
     except KeyboardInterrupt:
         print(f"\nclr: stopped; run `clr {kind}` again with --out {out} to resume", file=sys.stderr)
         return 130

@@ -12,8 +12,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +36,6 @@ from clrcore.trainer import train
 log = logging.getLogger(__name__)
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
-
-
-@dataclass
-class RunHooks:
-    """What the caller wants to hear, whether it wants the run to stop (checked every batch), and
-    whether it may still write into the run folder (`may_write`, asked before every checkpoint and
-    before the final artifacts; False raises `StopRequested("lease lost: ...")`, see `Hooks`)."""
-
-    on_progress: Callable[[Progress], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    progress_interval: float = 0.25
-    may_write: Callable[[], bool] | None = None
 
 
 # ---------------------------------------------------------------- shared setup
@@ -88,7 +74,7 @@ def _sweep_config(spec: JobSpecBase, options: RangeTestOptions, device: torch.de
 
 
 def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
-           device: torch.device, hooks: RunHooks, label_smoothing: float = 0.0) -> RangeTestResult:
+           device: torch.device, hooks: Hooks, label_smoothing: float = 0.0) -> RangeTestResult:
     """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data."""
     optimizer = build_optimizer(model, _sweep_config(spec, options, device))
     inputs = normalization(ds, spec.normalize)  # the sweep must see the inputs training will see
@@ -162,7 +148,7 @@ def _save_sweep(result: RangeTestResult, out_dir: Path, iters_per_epoch: int,
     return summary
 
 
-def _stopped(hooks: RunHooks) -> bool:
+def _stopped(hooks: Hooks) -> bool:
     return bool(hooks.should_stop and hooks.should_stop())
 
 
@@ -181,7 +167,7 @@ def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path,
 
 
 def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
-                    device: torch.device, hooks: RunHooks, out_dir: Path, *, epochs_hint: int | None = None,
+                    device: torch.device, hooks: Hooks, out_dir: Path, *, epochs_hint: int | None = None,
                     label_smoothing: float = 0.0) -> dict[str, Any]:
     """Run the sweep and write its artifacts; a sweep cut short by a stop request raises StopRequested."""
     result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing)
@@ -193,16 +179,16 @@ def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, d
 
 
 def run_range_test(spec: RangeTestSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
-                   hooks: RunHooks | None = None) -> dict[str, Any]:
+                   hooks: Hooks | None = None) -> dict[str, Any]:
     """Sweep the LR for the spec's model and data; write the result, log and plot; return the summary."""
     started = time.perf_counter()
     out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download)
-    summary = _sweep_and_save(spec, spec, spec.policy, ds, model, device, hooks or RunHooks(), out_dir)
+    summary = _sweep_and_save(spec, spec, spec.policy, ds, model, device, hooks or Hooks(), out_dir)
     return {"kind": "range_test", **summary, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _resolve_bounds(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torch.device, out_dir: Path,
-                    hooks: RunHooks) -> tuple[float, float, dict[str, Any]]:
+                    hooks: Hooks) -> tuple[float, float, dict[str, Any]]:
     """(base_lr, max_lr, how they were chosen): from the spec, or the range test for 'auto'.
 
     A range test already saved in the run folder is reused, so a resumed job trains with the bounds
@@ -272,12 +258,12 @@ def _cycle_warnings(spec: TrainSpec, schedule: Schedule, iters: int) -> list[str
 
 
 def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
-                 hooks: RunHooks | None = None) -> dict[str, Any]:
+                 hooks: Hooks | None = None) -> dict[str, Any]:
     """Train with a cyclical schedule; write history, report, plots, checkpoint; return the summary.
 
     Resumes from out_dir/checkpoints/last.pt when it exists.
     """
-    hooks = hooks or RunHooks()
+    hooks = hooks or Hooks()
     started = time.perf_counter()
     out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download)
     base_lr, max_lr, lr_info = _resolve_bounds(spec, ds, model, device, out_dir, hooks)
@@ -293,8 +279,7 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
                            planned["momentum"] or None)
     config = config_from_spec(spec, schedule, device, checkpoint_path=out_dir / CHECKPOINT)
     try:
-        result = train(model, ds, config, hooks=Hooks(hooks.on_progress, hooks.should_stop,
-                                                      hooks.progress_interval, hooks.may_write))
+        result = train(model, ds, config, hooks=hooks)
     except StopRequested:
         if hooks.may_write is None or hooks.may_write():  # fenced off: the folder is not ours to touch
             _save_partial_history(out_dir)
