@@ -110,6 +110,9 @@ def test_range_test_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "range_test.json").read_text())
     assert summary["stop_reason"] == "end_lr" and summary["steps"] == 6
     assert saved["settings"]["accumulation_steps"] == 2
+    # each field once: the raw sweep at the top, the choice (recommendation, recipe, ...) in the summary
+    assert set(saved) == {"log", "val_log", "settings", "checksum", "summary"}
+    assert saved["summary"] == {k: v for k, v in summary.items() if k not in ("kind", "seconds")}
     assert len((tmp_path / "range_test_log.csv").read_text().splitlines()) == 1 + 6
 
 
