@@ -28,6 +28,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from clrcore.json_safe import json_safe
+
 if TYPE_CHECKING:
     from clrcore.specs import TrainSpec
 
@@ -372,7 +374,7 @@ class ScheduledLR(LRScheduler):
         """Resume at the saved step, re-applying its LR and momentum to the optimizer."""
         state = dict(state_dict)
         saved = state.pop("schedule", None)
-        if saved is not None and _plain(saved) != _plain(dataclasses.asdict(self.schedule)):
+        if saved is not None and json_safe(saved) != json_safe(dataclasses.asdict(self.schedule)):  # tuples as lists
             logger.warning("resuming with a different schedule than the checkpoint's: %s", saved)
         super().load_state_dict(state)
         step = max(self.last_epoch, 0)
@@ -382,12 +384,3 @@ class ScheduledLR(LRScheduler):
             group["lr"].clone() if isinstance(group["lr"], torch.Tensor) else group["lr"]
             for group in self.optimizer.param_groups
         ]
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively: a schedule dict that went through JSON compares equal to the live one."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value

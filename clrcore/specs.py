@@ -271,8 +271,6 @@ def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-JobSpec = Annotated[RangeTestSpec | TrainSpec, Field(discriminator="kind")]
-
 
 def parse_spec(data: dict[str, Any]) -> RangeTestSpec | TrainSpec:
     """Validate a stored or submitted spec by its `kind`."""
