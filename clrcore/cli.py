@@ -87,7 +87,8 @@ class _Bars:
     """tqdm bars fed by the run's progress callback: one bar per phase."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled, self.bar, self.phase = enabled, None, None
+        self.enabled, self.phase = enabled, None
+        self.bar: Any = None  # a tqdm bar once a phase starts
 
     def __call__(self, progress: Any) -> None:
         if not self.enabled:

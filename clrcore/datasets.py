@@ -132,7 +132,10 @@ def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None) 
 
     if path is None:
         raise DatasetError("imagefolder", "needs a path: a directory or archive laid out split/class/image")
-    return load_image_tree(_resolve(data_dir, path), cache_dir=cache_dir)
+    root = _resolve(data_dir, path)
+    if root is None:
+        raise DatasetError("imagefolder", "needs dataset_path (a directory or archive)")
+    return load_image_tree(root, cache_dir=cache_dir)
 
 
 def load_digits_dataset() -> Dataset:

@@ -222,7 +222,7 @@ def cache_key(name: str, path: Path) -> str:
     """
     path = path.resolve()
     if path.is_dir():
-        stats = sorted(
+        stats: list[tuple[object, ...]] = sorted(
             (str(p.relative_to(path)), p.lstat().st_size, p.lstat().st_mtime_ns) for p in path.rglob("*")
         )
     else:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clrcore.files import write_text
 from clrcore.json_safe import json_safe
-from clrcore.lr_range import RangeTestResult
 from clrcore.suggest import Recommendation, recipe
+
+if TYPE_CHECKING:
+    from clrcore.lr_range import RangeTestResult
 
 
 @dataclass(frozen=True)

@@ -417,6 +417,7 @@ def _sweep(
             (scaler.scale(loss) if scaler is not None else loss).backward()
             part = loss.detach().float()
             window_loss = part if window_loss is None else window_loss + part
+        assert window_loss is not None  # accumulation_steps >= 1
         loss_value = float(window_loss)
         lrs = [float(g["lr"]) for g in optimizer.param_groups]
         record: dict[str, Any] = {

@@ -196,14 +196,14 @@ def _range_test_choice(spec: TrainSpec, ds: Dataset, model: nn.Module, device: t
 
 def _resolve_bounds(spec: TrainSpec, choice: RangeTestChoice | None) -> tuple[float, float]:
     """(base_lr, max_lr): the spec's, with the range test's where the spec says 'auto'."""
-    max_lr, base_lr = spec.max_lr, spec.base_lr
-    if choice is not None and choice.recommendation is not None:
-        max_lr = choice.recommendation.max_lr if max_lr == "auto" else max_lr
-        base_lr = choice.recommendation.base_lr if base_lr in ("auto", None) else base_lr
-    if max_lr == "auto" or base_lr == "auto":
+    rec = None if choice is None else choice.recommendation
+    if rec is None and (spec.max_lr == "auto" or spec.base_lr == "auto"):
         raise ValueError("an 'auto' LR bound needs the range test's choice")
+    max_lr = rec.max_lr if rec is not None and spec.max_lr == "auto" else float(spec.max_lr)
+    base_lr = rec.base_lr if rec is not None and spec.base_lr in ("auto", None) else spec.base_lr
     if base_lr is None:
         base_lr = max_lr / (spec.div_factor if spec.policy == "one_cycle" else TRIANGULAR_BASE_DIVISOR)
+    base_lr = float(base_lr)
     if spec.policy not in ("one_cycle", "constant") and base_lr >= max_lr:
         raise ValueError(f"base_lr {base_lr:.3g} is not below max_lr {max_lr:.3g}")
     return float(base_lr), float(max_lr)
@@ -226,9 +226,10 @@ def _apply_recipe(spec: TrainSpec, choice: RangeTestChoice | None) -> tuple[Trai
         taken["base_lr"] = rec.base_lr
     if spec.max_lr != "auto" or spec.policy not in TRIANGULAR_FAMILY:
         return spec, taken
-    if "step_size" in spec.recipe_fields:
+    fills = spec.recipe_fields or []  # spelled out by the spec's validator
+    if "step_size" in fills:
         taken |= {"step_size": plan["step_size"], "step_unit": plan["step_unit"]}
-        if "epochs" in spec.recipe_fields:
+        if "epochs" in fills:
             taken["epochs"] = plan["epochs"]
     schedule_fields = {k: v for k, v in taken.items() if k in ("step_size", "step_unit", "epochs")}
     return (spec.model_copy(update=schedule_fields) if schedule_fields else spec), taken

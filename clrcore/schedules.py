@@ -301,7 +301,7 @@ def schedule_from_spec(spec: TrainSpec, *, base_lr: float, max_lr: float, iters_
 def preview(schedule: Schedule, total_steps: int) -> dict[str, list[float]]:
     """Step, LR and momentum series for the preview plot; "momentum" is empty when not cycled."""
     steps = list(range(total_steps))
-    momentum = [] if schedule.momentum_points is None else [schedule.momentum(s) for s in steps]
+    momentum = [] if schedule.momentum_points is None else [float(schedule.momentum(s) or 0.0) for s in steps]
     return {"step": [float(s) for s in steps], "lr": [schedule.lr(s) for s in steps], "momentum": momentum}
 
 
@@ -356,7 +356,7 @@ class ScheduledLR(LRScheduler):
         self.momentum_on = schedule.momentum_points is not None
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:
         """LR for every param group at `last_epoch`; momentum is set here too, as CyclicLR does."""
         step = max(self.last_epoch, 0)
         lr = self.schedule.lr(step)

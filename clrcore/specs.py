@@ -67,8 +67,8 @@ class JobSpecBase(StrictModel):
     )
     model: str = "tiny_cnn"
     batch_size: int = Field(128, ge=1, le=8192)
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec.model_validate({}))
+    augment: AugmentSpec = Field(default_factory=lambda: AugmentSpec.model_validate({}))
     train_subset: int | None = Field(
         None, ge=1, description="train on N training images drawn at random (the same N for every job)"
     )
@@ -205,7 +205,8 @@ class TrainSpec(JobSpecBase, ScheduleSpec):
     tta_translate: bool = Field(
         False, description="final evaluation: also average over the image shifted 1 px up-left and down-right"
     )
-    range_test: RangeTestOptions = Field(default_factory=RangeTestOptions, description="used when max_lr='auto'")
+    range_test: RangeTestOptions = Field(default_factory=lambda: RangeTestOptions.model_validate({}),
+                                         description="used when max_lr='auto'")
     compile: bool = Field(False, description="torch.compile the model (CUDA only)")
     recipe_fields: list[RecipeField] | None = Field(
         None,

@@ -269,14 +269,15 @@ def train(
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     # `net` is what trains: `model` itself, or the kept compiled twin of its architecture
-    net, forward, compile_cached = model, model, False
+    net, compile_cached = model, False
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
     if config.compile and compile_cache.compile_supported(device):
         net, forward, compile_cached = compile_cache.compiled_forward(model, config)  # compiles lazily, on first use
     elif config.compile:
         log.warning("torch.compile is used on CUDA only; training uncompiled on %s", device)
     optimizer = build_optimizer(net, config)
     inputs = normalization(dataset, config.normalize)
-    placement = {"max_device_bytes": None if config.device_data else 0}
+    placement: dict[str, Any] = {"max_device_bytes": None if config.device_data else 0}
     train_loader = make_loader(
         dataset.train, config.batch_size, device=device, train=True,
         translate=config.translate, flip=config.flip, flip_mode=config.flip_mode,
