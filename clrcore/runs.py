@@ -206,7 +206,7 @@ def _resolve_bounds(spec: TrainSpec, choice: RangeTestChoice | None) -> tuple[fl
     base_lr = float(base_lr)
     if spec.policy not in ("one_cycle", "constant") and base_lr >= max_lr:
         raise ValueError(f"base_lr {base_lr:.3g} is not below max_lr {max_lr:.3g}")
-    return float(base_lr), float(max_lr)
+    return base_lr, max_lr
 
 
 def _apply_recipe(spec: TrainSpec, choice: RangeTestChoice | None) -> tuple[TrainSpec, dict[str, Any]]:
