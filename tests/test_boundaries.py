@@ -14,7 +14,7 @@ def _modules_after(imports: str) -> set[str]:
 
 
 def test_clrcore_imports_no_web_or_queue_stack() -> None:
-    loaded = _modules_after("clrcore.runs, clrcore.cli, clrcore.trainer, clrcore.range_test, clrcore.datasets")
+    loaded = _modules_after("clrcore.runs, clrcore.cli, clrcore.trainer, clrcore.lr_range, clrcore.datasets")
     assert "torch" in loaded  # the probe really imported the training stack
     assert not loaded & {"fastapi", "starlette", "celery", "kombu", "redis", "uvicorn"}
 

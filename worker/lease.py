@@ -63,7 +63,7 @@ class LeaseKeeper(threading.Thread):
         return time.monotonic() - self.renewed_at > self.lease_seconds
 
     def may_write(self) -> bool:
-        """clrcore's write fence (`RunHooks.may_write`): the lease is neither known lost nor lapsed.
+        """clrcore's write fence (`Hooks.may_write`): the lease is neither known lost nor lapsed.
 
         Asked right before every checkpoint write and its rename, so a worker woken after its lease
         lapsed does not overwrite the checkpoint of the worker that now owns the job.

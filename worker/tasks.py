@@ -323,8 +323,8 @@ def _out_of_memory(exc: BaseException) -> bool:
 def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
     """Run the spec through clrcore into the job's run folder and record how it ended."""
     global _current_job
-    from clrcore.hooks import StopRequested
-    from clrcore.runs import RunHooks, run_job
+    from clrcore.hooks import Hooks, StopRequested
+    from clrcore.runs import run_job
     from clrcore.specs import parse_spec
 
     run_dir = Path(settings.artifact_dir) / job_id
@@ -338,7 +338,7 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
                 run_dir,
                 data_dir=Path(settings.data_dir),
                 download=settings.download,
-                hooks=RunHooks(on_progress=progress, should_stop=stop, may_write=keeper.may_write),
+                hooks=Hooks(on_progress=progress, should_stop=stop, may_write=keeper.may_write),
             )
         finally:
             progress.flush()  # the last coalesced progress, before the final state is written
