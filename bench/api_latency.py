@@ -130,7 +130,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    from service.config import Settings
+    from jobs.settings import Settings
     from service.store import JobStore
 
     secret = secrets.token_hex(16)

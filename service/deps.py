@@ -12,8 +12,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from jobs.settings import Settings
 from service.auth import OPEN_MODE_OWNER, KeyRing
-from service.config import Settings
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter

@@ -23,7 +23,7 @@ from redis.backoff import ExponentialBackoff
 from service.store import JobStore, parse_event_reply, redis_errors_as_unavailable, xread_options
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from jobs.settings import Settings
 
 
 class EventReader:

@@ -18,9 +18,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobs.settings import Settings, get_settings
 from service import errors
 from service.auth import KeyRing
-from service.config import Settings, get_settings
 from service.event_reader import EventReader
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue

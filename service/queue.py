@@ -13,7 +13,7 @@ import logging
 
 from celery import Celery
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.store import broker_transport_options
 
 logger = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ from redis.retry import Retry
 from service import store_scripts as scripts
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 

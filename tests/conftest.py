@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.store import JobStore
 from service.workers import WorkerRegistry
 

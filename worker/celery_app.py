@@ -35,7 +35,7 @@ import logging
 from celery import Celery
 from kombu import Queue
 
-from service.config import Settings, get_settings
+from jobs.settings import Settings, get_settings
 from service.store import broker_transport_options
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from celery import signals
 
-from service.config import get_settings
+from jobs.settings import get_settings
 from service.store import FINAL_STATES, InvalidTransition, JobState, JobStore, StoreUnavailable
 from service.workers import WorkerRegistry
 from worker.celery_app import PING, RUN_JOB, app

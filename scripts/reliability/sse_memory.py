@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.load import rss_bytes  # noqa: E402
-from service.config import Settings  # noqa: E402
+from jobs.settings import Settings  # noqa: E402
 from service.store import JobStore  # noqa: E402
 from tests.reliability.api_server import ApiServer  # noqa: E402
 

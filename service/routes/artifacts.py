@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.deps import OwnedJob, SettingsDep
 from service.store import FINAL_STATES
 

@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 
 from clrcore import catalog
 from clrcore.specs import RangeTestSpec, TrainSpec
-from service.config import Settings
+from jobs.settings import Settings
 from service.deps import Owner, SettingsDep, StoreDep
 from service.errors import field_error
 from service.routes.catalog import DatasetOut

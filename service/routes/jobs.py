@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from clrcore.specs import RangeTestSpec, TrainSpec
-from service.config import Settings
+from jobs.settings import Settings
 from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
 from service.errors import field_error, unavailable
 from service.event_reader import EventReader

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from service.config import Settings
+from jobs.settings import Settings
 from tests.conftest import ROOT, settings_env
 from tests.reliability.redis_server import free_port
 

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.main import create_app
 from tests.service.conftest import ALICE, BOB, RANGE_TEST, WRONG
 from tests.service.test_auth import BODIES, JOB_ENDPOINTS, OTHER_ENDPOINTS, REMOVING_JOB_ENDPOINTS

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.routes.jobs import CLIENT_EVENTS
 from service.store import JobStore
 from tests.conftest import WorkerProcess

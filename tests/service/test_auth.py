@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.main import create_app
 from service.store import JobState, JobStore
 from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN, WRONG, mark_running

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.store import JobState, JobStore
 from tests.service.conftest import ALICE, BOB, mark_running
 

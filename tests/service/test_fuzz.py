@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from jobs.settings import Settings
 from scripts.reliability.fuzzing import fuzz_app
-from service.config import Settings
 from service.main import create_app
 from service.store import JobState, JobStore
 from tests.service.conftest import ALICE, RANGE_TEST, TRAIN, mark_running

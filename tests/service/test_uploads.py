@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.main import create_app
 from service.uploads import INCOMING_DIR, UPLOADS_DIR, DatasetStore, UploadRefused, owner_hash, write_stream
 

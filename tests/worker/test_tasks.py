@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clrcore.specs import parse_spec
-from service.config import Settings
+from jobs.settings import Settings
 from service.store import JobState, JobStore
 from service.workers import WorkerRegistry
 from worker.celery_app import PING, RUN_JOB
