@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.queue import QUEUES
+from jobs.queues import QUEUES
 from service.store import DURATION_BUCKETS, JobStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)

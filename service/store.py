@@ -39,6 +39,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from jobs.queues import broker_key_prefix
 from service import store_scripts as scripts
 
 if TYPE_CHECKING:
@@ -134,22 +135,6 @@ def unavailable_on_redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 _JSON_FIELDS = ("spec", "progress", "metrics", "result")
 _ARTIFACT = "artifact:"
-
-
-def broker_key_prefix(prefix: str) -> str:
-    """Prefix of the kombu queue keys, so each key prefix (each test session) has its own queues."""
-    return f"{prefix}:broker:"
-
-
-def broker_transport_options(settings: Settings) -> dict[str, Any]:
-    """Celery `broker_transport_options` for the API's sending app and the worker's app alike."""
-    return {
-        "visibility_timeout": settings.visibility_timeout,
-        "global_keyprefix": broker_key_prefix(settings.key_prefix),
-        "socket_timeout": 10,
-        "socket_connect_timeout": 5,
-        "health_check_interval": 10,
-    }
 
 
 def body_hash(body: Any) -> str:

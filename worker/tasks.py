@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 
 from celery import signals
 
+from jobs.queues import PING, RUN_JOB
 from jobs.settings import get_settings
 from service.store import FINAL_STATES, InvalidTransition, JobState, JobStore, StoreUnavailable
 from service.workers import WorkerRegistry
-from worker.celery_app import PING, RUN_JOB, app
+from worker.celery_app import app
 from worker.datasets import resolve_uploaded
 from worker.lease import LeaseKeeper, WorkerMonitor, worker_id
 

@@ -38,10 +38,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from clrcore.specs import parse_spec  # noqa: E402
+from jobs.queues import RUN_JOB  # noqa: E402
 from jobs.settings import Settings  # noqa: E402
 from service.store import JobStore  # noqa: E402
 from tests.conftest import WorkerProcess  # noqa: E402
-from worker.celery_app import RUN_JOB, create_app  # noqa: E402
+from worker.celery_app import create_app  # noqa: E402
 
 FINAL = {"succeeded", "failed", "cancelled"}
 

@@ -17,11 +17,11 @@ from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from clrcore.specs import RangeTestSpec, TrainSpec
+from jobs.queues import queue_for
 from jobs.settings import Settings
 from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
 from service.errors import field_error, unavailable
 from service.event_reader import EventReader
-from service.queue import queue_for
 from service.routes.artifacts import job_links, remove_run_folder
 from service.routes.datasets import upload_errors
 from service.store import FINAL_STATES, InvalidCursor, JobState, JobStore, StoreUnavailable, body_hash

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from clrcore.specs import parse_spec
+from jobs.queues import PING, RUN_JOB
 from jobs.settings import Settings
 from service.store import JobState, JobStore
 from service.workers import WorkerRegistry
-from worker.celery_app import PING, RUN_JOB
 
 pytestmark = pytest.mark.slow
 
