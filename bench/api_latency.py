@@ -131,7 +131,7 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     from jobs.settings import Settings
-    from service.store import JobStore
+    from jobs.store import JobStore
 
     secret = secrets.token_hex(16)
     workdir = Path(tempfile.mkdtemp(prefix="clr-bench-"))

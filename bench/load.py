@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jobs.settings import Settings  # noqa: E402
-from service.store import JobStore  # noqa: E402
+from jobs.store import JobStore  # noqa: E402
 from tests.conftest import WorkerProcess  # noqa: E402
 from tests.reliability.api_server import ApiServer  # noqa: E402
 

@@ -13,12 +13,12 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobs.settings import Settings
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
 from service.auth import OPEN_MODE_OWNER, KeyRing
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
-from service.store import JobStore
-from service.workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from jobs.store import InvalidTransition, JobNotFound, StoreUnavailable
 from service.auth import bearer_token
-from service.store import InvalidTransition, JobNotFound, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from service.store import JobStore, parse_event_reply, redis_errors_as_unavailable, xread_options
+from jobs.store import JobStore, parse_event_reply, redis_errors_as_unavailable, xread_options
 
 if TYPE_CHECKING:
     from jobs.settings import Settings

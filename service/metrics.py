@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from jobs.queues import QUEUES
-from service.store import DURATION_BUCKETS, JobStore, StoreUnavailable
+from jobs.store import DURATION_BUCKETS, JobStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import pytest
 import redis
 
 from jobs.settings import Settings
-from service.store import JobStore
-from service.workers import WorkerRegistry
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 

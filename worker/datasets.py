@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from clrcore.datasets import DatasetError
-from service.store import JobStore
+from jobs.store import JobStore
 from service.uploads import DATASET_ID, DatasetStore
 
 log = logging.getLogger(__name__)

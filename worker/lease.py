@@ -17,8 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from service.store import JobState, JobStore, StoreUnavailable
-from service.workers import WorkerRegistry
+from jobs.store import JobState, JobStore, StoreUnavailable
+from jobs.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from celery import signals
 
 from jobs.queues import PING, RUN_JOB
 from jobs.settings import get_settings
-from service.store import FINAL_STATES, InvalidTransition, JobState, JobStore, StoreUnavailable
-from service.workers import WorkerRegistry
+from jobs.store import FINAL_STATES, InvalidTransition, JobState, JobStore, StoreUnavailable
+from jobs.workers import WorkerRegistry
 from worker.celery_app import app
 from worker.datasets import resolve_uploaded
 from worker.lease import LeaseKeeper, WorkerMonitor, worker_id

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.load import rss_bytes  # noqa: E402
 from jobs.settings import Settings  # noqa: E402
-from service.store import JobStore  # noqa: E402
+from jobs.store import JobStore  # noqa: E402
 from tests.reliability.api_server import ApiServer  # noqa: E402
 
 CONCURRENCY = 50

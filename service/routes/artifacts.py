@@ -17,8 +17,8 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse
 
 from jobs.settings import Settings
+from jobs.store import FINAL_STATES
 from service.deps import OwnedJob, SettingsDep
-from service.store import FINAL_STATES
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 logger = logging.getLogger(__name__)

@@ -26,10 +26,10 @@ from starlette.requests import ClientDisconnect
 from clrcore import catalog
 from clrcore.specs import RangeTestSpec, TrainSpec
 from jobs.settings import Settings
+from jobs.store import JobState, JobStore
 from service.deps import Owner, SettingsDep, StoreDep
 from service.errors import field_error
 from service.routes.catalog import DatasetOut
-from service.store import JobState, JobStore
 from service.uploads import (
     ARCHIVE_TYPES,
     DATASET_ID,

@@ -19,12 +19,12 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from clrcore.specs import RangeTestSpec, TrainSpec
 from jobs.queues import queue_for
 from jobs.settings import Settings
+from jobs.store import FINAL_STATES, InvalidCursor, JobState, JobStore, StoreUnavailable, body_hash
 from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
 from service.errors import field_error, unavailable
 from service.event_reader import EventReader
 from service.routes.artifacts import job_links, remove_run_folder
 from service.routes.datasets import upload_errors
-from service.store import FINAL_STATES, InvalidCursor, JobState, JobStore, StoreUnavailable, body_hash
 
 logger = logging.getLogger(__name__)
 

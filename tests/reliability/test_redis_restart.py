@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
+from jobs.store import JobState, JobStore
 from service.main import create_app
-from service.store import JobState, JobStore
 from tests.conftest import WorkerProcess
 from tests.reliability.redis_server import RedisServer
 from tests.worker.test_tasks import FINAL

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from jobs.settings import Settings
-from service.store import JobStore
-from service.workers import WorkerRegistry
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
 from tests.conftest import WorkerProcess
 from tests.worker.test_tasks import range_test_spec, submit, train_spec, wait_for
 

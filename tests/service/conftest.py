@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
+from jobs.store import JobState, JobStore
 from service.main import create_app
-from service.store import JobState, JobStore
 
 ALICE = {"Authorization": "Bearer alice-secret"}
 BOB = {"Authorization": "Bearer bob-secret"}

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
-from service.store import JobState, JobStore
+from jobs.store import JobState, JobStore
 from tests.service.conftest import ALICE, mark_running
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16

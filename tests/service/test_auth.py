@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
+from jobs.store import JobState, JobStore
 from service.main import create_app
-from service.store import JobState, JobStore
 from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN, WRONG, mark_running
 
 JOB_ENDPOINTS = [

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
-from service.store import JobState, JobStore
+from jobs.store import JobState, JobStore
 from tests.service.conftest import ALICE, BOB, mark_running
 
 

@@ -8,7 +8,7 @@ import time
 
 from fastapi.testclient import TestClient
 
-from service.store import JobState, JobStore
+from jobs.store import JobState, JobStore
 from tests.service.conftest import ALICE, mark_running
 
 

@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
+from jobs.store import JobState, JobStore
 from scripts.reliability.fuzzing import fuzz_app
 from service.main import create_app
-from service.store import JobState, JobStore
 from tests.service.conftest import ALICE, RANGE_TEST, TRAIN, mark_running
 
 CI_EXAMPLES = 15  # per operation and generation mode (positive, negative)

@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
+from jobs.store import JobState, JobStore
+from jobs.workers import WorkerRegistry
 from service.main import create_app
-from service.store import JobState, JobStore
-from service.workers import WorkerRegistry
 from tests.service.conftest import ALICE, RANGE_TEST, TRAIN, mark_running
 
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clrcore.specs import RangeTestSpec
-from service.store import JobState, JobStore, body_hash
+from jobs.store import JobState, JobStore, body_hash
 from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN, mark_running
 
 

@@ -12,8 +12,8 @@ import pytest
 from clrcore.specs import parse_spec
 from jobs.queues import PING, RUN_JOB
 from jobs.settings import Settings
-from service.store import JobState, JobStore
-from service.workers import WorkerRegistry
+from jobs.store import JobState, JobStore
+from jobs.workers import WorkerRegistry
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 from clrcore.datasets import DatasetError
 from jobs.settings import Settings
+from jobs.store import JobStore
 from service.main import create_app
-from service.store import JobStore
 from worker.datasets import resolve_uploaded
 
 CLASSES = ("circle", "square", "triangle")

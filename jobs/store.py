@@ -14,8 +14,8 @@ Key layout (every key starts with the configured prefix, so tests can share one 
     {p}:owner:{owner}:{kind}     sorted set: the same, one kind only
     {p}:state:{state}            set: job ids in that state (counts, the sweeper)
     {p}:idem:{owner-hash}:{key}  hash: an idempotency key's body hash, status and stored response
-    {p}:worker:{id}, {p}:workers worker liveness (hash per worker, sorted set by last seen): `service.workers`
-    {p}:canary:{token}           a worker's reply to a readiness canary task: `service.workers`
+    {p}:worker:{id}, {p}:workers worker liveness (hash per worker, sorted set by last seen): `jobs.workers`
+    {p}:canary:{token}           a worker's reply to a readiness canary task: `jobs.workers`
     {p}:durations                hash: cumulative job-duration histogram, "kind|state|le<i>", "|count", "|sum"
     {p}:broker:...               the Celery/kombu queues (see `broker_transport_options`)
 """
@@ -39,8 +39,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from jobs import scripts
 from jobs.queues import broker_key_prefix
-from service import store_scripts as scripts
 
 if TYPE_CHECKING:
     from jobs.settings import Settings

@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from service.store import (
+from jobs.store import (
     FINAL_STATES,
     TRANSITIONS,
     InvalidCursor,
