@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from jobs.store import require_text_client, unavailable_on_redis_errors
+from jobs.redis_errors import require_text_client, unavailable_on_redis_errors
 
 WORKER_RECORD_TTL = 24 * 3600
 

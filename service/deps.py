@@ -90,7 +90,7 @@ def owned_job(job_id: str, request: Request, credentials: Credentials) -> dict:
     owner = current_owner(request, credentials)
     if not JOB_ID.match(job_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
-    record = request.app.state.store.get(job_id)
+    record = request.app.state.store.records.get(job_id)
     if record is None or record["owner"] != owner:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
     return record

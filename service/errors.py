@@ -15,7 +15,8 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from jobs.store import InvalidTransition, JobNotFound, StoreUnavailable
+from jobs.redis_errors import StoreUnavailable
+from jobs.states import InvalidTransition, JobNotFound
 from service.auth import bearer_token
 
 logger = logging.getLogger(__name__)

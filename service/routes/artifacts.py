@@ -17,7 +17,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse
 
 from jobs.settings import Settings
-from jobs.store import FINAL_STATES
+from jobs.states import FINAL_STATES
 from service.deps import OwnedJob, SettingsDep
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])

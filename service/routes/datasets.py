@@ -26,7 +26,8 @@ from starlette.requests import ClientDisconnect
 from clrcore import catalog
 from clrcore.specs import RangeTestSpec, TrainSpec
 from jobs.settings import Settings
-from jobs.store import JobState, JobStore
+from jobs.states import JobState
+from jobs.store import JobStore
 from service.deps import Owner, SettingsDep, StoreDep
 from service.errors import field_error
 from service.routes.catalog import DatasetOut
@@ -148,7 +149,7 @@ def _job_naming(store: JobStore, owner: str, dataset_id: str) -> dict | None:
     """A not yet final job of `owner` whose spec names the dataset, if any (the in-flight sets are small)."""
     for state in IN_FLIGHT:
         for job_id in sorted(store.redis.smembers(f"{store.prefix}:state:{state.value}")):
-            record = store.get(job_id)
+            record = store.records.get(job_id)
             if record and record["owner"] == owner and (record["spec"] or {}).get("dataset") == dataset_id:
                 return record
     return None

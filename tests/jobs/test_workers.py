@@ -8,7 +8,7 @@ import secrets
 import pytest
 import redis
 
-from jobs.store import StoreUnavailable
+from jobs.redis_errors import StoreUnavailable
 from jobs.workers import WORKER_RECORD_TTL, WorkerRegistry
 
 

@@ -13,7 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
-from jobs.store import JobState, JobStore
+from jobs.states import JobState
+from jobs.store import JobStore
 from service.main import create_app
 
 ALICE = {"Authorization": "Bearer alice-secret"}
@@ -23,8 +24,8 @@ WRONG = {"Authorization": "Bearer not-a-key"}
 def mark_running(store: JobStore, job_id: str, holder: str = "test-driver") -> None:
     """Move a job to running the way a worker does, lease first: the sweeper of any worker process
     still alive in the session hands running jobs without a lease back to the queue (twice a second)."""
-    assert store.claim(job_id, holder, 300)
-    store.transition(job_id, JobState.RUNNING)
+    assert store.leases.claim(job_id, holder, 300)
+    store.records.transition(job_id, JobState.RUNNING)
 
 
 RANGE_TEST = {"dataset": "digits", "model": "tiny_cnn", "batch_size": 32, "num_iter": 10}

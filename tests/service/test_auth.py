@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
-from jobs.store import JobState, JobStore
+from jobs.states import JobState
+from jobs.store import JobStore
 from service.main import create_app
 from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN, WRONG, mark_running
 
@@ -50,7 +51,7 @@ def finished_job(client: TestClient, store: JobStore, api_settings: Settings) ->
     for name in ("history.png", "report.json", "report.txt", "spec.json", "checkpoints/last.pt"):
         (run / name).write_bytes(b'{"secret": "alice data"}')
     mark_running(store, job_id)
-    store.transition(job_id, JobState.SUCCEEDED, result={"secret": "alice data"})
+    store.records.transition(job_id, JobState.SUCCEEDED, result={"secret": "alice data"})
     return job_id
 
 

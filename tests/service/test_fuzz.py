@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
-from jobs.store import JobState, JobStore
+from jobs.states import JobState
+from jobs.store import JobStore
 from scripts.reliability.fuzzing import fuzz_app
 from service.main import create_app
 from tests.service.conftest import ALICE, RANGE_TEST, TRAIN, mark_running
@@ -36,11 +37,12 @@ def seed_jobs(client: TestClient, store: JobStore, settings: Settings, headers: 
                      "checkpoints/last.pt"):
             (run / name).write_bytes(b'{"accuracy": 0.9}')
         if end is JobState.CANCELLED:
-            store.request_cancel(job_id)
+            store.records.request_cancel(job_id)
         else:
             mark_running(store, job_id)
-            store.transition(job_id, end, error="loss diverged at step 3, lr 9" if end is JobState.FAILED else None,
-                             result={"accuracy": 0.9} if end is JobState.SUCCEEDED else None)
+            error = "loss diverged at step 3, lr 9" if end is JobState.FAILED else None
+            store.records.transition(job_id, end, error=error,
+                                     result={"accuracy": 0.9} if end is JobState.SUCCEEDED else None)
         ids.append(job_id)
     return ids
 
@@ -54,9 +56,9 @@ def fuzz_target(api_settings: Settings, store: JobStore):
     # Cancel what is still queued, so a later test's job never waits behind fuzzed ones.
     cursor = None
     while True:
-        queued, cursor = store.list("alice", state=JobState.QUEUED.value, cursor=cursor, limit=100)
+        queued, cursor = store.records.list("alice", state=JobState.QUEUED.value, cursor=cursor, limit=100)
         for job in queued:
-            store.request_cancel(job["id"])
+            store.records.request_cancel(job["id"])
         if cursor is None:
             break
 
