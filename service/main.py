@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobs.datasets import DatasetStore
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
@@ -28,7 +29,6 @@ from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
 from service.routes import artifacts, catalog, datasets, health, jobs
-from service.uploads import DatasetStore
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")

@@ -28,7 +28,7 @@ from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
 from service.errors import field_error, unavailable
 from service.event_reader import EventReader
 from service.routes.artifacts import job_links, remove_run_folder
-from service.routes.datasets import upload_errors
+from service.uploads import upload_errors
 
 logger = logging.getLogger(__name__)
 
