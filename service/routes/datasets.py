@@ -28,7 +28,7 @@ from jobs.settings import Settings
 from jobs.states import JobState
 from jobs.store import JobStore
 from service.deps import Owner, SettingsDep, StoreDep
-from service.routes.catalog import DatasetOut
+from service.schemas import DatasetOut
 from service.uploads import (
     ARCHIVE_TYPES,
     UploadRefused,

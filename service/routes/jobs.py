@@ -27,7 +27,7 @@ from jobs.store import JobStore
 from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
 from service.errors import field_error, unavailable
 from service.event_reader import EventReader
-from service.routes.artifacts import job_links, remove_run_folder
+from service.run_files import job_links, remove_run_folder
 from service.uploads import upload_errors
 
 logger = logging.getLogger(__name__)
