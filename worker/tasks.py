@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from celery import signals
 
+from clrcore.json_safe import json_safe
 from jobs.queues import PING, RUN_JOB
 from jobs.redis_errors import StoreUnavailable
 from jobs.settings import get_settings
@@ -290,22 +291,11 @@ class ProgressWriter:
             "fraction": getattr(progress, "fraction", None),
         }
         try:
-            if not store().events.update_progress(self.job_id, _json_safe(data), _json_safe(metrics),
+            if not store().events.update_progress(self.job_id, json_safe(data), json_safe(metrics),
                                            holder=worker_id()):
                 log.warning("job %s: progress not written: the lease is no longer ours", self.job_id)
         except StoreUnavailable as exc:
             log.warning("job %s: progress not written: %s", self.job_id, exc)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinity are not JSON: a diverging loss is reported as null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -357,7 +347,7 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
     finally:
         _current_job = None
     register_artifacts(job_id, run_dir)
-    if _finish(job_id, JobState.SUCCEEDED, result=_json_safe(summary)):
+    if _finish(job_id, JobState.SUCCEEDED, result=json_safe(summary)):
         return "succeeded"
     return "superseded"
 
