@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from jobs.settings import Settings  # noqa: E402
 from jobs.store import JobStore  # noqa: E402
-from tests.conftest import WorkerProcess  # noqa: E402
+from tests.helpers import WorkerProcess  # noqa: E402
 from tests.reliability.api_server import ApiServer  # noqa: E402
 
 MAX_SECONDS = 600

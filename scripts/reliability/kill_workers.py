@@ -41,7 +41,7 @@ from clrcore.specs import parse_spec  # noqa: E402
 from jobs.queues import RUN_JOB  # noqa: E402
 from jobs.settings import Settings  # noqa: E402
 from jobs.store import JobStore  # noqa: E402
-from tests.conftest import WorkerProcess  # noqa: E402
+from tests.helpers import WorkerProcess  # noqa: E402
 from worker.celery_app import create_app  # noqa: E402
 
 FINAL = {"succeeded", "failed", "cancelled"}

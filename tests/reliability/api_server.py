@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from jobs.settings import Settings
-from tests.conftest import ROOT, settings_env
+from tests.helpers import ROOT, settings_env
 from tests.reliability.redis_server import free_port
 
 START_TIMEOUT_S = 30.0

@@ -17,7 +17,7 @@ import pytest
 from jobs.settings import Settings
 from jobs.store import JobStore
 from service.routes.jobs import CLIENT_EVENTS
-from tests.conftest import WorkerProcess
+from tests.helpers import WorkerProcess
 from tests.reliability.api_server import ApiServer, sse_events
 
 pytestmark = pytest.mark.slow

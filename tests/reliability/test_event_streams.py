@@ -22,9 +22,9 @@ import redis
 from jobs.settings import Settings
 from jobs.states import JobState
 from jobs.store import JobStore
+from tests.helpers import mark_running
 from tests.reliability.api_server import ApiServer, sse_events
 from tests.reliability.redis_server import RedisServer
-from tests.service.conftest import mark_running
 
 pytestmark = pytest.mark.slow
 

@@ -19,10 +19,8 @@ from fastapi.testclient import TestClient
 from jobs.settings import Settings
 from jobs.store import JobStore
 from service.main import create_app
-from tests.conftest import WorkerProcess
+from tests.helpers import ALICE, TRAIN, WorkerProcess, parse_sse
 from tests.reliability.redis_server import RedisServer
-from tests.service.conftest import ALICE, TRAIN
-from tests.service.test_events import parse_sse
 
 pytestmark = pytest.mark.slow
 

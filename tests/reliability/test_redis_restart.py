@@ -17,9 +17,8 @@ from jobs.settings import Settings
 from jobs.states import JobState
 from jobs.store import JobStore
 from service.main import create_app
-from tests.conftest import WorkerProcess
+from tests.helpers import FINAL, WorkerProcess
 from tests.reliability.redis_server import RedisServer
-from tests.worker.test_tasks import FINAL
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,7 @@ import pytest
 from jobs.settings import Settings
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
-from tests.conftest import WorkerProcess
-from tests.worker.test_tasks import range_test_spec, submit, train_spec, wait_for
+from tests.helpers import WorkerProcess, range_test_spec, submit, train_spec, wait_for
 
 pytestmark = pytest.mark.slow
 

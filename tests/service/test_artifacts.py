@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from jobs.settings import Settings
 from jobs.states import JobState
 from jobs.store import JobStore
-from tests.service.conftest import ALICE, mark_running
+from tests.helpers import ALICE, mark_running
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 

@@ -14,32 +14,18 @@ from jobs.settings import Settings
 from jobs.states import JobState
 from jobs.store import JobStore
 from service.main import create_app
-from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN, WRONG, mark_running
-
-JOB_ENDPOINTS = [
-    ("GET", "/v1/jobs/{id}"),
-    ("POST", "/v1/jobs/{id}/cancel"),
-    ("GET", "/v1/jobs/{id}/events"),
-    ("GET", "/v1/jobs/{id}/plots/history.png"),
-    ("GET", "/v1/jobs/{id}/report"),
-    ("GET", "/v1/jobs/{id}/report?format=text"),
-    ("GET", "/v1/jobs/{id}/artifacts/spec.json"),
-    ("GET", "/v1/jobs/{id}/artifacts/checkpoint"),
-]
-OTHER_ENDPOINTS = [
-    ("POST", "/v1/jobs/range-test"),
-    ("POST", "/v1/jobs/train"),
-    ("GET", "/v1/jobs"),
-    ("GET", "/v1/datasets"),
-    ("GET", "/v1/models"),
-    ("GET", "/v1/presets"),
-]
-# Endpoints that remove the job: refused like the others, but never called with the owner's key here
-# (the shared finished job must stay); tests/service/test_delete_job.py covers the owner's side.
-REMOVING_JOB_ENDPOINTS = [
-    ("DELETE", "/v1/jobs/{id}"),
-]
-BODIES = {"/v1/jobs/range-test": RANGE_TEST, "/v1/jobs/train": TRAIN}
+from tests.helpers import (
+    ALICE,
+    BOB,
+    BODIES,
+    JOB_ENDPOINTS,
+    OTHER_ENDPOINTS,
+    RANGE_TEST,
+    REMOVING_JOB_ENDPOINTS,
+    TRAIN,
+    WRONG,
+    mark_running,
+)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from jobs.settings import Settings
 from jobs.states import JobState
 from jobs.store import JobStore
-from tests.service.conftest import ALICE, BOB, mark_running
+from tests.helpers import ALICE, BOB, mark_running
 
 
 def _finish(store: JobStore, job_id: str, state: JobState = JobState.SUCCEEDED, *, release: bool = True) -> None:

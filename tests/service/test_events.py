@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -10,22 +9,7 @@ from fastapi.testclient import TestClient
 
 from jobs.states import JobState
 from jobs.store import JobStore
-from tests.service.conftest import ALICE, mark_running
-
-
-def parse_sse(text: str) -> list[dict]:
-    """Events of an SSE body as dicts with id, event and (JSON-decoded) data; pings (comments) dropped."""
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        fields: dict = {}
-        for line in block.split("\n"):
-            key, sep, value = line.partition(": ")
-            if sep and key in ("id", "event", "data"):
-                fields[key] = value
-        if "data" in fields:
-            fields["data"] = json.loads(fields["data"])
-            events.append(fields)
-    return events
+from tests.helpers import ALICE, mark_running, parse_sse
 
 
 def _drive(store: JobStore, job_id: str, delay: float = 0.3) -> threading.Thread:

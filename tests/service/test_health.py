@@ -13,7 +13,7 @@ from jobs.states import JobState
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
 from service.main import create_app
-from tests.service.conftest import ALICE, RANGE_TEST, TRAIN, mark_running
+from tests.helpers import ALICE, RANGE_TEST, TRAIN, mark_running
 
 
 def test_healthz(client: TestClient) -> None:

@@ -11,7 +11,7 @@ from clrcore.specs import RangeTestSpec
 from jobs.idempotency import body_hash
 from jobs.states import JobState
 from jobs.store import JobStore
-from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN, mark_running
+from tests.helpers import ALICE, BOB, RANGE_TEST, TRAIN, mark_running
 
 
 def test_submit_answers_202_with_location_and_record(client: TestClient) -> None:

@@ -4,57 +4,18 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from clrcore.specs import parse_spec
 from jobs.queues import PING, RUN_JOB
 from jobs.settings import Settings
 from jobs.states import JobState
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
+from tests.helpers import FINAL, range_test_spec, submit, train_spec, wait_for
 
 pytestmark = pytest.mark.slow
-
-OWNER = "worker-tests"
-FINAL = {s.value for s in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)}
-
-
-def train_spec(**overrides) -> dict:
-    """A digits training job that takes about a second per few epochs on one CPU thread."""
-    spec = {"kind": "train", "dataset": "digits", "model": "tiny_cnn", "device": "cpu", "epochs": 2,
-            "train_subset": 500, "batch_size": 64, "policy": "triangular", "base_lr": 0.01,
-            "max_lr": 0.1, "step_size": 1, "augment": {"translate": 0, "flip": False}, **overrides}
-    return parse_spec(spec).model_dump(mode="json")
-
-
-def range_test_spec(**overrides) -> dict:
-    spec = {"kind": "range_test", "dataset": "digits", "model": "tiny_cnn", "device": "cpu",
-            "train_subset": 500, "batch_size": 64, "num_iter": 20, **overrides}
-    return parse_spec(spec).model_dump(mode="json")
-
-
-def submit(store: JobStore, sender, spec: dict, queue: str = "cpu", send: bool = True) -> str:
-    job_id = store.records.create(spec["kind"], spec, OWNER, queue=queue)["id"]
-    if send:
-        sender.send_task(RUN_JOB, args=[job_id], queue=queue)
-    return job_id
-
-
-def wait_for(
-    store: JobStore, job_id: str, done: Callable[[dict], bool] = lambda r: r["state"] in FINAL,
-    timeout: float = 60.0,
-) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = store.records.get(job_id)
-        if done(record):
-            return record
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} still {store.records.get(job_id)}")
-
 
 def drain(workers: WorkerRegistry, sender, queue: str = "cpu", timeout: float = 60.0) -> None:
     """Until the one worker on `queue` took every message sent before: it answers a canary sent last."""
