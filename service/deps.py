@@ -58,6 +58,7 @@ def current_owner(request: Request, credentials: Credentials) -> str:
     A missing or unknown key is 401 with `WWW-Authenticate: Bearer`; which of the two is not said.
     """
     keys: KeyRing = request.app.state.keys
+    owner: str | None
     if keys.open_mode:
         owner = OPEN_MODE_OWNER
     else:

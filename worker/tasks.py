@@ -197,6 +197,7 @@ def _run_claimed(job_id: str, keeper: LeaseKeeper) -> str:
     """With the lease held: check the record once more, then train."""
     db = store()
     record = _patiently(db.records.get, job_id)
+    assert record is not None, job_id  # a leased job cannot be deleted (JobNotFinished)
     state = record["state"]
     if state in FINAL:
         return "final"
@@ -359,7 +360,7 @@ def _stopped(job_id: str, reason: str | None, run_dir: Path) -> str:
     if reason == "shutdown":
         try:
             _patiently(store().records.transition, job_id, JobState.QUEUED)
-            resend(job_id, store().records.get(job_id).get("queue") or settings.queue)
+            resend(job_id, (store().records.get(job_id) or {}).get("queue") or settings.queue)
             log.info("job %s: handed back to the queue at shutdown", job_id)
             return "handed_back"
         except InvalidTransition:

@@ -8,7 +8,7 @@ anything else. A file that does not exist yet is a 404.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse
@@ -19,7 +19,7 @@ from service.run_files import ARTIFACTS, BINARY, JSON, PLOTS, REPORTS, run_file
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 
-_NOT_YET = {404: {"description": "unknown job, or the job has no such file (yet)"}}
+_NOT_YET: dict[int | str, dict[str, Any]] = {404: {"description": "unknown job, or the job has no such file (yet)"}}
 
 
 def _serve(settings: Settings, job_id: str, relative: str, media_type: str, *,
