@@ -24,6 +24,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy clrcore jobs service worker
 
 bench-cpu: $(STAMP)
 	$(BIN)/python bench/cpu_bench.py
@@ -32,4 +33,4 @@ stop:
 	-$(BIN)/python scripts/demo.py --stop
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

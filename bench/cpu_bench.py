@@ -28,7 +28,8 @@ from torch import nn
 from clrcore.datasets import Split, make_dataset
 from clrcore.models import build_model
 from clrcore.schedules import build_schedule
-from clrcore.trainer import TrainConfig, steps_per_epoch, train
+from clrcore.train_setup import TrainConfig, steps_per_epoch
+from clrcore.trainer import train
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 

@@ -41,10 +41,12 @@ from typing import Any
 import torch
 
 from clrcore.datasets import Dataset, load_dataset, with_train_subset
-from clrcore.runs import RunHooks, fresh_model, run_job
+from clrcore.hooks import Hooks
+from clrcore.runs import fresh_model, run_job
 from clrcore.schedules import schedule_from_spec
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
-from clrcore.trainer import config_from_spec, resolve_device, steps_per_epoch, train
+from clrcore.train_setup import config_from_spec, resolve_device, steps_per_epoch
+from clrcore.trainer import train
 
 log = logging.getLogger("gpu_bench")
 
@@ -237,7 +239,7 @@ class Bench:
         spec = self.range_test_spec(self.settings["range_test_preset"])
         run_job(spec.model_copy(update={"num_iter": 10}), self.run_folder("warmup"), data_dir=self.data_dir)
         stamps: list[float] = []
-        hooks = RunHooks(on_progress=lambda p: stamps.append(time.perf_counter()), progress_interval=0.0)
+        hooks = Hooks(on_progress=lambda p: stamps.append(time.perf_counter()), progress_interval=0.0)
         summary = run_job(spec, self.run_folder("range-test"), data_dir=self.data_dir, hooks=hooks)
         steps = summary["steps"]
         # every step reads its loss on the host, so the callbacks' clock follows the GPU

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from clrcore.trainer import TrainConfig
+    from clrcore.train_setup import TrainConfig
 
 COMPILE_CACHE_SIZE = 4  # architectures kept compiled per process (each holds one copy of its weights)
 _COMPILED: OrderedDict[tuple, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]] = OrderedDict()

@@ -95,6 +95,7 @@ def evaluate(
         return Prediction(np.empty(0, np.int64), np.empty(0, np.int64), math.nan, math.nan)
     y_pred = torch.cat(preds).cpu().numpy()
     y_true = torch.cat(labels).cpu().numpy()
+    assert loss_sum is not None  # there were batches
     loss = float(loss_sum) / len(y_true)
     return Prediction(y_true, y_pred, loss, float((y_pred == y_true).mean()))
 

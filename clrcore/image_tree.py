@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from clrcore.archives import ArchiveError, iter_image_members
-from clrcore.datasets import Dataset, DatasetError, Split, channel_stats
+from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def cache_key(name: str, path: Path) -> str:
     """
     path = path.resolve()
     if path.is_dir():
-        stats = sorted(
+        stats: list[tuple[object, ...]] = sorted(
             (str(p.relative_to(path)), p.lstat().st_size, p.lstat().st_mtime_ns) for p in path.rglob("*")
         )
     else:

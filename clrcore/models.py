@@ -7,6 +7,7 @@ meet global pooling, never a fixed-size flatten.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -60,7 +61,7 @@ class MiniGoogLeNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [ConvModule(in_channels, 96, 3)]
         width = 96
-        plan = [("i", 32, 32), ("i", 32, 48), ("d", 80),
+        plan: list[tuple[Any, ...]] = [("i", 32, 32), ("i", 32, 48), ("d", 80),
                 ("i", 112, 48), ("i", 96, 64), ("i", 80, 80), ("i", 48, 96), ("d", 96),
                 ("i", 176, 160), ("i", 176, 160)]
         for kind, *sizes in plan:
@@ -84,7 +85,7 @@ class MiniGoogLeNet(nn.Module):
 # at initialisation without skip connections. Whitening the stem is what lets a 10-epoch run get
 # where a learned stem needs half as many epochs again (Keller Jordan's airbench ablations).
 
-RESNET_FAST = {
+RESNET_FAST: dict[str, Any] = {
     "whiten_kernel": 2,  # 2x2 patches, 'valid': 32px in, 31px out; 2 * C * 2**2 filters (24 for RGB)
     "whiten_eps": 5e-4,  # added to the patch covariance's eigenvalues before the inverse square root
     "widths": (64, 256, 256),  # the three conv groups
@@ -105,6 +106,7 @@ class PatchWhitening(nn.Conv2d):
     def __init__(self, channels_in: int, kernel: int) -> None:
         super().__init__(channels_in, 2 * channels_in * kernel**2, kernel, padding=0, bias=True)
         self.weight.requires_grad_(False)
+        assert self.bias is not None
         nn.init.zeros_(self.bias)
 
     @torch.no_grad()
@@ -189,7 +191,9 @@ class ResNetFast(nn.Sequential):
 
     def fit_to_data(self, images: torch.Tensor) -> None:
         """Set the whitening stem from normalised training images."""
-        self[0].fit(images, RESNET_FAST["whiten_eps"])
+        stem = self[0]
+        assert isinstance(stem, PatchWhitening)
+        stem.fit(images, RESNET_FAST["whiten_eps"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +268,7 @@ def fit_to_data(model: nn.Module, images: torch.Tensor) -> None:
     it once on a fresh model, before the optimizer is built; a resumed run's checkpoint overwrites it.
     """
     if has_data_init(model):
-        model.fit_to_data(images)
+        cast(Any, model).fit_to_data(images)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

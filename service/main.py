@@ -18,17 +18,17 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobs.datasets import DatasetStore
+from jobs.settings import Settings, get_settings
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
 from service import errors
 from service.auth import KeyRing
-from service.config import Settings, get_settings
 from service.event_reader import EventReader
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
 from service.routes import artifacts, catalog, datasets, health, jobs, ui
-from service.store import JobStore
-from service.uploads import DatasetStore
-from service.workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")

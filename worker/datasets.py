@@ -12,8 +12,9 @@ import logging
 from pathlib import Path
 
 from clrcore.datasets import DatasetError
-from service.store import JobStore
-from service.uploads import DATASET_ID, DatasetStore
+from clrcore.specs import UPLOADED_DATASET
+from jobs.datasets import DatasetStore
+from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def resolve_uploaded(spec: dict, owner: str, store: JobStore, data_dir: Path) ->
     Raises `DatasetError` when the dataset is gone or is not the job owner's (the job then fails with it).
     """
     dataset = spec.get("dataset")
-    if not isinstance(dataset, str) or not DATASET_ID.match(dataset):
+    if not isinstance(dataset, str) or not UPLOADED_DATASET.match(dataset):
         return spec
     record = DatasetStore(store.redis, store.prefix, data_dir).owned(owner, dataset)
     if record is None:

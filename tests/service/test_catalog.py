@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.service.conftest import ALICE
+from tests.helpers import ALICE
 
 
 def test_datasets_list_classes_and_input_shapes(client: TestClient) -> None:

@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.config import Settings
-from service.store import JobState, JobStore
-from tests.conftest import ROOT, WorkerProcess
+from jobs.settings import Settings
+from jobs.states import JobState
+from jobs.store import JobStore
+from tests.helpers import ROOT, WorkerProcess, mark_running
 from tests.reliability.api_server import ApiServer
-from tests.service.conftest import mark_running
 from tests.service.test_uploads import build_archive, image_tree
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -263,7 +263,7 @@ def test_the_jobs_list_filters_follows_states_cancels_and_deletes(server: ApiSer
     page.click(f'{row(sweep)} button[aria-label="delete {sweep}"]')
     page.wait_for_selector(row(sweep), state="detached")
     assert httpx.get(f"{base}/v1/jobs/{sweep}").status_code == 404
-    store.transition(train, JobState.CANCELLED)
+    store.records.transition(train, JobState.CANCELLED)
 
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -335,10 +335,10 @@ def test_a_bad_field_shows_its_message_next_to_it(server: ApiServer, page) -> No
 
 
 def test_a_failed_job_and_a_missing_one_are_explained_in_words(server: ApiServer, store: JobStore, page) -> None:
-    record = store.create("train", {"dataset": "digits"}, "local", queue="parked")
+    record = store.records.create("train", {"dataset": "digits"}, "local", queue="parked")
     mark_running(store, record["id"])
     reason = "CUDA out of memory <b>at batch 3</b>"
-    store.transition(record["id"], JobState.FAILED, error=reason)
+    store.records.transition(record["id"], JobState.FAILED, error=reason)
     page.goto(f"{server.url}/ui/#/jobs/{record['id']}")
     alert = page.get_by_role("alert").filter(has_text="failed")
     alert.wait_for()
@@ -381,7 +381,8 @@ def test_job_page_first_paint_and_1000_events_without_dropped_frames(
     server: ApiServer, store: JobStore, page
 ) -> None:
     """Figures, not strict timings: recorded in runs/screenshots/dashboard_perf.json and docs/benchmarks.md."""
-    record = store.create("train", {"dataset": "digits", "model": "tiny_cnn", "epochs": 10}, "local", queue="parked")
+    record = store.records.create("train", {"dataset": "digits", "model": "tiny_cnn", "epochs": 10}, "local",
+                                  queue="parked")
     job_id = record["id"]
     mark_running(store, job_id)
 
@@ -399,16 +400,17 @@ def test_job_page_first_paint_and_1000_events_without_dropped_frames(
     started = time.perf_counter()
     steps = 1000
     for step in range(1, steps + 1):
-        store.update_progress(job_id, {"phase": "train", "epoch": 1 + step // 100, "epochs": 10, "step": step,
-                                       "steps": steps, "fraction": step / steps},
-                              {"loss": 2.3 / (1 + step / 100), "acc": step / (steps + 1), "lr": 0.01 + step * 1e-5})
+        progress = {"phase": "train", "epoch": 1 + step // 100, "epochs": 10, "step": step, "steps": steps,
+                    "fraction": step / steps}
+        metrics = {"loss": 2.3 / (1 + step / 100), "acc": step / (steps + 1), "lr": 0.01 + step * 1e-5}
+        store.events.update_progress(job_id, progress, metrics)
     written = time.perf_counter() - started
     page.wait_for_function(f"() => document.querySelector('[data-chart=\"loss\"]')?.dataset.points == {steps}",
                            timeout=60_000)
     followed = time.perf_counter() - started
     frames = page.evaluate("() => { window.__recording = false; return window.__frames; }")
     longtasks = page.evaluate("() => window.__longtasks")
-    store.transition(job_id, JobState.SUCCEEDED, result={})
+    store.records.transition(job_id, JobState.SUCCEEDED, result={})
     page.wait_for_selector('.summary[data-state="succeeded"]')
     shot(page, "job-1000-events")
 
@@ -461,13 +463,13 @@ def test_the_event_stream_parser_follows_the_sse_rules(server: ApiServer, page) 
 
 def write_progress(store: JobStore, job_id: str, steps: range, total: int) -> None:
     for step in steps:
-        store.update_progress(job_id, {"phase": "train", "epoch": 1, "epochs": 1, "step": step, "steps": total,
-                                       "fraction": step / total}, {"loss": 1 / step, "acc": step / total, "lr": 0.01})
+        progress = {"phase": "train", "epoch": 1, "epochs": 1, "step": step, "steps": total, "fraction": step / total}
+        store.events.update_progress(job_id, progress, {"loss": 1 / step, "acc": step / total, "lr": 0.01})
 
 
 def test_the_job_page_resumes_after_the_api_restarts(server: ApiServer, store: JobStore, page) -> None:
     """The fetch-based SSE reader reconnects with Last-Event-ID: nothing lost, nothing twice."""
-    record = store.create("train", {"dataset": "digits", "model": "tiny_cnn"}, "local", queue="parked")
+    record = store.records.create("train", {"dataset": "digits", "model": "tiny_cnn"}, "local", queue="parked")
     job_id = record["id"]
     mark_running(store, job_id)
     page.goto(f"{server.url}/ui/#/jobs/{job_id}")
@@ -480,7 +482,7 @@ def test_the_job_page_resumes_after_the_api_restarts(server: ApiServer, store: J
     server.start()
     page.wait_for_selector('.curves[data-events="100"]', timeout=60_000)
     assert page.get_attribute('[data-chart="loss"]', "data-points") == "100"
-    store.transition(job_id, JobState.SUCCEEDED, result={})
+    store.records.transition(job_id, JobState.SUCCEEDED, result={})
     page.wait_for_selector('.summary[data-state="succeeded"]')
     page.wait_for_timeout(500)
     assert page.get_attribute(".curves", "data-events") == "100"

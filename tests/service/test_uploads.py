@@ -23,9 +23,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.config import Settings
+from jobs.datasets import INCOMING_DIR, UPLOADS_DIR, DatasetStore, owner_hash
+from jobs.settings import Settings
 from service.main import create_app
-from service.uploads import INCOMING_DIR, UPLOADS_DIR, DatasetStore, UploadRefused, owner_hash, write_stream
+from service.uploads import UploadRefused, write_stream
 
 CONTENT_TYPES = {"zip": "application/zip", "tar": "application/x-tar", "tar.gz": "application/gzip"}
 TRAIN = {"model": "tiny_cnn", "epochs": 1, "batch_size": 4, "base_lr": 0.01, "max_lr": 0.05, "step_size": 1}

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from clrcore.suggest import Recommendation, recipe, recommend, suggest_lrs, warnings_for
+from clrcore.checkpoint import capture_rng_state, restore_rng_state
+from clrcore.json_safe import json_safe
+from clrcore.suggest import Recommendation, recommend, suggest_lrs, warnings_for
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +72,12 @@ class RangeTestResult:
         taken = [r for r in self.log if not r["skipped"]]
         return [r["lr"] for r in taken], [r["smoothed"] for r in taken]
 
-    def recipe(self, iters_per_epoch: int, epochs_hint: int | None = None) -> dict[str, Any] | None:
-        """The whole training recipe (base_lr, max_lr, step size, epochs, policy), not just one LR.
-
-        For the triangular family the step size is 2-8 epochs' worth of iterations and the epoch
-        count a whole number of cycles, so training ends on a cycle minimum; see `suggest.recipe`.
-        None when the sweep gave no recommendation.
-        """
-        if self.recommendation is None:
-            return None
-        return recipe(self.recommendation, iters_per_epoch=iters_per_epoch, epochs_hint=epochs_hint)
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: NaN and inf become None."""
         stopped_at = (
             None if self.stopped_at is None else {"step": self.stopped_at[0], "lr": self.stopped_at[1]}
         )
-        return _json_safe(
+        return json_safe(
             {
                 "log": self.log,
                 "val_log": self.val_log,
@@ -109,13 +99,13 @@ class RangeTestResult:
         path = Path(path)
         rows = [_flat_row(r) for r in self.log]
         if path.suffix == ".json":
-            path.write_text(json.dumps(_json_safe(rows), indent=1))
+            path.write_text(json.dumps(json_safe(rows), indent=1))
         elif path.suffix == ".csv":
             columns = list(dict.fromkeys(k for row in rows for k in row)) or ["step", "lr", "loss"]
             with path.open("w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=columns)
                 writer.writeheader()
-                writer.writerows(_json_safe(rows))
+                writer.writerows(json_safe(rows))
         else:
             raise ValueError(f"save_log writes .csv or .json, not {path.suffix!r}")
         return path
@@ -131,18 +121,6 @@ def _flat_row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 # ---------------------------------------------------------------------------- snapshot and restore
 
 
@@ -152,32 +130,15 @@ def _tensor_digest(h: Any, name: str, t: torch.Tensor) -> None:
     h.update(t.view(torch.uint8).cpu().numpy().tobytes())
 
 
-def rng_states() -> dict[str, Any]:
-    """Every global RNG a sweep can advance: torch CPU, CUDA (only if initialised), numpy, python."""
-    return {
-        "torch": torch.get_rng_state(),
-        # only if CUDA is up: initialising it here would break forked workers on CPU runs
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None:
-        torch.cuda.set_rng_state_all(states["cuda"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-
-
 def _rng_digest(h: Any, states: dict[str, Any]) -> None:
+    """Digest of `checkpoint.capture_rng_state()`: every global stream, bit for bit."""
     _tensor_digest(h, "rng.torch", states["torch"])
     for i, t in enumerate(states["cuda"] or []):
         _tensor_digest(h, f"rng.cuda{i}", t)
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    h.update(f"rng.numpy|{kind}|{pos}|{has_gauss}|{gauss!r}|".encode())
-    h.update(np.ascontiguousarray(keys).tobytes())
+    np_state = states["numpy"]
+    h.update(f"rng.numpy|{np_state['kind']}|{np_state['pos']}|{np_state['has_gauss']}|"
+             f"{np_state['cached_gaussian']!r}|".encode())
+    _tensor_digest(h, "rng.numpy.keys", np_state["keys"])
     h.update(f"rng.python|{states['python']!r}".encode())
 
 
@@ -202,7 +163,7 @@ def state_checksum(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: A
     h.update(json.dumps(opt["param_groups"], sort_keys=True, default=repr).encode())
     if scaler is not None:
         h.update(b"scaler|" + json.dumps(scaler.state_dict(), sort_keys=True, default=repr).encode())
-    _rng_digest(h, rng_states())
+    _rng_digest(h, capture_rng_state())
     return h.hexdigest()
 
 
@@ -225,7 +186,7 @@ class _Snapshot:
             grads=[None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
             optimizer=copy.deepcopy(optimizer.state_dict()),
             scaler=None if scaler is None else copy.deepcopy(scaler.state_dict()),
-            rng=rng_states(),
+            rng=capture_rng_state(),
             training=model.training,
             checksum=state_checksum(model, optimizer, scaler),
         )
@@ -238,7 +199,7 @@ class _Snapshot:
         optimizer.load_state_dict(self.optimizer)
         if scaler is not None and self.scaler is not None:
             scaler.load_state_dict(self.scaler)
-        _set_rng_states(self.rng)
+        restore_rng_state(self.rng)
         model.train(self.training)
         checksum = state_checksum(model, optimizer, scaler)
         if checksum != self.checksum:
@@ -456,6 +417,7 @@ def _sweep(
             (scaler.scale(loss) if scaler is not None else loss).backward()
             part = loss.detach().float()
             window_loss = part if window_loss is None else window_loss + part
+        assert window_loss is not None  # accumulation_steps >= 1
         loss_value = float(window_loss)
         lrs = [float(g["lr"]) for g in optimizer.param_groups]
         record: dict[str, Any] = {

@@ -11,8 +11,9 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from clrcore.range_test import lr_ladder, range_test, state_checksum
-from clrcore.suggest import debiased_ema
+from clrcore.lr_choice import RangeTestChoice
+from clrcore.lr_range import lr_ladder, range_test, state_checksum
+from clrcore.suggest import debiased_ema, recipe
 
 F = nn.functional
 
@@ -327,7 +328,7 @@ def test_digits_recommendation_trains_well_above_chance(digits):
     rec = res.recommendation
     assert rec is not None and 1e-3 <= rec.max_lr <= 3.0, res.suggestions
     assert not res.low_confidence
-    plan = res.recipe(len(train), epochs_hint=12)  # the whole recipe, not one number
+    plan = recipe(rec, iters_per_epoch=len(train), epochs_hint=12)  # the whole recipe, not one number
     assert (plan["base_lr"], plan["max_lr"], plan["policy"]) == (rec.base_lr, rec.max_lr, "triangular")
     assert plan["step_size"] == plan["step_epochs"] * len(train) and 2 <= plan["step_epochs"] <= 8
     assert plan["epochs"] == 12 == 2 * plan["cycles"] * plan["step_epochs"]  # ends on a cycle minimum
@@ -351,7 +352,8 @@ def test_digits_recommendation_trains_well_above_chance(digits):
 
 def test_a_sweep_without_a_recommendation_has_no_recipe():
     res = scripted_run([1.0 + 0.01 * i for i in range(20)], num_iter=10, start_lr=1e-3, end_lr=1.0)
-    assert res.recommendation is None and res.recipe(10) is None
+    choice = RangeTestChoice.from_result(res, iters_per_epoch=10, epochs_hint=None)
+    assert res.recommendation is None and choice.recipe is None and choice.max_lr is None
 
 
 def test_bf16_autocast_sweep_runs_and_restores(digits):
