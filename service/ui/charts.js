@@ -118,9 +118,12 @@ export function rangeTestChart(result) {
   const lrs = taken.map((r) => r.lr);
   const raw = taken.map((r) => (Number.isFinite(r.loss) ? r.loss : null));
   const smoothed = taken.map((r) => (Number.isFinite(r.smoothed) ? r.smoothed : null));
-  const suggestions = Object.entries(result.suggestions || {}).filter(([, lr]) => typeof lr === "number");
-  const rec = result.recommendation;
-  const stopped = result.stopped_at;
+  // range_test.json: the sweep's `log` at the top, the choice read off it under `summary`
+  // (files written before that split held the choice's fields at the top level).
+  const choice = result.summary || result;
+  const suggestions = Object.entries(choice.suggestions || {}).filter(([, lr]) => typeof lr === "number");
+  const rec = choice.recommendation;
+  const stopped = choice.stopped_at;
 
   const readout = h("output.readout", { "aria-live": "off", text: "Hover over the chart to read LR and loss." });
   const canvasBox = h("div.chart.range-chart", { "data-chart": "range-test" });
@@ -138,9 +141,9 @@ export function rangeTestChart(result) {
     rec ? h("p.band-text", `Recommended band (${rec.policy || "policy"}): base_lr ${num(rec.base_lr, 3)} to max_lr `,
       `${num(rec.max_lr, 3)}`, rec.rule ? ` (rule: ${rec.rule})` : "",
       rec.low_confidence ? " (low confidence)" : "") : h("p", { text: "No recommendation: see the warnings." }),
-    stopped ? h("p", { text: `Stopped at step ${stopped.step} (LR ${num(stopped.lr, 3)}): ${result.stop_reason}` })
-      : h("p", { text: `Stop reason: ${result.stop_reason || "–"}` }),
-    (result.warnings || []).length ? h("ul.warnings", result.warnings.map((w) => h("li", { text: w }))) : null,
+    stopped ? h("p", { text: `Stopped at step ${stopped.step} (LR ${num(stopped.lr, 3)}): ${choice.stop_reason}` })
+      : h("p", { text: `Stop reason: ${choice.stop_reason || "–"}` }),
+    (choice.warnings || []).length ? h("ul.warnings", choice.warnings.map((w) => h("li", { text: w }))) : null,
   );
 
   const marks = (u) => {
