@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from clrclient.client import Client
 from clrclient.errors import ApiError, ClientError, InvalidRequest, NotFound, Problem
@@ -33,8 +33,9 @@ from clrcore.specs import RangeTestSpec, TrainSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_CANCELLED, EXIT_API = 0, 1, 2, 3, 4
 EXIT_BY_STATE = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
-SUBMITS = {"submit": ("train", TrainSpec, "submit a training job (the flags of `clr train`)"),
-           "range-test": ("range-test", RangeTestSpec, "submit an LR range test (the flags of `clr range-test`)")}
+SUBMITS: dict[str, tuple[str, type[BaseModel], str]] = {
+    "submit": ("train", TrainSpec, "submit a training job (the flags of `clr train`)"),
+    "range-test": ("range-test", RangeTestSpec, "submit an LR range test (the flags of `clr range-test`)")}
 
 
 def _say(text: str) -> None:
@@ -63,7 +64,7 @@ def _submit(api: Client, args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     submit = api.submit_train if kind == "train" else api.submit_range_test
     job = submit(spec, idempotency_key=args._key)
-    print(job.id)
+    print(job.id, flush=True)  # first, so a script can read the id while --wait follows the job
     if not args._wait:
         return EXIT_OK
     return _follow(api, job.id, quiet=args.quiet)

@@ -31,7 +31,8 @@ class EventFollower:
                  timeout: float | None) -> None:
         self.job_id, self.last_id, self.policy = job_id, last_event_id, policy
         self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.failures, self.failing_since = 0, None
+        self.failures = 0
+        self.failing_since: float | None = None
         self.server_retry: float | None = None
         self.reconnects = 0
 
