@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 from pydantic import BaseModel, ValidationError
+from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
 from clrclient.client import Client
 from clrclient.errors import ApiError, ClientError, InvalidRequest, NotFound, Problem
@@ -178,8 +179,14 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
 # ------------------------------------------------------------------------------------------ parser
 
 
+def _api_flags() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api-url", dest="_api_url", default=None, metavar="URL", help="overrides $CLR_API_URL")
+    return common
+
+
 def _job_command(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=text, description=text)
+    p = sub.add_parser(name, help=text, description=text, parents=[_api_flags()])
     p.add_argument("job_id", metavar="JOB")
     return p
 
@@ -188,10 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clr remote", description=__doc__.splitlines()[0],
                                      epilog="The API: $CLR_API_URL (default http://127.0.0.1:8000); the key: "
                                             "$CLR_API_KEY.")
-    parser.add_argument("--api-url", dest="_api_url", default=None, metavar="URL", help="overrides $CLR_API_URL")
     sub = parser.add_subparsers(dest="_command", required=True)
     for name, (_, model, text) in SUBMITS.items():
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, parents=[_api_flags()])
         p.add_argument("--wait", dest="_wait", action="store_true",
                        help="follow the job to its end; the exit code says how it ended")
         p.add_argument("--quiet", action="store_true", help="no progress bars or state lines")
@@ -201,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _job_command(sub, "wait", "follow a job to its end (exit code as for --wait)")
     p.add_argument("--quiet", action="store_true")
     _job_command(sub, "get", "a job as JSON")
-    p = sub.add_parser("list", help="your jobs, newest first")
+    p = sub.add_parser("list", help="your jobs, newest first", parents=[_api_flags()])
     p.add_argument("--kind", choices=["train", "range_test"])
     p.add_argument("--state", choices=["queued", "running", "cancelling", "succeeded", "failed", "cancelled"])
     p.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")
@@ -215,15 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = _job_command(sub, "artifact", "download one artifact")
     p.add_argument("name", help="history.json, range_test.json, range_test_log.csv, spec.json, model.pt, checkpoint")
     p.add_argument("--out", type=Path, default=None, help="default JOB-NAME in the current folder")
-    p = sub.add_parser("upload", help="upload an image-folder archive (.zip, .tar, .tar.gz)")
+    p = sub.add_parser("upload", help="upload an image-folder archive (.zip, .tar, .tar.gz)",
+                       parents=[_api_flags()])
     p.add_argument("path", type=Path)
     p.add_argument("--name", default=None, help="a label for you")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
+def _say_retry(details: RetryDetails) -> None:
+    """stamina's retries as one line each (instead of its log records on stderr)."""
+    _say(f"retry {details.retry_num} in {details.wait_for:.1f} s: {details.caused_by}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_on_retry_hooks([_say_retry])
     try:
         with Client(args._api_url) as api:
             return COMMANDS[args._command](api, args)

@@ -27,8 +27,8 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 class RetryPolicy:
     """How hard to try: at most `attempts` sends within `timeout` seconds in all."""
 
-    attempts: int = 8
-    timeout: float = 120.0
+    attempts: int = 6
+    timeout: float = 90.0
     wait_initial: float = 0.2
     wait_max: float = 10.0
     wait_jitter: float = 0.5
