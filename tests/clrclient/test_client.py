@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 import zipfile
 from pathlib import Path
@@ -185,3 +186,24 @@ def test_upload_reports_progress_and_the_dataset_is_usable(api: ApiServer, tmp_p
 def test_an_upload_of_a_wrong_file_type_is_refused_before_sending(tmp_path: Path) -> None:
     with Client("http://127.0.0.1:9", "k") as client, pytest.raises(ValueError, match="not an archive"):
         client.upload_dataset(tmp_path / "notes.txt")
+
+
+def test_clr_remote_upload_and_list(api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture) -> None:
+    from clrclient.cli_remote import main as remote
+
+    monkeypatch.setenv("CLR_API_URL", api.url)
+    monkeypatch.setenv("CLR_API_KEY", KEYS["alice"])
+    archive = _noise_archive(tmp_path / "small.zip", per_class=3, size=8)
+    assert remote(["upload", str(archive), "--name", "small"]) == 0
+    captured = capsys.readouterr()
+    dataset_id = captured.out.strip()
+    assert dataset_id.startswith("ds_") and "2 classes" in captured.err
+    assert remote(["range-test", "--dataset", dataset_id, "--num-iter", "10"]) == 0
+    job_id = capsys.readouterr().out.strip()
+    assert remote(["list", "--kind", "range_test", "--limit", "1", "--json"]) == 0
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == [job_id]
+    assert remote(["cancel", job_id]) == 0 and remote(["delete", job_id]) == 0
+    assert remote(["get", job_id]) == 4 and "job not found" in capsys.readouterr().err
+    with Client(api.url, KEYS["alice"]) as client:
+        client.delete_dataset(dataset_id)
