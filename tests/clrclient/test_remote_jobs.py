@@ -3,6 +3,7 @@ its files downloaded, the wait surviving an API restart, and the exit codes of `
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clrclient import Client, JobEvent, NotFound, RetryPolicy, TrainSpec
+from clrclient import AsyncClient, Client, JobEvent, NotFound, RetryPolicy, TrainSpec
 from clrclient.cli_remote import main as remote
 from clrclient.progress import JobBars
 from service.config import Settings
@@ -72,6 +73,21 @@ def test_report_plots_and_artifacts_download_to_files(api: ApiServer, trained: t
         with pytest.raises(NotFound):  # a training job with a given max_lr has no range test plot
             client.download_plot(job_id, "range_test", tmp_path / "rt.png")
         assert not (tmp_path / "rt.png").exists() and not (tmp_path / "rt.png.part").exists()
+
+
+def test_async_client_replays_the_events_and_downloads(api: ApiServer, trained: tuple[str, list[JobEvent]],
+                                                      tmp_path: Path) -> None:
+    job_id, seen_by_wait = trained
+
+    async def scenario() -> tuple[list[JobEvent], str, dict[str, Path]]:
+        async with AsyncClient(api.url, KEYS["alice"]) as client:
+            replayed = [event async for event in client.events(job_id)]
+            job = await client.wait(job_id)
+            return replayed, job.state, await client.download_plots(job_id, tmp_path)
+
+    replayed, state, plots = asyncio.run(scenario())
+    assert [e.id for e in replayed] == [e.id for e in seen_by_wait] and state == "succeeded"
+    assert plots["history"].read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_progress_bars_draw_from_real_events(trained: tuple[str, list[JobEvent]],
