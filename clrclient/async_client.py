@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -174,6 +175,10 @@ class AsyncClient:
 
     async def download_artifact(self, job_id: str, name: str, dest: str | Path) -> Path:
         return await self._download(calls.artifact(job_id, name), dest)
+
+    async def download_run(self, job_id: str, out_dir: str | Path) -> builtins.list[Path]:  # `list` is a method here
+        job = await self.get(job_id)
+        return [await self._download(call, Path(out_dir) / name) for call, name in calls.run_files(job.links)]
 
     # ------------------------------------------------------------------------------------ datasets
 

@@ -84,6 +84,22 @@ def artifact(job_id: str, name: str) -> Call:
     return Call("GET", f"/v1/jobs/{job_id}/artifacts/{name}")
 
 
+# An artifact's file name in a local run folder, where it differs from its API name (as `clr train` lays it out).
+RUN_FOLDER_NAMES = {"checkpoint": "checkpoints/last.pt"}
+
+
+def run_files(links: Mapping[str, Any]) -> list[tuple[Call, str]]:
+    """Every file a job's links name, with its path in a run folder like the one `clr train --out` writes."""
+    files = [(Call("GET", url), f"{name}.png") for name, url in (links.get("plots") or {}).items()]
+    artifacts = (links.get("artifacts") or {}).items()
+    files += [(Call("GET", url), RUN_FOLDER_NAMES.get(name, name)) for name, url in artifacts]
+    if links.get("report"):
+        files.append((Call("GET", links["report"]), "report.json"))
+    if links.get("report_text"):
+        files.append((Call("GET", links["report_text"]), "report.txt"))
+    return files
+
+
 def archive_type(path: Path) -> str:
     """The Content-Type the upload route wants, from the file name."""
     name = path.name.lower()

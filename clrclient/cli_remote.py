@@ -68,10 +68,10 @@ def _submit(api: Client, args: argparse.Namespace) -> int:
     print(job.id, flush=True)  # first, so a script can read the id while --wait follows the job
     if not args._wait:
         return EXIT_OK
-    return _follow(api, job.id, quiet=args.quiet)
+    return _follow(api, job.id, quiet=args.quiet, out=args.out)
 
 
-def _follow(api: Client, job_id: str, *, quiet: bool) -> int:
+def _follow(api: Client, job_id: str, *, quiet: bool, out: Path | None = None) -> int:
     """Follow the job's events (a bar per phase on a terminal), then print how it ended."""
     bars = JobBars() if not quiet and sys.stderr.isatty() else None
 
@@ -90,6 +90,9 @@ def _follow(api: Client, job_id: str, *, quiet: bool) -> int:
         if bars is not None:
             bars.close()
     _print_outcome(api, job)
+    if out is not None:
+        files = api.download_run(job.id, out)
+        print(f"run folder: {out} ({len(files)} files)")
     return EXIT_BY_STATE.get(job.state, EXIT_FAILED)
 
 
@@ -114,7 +117,7 @@ def _print_outcome(api: Client, job: Job) -> None:
 
 
 def _wait(api: Client, args: argparse.Namespace) -> int:
-    return _follow(api, args.job_id, quiet=args.quiet)
+    return _follow(api, args.job_id, quiet=args.quiet, out=args.out)
 
 
 def _get(api: Client, args: argparse.Namespace) -> int:
@@ -201,11 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--wait", dest="_wait", action="store_true",
                        help="follow the job to its end; the exit code says how it ended")
         p.add_argument("--quiet", action="store_true", help="no progress bars or state lines")
+        p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                       help="with --wait: download the job's files (plots, report, artifacts) into this run folder")
         p.add_argument("--idempotency-key", dest="_key", default=None, metavar="KEY",
                        help="resending with the same key returns the first job (default: a fresh key)")
         add_spec_flags(p, model)
     p = _job_command(sub, "wait", "follow a job to its end (exit code as for --wait)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="then download the job's files here")
     _job_command(sub, "get", "a job as JSON")
     p = sub.add_parser("list", help="your jobs, newest first", parents=[_api_flags()])
     p.add_argument("--kind", choices=["train", "range_test"])

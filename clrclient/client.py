@@ -9,6 +9,7 @@ surface with `await`; both build their requests with calls.py.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -195,6 +196,10 @@ class Client:
     def download_artifact(self, job_id: str, name: str, dest: str | Path) -> Path:
         """history.json, range_test.json, range_test_log.csv, spec.json, model.pt or checkpoint."""
         return self._download(calls.artifact(job_id, name), dest)
+
+    def download_run(self, job_id: str, out_dir: str | Path) -> builtins.list[Path]:  # `list` is a method here
+        """Every file the job has (plots, report, artifacts) into a folder laid out like `clr train --out`."""
+        return [self._download(call, Path(out_dir) / name) for call, name in calls.run_files(self.get(job_id).links)]
 
     # ------------------------------------------------------------------------------------ datasets
 

@@ -126,13 +126,19 @@ def _cli(*args: str, api: ApiServer) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_clr_remote_submit_wait_exits_0_and_prints_the_report(api: ApiServer, worker: WorkerProcess) -> None:
-    proc = _cli("submit", *TINY_FLAGS, "--epochs", "1", "--wait", api=api)
+def test_clr_remote_submit_wait_exits_0_and_prints_the_report(api: ApiServer, worker: WorkerProcess,
+                                                               tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _cli("submit", *TINY_FLAGS, "--epochs", "1", "--wait", "--out", str(run), api=api)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err + worker.log_tail()
     job_id = out.splitlines()[0]
     assert "weighted avg" in out and f"job {job_id} succeeded" in out
     assert f"job {job_id}: running" in err and f"job {job_id}: succeeded" in err
+    # --out: the run folder `clr train --out` would have written, fetched from the service
+    assert {"history.png", "report.json", "report.txt", "model.pt", "spec.json"} <= {p.name for p in run.iterdir()}
+    assert (run / "checkpoints" / "last.pt").read_bytes()[:2] == b"PK"
+    assert "weighted avg" in (run / "report.txt").read_text()
 
 
 def test_clr_remote_submit_wait_exits_nonzero_when_the_job_is_cancelled(api: ApiServer,
