@@ -61,7 +61,8 @@ def _submit(api: Client, args: argparse.Namespace) -> int:
         spec = spec_from_args(args, model)
     except ValidationError as exc:
         for err in exc.errors():
-            _say(f"{_flag(Problem('.'.join(str(p) for p in err['loc']), err['msg']))}{err['msg']}")
+            field = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or None
+            _say(f"{_flag(Problem(field, err['msg']))}{err['msg']}")
         return EXIT_REFUSED
     submit = api.submit_train if kind == "train" else api.submit_range_test
     job = submit(spec, idempotency_key=args._key)
