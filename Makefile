@@ -24,7 +24,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy clrcore jobs service worker
+	$(BIN)/mypy clrcore clrclient jobs service worker
 
 bench-cpu: $(STAMP)
 	$(BIN)/python bench/cpu_bench.py
