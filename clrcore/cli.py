@@ -209,10 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(_model=model)
     for name in ("presets", "datasets", "models"):
         sub.add_parser(name, help=f"list the {name}")
+    sub.add_parser("remote", add_help=False, help="submit and follow jobs on a clr service (clrclient): "
+                   "`clr remote --help`")
     return parser
 
 
+def _remote(argv: list[str]) -> int:
+    """`clr remote` is the API client's command (clrclient, which builds on clrcore): loaded only when
+    asked for, so `clr train` never needs httpx and clrcore never loads the client."""
+    from clrclient.cli_remote import main as remote_main
+
+    return remote_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["remote"]:
+        return _remote(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command in ("presets", "datasets", "models"):
         return _list(args.command)

@@ -255,7 +255,7 @@ class _PlannedBatches(TorchDataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, plan: EpochPlan) -> Batch:  # type: ignore[override]
+    def __getitem__(self, plan: EpochPlan) -> Batch:
         return gather_batch(self.images, plan), self.labels[plan.order]
 
 
