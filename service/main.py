@@ -28,7 +28,7 @@ from service.event_reader import EventReader
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
-from service.routes import artifacts, catalog, datasets, health, jobs
+from service.routes import artifacts, catalog, datasets, health, jobs, ui
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Uploads are exempt from the JSON body limit: the route streams the body to disk and counts it
     # against CLR_MAX_UPLOAD_BYTES and the key's quota itself, refusing with a 413 that says which.
     app.include_router(datasets.router, max_body_size=UNLIMITED_BODY)
+    ui.mount(app)  # the dashboard at /ui, same origin
 
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
