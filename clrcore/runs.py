@@ -90,6 +90,7 @@ def _sweep_config(spec: JobSpecBase, options: RangeTestOptions, device: torch.de
                        momentum=spec.optimizer.momentum, nesterov=spec.optimizer.nesterov,
                        weight_decay=spec.optimizer.weight_decay, beta2=spec.optimizer.beta2,
                        bn_bias_lr_scale=spec.optimizer.bn_bias_lr_scale,
+                       norm_shift_decay=spec.optimizer.norm_shift_decay,
                        seed=spec.seed, device=device)
 
 
