@@ -15,6 +15,7 @@ second GPU session compiles in seconds.
 
 from __future__ import annotations
 
+import gzip
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -145,13 +146,17 @@ def clear_compile_cache() -> None:
 
 
 def save_artifacts(path: Path) -> int:
-    """Write what this process compiled (torch.compiler.save_cache_artifacts) to `path`; its size in
-    bytes, 0 when nothing was compiled (then no file is written)."""
+    """Write everything this process compiled so far (torch.compiler.save_cache_artifacts), gzipped,
+    to `path`; the bytes written, 0 when nothing was compiled (then no file is written). Each call
+    writes all of it again, so saving after every compiled item leaves the latest whole set."""
     saved = torch.compiler.save_cache_artifacts()
     if saved is None or not saved[0]:
         return 0
-    path.write_bytes(saved[0])
-    return len(saved[0])
+    data = gzip.compress(saved[0], compresslevel=6)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)  # a run killed mid-write leaves the previous whole file
+    return len(data)
 
 
 def load_artifacts(path: Path) -> bool:
@@ -162,7 +167,7 @@ def load_artifacts(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        return torch.compiler.load_cache_artifacts(path.read_bytes()) is not None
+        return torch.compiler.load_cache_artifacts(gzip.decompress(path.read_bytes())) is not None
     except Exception as err:  # noqa: BLE001 - a bad cache file must never stop a run
         log.warning("ignoring compile artifacts in %s: %s", path, err)
         return False
