@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_cpu_half_of_the_gpu_benchmark_writes_results_and_plot(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "bench/gpu_bench.py", "--cpu", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=480)
+                          capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
 
     printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
