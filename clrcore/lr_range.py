@@ -302,6 +302,7 @@ def range_test(
     on_step: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     policy: str = "triangular",
+    sync_every: int = 1,
 ) -> RangeTestResult:
     """Sweep the LR over `num_iter` optimizer steps, then restore every state and read the curve.
 
@@ -312,9 +313,13 @@ def range_test(
     divergence (smoothed loss > diverge_factor x best), NaN/inf loss, the end of the ladder, data
     that yields nothing, or `should_stop()` returning True. `on_step` receives each step's record.
     Raises RuntimeError if the restored state's checksum differs from the one taken before.
+
+    `sync_every` > 1 reads the losses to the host that many steps at a time instead of after every step,
+    so a GPU never waits on Python (without a GradScaler, whose skip test reads the scale every step).
+    The records, the stop and the restored state are the same: steps past a stop are run but dropped.
     """
-    if accumulation_steps < 1 or val_every < 1:
-        raise ValueError("accumulation_steps and val_every must be at least 1")
+    if accumulation_steps < 1 or val_every < 1 or sync_every < 1:
+        raise ValueError("accumulation_steps, val_every and sync_every must be at least 1")
     if not 0 <= smooth < 1 or diverge_factor <= 1:
         raise ValueError("need 0 <= smooth < 1 and diverge_factor > 1")
     ladder = lr_ladder(start_lr, end_lr, num_iter, mode)
@@ -337,7 +342,7 @@ def range_test(
             model, optimizer, loss_fn, _Cycle(train_batches), ladder, records, val_log,
             smooth=smooth, diverge_factor=diverge_factor, val_batches=val_batches, val_every=val_every,
             accumulation_steps=accumulation_steps, scaler=scaler, autocast=autocast,
-            on_step=on_step, should_stop=should_stop,
+            on_step=on_step, should_stop=should_stop, sync_every=1 if scaler is not None else sync_every,
         )  # fmt: skip
     finally:
         checksum = snapshot.restore(model, optimizer, scaler)
@@ -397,20 +402,55 @@ def _sweep(
     autocast: Callable,
     on_step: Callable | None,
     should_stop: Callable | None,
+    sync_every: int = 1,
 ) -> tuple[str, tuple[int, float] | None]:
-    """The loop itself; appends to `records` and `val_log`, returns (stop_reason, stopped_at)."""
+    """The loop itself; appends to `records` and `val_log`, returns (stop_reason, stopped_at).
+
+    Each step's loss stays on the device in `pending` until the next read (every `sync_every` steps,
+    at a validation step and at the end); `settle` then applies the stop rules step by step in order.
+    """
     avg, best, taken, skips_in_row = 0.0, math.inf, 0, 0
     ratios = _group_ratios(optimizer)
+    pending: list[tuple[dict[str, Any], torch.Tensor]] = []
+
+    def settle() -> tuple[str, tuple[int, float] | None] | None:
+        """Read the pending losses in one transfer and log their steps; a stop, or None to go on."""
+        nonlocal avg, best
+        values = torch.stack([loss for _, loss in pending]).tolist() if pending else []
+        settled, pending[:] = pending[:], []
+        for (record, _), loss_value in zip(settled, values, strict=True):
+            record["loss"] = loss_value
+            if not math.isfinite(loss_value):
+                record["smoothed"] = math.nan
+                records.append(record)
+                _notify(on_step, record, len(ladder))
+                return "nan", (record["step"], record["lr"])
+            avg = smooth * avg + (1 - smooth) * loss_value
+            smoothed = avg / (1 - smooth ** record["iteration"])
+            record["smoothed"] = smoothed
+            records.append(record)
+            extra: dict[str, Any] = {}
+            if val_batches and record["iteration"] % val_every == 0:  # the last pending step: see below
+                val_loss, val_acc = _evaluate(model, loss_fn, val_batches, autocast)
+                val_log.append({"step": record["step"], "lr": record["lr"], "val_loss": val_loss,
+                                "val_acc": val_acc})
+                extra = {"val_loss": val_loss, "val_acc": val_acc}
+            _notify(on_step, {**record, **extra}, len(ladder))
+            if smoothed > diverge_factor * best:
+                return "diverged", (record["step"], record["lr"])
+            best = min(best, smoothed)
+        return None
+
     while taken < len(ladder):
         if should_stop is not None and should_stop():
-            return "stopped", None
+            return settle() or ("stopped", None)
         _set_lr(optimizer, float(ladder[taken]), ratios)
         optimizer.zero_grad(set_to_none=True)
         window_loss = None
         for _ in range(accumulation_steps):
             batch = batches.next()
             if batch is None:
-                return "data_exhausted", None
+                return settle() or ("data_exhausted", None)
             x, y = batch
             with autocast():
                 loss = loss_fn(model(x), y) / accumulation_steps
@@ -418,21 +458,29 @@ def _sweep(
             part = loss.detach().float()
             window_loss = part if window_loss is None else window_loss + part
         assert window_loss is not None  # accumulation_steps >= 1
-        loss_value = float(window_loss)
         lrs = [float(g["lr"]) for g in optimizer.param_groups]
         record: dict[str, Any] = {
-            "step": len(records) + 1, "iteration": taken + 1, "lr": lrs[0], "lrs": lrs,
-            "momentum": _momenta(optimizer), "loss": loss_value, "smoothed": None, "skipped": False,
+            "step": len(records) + len(pending) + 1, "iteration": taken + 1, "lr": lrs[0], "lrs": lrs,
+            "momentum": _momenta(optimizer), "loss": None, "smoothed": None, "skipped": False,
         }  # fmt: skip
-        if not math.isfinite(loss_value):
-            record["smoothed"] = math.nan
-            records.append(record)
-            _notify(on_step, record, len(ladder))
-            return "nan", (record["step"], lrs[0])
+        if sync_every > 1:  # the loss is read later; a non-finite one stops the sweep there
+            optimizer.step()
+            taken += 1
+            pending.append((record, window_loss))
+            # validation needs the weights of its own step: read everything up to it first
+            if len(pending) >= sync_every or taken == len(ladder) or (val_batches and taken % val_every == 0):
+                stop = settle()
+                if stop is not None:
+                    return stop
+            continue
 
+        loss_value = float(window_loss)
+        if not math.isfinite(loss_value):  # before the optimizer step: an AMP scale must not drop for it
+            pending.append((record, window_loss))
+            return settle() or ("nan", (record["step"], lrs[0]))
         skipped = _optimizer_step(optimizer, scaler)
         if skipped:
-            record["skipped"] = True
+            record["loss"], record["skipped"] = loss_value, True
             records.append(record)
             _notify(on_step, record, len(ladder))
             skips_in_row += 1
@@ -441,19 +489,10 @@ def _sweep(
             continue
         skips_in_row = 0
         taken += 1
-        avg = smooth * avg + (1 - smooth) * loss_value
-        smoothed = avg / (1 - smooth**taken)
-        record["smoothed"] = smoothed
-        records.append(record)
-        extra: dict[str, Any] = {}
-        if val_batches and taken % val_every == 0:
-            val_loss, val_acc = _evaluate(model, loss_fn, val_batches, autocast)
-            val_log.append({"step": record["step"], "lr": lrs[0], "val_loss": val_loss, "val_acc": val_acc})
-            extra = {"val_loss": val_loss, "val_acc": val_acc}
-        _notify(on_step, {**record, **extra}, len(ladder))
-        if smoothed > diverge_factor * best:
-            return "diverged", (record["step"], lrs[0])
-        best = min(best, smoothed)
+        pending.append((record, window_loss))
+        stop = settle()
+        if stop is not None:
+            return stop
     return "end_lr", None
 
 

@@ -109,15 +109,27 @@ class PatchWhitening(nn.Conv2d):
         assert self.bias is not None
         nn.init.zeros_(self.bias)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Outside autocast, in float32: the weakest directions' filters are scaled up by about
+        # 1/sqrt(eps), so bf16's 8-bit mantissa would leave several percent of rounding noise in them.
+        # One 24-filter 2x2 conv costs next to nothing in float32; the layers after it autocast as usual.
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
     @torch.no_grad()
     def fit(self, images: torch.Tensor, eps: float) -> None:
-        """Set the filters from normalised NCHW float `images` (a few thousand are plenty)."""
+        """Set the filters from normalised NCHW float `images` (a few thousand are plenty).
+
+        The covariance and its eigendecomposition are in float64: matmul precision "high" (which a
+        CUDA `train()` sets for TF32) would otherwise round the sums to 10 bits of mantissa, and the
+        smallest eigenvalues, the ones the filters scale up most, are the first to suffer.
+        """
         channels, kernel = self.in_channels, self.kernel_size[0]
         size = channels * kernel**2
-        covariance = torch.zeros(size, size, device=images.device)
+        covariance = torch.zeros(size, size, device=images.device, dtype=torch.float64)
         count = 0
         for chunk in images.split(256):  # patches of a chunk at a time: bounded memory at any image size
-            patches = nn.functional.unfold(chunk.float(), kernel).transpose(1, 2).reshape(-1, size)
+            patches = nn.functional.unfold(chunk.double(), kernel).transpose(1, 2).reshape(-1, size)
             covariance += patches.T @ patches
             count += len(patches)
         covariance /= count
@@ -164,6 +176,14 @@ class ConvGroup(nn.Module):
         return self.activation(self.norm2(self.conv2(x)))
 
 
+class GlobalMaxPool(nn.Module):
+    """Max over the spatial dimensions, (N, C, H, W) -> (N, C): one reduction kernel, where
+    AdaptiveMaxPool2d(1) also computes and stores argmax indices for its backward pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3))
+
+
 class Scale(nn.Module):
     def __init__(self, factor: float) -> None:
         super().__init__()
@@ -183,8 +203,8 @@ class ResNetFast(nn.Sequential):
             ConvGroup(stem.out_channels, w1),
             ConvGroup(w1, w2),
             ConvGroup(w2, w3),
-            nn.AdaptiveMaxPool2d(1),  # airbench's MaxPool2d(3) on 3x3, for any input size
-            nn.Flatten(),
+            GlobalMaxPool(),  # airbench's MaxPool2d(3) on 3x3, for any input size
+            nn.Flatten(),  # a no-op on (N, C); kept so the head stays at index 7 in older checkpoints
             nn.Linear(w3, num_classes, bias=False),
             Scale(RESNET_FAST["head_scale"]),
         )

@@ -22,14 +22,16 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     that choice ("fused", "foreach" or the per-parameter "loop").
     """
     scale = config.bn_bias_lr_scale
+    own_group = scale != 1.0 or config.norm_shift_decay
     norm_shifts = {id(m.bias) for m in model.modules()
-                   if scale != 1.0 and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+                   if own_group and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
     trainable = [p for p in model.parameters() if p.requires_grad]
     lr = config.schedule.lr(0)
     groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in trainable if p.ndim < 2 and id(p) not in norm_shifts], "weight_decay": 0.0}]
     if norm_shifts:  # only then: a default run's optimizer state keeps the two groups older checkpoints have
-        groups.append({"params": [p for p in trainable if id(p) in norm_shifts], "weight_decay": 0.0,
+        shift_decay = config.weight_decay / scale if config.norm_shift_decay else 0.0  # same pull per step
+        groups.append({"params": [p for p in trainable if id(p) in norm_shifts], "weight_decay": shift_decay,
                        "lr_scale": scale, "lr": lr * scale})
     impl = config.optimizer_impl
     if impl == "auto":

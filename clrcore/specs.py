@@ -41,6 +41,10 @@ class OptimizerSpec(StrictModel):
         False, description="from 30 % of the run on, pull the weights towards their moving average every "
         "5 steps, harder towards the end (airbench94's lookahead)",
     )
+    norm_shift_decay: bool = Field(
+        False, description="decay BatchNorm shifts too, by weight_decay / bn_bias_lr_scale, so they are pulled "
+        "towards zero as hard per step as the weights (airbench94's decay)",
+    )
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimizerSpec:
@@ -213,6 +217,10 @@ class TrainSpec(JobSpecBase, ScheduleSpec):
         description="with max_lr 'auto' and a triangular-family policy, the fields the range test's recipe "
         "fills: 'step_size' (with step_unit) and 'epochs' (only together with step_size). Default: those "
         "the request leaves unset (a preset's values count as set)",
+    )
+    compile_mode: Literal["default", "reduce-overhead"] = Field(
+        "default", description="torch.compile mode when compile is on: reduce-overhead adds CUDA graphs "
+        "(pays at small batches)",
     )
 
     @model_validator(mode="before")

@@ -42,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     beta2: float = 0.999
     bn_bias_lr_scale: float = 1.0  # BatchNorm shifts train at this multiple of the scheduled LR
+    norm_shift_decay: bool = False  # decay BatchNorm shifts too, by weight_decay / bn_bias_lr_scale (airbench)
     lookahead: bool = False  # weights pulled towards their moving average late in the run (lookahead.py)
     label_smoothing: float = 0.0
     translate: int = 0
@@ -54,6 +55,7 @@ class TrainConfig:
     precision: str = "fp32"  # "bf16" | "fp32"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead" adds CUDA graphs
     checkpoint_path: Path | None = None
     eval_batch_size: int = EVAL_BATCH_SIZE
     normalize: str = "channel"  # "channel" | "pixel_mean" | "unit"; see loaders.normalization
@@ -94,6 +96,7 @@ def config_from_spec(spec: TrainSpec, schedule: Schedule, device: torch.device |
         weight_decay=spec.optimizer.weight_decay,
         beta2=spec.optimizer.beta2,
         bn_bias_lr_scale=spec.optimizer.bn_bias_lr_scale,
+        norm_shift_decay=spec.optimizer.norm_shift_decay,
         lookahead=spec.optimizer.lookahead,
         label_smoothing=spec.label_smoothing,
         translate=spec.augment.translate,
@@ -106,6 +109,7 @@ def config_from_spec(spec: TrainSpec, schedule: Schedule, device: torch.device |
         precision=precision,
         channels_last=on_cuda,
         compile=spec.compile and on_cuda,
+        compile_mode=spec.compile_mode,
         checkpoint_path=checkpoint_path,
         normalize=spec.normalize,
     )

@@ -69,7 +69,7 @@ class TrainResult:
     y_pred: np.ndarray
     epochs_run: int  # epochs trained by this call (fewer than config.epochs after a resume)
     resumed_from: int | None  # epochs already done in the checkpoint this call resumed from
-    timings: dict[str, float]  # train_s (no eval), eval_s, compile_s
+    timings: dict[str, float]  # train_s (no eval, no warm-up), eval_s, warmup_s, compile_s
 
 
 def _autocast(config: TrainConfig) -> AbstractContextManager:
@@ -137,7 +137,8 @@ def train_epoch(
 ) -> _EpochStats:
     """One pass over the training data; iteration i of the run uses schedule.lr(i) and .momentum(i).
 
-    With `time_first_step` the first step is synchronised and timed: that is where torch.compile works.
+    With `time_first_step` the first step is synchronised and timed: that is where torch.compile works
+    and where cuDNN autotunes its kernels (`cudnn.benchmark`), compiled or not.
     With `lookahead` the weights follow its average (see `lookahead.py`).
     """
     started = time.perf_counter()
@@ -156,11 +157,17 @@ def train_epoch(
         lrs.append(lr)
         momentums.append(config.momentum if momentum is None else momentum)
 
-        with _autocast(config):
-            logits = forward(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        def forward_backward(x: torch.Tensor = x, y: torch.Tensor = y) -> tuple[torch.Tensor, torch.Tensor]:
+            with _autocast(config):
+                logits = forward(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            return logits, loss
+
+        # the first step compiles (forward and backward): a compiler failure there reruns it eager
+        logits, loss = compile_cache.with_eager_fallback(forward, forward_backward) if i == 0 \
+            else forward_backward()
         optimizer.step()
         if lookahead is not None:
             lookahead.after_step(first_step + i + 1)
@@ -193,7 +200,8 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _compile_estimate(first_s: float, total_s: float, count: int) -> float:
-    """Compile cost hidden in a first step: how much longer it took than the average of the others."""
+    """Warm-up hidden in a first step (compiling, cuDNN autotuning, lazy allocations): how much longer
+    it took than the average of the others."""
     if count < 2:
         return first_s
     return max(0.0, first_s - (total_s - first_s) / (count - 1))
@@ -296,38 +304,41 @@ def train(
 
     # -- resume: weights, optimizer state, RNG streams and history of the last complete epoch
     history, start_epoch, resumed_from = new_history(), 0, None
-    timings = {"train_s": 0.0, "eval_s": 0.0, "compile_s": 0.0}
+    timings = {"train_s": 0.0, "eval_s": 0.0, "warmup_s": 0.0, "compile_s": 0.0}
     checkpoint = Path(config.checkpoint_path) if config.checkpoint_path is not None else None
     if checkpoint is not None and checkpoint.exists():
         start_epoch, history, timings = resume(checkpoint, net, optimizer, train_loader.generator, summary)
+        timings.setdefault("warmup_s", 0.0)  # checkpoints from before warm-up was reported apart
         resumed_from = start_epoch
 
     # -- the epochs
     last_eval: Prediction | None = None
     lookahead = Lookahead(net, config.epochs * steps) if config.lookahead else None  # after `net` is final
     for epoch in range(start_epoch, config.epochs):
-        compiling = forward is not net and epoch == start_epoch
+        warming = epoch == start_epoch  # this process's first steps: compile and/or cuDNN autotuning
         started = time.perf_counter()
         net.train()
         train_loader.set_epoch(epoch)
         if lookahead is not None:
             lookahead.start_epoch(epoch * steps)
         stats = train_epoch(forward, train_loader, optimizer, config, epoch=epoch, steps=steps, ticker=ticker,
-                            time_first_step=compiling, lookahead=lookahead)
+                            time_first_step=warming, lookahead=lookahead)
         if lookahead is not None:
             lookahead.end_epoch()
         trained = time.perf_counter()
         net.eval()
-        last_eval, first_eval_s = _evaluate_epoch(forward, test_loader, config, ticker, epoch, compiling)
+        last_eval, first_eval_s = _evaluate_epoch(forward, test_loader, config, ticker, epoch, warming)
         finished = time.perf_counter()
 
-        compile_train = compile_eval = 0.0
-        if compiling:  # the first steps' excess over a normal step is compile time, reported apart
-            compile_train = _compile_estimate(stats.first_step_s, trained - started, steps)
-            compile_eval = _compile_estimate(first_eval_s, finished - trained, len(test_loader))
-        timings["compile_s"] += compile_train + compile_eval
-        timings["train_s"] += trained - started - compile_train
-        timings["eval_s"] += finished - trained - compile_eval
+        warmup_train = warmup_eval = 0.0
+        if warming:  # the first steps' excess over a normal step is warm-up, reported apart from training
+            warmup_train = _compile_estimate(stats.first_step_s, trained - started, steps)
+            warmup_eval = _compile_estimate(first_eval_s, finished - trained, len(test_loader))
+        timings["warmup_s"] += warmup_train + warmup_eval
+        if forward is not net:  # compiled: the warm-up is mostly compile time
+            timings["compile_s"] += warmup_train + warmup_eval
+        timings["train_s"] += trained - started - warmup_train
+        timings["eval_s"] += finished - trained - warmup_eval
 
         _record_epoch(history, epoch + 1, stats, last_eval, finished - started, finished - trained)
         log.info("epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f (%.1fs)", epoch + 1,
@@ -364,6 +375,7 @@ def train(
         model.train(net.training)
     if forward is not net:
         timings["compile_cache_hit"] = float(compile_cached)
+        timings["compile_failed"] = float(getattr(forward, "failure", None) is not None)
     metrics = {"test_loss": last_eval.loss, "test_acc": last_eval.accuracy}
     if history["train_loss"]:
         metrics.update(train_loss=history["train_loss"][-1], train_acc=history["train_acc"][-1])

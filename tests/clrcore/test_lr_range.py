@@ -373,3 +373,46 @@ def test_bf16_autocast_sweep_runs_and_restores(digits):
     )
     assert len(res.log) == 10 and all(math.isfinite(r["loss"]) for r in res.log)
     assert res.checksum == before
+
+
+# ---------------------------------------------------------------------------- reads without per-step syncs
+
+
+def _comparable(result):
+    return json.dumps(result.to_dict(), sort_keys=True)  # NaN as null: NaN != NaN in a plain comparison
+
+
+@pytest.mark.parametrize("sync_every", [3, 7, 50])
+def test_reading_losses_in_batches_gives_the_same_sweep(digits, sync_every):
+    train, x_test, y_test = digits
+
+    def sweep(**kw):
+        model = mlp(bn=True)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        return range_test(model, opt, F.cross_entropy, train, start_lr=1e-4, end_lr=10.0, num_iter=60,
+                          val_batches=[(x_test, y_test)], val_every=5, **kw), model
+
+    (expected, model_a), (got, model_b) = sweep(), sweep(sync_every=sync_every)
+    assert _comparable(got) == _comparable(expected)
+    assert len(expected.log) > 20 and len(expected.val_log) > 3
+    assert state_checksum(model_a, torch.optim.SGD(model_a.parameters(), lr=1e-3)) == \
+        state_checksum(model_b, torch.optim.SGD(model_b.parameters(), lr=1e-3))
+
+
+@pytest.mark.parametrize("losses", [[1.0, 0.9, 0.8, float("nan"), 0.5, 0.4],
+                                    [1.0, 0.9, 0.8, 0.7, 5.0, 9.0, 9.0, 9.0, 9.0, 9.0]])
+def test_batched_reads_stop_at_the_same_step_and_drop_the_steps_run_past_it(losses):
+    expected = scripted_run(losses, num_iter=10, smooth=0.0)
+    got = scripted_run(losses, num_iter=10, smooth=0.0, sync_every=4)
+    assert _comparable(got) == _comparable(expected)
+    assert expected.stop_reason in ("nan", "diverged") and len(got.log) < 10
+
+
+def test_batched_reads_leave_the_device_running_ahead_of_the_host():
+    # with sync_every=5 the host learns of step 1 only after step 5 ran: no read after every step
+    model = Scripted([1.0] * 20)
+    seen = []
+    range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda out, y: out,
+               [(torch.zeros(1), torch.zeros(1))], num_iter=10, sync_every=5,
+               on_step=lambda record: seen.append((record["step"], model.calls)))
+    assert seen == [(step, 5 if step <= 5 else 10) for step in range(1, 11)]

@@ -10,7 +10,7 @@ from PIL import Image
 from clrcore.datasets import DatasetError, load_dataset, with_train_subset
 from clrcore.hooks import Hooks, Progress, StopRequested
 from clrcore.models import build_model
-from clrcore.runs import fresh_model, run_job
+from clrcore.runs import fresh_model, run_job, sweep_speed
 from clrcore.specs import RangeTestSpec, TrainSpec
 
 FAST = {"dataset": "digits", "model": "tiny_cnn", "batch_size": 64, "train_subset": 512,
@@ -177,3 +177,10 @@ def test_fenced_off_training_writes_no_final_artifacts_and_no_partial_history(tm
     assert (tmp_path / "checkpoints" / "last.pt").exists()
     for name in ("history.json", "report.json", "model.pt", "history.png"):
         assert not (tmp_path / name).exists(), name
+
+
+def test_the_sweeps_cuda_speed_settings_leave_a_cpu_sweep_as_it_was() -> None:
+    # on CUDA: channels_last, cudnn.benchmark and losses read every 20 steps; on a CPU none of them
+    model = build_model("tiny_cnn", 1, 10, 16)
+    assert sweep_speed(torch.device("cpu"), model) == {"channels_last": False, "sync_every": 1}
+    assert all(p.is_contiguous() for p in model.parameters())

@@ -135,7 +135,7 @@ def fake_compile(monkeypatch) -> list[nn.Module]:
     """torch.compile stand-in that records what it compiled; compile allowed on the CPU."""
     compiled: list[nn.Module] = []
 
-    def compile_model(module: nn.Module):
+    def compile_model(module: nn.Module, mode: str = "default"):
         compiled.append(module)
         return lambda x: module(x)
 
