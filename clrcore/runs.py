@@ -65,8 +65,9 @@ def _write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=1, default=str))
 
 
-def _load_data(spec: JobSpecBase, data_dir: Path, download: bool) -> Dataset:
-    ds = load_dataset(spec.dataset, Path(data_dir), path=spec.dataset_path, download=download)
+def _load_data(spec: JobSpecBase, data_dir: Path, download: bool, max_decoded_bytes: int | None) -> Dataset:
+    ds = load_dataset(spec.dataset, Path(data_dir), path=spec.dataset_path, download=download,
+                      max_decoded_bytes=max_decoded_bytes)
     return with_train_subset(ds, spec.train_subset)
 
 
@@ -175,14 +176,14 @@ def _stopped(hooks: RunHooks) -> bool:
 # ---------------------------------------------------------------- the two jobs
 
 
-def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path,
-             download: bool) -> tuple[Path, torch.device, Dataset, nn.Module]:
+def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path, download: bool,
+             max_decoded_bytes: int | None = None) -> tuple[Path, torch.device, Dataset, nn.Module]:
     """The run folder (with spec.json), the device, the data and a freshly seeded model."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "spec.json", spec.model_dump(mode="json"))
     device = resolve_device(spec.device)
-    ds = _load_data(spec, data_dir, download)
+    ds = _load_data(spec, data_dir, download, max_decoded_bytes)
     return out_dir, device, ds, fresh_model(spec, ds, device)
 
 
@@ -199,10 +200,10 @@ def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, d
 
 
 def run_range_test(spec: RangeTestSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
-                   hooks: RunHooks | None = None) -> dict[str, Any]:
+                   hooks: RunHooks | None = None, max_decoded_bytes: int | None = None) -> dict[str, Any]:
     """Sweep the LR for the spec's model and data; write the result, log and plot; return the summary."""
     started = time.perf_counter()
-    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download)
+    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes)
     summary = _sweep_and_save(spec, spec, spec.policy, ds, model, device, hooks or RunHooks(), out_dir)
     return {"kind": "range_test", **summary, "seconds": round(time.perf_counter() - started, 3)}
 
@@ -278,14 +279,14 @@ def _cycle_warnings(spec: TrainSpec, schedule: Schedule, iters: int) -> list[str
 
 
 def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
-                 hooks: RunHooks | None = None) -> dict[str, Any]:
+                 hooks: RunHooks | None = None, max_decoded_bytes: int | None = None) -> dict[str, Any]:
     """Train with a cyclical schedule; write history, report, plots, checkpoint; return the summary.
 
     Resumes from out_dir/checkpoints/last.pt when it exists.
     """
     hooks = hooks or RunHooks()
     started = time.perf_counter()
-    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download)
+    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes)
     base_lr, max_lr, lr_info = _resolve_bounds(spec, ds, model, device, out_dir, hooks)
 
     iters = steps_per_epoch(len(ds.train), spec.batch_size)

@@ -15,7 +15,8 @@ Key layout (under the configured prefix):
 
     {p}:dataset:{id}                 string: the JSON record
     {p}:datasets:{owner-hash}        set: the owner's dataset ids
-    {p}:datasets:{owner-hash}:bytes  integer: bytes of the owner's archives (the quota's measure)
+    {p}:datasets:{owner-hash}:bytes  integer: bytes of the owner's archives and their decode caches
+                                     (the quota's measure)
 
 Files: `{data_dir}/uploads/{owner-hash}/{id}.{ext}`; temp files in `{data_dir}/uploads/.incoming/`
 (the same file system, so the final move is an atomic rename).
@@ -33,14 +34,16 @@ import secrets
 import string
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 from PIL import Image, UnidentifiedImageError
 
-from clrcore.archives import ArchiveError, iter_image_members
+from clrcore.archives import MAX_RATIO, ArchiveError, iter_image_members
+from clrcore.cache_names import CACHE_DIR_NAME, cache_files
+from clrcore.capped_reader import ReadStopped, over_ratio
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,8 @@ ARCHIVE_TYPES: dict[str, str] = {
 # Only plain raster formats: PIL's EPS plugin would run Ghostscript on a tenant's bytes.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 MAX_IMAGE_PIXELS = 4096 * 4096  # the loader's per-image limit (clrcore.image_tree)
-MAX_DECODED_BYTES = 32 * 2**30  # the loader's limit on a whole dataset once decoded (clrcore.image_tree)
+MAX_DECODED_BYTES = 4 * 2**30  # default of CLR_MAX_DECODED_BYTES: a whole dataset once decoded
+IMAGE_RATIO_FLOOR = 2**20  # images decoding to less than this are not judged by their compression ratio
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # decoded as one channel by the loader
 SPLITS = ("train", "test", "val")
 
@@ -143,9 +147,10 @@ class ArchiveSummary:
     height: int
     channels: int
     formats: set[str] = field(default_factory=set)
+    cache_bytes: int = 0  # the worker's decode cache of this archive (uncompressed arrays): quota counts it
 
 
-def _inspect_image(where: str, data: bytes) -> tuple[tuple[int, int], bool, str]:
+def _inspect_image(where: str, data: bytes, max_ratio: float = MAX_RATIO) -> tuple[tuple[int, int], bool, str]:
     """((width, height), grayscale?, format) of one member, after decoding it fully; refused otherwise."""
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
@@ -153,6 +158,11 @@ def _inspect_image(where: str, data: bytes) -> tuple[tuple[int, int], bool, str]
             if width * height > MAX_IMAGE_PIXELS:
                 raise UploadRefused(422, "image_too_large", f"{where}: {width}x{height} is over the "
                                     f"{MAX_IMAGE_PIXELS}-pixel limit for one image")
+            decoded = width * height * (1 if image.mode in GRAY_MODES else 3)
+            if over_ratio(decoded, len(data), max_ratio, floor=IMAGE_RATIO_FLOOR):
+                raise UploadRefused(422, "image_too_compressed", f"{where}: {width}x{height} decodes to "
+                                    f"{decoded} bytes from {len(data)}, over the {max_ratio:g}:1 limit "
+                                    "(CLR_MAX_COMPRESSION_RATIO)")
             image.load()
             return (width, height), image.mode in GRAY_MODES, image.format or "?"
     except UnidentifiedImageError:
@@ -176,35 +186,40 @@ def _archive_refusal(err: ArchiveError, max_files: int) -> UploadRefused:
     return UploadRefused(422, "unsafe_member", message)
 
 
-def inspect_archive(path: Path, *, max_files: int) -> ArchiveSummary:
+def inspect_archive(path: Path, *, max_files: int, max_decoded_bytes: int = MAX_DECODED_BYTES,
+                    max_ratio: float = MAX_RATIO, stop: Callable[[], bool] | None = None) -> ArchiveSummary:
     """Read every member once (no extraction) and check it the way the loader will read it.
 
-    Runs in a worker thread: it decodes every image, which is CPU work.
+    Runs in a worker thread: it decodes every image, which is CPU work. `stop` (the client hung up)
+    ends it with `ReadStopped` at the next read.
     """
     counts: dict[str, dict[str, int]] = {}
     size: tuple[int, int] | None = None
     first_where = ""
     gray = True
     decoded = 0
+    pixels = 0
     formats: set[str] = set()
     try:
-        for split, cls, file_name, data in iter_image_members(path, max_members=max_files):
+        for split, cls, file_name, data in iter_image_members(path, max_members=max_files, max_ratio=max_ratio,
+                                                              stop=stop):
             where = f"{split}/{cls}/{file_name}"
-            image_size, is_gray, fmt = _inspect_image(where, data)
+            image_size, is_gray, fmt = _inspect_image(where, data, max_ratio)
             if size is None:
                 size, first_where = image_size, where
             elif image_size != size:
                 raise UploadRefused(422, "mixed_image_sizes", f"{where} is {image_size[0]}x{image_size[1]}, "
                                     f"{first_where} is {size[0]}x{size[1]}; all images must be one size")
             gray = gray and is_gray
+            pixels += image_size[0] * image_size[1]
             decoded += image_size[0] * image_size[1] * (1 if is_gray else 3)
-            if decoded > MAX_DECODED_BYTES:
-                raise UploadRefused(422, "too_large_decoded", f"more than {MAX_DECODED_BYTES >> 30} GiB of "
-                                    "pixels once decoded (the loader's limit)")
+            if decoded > max_decoded_bytes:
+                raise UploadRefused(422, "too_large_decoded", f"more than {max_decoded_bytes} bytes of pixels "
+                                    "once decoded (CLR_MAX_DECODED_BYTES, sized to the workers' memory)")
             formats.add(fmt)
             by_class = counts.setdefault(split, {})
             by_class[cls] = by_class.get(cls, 0) + 1
-    except UploadRefused:
+    except (UploadRefused, ReadStopped):
         raise
     except ArchiveError as err:
         raise _archive_refusal(err, max_files) from None
@@ -213,8 +228,10 @@ def inspect_archive(path: Path, *, max_files: int) -> ArchiveSummary:
         raise UploadRefused(422, "bad_archive", f"unreadable archive ({type(err).__name__}: {err})") from None
     classes, held_out = _check_layout(counts)
     assert size is not None  # _check_layout refuses an archive without images
+    images = sum(n for by_class in counts.values() for n in by_class.values())
+    cache_bytes = pixels * (1 if gray else 3) + 8 * images  # uint8 pixels plus int64 labels, as cached
     return ArchiveSummary(classes=classes, held_out=held_out, counts=counts, width=size[0], height=size[1],
-                          channels=1 if gray else 3, formats=formats)
+                          channels=1 if gray else 3, formats=formats, cache_bytes=cache_bytes)
 
 
 def _check_layout(counts: dict[str, dict[str, int]]) -> tuple[list[str], str]:
@@ -338,28 +355,33 @@ class DatasetStore:
             "format": ext, "bytes": size, "created_at": time.time(), "validation": "ok",
             "classes": summary.classes, "held_out_split": summary.held_out, "counts": summary.counts,
             "width": summary.width, "height": summary.height, "channels": summary.channels,
-            "image_formats": sorted(summary.formats),
+            "image_formats": sorted(summary.formats), "cache_bytes": summary.cache_bytes,
         }
+        charged = size + summary.cache_bytes
         try:
             ok, used = self._commit(keys=self._keys(owner, dataset_id),
-                                    args=[dataset_id, json.dumps(record), size, quota])
+                                    args=[dataset_id, json.dumps(record), charged, quota])
         except BaseException:
             final.unlink(missing_ok=True)
             raise
         if not ok:
             final.unlink(missing_ok=True)
             raise UploadRefused(413, "quota_exceeded", f"storage quota exceeded: this key already stores "
-                                f"{used} of {quota} bytes and the archive is {size} bytes")
+                                f"{used} of {quota} bytes and the archive is {size} bytes "
+                                f"(plus {summary.cache_bytes} once decoded and cached)")
         log.info("dataset %s stored for %s: %d bytes, %d classes", dataset_id, owner, size,
                  len(summary.classes))
         return record
 
     def delete(self, record: dict) -> None:
-        """Remove the record (atomically with the byte count), then the file."""
-        if self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"], record["bytes"]]):
+        """Remove the record (atomically with the byte count), then the file and its decode caches."""
+        charged = record["bytes"] + record.get("cache_bytes", 0)
+        if self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"], charged]):
             path = self.data_dir / record["path"]
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:  # the record is gone, so nothing points at the file any more
-                log.warning("dataset %s: file %s not removed: %s", record["id"], path, exc)
+            # The worker loads an upload as `imagefolder` from this path, caching under data_dir/.cache.
+            for file in [path, *cache_files(self.data_dir / CACHE_DIR_NAME, "imagefolder", path)]:
+                try:
+                    file.unlink(missing_ok=True)
+                except OSError as exc:  # the record is gone, so nothing points at the file any more
+                    log.warning("dataset %s: file %s not removed: %s", record["id"], file.name, exc)
             log.info("dataset %s deleted", record["id"])

@@ -131,7 +131,7 @@ def write_zip(path: Path, entries: int) -> Path:
 
 def test_a_zip_with_too_many_entries_is_refused_before_its_directory_is_read(tmp_path: Path) -> None:
     archive = write_zip(tmp_path / "many.zip", 20_000)  # a ~1 MiB central directory
-    peak = refused(archive, "more than 100 members \\(20004 in the zip's directory\\)", max_members=100)
+    peak = refused(archive, "more than 100 members", max_members=100)
     assert peak < 512 * 1024, f"{peak} bytes of heap: the central directory was parsed"
 
 
