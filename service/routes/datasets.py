@@ -15,7 +15,7 @@ import logging
 import threading
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect
 
 from clrcore import catalog
 from clrcore.capped_reader import ReadStopped
+from clrcore.dataset_paths import dataset_path_problem
 from clrcore.specs import RangeTestSpec, TrainSpec
 from service.config import Settings
 from service.deps import Owner, SettingsDep, StoreDep
@@ -128,14 +129,14 @@ def _list_item(record: dict) -> dict:
 def upload_errors(spec: RangeTestSpec | TrainSpec, owner: str, store: JobStore, settings: Settings) -> list[dict]:
     """Submit-time check: an uploaded dataset a spec names must exist and be the caller's (422 otherwise).
 
-    `dataset_path` may not reach into the uploads folder or hidden folders (caches, incoming uploads):
-    another key's archive is reachable only through its id, and the id is checked for ownership.
+    `dataset_path` may not be the data directory itself, nor reach into the uploads folder or hidden
+    folders (caches, incoming uploads): another key's archive is reachable only through its id, and
+    the id is checked for ownership.
     """
     if spec.dataset_path is not None and not DATASET_ID.match(spec.dataset):
-        parts = PurePosixPath(spec.dataset_path.replace("\\", "/")).parts
-        if parts[:1] == (UPLOADS_DIR,) or any(part.startswith(".") for part in parts):
-            return [field_error("dataset_path", f"'{UPLOADS_DIR}/' and hidden folders are reserved; name an "
-                                "uploaded dataset by its id", spec.dataset_path)]
+        problem = dataset_path_problem(spec.dataset_path, reserved=(UPLOADS_DIR,))
+        if problem is not None:
+            return [field_error("dataset_path", problem, spec.dataset_path)]
     if not DATASET_ID.match(spec.dataset):
         return []
     errors = []
