@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from clrcore.capped_reader import CappedReader, ReadCapExceeded, ReadStopped, over_ratio
+from clrcore.capped_reader import CappedReader, Readable, ReadCapExceeded, ReadStopped, over_ratio
 from clrcore.zip_directory import ZipDirectoryError, read_zip_directory
 
 log = logging.getLogger(__name__)
@@ -143,30 +143,33 @@ def _guarded_tarinfo(max_header_bytes: int) -> type[tarfile.TarInfo]:
 
 
 # Magic bytes -> decompressor; `_decompressed` closes what these open.
-_DECOMPRESSORS: tuple[tuple[bytes, Callable[[BinaryIO], BinaryIO]], ...] = (
-    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),  # type: ignore[arg-type,return-value]
-    (b"BZh", lambda raw: bz2.BZ2File(raw, mode="rb")),  # type: ignore[arg-type,return-value]
-    (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw, mode="rb")),  # type: ignore[arg-type,return-value] # noqa: SIM115
+_DECOMPRESSORS: tuple[tuple[bytes, Callable[[BinaryIO], Readable]], ...] = (
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    (b"BZh", lambda raw: bz2.BZ2File(raw, mode="rb")),
+    (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw, mode="rb")),  # noqa: SIM115
 )
 
 
 @contextmanager
-def _decompressed(path: Path, budget: _Budget) -> Iterator[BinaryIO]:
+def _decompressed(path: Path, budget: _Budget) -> Iterator[CappedReader]:
     """The tar stream inside `path` (gzip, bzip2, xz or none, told by magic bytes), through a
     `CappedReader`: every decompressed byte is counted, skipped members and headers included."""
     with path.open("rb") as raw:
         head = raw.read(6)
         raw.seek(0)
         opener = next((open_ for magic, open_ in _DECOMPRESSORS if head.startswith(magic)), None)
-        with opener(raw) if opener is not None else raw as inner:
-            yield CappedReader(inner, what=path.name, max_bytes=budget.max_total_bytes,  # type: ignore[misc]
+        inner = opener(raw) if opener is not None else raw
+        try:
+            yield CappedReader(inner, what=path.name, max_bytes=budget.max_total_bytes,
                                max_ratio=budget.max_ratio, source_bytes=raw.tell, stop=budget.stop)
+        finally:
+            inner.close()
 
 
 def _iter_tar(path: Path, budget: _Budget) -> Iterator[ImageMember]:
     # Stream mode ("r|") reads the archive once, front to back, without seeking or extracting.
     with _decompressed(path, budget) as stream, tarfile.open(
-        fileobj=stream, mode="r|", tarinfo=_guarded_tarinfo(budget.max_header_bytes)
+        fileobj=stream, mode="r|", tarinfo=_guarded_tarinfo(budget.max_header_bytes)  # type: ignore[arg-type]
     ) as tar:
         for member in tar:
             budget.count_member()

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Protocol
 
 # Below this many output bytes the ratio is not judged: headers and padding of a small archive
 # compress far better than its contents, and a few MiB cost nothing.
 RATIO_FLOOR_BYTES = 4 * 2**20
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class ReadCapExceeded(ValueError):
@@ -37,7 +43,7 @@ def over_ratio(produced: int, consumed: int, max_ratio: float, floor: int = RATI
 class CappedReader(io.RawIOBase):
     """Wraps a decompressed stream; `source_bytes()` says how many compressed bytes lie behind it."""
 
-    def __init__(self, inner: BinaryIO, *, what: str, max_bytes: int, max_ratio: float,
+    def __init__(self, inner: Readable, *, what: str, max_bytes: int, max_ratio: float,
                  source_bytes: Callable[[], int], stop: Callable[[], bool] | None = None) -> None:
         super().__init__()
         self.inner, self.what, self.max_bytes, self.max_ratio = inner, what, max_bytes, max_ratio
