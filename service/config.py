@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     )
     max_decoded_bytes: int = Field(
         4 * 1024**3, ge=1,
-        description="one dataset's pixels once decoded; a worker needs about 2.5 times this in memory "
+        description="one dataset's pixels once decoded; a worker needs at least twice this in memory "
                     "(the decoded arrays, their stacked copy, the training tensors): size it to the workers",
     )
     max_compression_ratio: float = Field(
