@@ -19,6 +19,7 @@ from clrcore import catalog
 from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats, make_dataset, pixel_mean
 
 __all__ = ["Dataset", "DatasetError", "Split", "channel_stats", "make_dataset", "pixel_mean"]  # and below
+from clrcore.cache_names import CACHE_DIR_NAME
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +118,19 @@ def _resolve(data_dir: Path, path: str | None) -> Path | None:
     return None if path is None else Path(data_dir) / path
 
 
-def _load_cifar10(data_dir: Path, path: str | None, download: bool, cache_dir: Path | None) -> Dataset:
+def _load_cifar10(data_dir: Path, path: str | None, download: bool, cache_dir: Path | None,
+                  max_decoded: int | None = None) -> Dataset:
     from clrcore.image_tree import load_image_tree  # imported here: it loads PIL, which few sets need
 
     archive = _resolve(data_dir, path) or Path(data_dir) / CIFAR10_ARCHIVE
     if path is not None or archive.exists():
         return load_image_tree(archive, name="cifar10", classes=list(catalog.CIFAR10_CLASSES),
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir, max_decoded_bytes=max_decoded)
     return _load_torchvision("cifar10", Path(data_dir), download, f", or put {CIFAR10_ARCHIVE} in {data_dir}")
 
 
-def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None) -> Dataset:
+def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None,
+                      max_decoded: int | None = None) -> Dataset:
     from clrcore.image_tree import load_image_tree
 
     if path is None:
@@ -135,7 +138,7 @@ def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None) 
     root = _resolve(data_dir, path)
     if root is None:
         raise DatasetError("imagefolder", "needs dataset_path (a directory or archive)")
-    return load_image_tree(root, cache_dir=cache_dir)
+    return load_image_tree(root, cache_dir=cache_dir, max_decoded_bytes=max_decoded)
 
 
 def load_digits_dataset() -> Dataset:
@@ -189,16 +192,18 @@ def synthetic_dataset(
     return make_dataset("synthetic", make(n_train), make(n_test), classes)
 
 
-Loader = Callable[[Path, str | None, bool, Path | None], Dataset]
+Loader = Callable[[Path, str | None, bool, Path | None, int | None], Dataset]
 
 LOADERS: dict[str, Loader] = {
-    "digits": lambda data_dir, path, download, cache_dir: load_digits_dataset(),
-    "synthetic": lambda data_dir, path, download, cache_dir: synthetic_dataset(),
-    "cifar10": lambda data_dir, path, download, cache_dir: _load_cifar10(data_dir, path, download, cache_dir),
-    "fashion_mnist": lambda data_dir, path, download, cache_dir: _load_torchvision(
+    "digits": lambda data_dir, path, download, cache_dir, max_decoded: load_digits_dataset(),
+    "synthetic": lambda data_dir, path, download, cache_dir, max_decoded: synthetic_dataset(),
+    "cifar10": lambda data_dir, path, download, cache_dir, max_decoded: _load_cifar10(
+        data_dir, path, download, cache_dir, max_decoded),
+    "fashion_mnist": lambda data_dir, path, download, cache_dir, max_decoded: _load_torchvision(
         "fashion_mnist", data_dir, download),
-    "mnist": lambda data_dir, path, download, cache_dir: _load_torchvision("mnist", data_dir, download),
-    "imagefolder": lambda data_dir, path, download, cache_dir: _load_imagefolder(data_dir, path, cache_dir),
+    "mnist": lambda data_dir, path, download, cache_dir, max_decoded: _load_torchvision("mnist", data_dir, download),
+    "imagefolder": lambda data_dir, path, download, cache_dir, max_decoded: _load_imagefolder(
+        data_dir, path, cache_dir, max_decoded),
 }
 
 
@@ -213,17 +218,20 @@ def load_dataset(
     path: str | None = None,
     download: bool = False,
     cache_dir: Path | None = None,
+    max_decoded_bytes: int | None = None,
 ) -> Dataset:
     """Load a catalog dataset as uint8 NCHW arrays with int64 labels and train-set statistics.
 
     `path` (relative to `data_dir`, or absolute) names the tree or archive for `imagefolder`, or the
     JPEG archive for `cifar10`. Decoded images are cached under `cache_dir` (default data_dir/.cache).
+    `max_decoded_bytes` caps a tree's decoded pixels (default: `image_tree.MAX_DECODED_BYTES`); a
+    worker sets it to what its memory holds.
     """
     if name not in LOADERS:
         raise DatasetError(name, f"unknown dataset; known: {', '.join(dataset_names())}")
     data_dir = Path(data_dir)
-    cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / ".cache"
-    dataset = LOADERS[name](data_dir, path, download, cache_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / CACHE_DIR_NAME
+    dataset = LOADERS[name](data_dir, path, download, cache_dir, max_decoded_bytes)
     log.info("dataset %s: %d train, %d test, shape %s", name, len(dataset.train), len(dataset.test),
              tuple(dataset.train.images.shape[1:]))
     return dataset

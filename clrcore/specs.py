@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from clrcore import catalog
+from clrcore.dataset_paths import dataset_path_problem
 from clrcore.presets import PRESETS
 
 UPLOADED_DATASET = re.compile(r"^ds_[a-z0-9]{8,32}$")
@@ -108,6 +109,9 @@ class JobSpecBase(StrictModel):
         parts = value.replace("\\", "/").split("/")
         if value.startswith(("/", "~")) or ".." in parts or ":" in value:
             raise ValueError("must be a path relative to the data directory, without '..'")
+        problem = dataset_path_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

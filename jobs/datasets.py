@@ -8,7 +8,8 @@ Key layout (under the configured prefix):
 
     {p}:dataset:{id}                 string: the JSON record
     {p}:datasets:{owner-hash}        set: the owner's dataset ids
-    {p}:datasets:{owner-hash}:bytes  integer: bytes of the owner's archives (the quota's measure)
+    {p}:datasets:{owner-hash}:bytes  integer: bytes of the owner's archives and their decode caches
+                                     (the quota's measure)
 
 Files: `{data_dir}/uploads/{owner-hash}/{id}.{ext}`; temp files in `{data_dir}/uploads/.incoming/`
 (the same file system, so the final move is an atomic rename).
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import redis
 
+from clrcore.cache_names import CACHE_DIR_NAME, cache_files
 from clrcore.specs import UPLOADED_DATASET
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,9 @@ INCOMING_DIR = ".incoming"
 class QuotaExceeded(Exception):
     """The owner's stored archives plus this one would pass the quota (API: 413 `quota_exceeded`)."""
 
-    def __init__(self, used: int, quota: int, size: int) -> None:
+    def __init__(self, used: int, quota: int, size: int, cache_bytes: int = 0) -> None:
         super().__init__(f"storage quota exceeded: this key already stores {used} of {quota} bytes and the "
-                         f"archive is {size} bytes")
+                         f"archive is {size} bytes (plus {cache_bytes} once decoded and cached)")
         self.used, self.quota, self.size = used, quota, size
 
 
@@ -69,6 +71,7 @@ class ArchiveSummary:
     height: int
     channels: int
     formats: set[str] = field(default_factory=set)
+    cache_bytes: int = 0  # the worker's decode cache of this archive (uncompressed arrays): quota counts it
 
 
 _COMMIT_LUA = """
@@ -166,27 +169,31 @@ class DatasetStore:
             "format": ext, "bytes": size, "created_at": time.time(), "validation": "ok",
             "classes": summary.classes, "held_out_split": summary.held_out, "counts": summary.counts,
             "width": summary.width, "height": summary.height, "channels": summary.channels,
-            "image_formats": sorted(summary.formats),
+            "image_formats": sorted(summary.formats), "cache_bytes": summary.cache_bytes,
         }
+        charged = size + summary.cache_bytes
         try:
             ok, used = self._commit(keys=self._keys(owner, dataset_id),
-                                    args=[dataset_id, json.dumps(record), size, quota])
+                                    args=[dataset_id, json.dumps(record), charged, quota])
         except BaseException:
             final.unlink(missing_ok=True)
             raise
         if not ok:
             final.unlink(missing_ok=True)
-            raise QuotaExceeded(used, quota, size)
+            raise QuotaExceeded(used, quota, size, summary.cache_bytes)
         log.info("dataset %s stored for %s: %d bytes, %d classes", dataset_id, owner, size,
                  len(summary.classes))
         return record
 
     def delete(self, record: dict) -> None:
-        """Remove the record (atomically with the byte count), then the file."""
-        if self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"], record["bytes"]]):
+        """Remove the record (atomically with the byte count), then the file and its decode caches."""
+        charged = record["bytes"] + record.get("cache_bytes", 0)
+        if self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"], charged]):
             path = self.data_dir / record["path"]
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:  # the record is gone, so nothing points at the file any more
-                log.warning("dataset %s: file %s not removed: %s", record["id"], path, exc)
+            # The worker loads an upload as `imagefolder` from this path, caching under data_dir/.cache.
+            for file in [path, *cache_files(self.data_dir / CACHE_DIR_NAME, "imagefolder", path)]:
+                try:
+                    file.unlink(missing_ok=True)
+                except OSError as exc:  # the record is gone, so nothing points at the file any more
+                    log.warning("dataset %s: file %s not removed: %s", record["id"], file.name, exc)
             log.info("dataset %s deleted", record["id"])

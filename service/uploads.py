@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path, PurePosixPath
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from clrcore.archives import ArchiveError, iter_image_members
+from clrcore.archives import MAX_RATIO, ArchiveError, iter_image_members
+from clrcore.capped_reader import ReadStopped, over_ratio
+from clrcore.dataset_paths import dataset_path_problem
 from clrcore.image_tree import GRAY_MODES, MAX_DECODED_BYTES, MAX_IMAGE_PIXELS
 from clrcore.specs import UPLOADED_DATASET, RangeTestSpec, TrainSpec
 from jobs.datasets import UPLOADS_DIR, ArchiveSummary, DatasetStore
@@ -44,6 +46,7 @@ ARCHIVE_TYPES: dict[str, str] = {
 }
 # Only plain raster formats: PIL's EPS plugin would run Ghostscript on a tenant's bytes.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+IMAGE_RATIO_FLOOR = 2**20  # images decoding to less than this are not judged by their compression ratio
 SPLITS = ("train", "test", "val")
 
 
@@ -103,7 +106,7 @@ def check_magic(path: Path, ext: str) -> None:
 # ------------------------------------------------------------------------------------------ validation
 
 
-def _inspect_image(where: str, data: bytes) -> tuple[tuple[int, int], bool, str]:
+def _inspect_image(where: str, data: bytes, max_ratio: float = MAX_RATIO) -> tuple[tuple[int, int], bool, str]:
     """((width, height), grayscale?, format) of one member, after decoding it fully; refused otherwise."""
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
@@ -111,6 +114,11 @@ def _inspect_image(where: str, data: bytes) -> tuple[tuple[int, int], bool, str]
             if width * height > MAX_IMAGE_PIXELS:
                 raise UploadRefused(422, "image_too_large", f"{where}: {width}x{height} is over the "
                                     f"{MAX_IMAGE_PIXELS}-pixel limit for one image")
+            decoded = width * height * (1 if image.mode in GRAY_MODES else 3)
+            if over_ratio(decoded, len(data), max_ratio, floor=IMAGE_RATIO_FLOOR):
+                raise UploadRefused(422, "image_too_compressed", f"{where}: {width}x{height} decodes to "
+                                    f"{decoded} bytes from {len(data)}, over the {max_ratio:g}:1 limit "
+                                    "(CLR_MAX_COMPRESSION_RATIO)")
             image.load()
             return (width, height), image.mode in GRAY_MODES, image.format or "?"
     except UnidentifiedImageError:
@@ -134,35 +142,40 @@ def _archive_refusal(err: ArchiveError, max_files: int) -> UploadRefused:
     return UploadRefused(422, "unsafe_member", message)
 
 
-def inspect_archive(path: Path, *, max_files: int) -> ArchiveSummary:
+def inspect_archive(path: Path, *, max_files: int, max_decoded_bytes: int = MAX_DECODED_BYTES,
+                    max_ratio: float = MAX_RATIO, stop: Callable[[], bool] | None = None) -> ArchiveSummary:
     """Read every member once (no extraction) and check it the way the loader will read it.
 
-    Runs in a worker thread: it decodes every image, which is CPU work.
+    Runs in a worker thread: it decodes every image, which is CPU work. `stop` (the client hung up)
+    ends it with `ReadStopped` at the next read.
     """
     counts: dict[str, dict[str, int]] = {}
     size: tuple[int, int] | None = None
     first_where = ""
     gray = True
     decoded = 0
+    pixels = 0
     formats: set[str] = set()
     try:
-        for split, cls, file_name, data in iter_image_members(path, max_members=max_files):
+        for split, cls, file_name, data in iter_image_members(path, max_members=max_files, max_ratio=max_ratio,
+                                                              stop=stop):
             where = f"{split}/{cls}/{file_name}"
-            image_size, is_gray, fmt = _inspect_image(where, data)
+            image_size, is_gray, fmt = _inspect_image(where, data, max_ratio)
             if size is None:
                 size, first_where = image_size, where
             elif image_size != size:
                 raise UploadRefused(422, "mixed_image_sizes", f"{where} is {image_size[0]}x{image_size[1]}, "
                                     f"{first_where} is {size[0]}x{size[1]}; all images must be one size")
             gray = gray and is_gray
+            pixels += image_size[0] * image_size[1]
             decoded += image_size[0] * image_size[1] * (1 if is_gray else 3)
-            if decoded > MAX_DECODED_BYTES:
-                raise UploadRefused(422, "too_large_decoded", f"more than {MAX_DECODED_BYTES >> 30} GiB of "
-                                    "pixels once decoded (the loader's limit)")
+            if decoded > max_decoded_bytes:
+                raise UploadRefused(422, "too_large_decoded", f"more than {max_decoded_bytes} bytes of pixels "
+                                    "once decoded (CLR_MAX_DECODED_BYTES, sized to the workers' memory)")
             formats.add(fmt)
             by_class = counts.setdefault(split, {})
             by_class[cls] = by_class.get(cls, 0) + 1
-    except UploadRefused:
+    except (UploadRefused, ReadStopped):
         raise
     except ArchiveError as err:
         raise _archive_refusal(err, max_files) from None
@@ -171,8 +184,10 @@ def inspect_archive(path: Path, *, max_files: int) -> ArchiveSummary:
         raise UploadRefused(422, "bad_archive", f"unreadable archive ({type(err).__name__}: {err})") from None
     classes, held_out = _check_layout(counts)
     assert size is not None  # _check_layout refuses an archive without images
+    images = sum(n for by_class in counts.values() for n in by_class.values())
+    cache_bytes = pixels * (1 if gray else 3) + 8 * images  # uint8 pixels plus int64 labels, as cached
     return ArchiveSummary(classes=classes, held_out=held_out, counts=counts, width=size[0], height=size[1],
-                          channels=1 if gray else 3, formats=formats)
+                          channels=1 if gray else 3, formats=formats, cache_bytes=cache_bytes)
 
 
 def _check_layout(counts: dict[str, dict[str, int]]) -> tuple[list[str], str]:
@@ -205,14 +220,14 @@ def _check_layout(counts: dict[str, dict[str, int]]) -> tuple[list[str], str]:
 def upload_errors(spec: RangeTestSpec | TrainSpec, owner: str, store: JobStore, settings: Settings) -> list[dict]:
     """Submit-time check: an uploaded dataset a spec names must exist and be the caller's (422 otherwise).
 
-    `dataset_path` may not reach into the uploads folder or hidden folders (caches, incoming uploads):
-    another key's archive is reachable only through its id, and the id is checked for ownership.
+    `dataset_path` may not be the data directory itself, nor reach into the uploads folder or hidden
+    folders (caches, incoming uploads): another key's archive is reachable only through its id, and
+    the id is checked for ownership.
     """
     if spec.dataset_path is not None and not UPLOADED_DATASET.match(spec.dataset):
-        parts = PurePosixPath(spec.dataset_path.replace("\\", "/")).parts
-        if parts[:1] == (UPLOADS_DIR,) or any(part.startswith(".") for part in parts):
-            return [field_error("dataset_path", f"'{UPLOADS_DIR}/' and hidden folders are reserved; name an "
-                                "uploaded dataset by its id", spec.dataset_path)]
+        problem = dataset_path_problem(spec.dataset_path, reserved=(UPLOADS_DIR,))
+        if problem is not None:
+            return [field_error("dataset_path", problem, spec.dataset_path)]
     if not UPLOADED_DATASET.match(spec.dataset):
         return []
     errors = []

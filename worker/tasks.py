@@ -332,6 +332,7 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
                 run_dir,
                 data_dir=Path(settings.data_dir),
                 download=settings.download,
+                max_decoded_bytes=settings.max_decoded_bytes,
                 hooks=Hooks(on_progress=progress, should_stop=stop, may_write=keeper.may_write),
             )
         finally:
