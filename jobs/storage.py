@@ -252,6 +252,17 @@ class S3Store:
             raise self._unavailable(exc, "bucket check") from exc
 
 
+_opened: dict[int, tuple[Settings, ObjectStore]] = {}
+
+
+def store_for(settings: Settings) -> ObjectStore:
+    """`open_store(settings)`, built once per settings object (boto3 clients are thread-safe)."""
+    entry = _opened.get(id(settings))
+    if entry is None or entry[0] is not settings:
+        entry = _opened[id(settings)] = (settings, open_store(settings))
+    return entry[1]
+
+
 def open_store(settings: Settings) -> ObjectStore:
     """The store `settings` name: S3 when `storage_url` is set, else the local folders."""
     if settings.storage_url:
