@@ -118,3 +118,24 @@ class ObjectStoreServer:
     def log_tail(self, chars: int = 3000) -> str:
         path = self.data_dir / "weed.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+SHAPES = ("circle", "square", "triangle")
+
+
+def shapes_archive() -> bytes:
+    """A zip of 8x8 PNGs: train/<class>/ four each, val/<class>/ two each."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for k, cls in enumerate(SHAPES):
+            for split, n in (("train", 4), ("val", 2)):
+                for i in range(n):
+                    image = io.BytesIO()
+                    Image.new("RGB", (8, 8), (80 * k, 10 * i, 200 - 60 * k)).save(image, "PNG")
+                    archive.writestr(f"{split}/{cls}/{i}.png", image.getvalue())
+    return out.getvalue()
