@@ -187,6 +187,10 @@ def test_store_outage_mid_job_never_leaves_it_running_and_reads_answer_503(
         assert down.status_code == 503, down.text
         assert "object store unavailable" in down.json()["detail"] and down.headers["retry-after"]
         assert client.get(f"/v1/jobs/{job_id}").status_code == 200  # the record still answers
+        before = {d["name"] for d in client.get("/v1/datasets").json()["items"]}
+        upload = client.post("/v1/datasets", content=shapes_archive(), headers={"Content-Type": "application/zip"})
+        assert upload.status_code == 503 and "object store unavailable" in upload.json()["detail"]
+        assert {d["name"] for d in client.get("/v1/datasets").json()["items"]} == before  # nothing half-stored
         time.sleep(3)
     finally:
         object_store_server.start()
