@@ -189,11 +189,16 @@ class JobFiles:
 
 
 _cache: Any = None
+_previous_scratch: Path | None = None
 
 
 def job_files(job_id: str, may_write: Callable[[], bool]) -> JobFiles:
-    """This worker's `JobFiles` for a job, sharing one dataset cache across jobs."""
-    global _cache
+    """This worker's `JobFiles` for a job, sharing one dataset cache across jobs.
+
+    The previous job's scratch folder goes now: its files are in the store and its record written (a
+    worker runs one job at a time), so a worker's disk holds at most one run folder besides the cache.
+    """
+    global _cache, _previous_scratch
     from jobs.settings import get_settings
     from jobs.storage import store_for
     from worker.dataset_cache import DatasetCache
@@ -202,7 +207,11 @@ def job_files(job_id: str, may_write: Callable[[], bool]) -> JobFiles:
     objects = store_for(settings)
     if objects.remote and _cache is None:
         _cache = DatasetCache(objects, Path(settings.data_dir), settings.cache_max_bytes)
-    return JobFiles(settings, objects, job_id, may_write, cache=_cache)
+    files = JobFiles(settings, objects, job_id, may_write, cache=_cache)
+    if _previous_scratch is not None and _previous_scratch != files.run_dir:
+        shutil.rmtree(_previous_scratch, ignore_errors=True)
+    _previous_scratch = files.run_dir if files.remote else None
+    return files
 
 
 def start_delete_sweeper(client: Any, settings: Settings) -> threading.Thread | None:
