@@ -124,6 +124,8 @@ def main() -> None:
                     through_service(client, warmup)
                     row = through_service(client, spec)
                     rows[mode].append(row)
+                    print(json.dumps({"what": "job", "mode": mode, "repeat": repeat,
+                                      **{k: round(v, 3) for k, v in row.items()}}), flush=True)
                     if mode == "store":
                         job = client.get("/v1/jobs", params={"limit": 1}).json()["items"][0]
                         checkpoints.append(job["result"]["storage"])
