@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,6 +132,14 @@ def test_uploaded_dataset_trains_on_a_worker_that_shares_no_disk(
     assert model.status_code == 200 and int(model.headers["content-length"]) == len(model.content) > 0
     assert "attachment" in model.headers["content-disposition"]
     assert client.get(f"/v1/jobs/{job_id}/plots/range_test.png").status_code == 404
+    assert client.get(f"/v1/jobs/{job_id}/artifacts/model.pt", params={"redirect": 1}).content == model.content
+    presigning = s3_settings.model_copy(update={"presign_seconds": 60})  # opt-in: a redirect to the store
+    with TestClient(create_app(presigning)) as redirecting:
+        moved = redirecting.get(f"/v1/jobs/{job_id}/artifacts/model.pt", params={"redirect": 1},
+                                follow_redirects=False)
+        assert moved.status_code == 307 and "X-Amz-Signature" in moved.headers["location"]
+        with urllib.request.urlopen(moved.headers["location"], timeout=10) as presigned:
+            assert presigned.read() == model.content
 
     # deleting removes the objects
     objects = store_for(s3_settings)
