@@ -12,7 +12,9 @@ Key layout (under the configured prefix):
                                      (the quota's measure)
 
 Files: `{data_dir}/uploads/{owner-hash}/{id}.{ext}`; temp files in `{data_dir}/uploads/.incoming/`
-(the same file system, so the final move is an atomic rename).
+(the same file system, so the final move is an atomic rename). With an object store
+(`CLR_STORAGE_URL`), the validated archive is uploaded to `datasets/{owner-hash}/{id}.{ext}` before
+the record exists, and the record keeps that `key` and the archive's `sha256` (the workers' cache key).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import redis
 
 from clrcore.cache_names import CACHE_DIR_NAME, cache_files
 from clrcore.specs import UPLOADED_DATASET
+from jobs.pending_deletes import PendingDeletes, delete_or_defer
+from jobs.storage import DATASETS, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +99,10 @@ class DatasetStore:
     """Dataset records and per-owner byte counts; commit and delete are atomic Lua scripts, so two
     uploads racing for the last of a quota cannot both win."""
 
-    def __init__(self, client: redis.Redis, prefix: str, data_dir: Path) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, data_dir: Path, objects: ObjectStore | None = None) -> None:
         self.redis, self.prefix, self.data_dir = client, prefix, Path(data_dir)
+        self.objects = objects if objects is not None and objects.remote else None  # None: local folder
+        self.pending_deletes = PendingDeletes(client, prefix)
         self._commit = client.register_script(_COMMIT_LUA)
         self._delete = client.register_script(_DELETE_LUA)
 
@@ -160,17 +166,13 @@ class DatasetStore:
         """Move the validated archive into place and record it, or refuse (413) if the quota was spent
         meanwhile by a concurrent upload (`QuotaExceeded`); in that case the file is removed again."""
         dataset_id = new_dataset_id()
+        if self.objects is not None:
+            return self._commit_to_store(owner, name, dataset_id, temp, ext, size, summary, quota)
         relative = Path(UPLOADS_DIR) / owner_hash(owner) / f"{dataset_id}.{ext}"
         final = self.data_dir / relative
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, final)
-        record = {
-            "id": dataset_id, "owner": owner, "name": name or dataset_id, "path": relative.as_posix(),
-            "format": ext, "bytes": size, "created_at": time.time(), "validation": "ok",
-            "classes": summary.classes, "held_out_split": summary.held_out, "counts": summary.counts,
-            "width": summary.width, "height": summary.height, "channels": summary.channels,
-            "image_formats": sorted(summary.formats), "cache_bytes": summary.cache_bytes,
-        }
+        record = _record(dataset_id, owner, name, relative.as_posix(), ext, size, summary)
         charged = size + summary.cache_bytes
         try:
             ok, used = self._commit(keys=self._keys(owner, dataset_id),
@@ -185,10 +187,40 @@ class DatasetStore:
                  len(summary.classes))
         return record
 
+    def _commit_to_store(self, owner: str, name: str, dataset_id: str, temp: Path, ext: str, size: int,
+                         summary: ArchiveSummary, quota: int) -> dict:
+        """Upload the validated archive (multipart), then record it: the dataset is listed only once
+        its object exists. `StorageUnavailable` leaves no record (API: 503)."""
+        assert self.objects is not None
+        key = f"{DATASETS}/{owner_hash(owner)}/{dataset_id}.{ext}"
+        record = _record(dataset_id, owner, name, key, ext, size, summary)
+        record["key"], record["sha256"] = key, file_sha256(temp)
+        self.objects.put_file(temp, key)
+        try:
+            ok, used = self._commit(keys=self._keys(owner, dataset_id),
+                                    args=[dataset_id, json.dumps(record), size + summary.cache_bytes, quota])
+        except BaseException:
+            delete_or_defer(self.objects, self.pending_deletes, key)
+            raise
+        if not ok:
+            delete_or_defer(self.objects, self.pending_deletes, key)
+            raise QuotaExceeded(used, quota, size, summary.cache_bytes)
+        log.info("dataset %s stored for %s in the object store: %d bytes", dataset_id, owner, size)
+        return record
+
     def delete(self, record: dict) -> None:
-        """Remove the record (atomically with the byte count), then the file and its decode caches."""
+        """Remove the record (atomically with the byte count), then the file and its decode caches, or
+        the object; an object the store cannot delete now is left to the sweeper (nothing lists it)."""
         charged = record["bytes"] + record.get("cache_bytes", 0)
-        if self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"], charged]):
+        if not self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"], charged]):
+            return
+        if "key" in record:
+            if self.objects is None:
+                log.warning("dataset %s: its object %s stays: no object store configured", record["id"],
+                            record["key"])
+            else:
+                delete_or_defer(self.objects, self.pending_deletes, record["key"])
+        else:
             path = self.data_dir / record["path"]
             # The worker loads an upload as `imagefolder` from this path, caching under data_dir/.cache.
             for file in [path, *cache_files(self.data_dir / CACHE_DIR_NAME, "imagefolder", path)]:
@@ -196,4 +228,24 @@ class DatasetStore:
                     file.unlink(missing_ok=True)
                 except OSError as exc:  # the record is gone, so nothing points at the file any more
                     log.warning("dataset %s: file %s not removed: %s", record["id"], file.name, exc)
-            log.info("dataset %s deleted", record["id"])
+        log.info("dataset %s deleted", record["id"])
+
+
+def file_sha256(path: Path) -> str:
+    """The archive's content hash: a worker's cache key, so one archive is fetched once per worker."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _record(dataset_id: str, owner: str, name: str, path: str, ext: str, size: int,
+            summary: ArchiveSummary) -> dict:
+    return {
+        "id": dataset_id, "owner": owner, "name": name or dataset_id, "path": path,
+        "format": ext, "bytes": size, "created_at": time.time(), "validation": "ok",
+        "classes": summary.classes, "held_out_split": summary.held_out, "counts": summary.counts,
+        "width": summary.width, "height": summary.height, "channels": summary.channels,
+        "image_formats": sorted(summary.formats), "cache_bytes": summary.cache_bytes,
+    }

@@ -8,18 +8,36 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CLR_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CLR_", env_file=None, extra="ignore", populate_by_name=True)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="job records, events and the Celery broker")
     key_prefix: str = Field("clr", description="prefix of every Redis key; lets tests share one Redis")
     artifact_dir: Path = Field(Path("runs/artifacts"), description="job run folders, shared by API and workers")
     data_dir: Path = Field(Path("runs/data"), description="datasets; names resolve only inside it")
     download: bool = Field(True, description="let torchvision download datasets that are missing")
+
+    # Object store (issue 13). Unset: the folders above, on one machine (or a shared volume).
+    storage_url: str = Field(
+        "", description="s3://bucket/prefix puts artifacts, checkpoints and uploads into an S3-compatible store; "
+                        "credentials and region from the standard AWS_* variables")
+    s3_endpoint_url: str = Field(
+        "", validation_alias=AliasChoices("CLR_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
+        description="the store's URL (MinIO, SeaweedFS, Ceph); empty: AWS S3")
+    storage_timeout: float = Field(10.0, gt=0, description="seconds to connect to / read from the store")
+    storage_retry_seconds: float = Field(
+        60.0, ge=0, description="how long a worker retries an unreachable store before the job fails")
+    presign_seconds: int = Field(
+        0, ge=0, description="if > 0, model.pt and checkpoint downloads may answer ?redirect=1 with a presigned "
+                             "URL valid this long; 0: the API streams them")
+    worker_dir: Path = Field(Path("runs/worker"), description="a worker's private scratch: run folders and "
+                                                             "the dataset cache (store mode only)")
+    cache_max_bytes: int = Field(10 * 1024**3, ge=0, description="a worker's dataset cache; least recently "
+                                                                 "used archives go first")
 
     # Access. Keys are given as `name:secret` pairs, comma separated; only their hashes are kept.
     api_keys: str = Field("", description="comma-separated name:secret pairs")

@@ -20,9 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.datasets import DatasetStore
 from jobs.settings import Settings, get_settings
+from jobs.storage import store_for
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
-from service import errors
+from service import errors, object_files
 from service.auth import KeyRing
 from service.event_reader import EventReader
 from service.metrics import ServiceMetrics
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.workers = WorkerRegistry(store.redis, settings.key_prefix)
-    app.state.uploads = DatasetStore(store.redis, settings.key_prefix, settings.data_dir)
+    app.state.uploads = DatasetStore(store.redis, settings.key_prefix, settings.data_dir, store_for(settings))
     app.state.queue = JobQueue(settings)
     app.state.keys = KeyRing.from_setting(settings.api_keys, open_mode=settings.open_mode)
     token = settings.metrics_token
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.events = EventReader.from_settings(settings, store)  # SSE: awaited reads, no thread per stream
 
     errors.install(app)
+    object_files.install(app)
     for module in (jobs, artifacts, catalog, health):
         app.include_router(module.router)
     # Uploads are exempt from the JSON body limit: the route streams the body to disk and counts it

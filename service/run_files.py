@@ -13,8 +13,12 @@ import os
 import shutil
 from pathlib import Path
 
+import redis
+
+from jobs.pending_deletes import PendingDeletes, delete_or_defer
 from jobs.settings import Settings
 from jobs.states import FINAL_STATES
+from jobs.storage import StorageUnavailable, run_key, store_for
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +57,19 @@ def run_file(settings: Settings, job_id: str, relative: str) -> Path | None:
     return path
 
 
-def remove_run_folder(settings: Settings, job_id: str) -> None:
-    """Delete the job's run folder; what cannot be removed is logged and left (the record is gone)."""
+def remove_run_folder(settings: Settings, job_id: str, client: redis.Redis | None = None) -> None:
+    """Delete the job's run folder; what cannot be removed is logged and left (the record is gone).
+
+    With an object store, the job's objects go; if the store is down they are left to the sweeper
+    (`jobs.pending_deletes`, needs `client`), which retries with backoff.
+    """
+    objects = store_for(settings)
+    if objects.remote:
+        if client is None:
+            objects.delete_prefix(run_key(job_id))
+        else:
+            delete_or_defer(objects, PendingDeletes(client, settings.key_prefix), run_key(job_id))
+        return
     root = run_folder(settings, job_id)
     if root.is_symlink() or not root.is_dir():
         return
@@ -67,6 +82,13 @@ def _present(record: dict, settings: Settings) -> set[str]:
     """Relative paths of the run folder's files: the worker's list once the job ended, else a listing."""
     if record["state"] in _FINAL and record["artifacts"]:
         return set(record["artifacts"])
+    objects = store_for(settings)
+    if objects.remote:  # running: what the worker uploaded so far; nothing while the store is down
+        base = run_key(record["id"])
+        try:
+            return {key[len(base):] for key in objects.list(base)}
+        except StorageUnavailable:
+            return set()
     root = run_folder(settings, record["id"])
     try:
         names = set(os.listdir(root))

@@ -19,6 +19,7 @@ from jobs.settings import Settings
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
 from tests.helpers import WorkerProcess
+from tests.objectstore import ObjectStoreServer
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +105,12 @@ def celery_sender(settings: Settings):
     app = create_app(settings)
     yield app
     app.close()
+
+
+@pytest.fixture(scope="session")
+def object_store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStoreServer]:
+    """A real SeaweedFS S3 gateway on free ports for the session, with its own credentials."""
+    server = ObjectStoreServer(tmp_path_factory.mktemp("weed"))
+    server.start()
+    yield server
+    server.stop()

@@ -46,16 +46,21 @@ def test_a_gpu_worker_reserves_an_nvidia_device_and_a_cpu_worker_exists(compose:
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
 
 
-def test_api_and_workers_share_the_artifact_and_data_volumes(compose: dict[str, Any]) -> None:
+def test_api_and_workers_share_only_redis_and_the_object_store(compose: dict[str, Any]) -> None:
+    """Issue 13: every artifact is in the object store; no volume is mounted by two services."""
     api = compose["services"]["api"]
     assert _command(api)[:2] == ["uvicorn", "service.main:app"]
     workers = _workers(compose)
-    assert workers
-    for service in (api, *workers.values()):
+    assert workers and "objectstore" in compose["services"]
+    owners: dict[str, str] = {}
+    for name, service in {"api": api, **workers}.items():
         env = service["environment"]
-        mounts = {m.split(":")[1]: m.split(":")[0] for m in service["volumes"]}
-        assert mounts[env["CLR_ARTIFACT_DIR"]] == "artifacts" and mounts[env["CLR_DATA_DIR"]] == "datasets"
-    assert {"artifacts", "datasets"} <= set(compose["volumes"])
+        assert env["CLR_STORAGE_URL"].startswith("s3://") and env["CLR_S3_ENDPOINT_URL"]
+        assert "objectstore" in service["depends_on"]
+        for mount in service.get("volumes", []):
+            volume = mount.split(":")[0]
+            assert volume not in owners, f"{name} shares volume {volume} with {owners.get(volume)}"
+            owners[volume] = name
 
 
 def test_dockerfile_installs_the_project_with_an_extras_build_arg() -> None:

@@ -16,6 +16,7 @@ from clrcore.datasets import DatasetError
 from clrcore.specs import UPLOADED_DATASET
 from jobs.datasets import UPLOADS_DIR, DatasetStore
 from jobs.store import JobStore
+from worker.dataset_cache import DatasetCache, Fetched
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +39,21 @@ def resolve_uploaded(spec: dict, owner: str, store: JobStore, data_dir: Path) ->
         raise DatasetError(dataset, "the uploaded archive is missing from the data directory")
     log.info("dataset %s resolved to %s", dataset, record["path"])
     return {**spec, "dataset": "imagefolder", "dataset_path": record["path"]}
+
+
+def resolve_from_store(spec: dict, owner: str, store: JobStore, cache: DatasetCache) -> tuple[dict, Fetched | None]:
+    """Object-store mode: like `resolve_uploaded`, with the archive fetched into the worker's cache
+    (once per content hash); also returns what the fetch cost (None for a catalog dataset)."""
+    dataset = spec.get("dataset")
+    if not isinstance(dataset, str) or not UPLOADED_DATASET.match(dataset):
+        return spec, None
+    record = DatasetStore(store.redis, store.prefix, cache.data_dir).owned(owner, dataset)
+    if record is None:
+        raise DatasetError(dataset, "no such uploaded dataset for this key (deleted?)")
+    if "key" not in record or "sha256" not in record:
+        raise DatasetError(dataset, "the uploaded archive is in a local data directory, not the object store")
+    try:
+        fetched = cache.fetch(record["key"], record["sha256"], record["format"])
+    except FileNotFoundError:
+        raise DatasetError(dataset, "the uploaded archive is missing from the object store") from None
+    return {**spec, "dataset": "imagefolder", "dataset_path": fetched.relative}, fetched

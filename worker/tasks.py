@@ -28,8 +28,8 @@ from jobs.settings import get_settings
 from jobs.states import FINAL_STATES, InvalidTransition, JobState
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
+from worker.artifact_sync import job_files, start_delete_sweeper
 from worker.celery_app import app
-from worker.datasets import resolve_uploaded
 from worker.lease import LeaseKeeper, WorkerMonitor, worker_id
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ def _on_worker_ready(**_: Any) -> None:
         requeue_after=max(settings.requeue_after_seconds, 2 * settings.lease_seconds),
     )
     _monitor.start()
+    start_delete_sweeper(store().redis, settings)  # store mode: object deletes that failed, retried
     log.info("worker %s ready on queue %s", worker_id(), settings.queue)
 
 
@@ -321,28 +322,34 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
     from clrcore.runs import run_job
     from clrcore.specs import parse_spec
 
-    run_dir = Path(settings.artifact_dir) / job_id
+    files = job_files(job_id, keeper.may_write)  # shared folder, or private scratch mirrored to the store
+    run_dir = files.run_dir
     stop = StopCheck(job_id, keeper)
     progress = ProgressWriter(job_id, keeper)
     _current_job = job_id
     try:
         try:
             summary = run_job(
-                parse_spec(resolve_uploaded(record["spec"], record["owner"], store(), Path(settings.data_dir))),
+                parse_spec(files.prepare(record["spec"], record["owner"], store())),
                 run_dir,
                 data_dir=Path(settings.data_dir),
                 download=settings.download,
                 max_decoded_bytes=settings.max_decoded_bytes,
                 hooks=Hooks(on_progress=progress, should_stop=stop, may_write=keeper.may_write),
             )
+            files.finish()  # store mode: every file is in the store before the job reads succeeded
+            if files.remote:
+                summary = {**summary, "storage": files.stats()}
         finally:
             progress.flush()  # the last coalesced progress, before the final state is written
     except StopRequested:
         stop()  # a write fence (may_write) may have raised it: then this finds the reason, lease_lost
+        files.finish(strict=False)  # uploads only while the lease is ours
         return _stopped(job_id, stop.reason, run_dir)
     except Exception as exc:  # any failure ends the job, never the worker
         log.warning("job %s failed: %s", job_id, exc, exc_info=not _expected_failure(exc))
         _release_cuda_memory()
+        files.finish(strict=False)
         register_artifacts(job_id, run_dir)
         _finish(job_id, JobState.FAILED, error=failure_reason(exc))
         return "failed"

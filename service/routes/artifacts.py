@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from jobs.settings import Settings
 from service.deps import OwnedJob, SettingsDep
-from service.run_files import ARTIFACTS, BINARY, JSON, PLOTS, REPORTS, run_file
+from service.object_files import serve_run_file
+from service.run_files import ARTIFACTS, BINARY, JSON, PLOTS, REPORTS
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 
@@ -23,17 +24,15 @@ _NOT_YET: dict[int | str, dict[str, Any]] = {404: {"description": "unknown job, 
 
 
 def _serve(settings: Settings, job_id: str, relative: str, media_type: str, *,
-           download: str | None = None) -> FileResponse:
-    path = run_file(settings, job_id, relative)
-    if path is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{relative} does not exist for this job (yet)")
-    return FileResponse(path, media_type=media_type, filename=download,
-                        content_disposition_type="attachment" if download else "inline")
+           download: str | None = None, redirect: bool = False) -> Response:
+    """From the run folder or the object store (service/object_files.py); 404 if absent, 503 if the
+    store is down."""
+    return serve_run_file(settings, job_id, relative, media_type, download=download, redirect=redirect)
 
 
 @router.get("/jobs/{job_id}/plots/{name}.png", response_class=FileResponse, responses={
     200: {"content": {"image/png": {}}, "description": "the plot"}, **_NOT_YET})
-def get_plot(job: OwnedJob, name: str, settings: SettingsDep) -> FileResponse:
+def get_plot(job: OwnedJob, name: str, settings: SettingsDep) -> Response:
     """A plot: range_test, history, lr_schedule, lr_schedule_preview or confusion_matrix."""
     if name not in PLOTS:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
@@ -45,7 +44,7 @@ def get_plot(job: OwnedJob, name: str, settings: SettingsDep) -> FileResponse:
     200: {"content": {JSON: {}, "text/plain": {}}, "description": "the classification report"}, **_NOT_YET})
 def get_report(
     job: OwnedJob, settings: SettingsDep, format: Annotated[Literal["json", "text"], Query()] = "json"
-) -> FileResponse:
+) -> Response:
     """The classification report on the test split: JSON, or the text table with `?format=text`."""
     relative, media_type = REPORTS[format]
     return _serve(settings, job["id"], relative, media_type)
@@ -53,11 +52,15 @@ def get_report(
 
 @router.get("/jobs/{job_id}/artifacts/{name}", response_class=FileResponse, responses={
     200: {"content": {JSON: {}, "text/csv": {}, BINARY: {}}, "description": "the file"}, **_NOT_YET})
-def get_artifact(job: OwnedJob, name: str, settings: SettingsDep) -> FileResponse:
+def get_artifact(job: OwnedJob, name: str, settings: SettingsDep,
+                 redirect: Annotated[bool, Query(description="model.pt/checkpoint: answer 307 to a short-lived "
+                                                 "presigned store URL (object store with CLR_PRESIGN_SECONDS)")]
+                 = False) -> Response:
     """history.json, range_test.json, range_test_log.csv, spec.json, model.pt, or checkpoint (last.pt)."""
     if name not in ARTIFACTS:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"no artifact named {name[:100]!r}; known: {sorted(ARTIFACTS)}")
     relative, media_type = ARTIFACTS[name]
     download = f"{job['id']}-{Path(relative).name}" if media_type == BINARY else None
-    return _serve(settings, job["id"], relative, media_type, download=download)
+    return _serve(settings, job["id"], relative, media_type, download=download,
+                  redirect=redirect and media_type == BINARY)

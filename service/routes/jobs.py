@@ -322,7 +322,7 @@ def delete_job(job: OwnedJob, store: StoreDep, settings: SettingsDep) -> Respons
     A Redis outage answers 503 with nothing removed; a folder that cannot be removed is logged and left.
     """
     store.records.delete(job)
-    remove_run_folder(settings, job["id"])
+    remove_run_folder(settings, job["id"], store.redis)
     logger.info("job %s: deleted (was %s)", job["id"], job["state"])
     return Response(status_code=204)
 

