@@ -4,15 +4,19 @@ workers never race. `jobs.store.JobStore` registers them; each comment says its 
 
 # KEYS: job, events, lease, then one set per JobState in declaration order, then the durations hash.
 # ARGV: job id, {from: to} JSON, now, extra fields JSON, require-no-lease flag, final states JSON, maxlen,
-# duration bucket bounds JSON. Reaching a final state adds the run time (started, else created, to
-# finished) to the durations histogram in the same step, whichever process made the transition.
-# Returns {status, current, target}; status is ok | missing | invalid | leased.
+# duration bucket bounds JSON, holder (a worker id, or empty). Reaching a final state adds the run time
+# (started, else created, to finished) to the durations histogram in the same step, whichever process
+# made the transition.
+# A holder fences the step: it is refused ('fenced') unless that worker holds the job's lease, so a
+# worker woken after its lease lapsed cannot end a job another worker now runs.
+# Returns {status, current, target}; status is ok | missing | invalid | leased | fenced.
 TRANSITION_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing', '', ''} end
 local to = cjson.decode(ARGV[2])[cur]
 if not to then return {'invalid', cur, ''} end
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return {'leased', cur, to} end
+if ARGV[9] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[9] then return {'fenced', cur, to} end
 local fields = cjson.decode(ARGV[4])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 if to == cur then return {'ok', cur, to} end
@@ -76,6 +80,14 @@ end
 return 0
 """
 
+# KEYS: lease, job. ARGV: holder (or empty: unfenced), field, value. Only the lease holder registers files.
+ADD_ARTIFACT_LUA = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
 # KEYS: lease, job, events. ARGV: holder, fields JSON, event data, maxlen. Fenced: only the lease holder writes.
 PROGRESS_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -95,15 +107,18 @@ redis.call('HSET', KEYS[1], 'sent_at', ARGV[1])
 return 1
 """
 
-# KEYS: idempotency hash. ARGV: body hash, in-flight ttl.
+# KEYS: idempotency hash. ARGV: body hash, in-flight ttl. 'created' (with the job id): the first request
+# stored its job (`JobRecords.create` records the id in the same transaction) but never answered, e.g.
+# the API died before sending or answering; the caller answers from the job record.
 IDEM_BEGIN_LUA = """
-local h = redis.call('HMGET', KEYS[1], 'body_hash', 'status', 'response')
+local h = redis.call('HMGET', KEYS[1], 'body_hash', 'status', 'response', 'job_id')
 if not h[1] then
   redis.call('HSET', KEYS[1], 'body_hash', ARGV[1], 'status', 'in_flight')
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   return {'new', ''}
 end
 if h[1] ~= ARGV[1] then return {'mismatch', ''} end
+if h[2] == 'in_flight' and h[4] then return {'created', h[4]} end
 if h[2] == 'in_flight' then return {'in_flight', ''} end
 return {'replay', h[3]}
 """

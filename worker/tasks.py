@@ -159,7 +159,7 @@ def _patiently(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def _finish(job_id: str, to: JobState, **kwargs: Any) -> bool:
     """Move the job to a final state; False (logged) if the state machine says it already moved on."""
     try:
-        _patiently(store().records.transition, job_id, to, **kwargs)
+        _patiently(store().records.transition, job_id, to, holder=worker_id(), **kwargs)
         return True
     except InvalidTransition as exc:
         log.warning("job %s: %s", job_id, exc)
@@ -210,7 +210,7 @@ def _run_claimed(job_id: str, keeper: LeaseKeeper) -> str:
         return "delivery_cap"
     if state == JobState.QUEUED:
         try:
-            _patiently(db.records.transition, job_id, JobState.RUNNING)
+            _patiently(db.records.transition, job_id, JobState.RUNNING, holder=worker_id())
         except InvalidTransition:  # cancelled between our reads
             return "final"
     # state running: a redelivery after its worker died; we hold the lease now, so we resume it
@@ -359,7 +359,7 @@ def _stopped(job_id: str, reason: str | None, run_dir: Path) -> str:
         return "lease_lost"  # another worker or the sweeper owns the job now; write nothing
     if reason == "shutdown":
         try:
-            _patiently(store().records.transition, job_id, JobState.QUEUED)
+            _patiently(store().records.transition, job_id, JobState.QUEUED, holder=worker_id())
             resend(job_id, (store().records.get(job_id) or {}).get("queue") or settings.queue)
             log.info("job %s: handed back to the queue at shutdown", job_id)
             return "handed_back"
@@ -395,7 +395,10 @@ def register_artifacts(job_id: str, run_dir: Path) -> None:
         name = path.relative_to(run_dir).as_posix()
         content_type = CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0]
         try:
-            _patiently(store().records.add_artifact, job_id, name, name, content_type or "application/octet-stream",
-                       path.stat().st_size)
+            if not _patiently(store().records.add_artifact, job_id, name, name,
+                              content_type or "application/octet-stream", path.stat().st_size,
+                              holder=worker_id()):
+                log.warning("job %s: artifacts not registered: the lease is no longer ours", job_id)
+                return
         except FileNotFoundError:
             continue

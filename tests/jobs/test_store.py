@@ -12,7 +12,7 @@ import redis
 from jobs.idempotency import body_hash
 from jobs.records import InvalidCursor
 from jobs.redis_errors import StoreUnavailable
-from jobs.states import FINAL_STATES, TRANSITIONS, InvalidTransition, JobNotFound, JobState
+from jobs.states import FINAL_STATES, TRANSITIONS, InvalidTransition, JobNotFound, JobState, LeaseFenced
 from jobs.store import JobStore
 
 # How to reach each state from queued, through allowed transitions only.
@@ -258,3 +258,32 @@ def test_unreachable_redis_raises_store_unavailable() -> None:
 def test_store_refuses_a_client_without_decoded_responses() -> None:
     with pytest.raises(ValueError):
         JobStore(redis.Redis(), "x")
+
+
+def test_a_final_transition_is_refused_to_a_worker_that_lost_the_lease(store: JobStore) -> None:
+    """Issue 14 item 7: worker A froze, B recovered and holds the lease; A wakes and tries to finish."""
+    job_id = job_in(store, JobState.RUNNING)
+    assert store.leases.claim(job_id, "worker-b", lease_seconds=60)
+    events_before = store.events.read(job_id, count=1000)
+    with pytest.raises(LeaseFenced):
+        store.records.transition(job_id, JobState.SUCCEEDED, result={"from": "a"}, holder="worker-a")
+    record = store.records.get(job_id)
+    assert record["state"] == JobState.RUNNING and record["result"] is None
+    assert store.events.read(job_id, count=1000) == events_before
+    # nobody holding the lease is no licence either: the sweeper is about to hand the job on
+    store.leases.release(job_id, "worker-b")
+    with pytest.raises(LeaseFenced):
+        store.records.transition(job_id, JobState.FAILED, error="late", holder="worker-a")
+    assert store.leases.claim(job_id, "worker-a", lease_seconds=60)
+    assert store.records.transition(job_id, JobState.SUCCEEDED, holder="worker-a")["state"] == JobState.SUCCEEDED
+
+
+def test_artifacts_are_registered_only_by_the_lease_holder(store: JobStore) -> None:
+    job_id = job_in(store, JobState.RUNNING)
+    assert store.leases.claim(job_id, "worker-b", lease_seconds=60)
+    assert not store.records.add_artifact(job_id, "model.pt", "model.pt", "application/octet-stream", 3,
+                                          holder="worker-a")
+    assert store.records.get(job_id)["artifacts"] == {}
+    assert store.records.add_artifact(job_id, "model.pt", "model.pt", "application/octet-stream", 3,
+                                      holder="worker-b")
+    assert set(store.records.get(job_id)["artifacts"]) == {"model.pt"}
