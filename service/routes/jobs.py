@@ -196,12 +196,14 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
                 "type": "idempotency_key_reused", "loc": ("header", "Idempotency-Key"),
                 "msg": "this key was used with a different request body", "input": key,
             }])
+        if outcome == "created" and first is not None:  # the first request stored it, then died
+            return _answer_stored(first["id"], owner, key, fingerprint, store, settings)
         if outcome == "in_flight":
             return JSONResponse({"detail": "a request with this Idempotency-Key is still being handled"},
                                 status.HTTP_409_CONFLICT, headers={"Retry-After": "1"})
     target = queue_for(spec.device, settings)
     try:
-        record = store.records.create(spec.kind, body, owner, queue=target)
+        record = store.records.create(spec.kind, body, owner, queue=target, idempotency_key=key)
     except Exception:
         if key is not None:
             _abort_quietly(store, owner, key, fingerprint)
@@ -223,6 +225,19 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
         store.idempotency.finish(owner, key, fingerprint, answer)
     logger.info("job %s (%s) accepted for %s", record["id"], spec.kind, owner)
     return _accepted(answer)
+
+
+def _answer_stored(job_id: str, owner: str, key: str, fingerprint: str, store: JobStore,
+                   settings: Settings) -> JSONResponse:
+    """Answer a retry whose first request stored the job but never answered (the API died between the
+    steps). If the job was never sent, the sweeper's stale-queued re-send sends it."""
+    record = store.records.get(job_id)
+    if record is None:  # deleted since: its answer is gone with it
+        return JSONResponse({"detail": f"the job of this Idempotency-Key ({job_id}) was deleted"},
+                            status.HTTP_409_CONFLICT)
+    answer = json.loads(Job.model_validate(job_out(record, settings)).model_dump_json())
+    store.idempotency.finish(owner, key, fingerprint, answer)
+    return _accepted(answer, replayed=True)
 
 
 def _abort_quietly(store: JobStore, owner: str, key: str, fingerprint: str) -> None:
