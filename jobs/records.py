@@ -136,6 +136,7 @@ class JobRecords:
             "queue": raw.get("queue") or None,
             "deliveries": int(raw.get("deliveries") or 0),
             "crashes": int(raw.get("crashes") or 0),
+            "run_seconds": float(raw.get("run_seconds") or 0.0),
             "cancel_requested": str(raw.get("cancel_requested", "0")) == "1",
             "artifacts": {},
         }

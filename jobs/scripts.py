@@ -66,8 +66,15 @@ end
 return 0
 """
 
+# KEYS: lease, job. ARGV: worker id, lease ms, seconds run since the last renewal. The job's run time
+# (`run_seconds`) grows with each renewal, so the time limit counts across deliveries.
 RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if tonumber(ARGV[3]) > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('HINCRBYFLOAT', KEYS[2], 'run_seconds', ARGV[3])
+  end
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 0
 """
 

@@ -55,7 +55,15 @@ class Settings(BaseSettings):
                     "running is delivered again",
     )
     max_deliveries: int = Field(5, ge=1, description="then the job fails: it keeps killing its worker")
-    job_time_limit: float = Field(6 * 3600.0, gt=0, description="seconds; a job running longer fails")
+    job_time_limit: float = Field(
+        6 * 3600.0, gt=0,
+        description="seconds of running, summed over all its deliveries; a job running longer fails",
+    )
+    stall_seconds: float = Field(
+        900.0, gt=0,
+        description="a job that reports no progress for this long (hung download, blocked device or file "
+                    "call) stops having its lease renewed, so another worker takes it over",
+    )
     progress_interval: float = Field(0.25, gt=0, description="seconds between progress writes")
     sweep_interval: float = Field(5.0, gt=0, description="how often lapsed leases are looked for")
     requeue_after_seconds: float = Field(

@@ -45,6 +45,7 @@ STORE_PATIENCE_S = 120.0  # how long a worker waits out a Redis outage before gi
 CANCEL_POLL_S = 0.2  # should_stop runs every batch; the record is read at most this often
 
 T = TypeVar("T")
+_TIME_LIMIT = f"time limit of {settings.job_time_limit:g} s exceeded"
 FINAL = {s.value for s in FINAL_STATES}
 
 CONTENT_TYPES = {
@@ -181,7 +182,8 @@ def execute(job_id: str) -> str:
         db.events.append(job_id, "delivery", {"worker": worker_id(), "outcome": "duplicate", "holder": holder})
         return "duplicate"
     keeper = LeaseKeeper(db, workers(), job_id, queue=settings.queue, lease_seconds=settings.lease_seconds,
-                         interval=settings.heartbeat_seconds)
+                         interval=settings.heartbeat_seconds, stall_seconds=settings.stall_seconds,
+                         time_left=settings.job_time_limit - record["run_seconds"], time_limit_error=_TIME_LIMIT)
     keeper.start()  # at once: anything slow before training (imports, data) must not let the lease lapse
     try:
         return _run_claimed(job_id, keeper)
@@ -208,6 +210,9 @@ def _run_claimed(job_id: str, keeper: LeaseKeeper) -> str:
         crashes = record["crashes"]
         _finish(job_id, JobState.FAILED, error=f"job killed its worker {crashes} times (out of memory?)")
         return "delivery_cap"
+    if record["run_seconds"] >= settings.job_time_limit:  # its earlier deliveries used the whole limit
+        _finish(job_id, JobState.FAILED, error=_TIME_LIMIT)
+        return "time_limit"
     if state == JobState.QUEUED:
         try:
             _patiently(db.records.transition, job_id, JobState.RUNNING, holder=worker_id())
@@ -224,7 +229,7 @@ class StopCheck:
 
     def __init__(self, job_id: str, keeper: LeaseKeeper) -> None:
         self.job_id, self.keeper = job_id, keeper
-        self.deadline = time.monotonic() + settings.job_time_limit
+        self.deadline = keeper.deadline if keeper.deadline is not None else time.monotonic() + settings.job_time_limit
         self.reason: str | None = None
         self._next_poll = 0.0
 
@@ -269,6 +274,8 @@ class ProgressWriter:
         self._pending_metrics: dict[str, Any] = {}
 
     def __call__(self, progress: Any) -> None:
+        if self.keeper is not None:
+            self.keeper.progressed()  # every report counts as progress, written or coalesced
         self._pending = progress
         self._pending_metrics.update(progress.metrics)
         if time.monotonic() - self._last_write >= self.interval:
@@ -367,7 +374,7 @@ def _stopped(job_id: str, reason: str | None, run_dir: Path) -> str:
             pass  # cancel arrived meanwhile: fall through to cancelled
     register_artifacts(job_id, run_dir)
     if reason == "time_limit":
-        _finish(job_id, JobState.FAILED, error=f"time limit of {settings.job_time_limit:g} s exceeded")
+        _finish(job_id, JobState.FAILED, error=_TIME_LIMIT)
         return "failed"
     _finish(job_id, JobState.CANCELLED)
     return "cancelled"

@@ -287,3 +287,22 @@ def test_artifacts_are_registered_only_by_the_lease_holder(store: JobStore) -> N
     assert store.records.add_artifact(job_id, "model.pt", "model.pt", "application/octet-stream", 3,
                                       holder="worker-b")
     assert set(store.records.get(job_id)["artifacts"]) == {"model.pt"}
+
+
+def test_stale_queued_skips_jobs_named_by_a_waiting_or_unacked_message(store: JobStore) -> None:
+    """Issue 14 item 12: the queue's ids are parsed into a set once (timing: scripts/reliability/stale_sweep.py)."""
+    from jobs.queues import broker_key_prefix
+
+    queue = f"sweep-{secrets.token_hex(3)}"
+    waiting, unacked, lost = (store.records.create("train", {}, owner(), queue=queue)["id"] for _ in range(3))
+    for job_id in (waiting, unacked, lost):
+        store.redis.hset(store.keys.job(job_id), "created_at", "1.0")
+    broker = broker_key_prefix(store.prefix)
+    store.redis.rpush(broker + queue, f'{{"headers": {{"argsrepr": "[\'{waiting}\']"}}}}')
+    store.redis.hset(broker + "unacked", "tag-1", f'[{{"headers": {{"argsrepr": "[\'{unacked}\']"}}}}, "", "{queue}"]')
+    try:
+        assert store.sends.ids_in_queue(queue) >= {waiting, unacked}
+        assert store.sends.stale_queued(queue, older_than=60) == [lost]
+    finally:
+        store.redis.delete(broker + queue)
+        store.redis.hdel(broker + "unacked", "tag-1")
