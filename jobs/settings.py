@@ -5,10 +5,11 @@ The API and the worker read the same object, so a deployment sets each value in 
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,13 +26,25 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="comma-separated name:secret pairs")
     open_mode: bool = Field(False, description="no keys needed (local use only); jobs belong to 'local'")
     metrics_token: str = Field(
-        "", description="if set, GET /metrics needs `Authorization: Bearer <token>`; empty: open to scrapers"
+        "", description="if set, GET /metrics needs `Authorization: Bearer <token>` (kept hashed); empty: any "
+                        "API key (or no key with open_mode or metrics_open)"
     )
+    metrics_open: bool = Field(False, description="GET /metrics without any key (a scraper on a private network)")
     cors_origins: str = Field("", description="comma-separated allowed origins; empty means CORS closed")
     rate_limit_per_minute: int = Field(600, ge=1)
     max_body_bytes: int = Field(64 * 1024, description="JSON request bodies")
     sse_max_streams: int = Field(
         256, ge=1, description="event streams reading Redis at once, one connection each; more wait their turn"
+    )
+
+    # The HTTP server (`python -m service.main`, the image's command): slow or idle clients are cut off.
+    http_host: str = Field("127.0.0.1", description="address the API listens on (the image sets 0.0.0.0; put "
+                                                    "a TLS proxy in front of anything not on loopback)")
+    http_port: int = Field(8000, ge=1, le=65535)
+    http_limit_concurrency: int = Field(512, ge=1, description="connections and tasks at once; then 503")
+    http_keep_alive_seconds: int = Field(5, ge=1, description="an idle keep-alive connection is closed after")
+    http_max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="h11's cap on an incomplete request head (headers trickled or huge)"
     )
 
     # Limits a job spec must stay within (422 naming the field otherwise).
@@ -71,6 +84,22 @@ class Settings(BaseSettings):
         description="a job queued this long (at least 2 x lease_seconds) that is in no queue is sent again",
     )
 
+    @field_validator("api_keys")
+    @classmethod
+    def _keep_only_key_hashes(cls, value: str) -> str:
+        """`name:secret` becomes `name:sha256:<hex>`, so the settings object (a debugger, a crash dump, a
+        repr in a log) never holds a usable key; `service.auth.KeyRing` reads either form."""
+        entries = []
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            name, sep, secret = entry.partition(":")
+            entries.append(f"{name}:{secret_hash(secret)}" if sep and secret else entry)
+        return ",".join(entries)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _keep_only_token_hash(cls, value: str) -> str:
+        return secret_hash(value) if value else value
+
     @model_validator(mode="after")
     def _visibility_covers_a_whole_job(self) -> Settings:
         """A visibility timeout below the job time limit hands a job that is still running to a second
@@ -82,6 +111,16 @@ class Settings(BaseSettings):
                 "a job that is still running to a second worker; use job_time_limit + 3600"
             )
         return self
+
+
+HASHED = "sha256:"
+
+
+def secret_hash(secret: str) -> str:
+    """`sha256:<hex>` of a secret; a value already in that form is kept (keys may be given hashed)."""
+    if secret.startswith(HASHED) and len(secret) == len(HASHED) + 64:
+        return secret
+    return HASHED + hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @lru_cache

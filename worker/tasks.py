@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import mimetypes
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -309,10 +310,22 @@ class ProgressWriter:
 def failure_reason(exc: BaseException) -> str:
     """The one-line reason stored with a failed job; memory exhaustion always reads "out of memory"."""
     lines = str(exc).strip().splitlines()
-    line = lines[0][:480] if lines else type(exc).__name__
+    line = without_server_paths(lines[0])[:480] if lines else type(exc).__name__
     if _out_of_memory(exc) and "out of memory" not in line.lower():
         return f"out of memory: {line}"
     return line
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s'\"`,;:()\[\]]+")
+
+
+def without_server_paths(text: str) -> str:
+    """The reason as a tenant may see it: the data and artifact folders named by their setting, any other
+    absolute path by its last part, so an error never shows how the server's disks are laid out."""
+    for folder, name in ((settings.data_dir, "data_dir"), (settings.artifact_dir, "artifact_dir")):
+        for spelling in {str(Path(folder).resolve()), str(Path(folder).absolute())}:
+            text = text.replace(spelling, name)
+    return _ABSOLUTE_PATH.sub(lambda m: Path(m.group(0)).name or "/", text)
 
 
 def _out_of_memory(exc: BaseException) -> bool:

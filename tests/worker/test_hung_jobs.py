@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,14 @@ def test_a_silent_download_gives_up_after_the_read_timeout(silent_server: int) -
     with read_timeout(0.5), pytest.raises((TimeoutError, OSError)):
         urllib.request.urlopen(f"http://127.0.0.1:{silent_server}/cifar-10-python.tar.gz")  # noqa: S310
     assert time.monotonic() - start < 5
+
+
+def test_a_failure_reason_shows_no_absolute_server_path(worker_tasks) -> None:
+    """Issue 14 item 13: the data and artifact folders by their setting name, other paths by their last part."""
+    data = Path(worker_tasks.settings.data_dir).resolve()
+    reason = worker_tasks.failure_reason(RuntimeError(
+        f"not found under {data}/cifar10; see /usr/lib/python3/site-packages/torchvision/x.py (line 3)"))
+    assert "/" not in reason.replace("data_dir/", ""), reason
+    assert reason == "not found under data_dir/cifar10; see x.py (line 3)"
+    assert worker_tasks.failure_reason(ValueError("loss is nan at step 3 (lr=0.5/step)")) == \
+        "loss is nan at step 3 (lr=0.5/step)"
