@@ -42,5 +42,9 @@ class JobKeys:
     def durations(self) -> str:
         return self.k("durations")
 
+    def finished(self) -> str:
+        """Sorted set: finished job ids by finish time (retention removes the oldest)."""
+        return self.k("finished")
+
     def seq(self) -> str:
         return self.k("seq")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import json
 import secrets
 import time
@@ -193,7 +194,7 @@ class JobRecords:
         holder: str | None = None,
     ) -> tuple[str, str, str]:
         keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.lease(job_id), *self.keys.states(),
-                self.keys.durations()]
+                self.keys.durations(), self.keys.finished()]
         args = [
             job_id,
             json.dumps(mapping),
@@ -257,12 +258,23 @@ class JobRecords:
         caller's). Raises JobNotFound, or JobNotFinished while it is queued, running or still leased."""
         job_id = job["id"]
         keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.lease(job_id),
-                self.keys.owner(job["owner"]), self.keys.owner(job["owner"], job["kind"]), *self.keys.states()]
+                self.keys.owner(job["owner"]), self.keys.owner(job["owner"], job["kind"]), self.keys.finished(),
+                *self.keys.states()]
         status, current = self._delete_script(keys=keys, args=[job_id, json.dumps([s.value for s in FINAL_STATES])])
         if status == "missing":
             raise JobNotFound(job_id)
         if status != "ok":
             raise JobNotFinished(job_id, current, leased=status == "leased")
+
+    @unavailable_on_redis_errors
+    def finished_before(self, cutoff: float, limit: int = 100) -> builtins.list[str]:
+        """Ids of jobs that finished before `cutoff` (Unix seconds), oldest first: retention's candidates."""
+        return builtins.list(self.redis.zrangebyscore(self.keys.finished(), "-inf", f"({cutoff}", start=0, num=limit))
+
+    @unavailable_on_redis_errors
+    def forget_finished(self, job_id: str) -> None:
+        """Drop an id from the finished index (its record is already gone)."""
+        self.redis.zrem(self.keys.finished(), job_id)
 
     @unavailable_on_redis_errors
     def cancel_requested(self, job_id: str) -> bool:

@@ -2,7 +2,8 @@
 workers never race. `jobs.store.JobStore` registers them; each comment says its KEYS and ARGV.
 """
 
-# KEYS: job, events, lease, then one set per JobState in declaration order, then the durations hash.
+# KEYS: job, events, lease, then one set per JobState in declaration order, then the durations hash, then
+# the finished index (sorted set by finish time, which retention reads).
 # ARGV: job id, {from: to} JSON, now, extra fields JSON, require-no-lease flag, final states JSON, maxlen,
 # duration bucket bounds JSON, holder (a worker id, or empty). Reaching a final state adds the run time
 # (started, else created, to finished) to the durations histogram in the same step, whichever process
@@ -33,6 +34,7 @@ local is_final = false
 for _, s in ipairs(cjson.decode(ARGV[6])) do if s == to then is_final = true end end
 if is_final then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
+  redis.call('ZADD', KEYS[11], ARGV[3], ARGV[1])
   local h = redis.call('HMGET', KEYS[1], 'kind', 'started_at', 'created_at')
   local start = tonumber(h[2] or '') or tonumber(h[3] or '')
   if start then
@@ -142,7 +144,7 @@ if h[1] == ARGV[1] and h[2] == 'in_flight' then return redis.call('DEL', KEYS[1]
 return 0
 """
 
-# KEYS: job, events, lease, owner index, owner-kind index, then every state set. ARGV: job id, final
+# KEYS: job, events, lease, owner index, owner-kind index, finished index, then every state set. ARGV: job id, final
 # states JSON. Deletes only a finished job whose worker has let go (released its lease): nothing that
 # may still write to it.
 DELETE_LUA = """
@@ -155,6 +157,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then return {'leased', state} end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
-for i = 6, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
+redis.call('ZREM', KEYS[6], ARGV[1])
+for i = 7, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
 return {'ok', state}
 """

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_upload_files: int = Field(200_000)
     upload_quota_bytes: int = Field(2 * 1024 * 1024 * 1024, description="per key")
 
+    # Retention: finished jobs, their event logs and run folders are removed this long after they end.
+    retention_days: float = Field(30.0, gt=0, description="days a finished job (record, events, files) is kept")
+
     # Worker behaviour.
     queue: str = Field("cpu", description="queue this worker consumes: 'cpu' or 'gpu'")
     default_queue: str = Field("cpu", description="queue of jobs with device 'auto' (set 'gpu' with GPU workers)")

@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from jobs.redis_errors import StoreUnavailable
-from jobs.states import InvalidTransition, JobState
+from jobs.states import InvalidTransition, JobNotFound, JobState
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
 
@@ -144,12 +146,15 @@ class WorkerMonitor(threading.Thread):
         resend: Callable[[str, str], None],
         current_job: Callable[[], str | None],
         requeue_after: float = 60.0,
+        retention_seconds: float | None = None,
+        artifact_dir: Path | None = None,
     ) -> None:
         super().__init__(name="worker-monitor", daemon=True)
         self.store, self.workers, self.queue = store, workers, queue
         self.heartbeat_seconds, self.sweep_interval = heartbeat_seconds, sweep_interval
         self.resend, self.current_job = resend, current_job
         self.requeue_after = requeue_after
+        self.retention_seconds, self.artifact_dir = retention_seconds, artifact_dir
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -185,7 +190,30 @@ class WorkerMonitor(threading.Thread):
                 requeued.append(job_id)
             elif new_state is not None:
                 log.warning("job %s: lease lapsed while cancelling; now %s", job_id, new_state)
+        self.expire_finished()
         return requeued + self.resend_stale()
+
+    def expire_finished(self, batch: int = 100) -> list[str]:
+        """Remove jobs that finished more than `retention_seconds` ago: record, event log, indexes (one
+        atomic delete), then the run folder. Several sweepers may race: a job already gone is skipped."""
+        if self.retention_seconds is None:
+            return []
+        removed = []
+        for job_id in self.store.records.finished_before(time.time() - self.retention_seconds, batch):
+            record = self.store.records.get(job_id)
+            if record is not None:
+                try:
+                    self.store.records.delete(record)
+                except (JobNotFound, InvalidTransition):  # another sweeper was first, or still leased
+                    continue
+            else:
+                self.store.records.forget_finished(job_id)
+            if self.artifact_dir is not None:
+                shutil.rmtree(self.artifact_dir / job_id, ignore_errors=True)
+            removed.append(job_id)
+        if removed:
+            log.info("retention: removed %d finished job(s)", len(removed))
+        return removed
 
     def resend_stale(self) -> list[str]:
         """Send again this queue's jobs left `queued` for `requeue_after` seconds with no message anywhere.

@@ -117,6 +117,8 @@ def _on_worker_ready(**_: Any) -> None:
         current_job=lambda: _current_job,
         # a job just sent may take a moment to show in the queue; never race a claim about to happen
         requeue_after=max(settings.requeue_after_seconds, 2 * settings.lease_seconds),
+        retention_seconds=settings.retention_days * 86400,
+        artifact_dir=Path(settings.artifact_dir),
     )
     _monitor.start()
     log.info("worker %s ready on queue %s", worker_id(), settings.queue)
