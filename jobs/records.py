@@ -218,8 +218,9 @@ class JobRecords:
     ) -> dict:
         """Move the job to `to` if the state machine allows it from its current state (atomic).
 
-        A worker passes `holder` (its worker id): the step is then refused with LeaseFenced unless it
-        still holds the job's lease, checked in the same atomic script.
+        A worker passes `holder` (its worker id): the step is then refused with LeaseFenced when the
+        lease names another worker, or nobody holds it and the job is back in the queue (checked in the
+        same atomic script).
         """
         to = JobState(to)
         mapping = {s.value: to.value for s, targets in TRANSITIONS.items() if to in targets}

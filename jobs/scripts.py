@@ -8,8 +8,10 @@ workers never race. `jobs.store.JobStore` registers them; each comment says its 
 # duration bucket bounds JSON, holder (a worker id, or empty). Reaching a final state adds the run time
 # (started, else created, to finished) to the durations histogram in the same step, whichever process
 # made the transition.
-# A holder fences the step: it is refused ('fenced') unless that worker holds the job's lease, so a
-# worker woken after its lease lapsed cannot end a job another worker now runs.
+# A holder fences the step: it is refused ('fenced') when the lease names another worker, or when nobody
+# holds it and the job was handed back to the queue, so a worker woken after its lease lapsed cannot end
+# a job another worker runs or is about to run. (A lapsed lease on a job still running is no refusal: a
+# worker starved of CPU for a lease period still finishes what nobody else took over.)
 # Returns {status, current, target}; status is ok | missing | invalid | leased | fenced.
 TRANSITION_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -17,7 +19,10 @@ if not cur then return {'missing', '', ''} end
 local to = cjson.decode(ARGV[2])[cur]
 if not to then return {'invalid', cur, ''} end
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return {'leased', cur, to} end
-if ARGV[9] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[9] then return {'fenced', cur, to} end
+if ARGV[9] ~= '' then
+  local holder = redis.call('GET', KEYS[3])
+  if (holder and holder ~= ARGV[9]) or (not holder and cur == 'queued') then return {'fenced', cur, to} end
+end
 local fields = cjson.decode(ARGV[4])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 if to == cur then return {'ok', cur, to} end
@@ -89,10 +94,15 @@ end
 return 0
 """
 
-# KEYS: lease, job. ARGV: holder (or empty: unfenced), field, value. Only the lease holder registers files.
+# KEYS: lease, job. ARGV: holder (or empty: unfenced), field, value. Fenced like TRANSITION_LUA: refused
+# when the lease names another worker, or nobody holds it and the job is back in the queue.
 ADD_ARTIFACT_LUA = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if ARGV[1] ~= '' then
+  local holder = redis.call('GET', KEYS[1])
+  if holder and holder ~= ARGV[1] then return 0 end
+  if not holder and redis.call('HGET', KEYS[2], 'state') == 'queued' then return 0 end
+end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 return 1
 """

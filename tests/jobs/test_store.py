@@ -270,11 +270,16 @@ def test_a_final_transition_is_refused_to_a_worker_that_lost_the_lease(store: Jo
     record = store.records.get(job_id)
     assert record["state"] == JobState.RUNNING and record["result"] is None
     assert store.events.read(job_id, count=1000) == events_before
-    # nobody holding the lease is no licence either: the sweeper is about to hand the job on
+    # the sweeper handed the job back to the queue: nobody holds it, and A may not end it either
     store.leases.release(job_id, "worker-b")
+    assert store.records.recover_lapsed(job_id) == JobState.QUEUED
     with pytest.raises(LeaseFenced):
         store.records.transition(job_id, JobState.FAILED, error="late", holder="worker-a")
+    assert store.records.get(job_id)["state"] == JobState.QUEUED
+    # a lapsed lease on a job nobody took over: its (CPU-starved) worker still finishes it
     assert store.leases.claim(job_id, "worker-a", lease_seconds=60)
+    store.records.transition(job_id, JobState.RUNNING, holder="worker-a")
+    store.redis.delete(store.keys.lease(job_id))
     assert store.records.transition(job_id, JobState.SUCCEEDED, holder="worker-a")["state"] == JobState.SUCCEEDED
 
 
@@ -284,6 +289,10 @@ def test_artifacts_are_registered_only_by_the_lease_holder(store: JobStore) -> N
     assert not store.records.add_artifact(job_id, "model.pt", "model.pt", "application/octet-stream", 3,
                                           holder="worker-a")
     assert store.records.get(job_id)["artifacts"] == {}
+    store.leases.release(job_id, "worker-b")
+    assert store.records.recover_lapsed(job_id) == JobState.QUEUED  # back in the queue: nobody's files
+    assert not store.records.add_artifact(job_id, "a.png", "a.png", "image/png", 3, holder="worker-a")
+    assert store.leases.claim(job_id, "worker-b", lease_seconds=60)
     assert store.records.add_artifact(job_id, "model.pt", "model.pt", "application/octet-stream", 3,
                                       holder="worker-b")
     assert set(store.records.get(job_id)["artifacts"]) == {"model.pt"}
