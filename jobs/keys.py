@@ -42,6 +42,10 @@ class JobKeys:
     def durations(self) -> str:
         return self.k("durations")
 
+    def active(self, owner: str) -> str:
+        """Set: the owner's jobs not yet final (queued, running, cancelling), for the per-key cap."""
+        return self.k("active", owner)
+
     def finished(self) -> str:
         """Sorted set: finished job ids by finish time (retention removes the oldest)."""
         return self.k("finished")

@@ -99,6 +99,7 @@ class JobRecords:
         pipe.zadd(self.keys.owner(owner), {job_id: seq})
         pipe.zadd(self.keys.owner(owner, kind), {job_id: seq})
         pipe.sadd(self.keys.state(JobState.QUEUED.value), job_id)
+        pipe.sadd(self.keys.active(owner), job_id)
         pipe.xadd(self.keys.events(job_id), {"event": "state", "data": event}, maxlen=EVENTS_MAXLEN)
         if idempotency_key is not None:
             reservation = self.keys.idempotency(owner, idempotency_key)
@@ -193,8 +194,9 @@ class JobRecords:
         self, job_id: str, mapping: dict[str, str], fields: dict[str, Any], *, require_no_lease: bool = False,
         holder: str | None = None,
     ) -> tuple[str, str, str]:
+        owner = self.redis.hget(self.keys.job(job_id), "owner") or ""  # never changes: safe to read first
         keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.lease(job_id), *self.keys.states(),
-                self.keys.durations(), self.keys.finished()]
+                self.keys.durations(), self.keys.finished(), self.keys.active(owner)]
         args = [
             job_id,
             json.dumps(mapping),
@@ -266,6 +268,11 @@ class JobRecords:
             raise JobNotFound(job_id)
         if status != "ok":
             raise JobNotFinished(job_id, current, leased=status == "leased")
+
+    @unavailable_on_redis_errors
+    def active_count(self, owner: str) -> int:
+        """How many of the owner's jobs are not final yet (the per-key cap's count)."""
+        return int(self.redis.scard(self.keys.active(owner)))
 
     @unavailable_on_redis_errors
     def finished_before(self, cutoff: float, limit: int = 100) -> builtins.list[str]:

@@ -3,7 +3,7 @@ workers never race. `jobs.store.JobStore` registers them; each comment says its 
 """
 
 # KEYS: job, events, lease, then one set per JobState in declaration order, then the durations hash, then
-# the finished index (sorted set by finish time, which retention reads).
+# the finished index (sorted set by finish time, which retention reads), then the owner's active set.
 # ARGV: job id, {from: to} JSON, now, extra fields JSON, require-no-lease flag, final states JSON, maxlen,
 # duration bucket bounds JSON, holder (a worker id, or empty). Reaching a final state adds the run time
 # (started, else created, to finished) to the durations histogram in the same step, whichever process
@@ -40,6 +40,7 @@ for _, s in ipairs(cjson.decode(ARGV[6])) do if s == to then is_final = true end
 if is_final then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
   redis.call('ZADD', KEYS[11], ARGV[3], ARGV[1])
+  redis.call('SREM', KEYS[12], ARGV[1])
   local h = redis.call('HMGET', KEYS[1], 'kind', 'started_at', 'created_at')
   local start = tonumber(h[2] or '') or tonumber(h[3] or '')
   if start then

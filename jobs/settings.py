@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     cors_origins: str = Field("", description="comma-separated allowed origins; empty means CORS closed")
     rate_limit_per_minute: int = Field(600, ge=1)
     max_body_bytes: int = Field(64 * 1024, description="JSON request bodies")
+    max_active_jobs_per_key: int = Field(
+        100, ge=1, description="queued plus running jobs one key may have; more answer 429 with Retry-After"
+    )
+    sse_max_streams_per_key: int = Field(16, ge=1, description="open event streams per key (per API process)")
     sse_max_streams: int = Field(
         256, ge=1, description="event streams reading Redis at once, one connection each; more wait their turn"
     )

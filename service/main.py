@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(store.redis, settings.key_prefix, settings.rate_limit_per_minute)
     app.state.metrics = ServiceMetrics(store)
     app.state.events = EventReader.from_settings(settings, store)  # SSE: awaited reads, no thread per stream
+    app.state.open_streams = {}  # owner -> event streams open in this process (the per-key cap)
 
     errors.install(app)
     for module in (jobs, artifacts, catalog, health):
