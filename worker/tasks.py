@@ -10,6 +10,7 @@ trains, renewing the lease, and ends the job in exactly one final state with a o
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import mimetypes
@@ -313,6 +314,8 @@ def failure_reason(exc: BaseException) -> str:
     """The one-line reason stored with a failed job; memory exhaustion always reads "out of memory"."""
     lines = str(exc).strip().splitlines()
     line = without_server_paths(lines[0])[:480] if lines else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"artifact disk full: {line}"
     if _out_of_memory(exc) and "out of memory" not in line.lower():
         return f"out of memory: {line}"
     return line
