@@ -28,4 +28,7 @@ RUN pip install ".[${EXTRAS}]" \
 USER clr
 EXPOSE 8000
 # Workers override this with `python -m worker` (solo pool, queue from CLR_QUEUE).
-CMD ["uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# The API: uvicorn with the connection limits of jobs/settings.py (CLR_HTTP_*); 0.0.0.0 inside the
+# container only, compose publishes it on the host's loopback.
+ENV CLR_HTTP_HOST=0.0.0.0
+CMD ["python", "-m", "service.main"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from clrcore import catalog
 from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats, make_dataset, pixel_mean
+from clrcore.net import DOWNLOAD_READ_TIMEOUT_S, read_timeout
 
 __all__ = ["Dataset", "DatasetError", "Split", "channel_stats", "make_dataset", "pixel_mean"]  # and below
 from clrcore.cache_names import CACHE_DIR_NAME
@@ -98,7 +99,8 @@ def _torchvision_split(name: str, data_dir: Path, download: bool, train: bool, h
             raise DatasetError(name, f"not found under {root}; pass download=True (needs internet), put "
                                f"torchvision's files there{hint} ({err})") from err
     try:
-        return cls(str(root), train=train, download=True)
+        with read_timeout(DOWNLOAD_READ_TIMEOUT_S):  # torchvision's urllib calls pass no timeout
+            return cls(str(root), train=train, download=True)
     except Exception as err:  # noqa: BLE001 - network and archive failures of every kind
         raise DatasetError(name, f"download into {root} failed: {err}") from err
 

@@ -33,14 +33,18 @@ class IdempotencyKeys:
     def begin(
         self, owner: str, key: str, body_hash: str, ttl: int = 86400, in_flight_ttl: int = 60
     ) -> tuple[str, dict | None]:
-        """Reserve a key: "new" (go on), "replay" (first answer), "mismatch" (422) or "in_flight" (409).
+        """Reserve a key: "new" (go on), "replay" (first answer), "mismatch" (422), "in_flight" (409),
+        or "created" ({"id": job id}: the first request stored its job and died before answering).
 
-        The reservation expires after `in_flight_ttl` seconds so a crashed request does not block its
-        key for a day; `ttl` is how long a finished answer is kept (set by `finish`).
+        The reservation expires after `in_flight_ttl` seconds so a request that crashed before storing
+        a job does not block its key for a day; once the job is stored (`JobRecords.create` with the
+        key, one transaction) it is kept for `ttl`, so no retry ever makes a second job.
         """
         status, response = self._begin(
             keys=[self.keys.idempotency(owner, key)], args=[body_hash, min(ttl, in_flight_ttl)]
         )
+        if status == "created":
+            return status, {"id": response}
         return status, (json.loads(response) if status == "replay" else None)
 
     @unavailable_on_redis_errors

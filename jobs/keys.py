@@ -42,5 +42,13 @@ class JobKeys:
     def durations(self) -> str:
         return self.k("durations")
 
+    def active(self, owner: str) -> str:
+        """Set: the owner's jobs not yet final (queued, running, cancelling), for the per-key cap."""
+        return self.k("active", owner)
+
+    def finished(self) -> str:
+        """Sorted set: finished job ids by finish time (retention removes the oldest)."""
+        return self.k("finished")
+
     def seq(self) -> str:
         return self.k("seq")

@@ -31,10 +31,16 @@ class Leases:
         return bool(self._claim(keys=[self.keys.lease(job_id), self.keys.job(job_id)], args=[worker_id, ms]))
 
     @unavailable_on_redis_errors
-    def renew(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
-        """Extend the lease; False if it lapsed or another worker holds it (then stop training)."""
+    def renew(self, job_id: str, worker_id: str, lease_seconds: float, ran_seconds: float = 0.0) -> bool:
+        """Extend the lease; False if it lapsed or another worker holds it (then stop training).
+
+        `ran_seconds` (run time since the last renewal) is added to the job's `run_seconds` in the same
+        step: the time limit is counted over every delivery, so a job that keeps killing its worker
+        does not get a full limit each time.
+        """
         ms = max(1, int(lease_seconds * 1000))
-        return bool(self._renew(keys=[self.keys.lease(job_id)], args=[worker_id, ms]))
+        keys = [self.keys.lease(job_id), self.keys.job(job_id)]
+        return bool(self._renew(keys=keys, args=[worker_id, ms, repr(max(0.0, ran_seconds))]))
 
     @unavailable_on_redis_errors
     def release(self, job_id: str, worker_id: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import json
 import secrets
 import time
@@ -20,7 +21,15 @@ from jobs import scripts
 from jobs.events import EVENTS_MAXLEN
 from jobs.keys import JobKeys
 from jobs.redis_errors import unavailable_on_redis_errors
-from jobs.states import FINAL_STATES, TRANSITIONS, InvalidTransition, JobNotFinished, JobNotFound, JobState
+from jobs.states import (
+    FINAL_STATES,
+    TRANSITIONS,
+    InvalidTransition,
+    JobNotFinished,
+    JobNotFound,
+    JobState,
+    LeaseFenced,
+)
 
 # Upper bounds (seconds) of the job-duration histogram kept in Redis (`{p}:durations`); +Inf is the count.
 DURATION_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600)
@@ -55,12 +64,19 @@ class JobRecords:
         self.redis, self.keys = client, keys
         self._transition_script = client.register_script(scripts.TRANSITION_LUA)
         self._delete_script = client.register_script(scripts.DELETE_LUA)
+        self._add_artifact_script = client.register_script(scripts.ADD_ARTIFACT_LUA)
 
     @unavailable_on_redis_errors
-    def create(self, kind: str, spec: dict, owner: str, *, queue: str | None = None) -> dict:
+    def create(
+        self, kind: str, spec: dict, owner: str, *, queue: str | None = None,
+        idempotency_key: str | None = None, idempotency_ttl: int = 86400,
+    ) -> dict:
         """Store a new queued job; the caller then sends the task (by name) with the returned id.
 
         `queue` (the Celery queue it is sent to) lets a sweeper re-send a recovered job to the same queue.
+        `idempotency_key` (reserved by `IdempotencyKeys.begin`) records the job id under the key in the
+        same transaction, so an API that dies right after this step cannot make a retry create a second
+        job (the retry answers with this one; the sweeper sends it if it was never sent).
         """
         job_id = "job_" + secrets.token_hex(8)
         now = time.time()
@@ -83,7 +99,12 @@ class JobRecords:
         pipe.zadd(self.keys.owner(owner), {job_id: seq})
         pipe.zadd(self.keys.owner(owner, kind), {job_id: seq})
         pipe.sadd(self.keys.state(JobState.QUEUED.value), job_id)
+        pipe.sadd(self.keys.active(owner), job_id)
         pipe.xadd(self.keys.events(job_id), {"event": "state", "data": event}, maxlen=EVENTS_MAXLEN)
+        if idempotency_key is not None:
+            reservation = self.keys.idempotency(owner, idempotency_key)
+            pipe.hset(reservation, "job_id", job_id)
+            pipe.expire(reservation, idempotency_ttl)
         pipe.execute()
         return self._decode(record)
 
@@ -117,6 +138,7 @@ class JobRecords:
             "queue": raw.get("queue") or None,
             "deliveries": int(raw.get("deliveries") or 0),
             "crashes": int(raw.get("crashes") or 0),
+            "run_seconds": float(raw.get("run_seconds") or 0.0),
             "cancel_requested": str(raw.get("cancel_requested", "0")) == "1",
             "artifacts": {},
         }
@@ -169,10 +191,12 @@ class JobRecords:
 
 
     def _run_transition(
-        self, job_id: str, mapping: dict[str, str], fields: dict[str, Any], *, require_no_lease: bool = False
+        self, job_id: str, mapping: dict[str, str], fields: dict[str, Any], *, require_no_lease: bool = False,
+        holder: str | None = None,
     ) -> tuple[str, str, str]:
+        owner = self.redis.hget(self.keys.job(job_id), "owner") or ""  # never changes: safe to read first
         keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.lease(job_id), *self.keys.states(),
-                self.keys.durations()]
+                self.keys.durations(), self.keys.finished(), self.keys.active(owner)]
         args = [
             job_id,
             json.dumps(mapping),
@@ -182,6 +206,7 @@ class JobRecords:
             json.dumps([s.value for s in FINAL_STATES]),
             EVENTS_MAXLEN,
             json.dumps(DURATION_BUCKETS),
+            holder or "",
         ]
         status, current, target = self._transition_script(keys=keys, args=args)
         if status == "missing":
@@ -190,9 +215,15 @@ class JobRecords:
 
     @unavailable_on_redis_errors
     def transition(
-        self, job_id: str, to: JobState, *, error: str | None = None, result: dict | None = None
+        self, job_id: str, to: JobState, *, error: str | None = None, result: dict | None = None,
+        holder: str | None = None,
     ) -> dict:
-        """Move the job to `to` if the state machine allows it from its current state (atomic)."""
+        """Move the job to `to` if the state machine allows it from its current state (atomic).
+
+        A worker passes `holder` (its worker id): the step is then refused with LeaseFenced when the
+        lease names another worker, or nobody holds it and the job is back in the queue (checked in the
+        same atomic script).
+        """
         to = JobState(to)
         mapping = {s.value: to.value for s, targets in TRANSITIONS.items() if to in targets}
         fields: dict[str, Any] = {}
@@ -200,7 +231,9 @@ class JobRecords:
             fields["error"] = error.strip().splitlines()[0][:500] if error.strip() else "error"
         if result is not None:
             fields["result"] = json.dumps(result)
-        status, current, _ = self._run_transition(job_id, mapping, fields)
+        status, current, _ = self._run_transition(job_id, mapping, fields, holder=holder)
+        if status == "fenced":
+            raise LeaseFenced(job_id, current, to.value, holder or "")
         if status != "ok":
             raise InvalidTransition(job_id, current, to.value)
         return self._require(job_id)
@@ -228,12 +261,28 @@ class JobRecords:
         caller's). Raises JobNotFound, or JobNotFinished while it is queued, running or still leased."""
         job_id = job["id"]
         keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.lease(job_id),
-                self.keys.owner(job["owner"]), self.keys.owner(job["owner"], job["kind"]), *self.keys.states()]
+                self.keys.owner(job["owner"]), self.keys.owner(job["owner"], job["kind"]), self.keys.finished(),
+                *self.keys.states()]
         status, current = self._delete_script(keys=keys, args=[job_id, json.dumps([s.value for s in FINAL_STATES])])
         if status == "missing":
             raise JobNotFound(job_id)
         if status != "ok":
             raise JobNotFinished(job_id, current, leased=status == "leased")
+
+    @unavailable_on_redis_errors
+    def active_count(self, owner: str) -> int:
+        """How many of the owner's jobs are not final yet (the per-key cap's count)."""
+        return int(self.redis.scard(self.keys.active(owner)))
+
+    @unavailable_on_redis_errors
+    def finished_before(self, cutoff: float, limit: int = 100) -> builtins.list[str]:
+        """Ids of jobs that finished before `cutoff` (Unix seconds), oldest first: retention's candidates."""
+        return builtins.list(self.redis.zrangebyscore(self.keys.finished(), "-inf", f"({cutoff}", start=0, num=limit))
+
+    @unavailable_on_redis_errors
+    def forget_finished(self, job_id: str) -> None:
+        """Drop an id from the finished index (its record is already gone)."""
+        self.redis.zrem(self.keys.finished(), job_id)
 
     @unavailable_on_redis_errors
     def cancel_requested(self, job_id: str) -> bool:
@@ -261,11 +310,18 @@ class JobRecords:
 
     @unavailable_on_redis_errors
     def add_artifact(
-        self, job_id: str, name: str, path: str, content_type: str, size: int | None = None
-    ) -> None:
-        """Register a file of the job's run folder; `path` is relative to that folder."""
+        self, job_id: str, name: str, path: str, content_type: str, size: int | None = None,
+        *, holder: str | None = None,
+    ) -> bool:
+        """Register a file of the job's run folder; `path` is relative to that folder.
+
+        With `holder`, only while that worker holds the job's lease (atomic); False when refused.
+        """
         entry = {"path": path, "content_type": content_type, "size": size}
-        self.redis.hset(self.keys.job(job_id), _ARTIFACT + name, json.dumps(entry))
+        return bool(self._add_artifact_script(
+            keys=[self.keys.lease(job_id), self.keys.job(job_id)],
+            args=[holder or "", _ARTIFACT + name, json.dumps(entry)],
+        ))
 
 
     @unavailable_on_redis_errors

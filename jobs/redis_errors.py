@@ -25,6 +25,23 @@ def redis_errors_as_unavailable() -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError is a ConnectionError
         raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+    except redis.ResponseError as exc:
+        reason = refusing_writes(exc)
+        if reason is None:
+            raise
+        raise StoreUnavailable(f"redis {reason}: {exc}") from exc
+
+
+def refusing_writes(exc: redis.ResponseError) -> str | None:
+    """Why Redis refuses writes, when it does: out of memory (maxmemory with noeviction) or unable to
+    persist (MISCONF: a failed background save, a full disk). Both pass by themselves or by an operator,
+    so callers treat them as an outage (503, a worker waits), not as a bug (500)."""
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in text:
+        return "out of memory (maxmemory reached)"
+    if text.startswith("MISCONF") or "MISCONF" in text[:200]:
+        return "cannot persist (MISCONF: disk full or save failing)"
+    return None
 
 
 def unavailable_on_redis_errors(fn: Callable[P, R]) -> Callable[P, R]:

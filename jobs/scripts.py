@@ -2,17 +2,27 @@
 workers never race. `jobs.store.JobStore` registers them; each comment says its KEYS and ARGV.
 """
 
-# KEYS: job, events, lease, then one set per JobState in declaration order, then the durations hash.
+# KEYS: job, events, lease, then one set per JobState in declaration order, then the durations hash, then
+# the finished index (sorted set by finish time, which retention reads), then the owner's active set.
 # ARGV: job id, {from: to} JSON, now, extra fields JSON, require-no-lease flag, final states JSON, maxlen,
-# duration bucket bounds JSON. Reaching a final state adds the run time (started, else created, to
-# finished) to the durations histogram in the same step, whichever process made the transition.
-# Returns {status, current, target}; status is ok | missing | invalid | leased.
+# duration bucket bounds JSON, holder (a worker id, or empty). Reaching a final state adds the run time
+# (started, else created, to finished) to the durations histogram in the same step, whichever process
+# made the transition.
+# A holder fences the step: it is refused ('fenced') when the lease names another worker, or when nobody
+# holds it and the job was handed back to the queue, so a worker woken after its lease lapsed cannot end
+# a job another worker runs or is about to run. (A lapsed lease on a job still running is no refusal: a
+# worker starved of CPU for a lease period still finishes what nobody else took over.)
+# Returns {status, current, target}; status is ok | missing | invalid | leased | fenced.
 TRANSITION_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing', '', ''} end
 local to = cjson.decode(ARGV[2])[cur]
 if not to then return {'invalid', cur, ''} end
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return {'leased', cur, to} end
+if ARGV[9] ~= '' then
+  local holder = redis.call('GET', KEYS[3])
+  if (holder and holder ~= ARGV[9]) or (not holder and cur == 'queued') then return {'fenced', cur, to} end
+end
 local fields = cjson.decode(ARGV[4])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 if to == cur then return {'ok', cur, to} end
@@ -29,6 +39,8 @@ local is_final = false
 for _, s in ipairs(cjson.decode(ARGV[6])) do if s == to then is_final = true end end
 if is_final then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
+  redis.call('ZADD', KEYS[11], ARGV[3], ARGV[1])
+  redis.call('SREM', KEYS[12], ARGV[1])
   local h = redis.call('HMGET', KEYS[1], 'kind', 'started_at', 'created_at')
   local start = tonumber(h[2] or '') or tonumber(h[3] or '')
   if start then
@@ -62,8 +74,15 @@ end
 return 0
 """
 
+# KEYS: lease, job. ARGV: worker id, lease ms, seconds run since the last renewal. The job's run time
+# (`run_seconds`) grows with each renewal, so the time limit counts across deliveries.
 RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if tonumber(ARGV[3]) > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('HINCRBYFLOAT', KEYS[2], 'run_seconds', ARGV[3])
+  end
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 0
 """
 
@@ -74,6 +93,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+# KEYS: lease, job. ARGV: holder (or empty: unfenced), field, value. Fenced like TRANSITION_LUA: refused
+# when the lease names another worker, or nobody holds it and the job is back in the queue.
+ADD_ARTIFACT_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if ARGV[1] ~= '' then
+  local holder = redis.call('GET', KEYS[1])
+  if holder and holder ~= ARGV[1] then return 0 end
+  if not holder and redis.call('HGET', KEYS[2], 'state') == 'queued' then return 0 end
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
 """
 
 # KEYS: lease, job, events. ARGV: holder, fields JSON, event data, maxlen. Fenced: only the lease holder writes.
@@ -95,15 +127,18 @@ redis.call('HSET', KEYS[1], 'sent_at', ARGV[1])
 return 1
 """
 
-# KEYS: idempotency hash. ARGV: body hash, in-flight ttl.
+# KEYS: idempotency hash. ARGV: body hash, in-flight ttl. 'created' (with the job id): the first request
+# stored its job (`JobRecords.create` records the id in the same transaction) but never answered, e.g.
+# the API died before sending or answering; the caller answers from the job record.
 IDEM_BEGIN_LUA = """
-local h = redis.call('HMGET', KEYS[1], 'body_hash', 'status', 'response')
+local h = redis.call('HMGET', KEYS[1], 'body_hash', 'status', 'response', 'job_id')
 if not h[1] then
   redis.call('HSET', KEYS[1], 'body_hash', ARGV[1], 'status', 'in_flight')
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   return {'new', ''}
 end
 if h[1] ~= ARGV[1] then return {'mismatch', ''} end
+if h[2] == 'in_flight' and h[4] then return {'created', h[4]} end
 if h[2] == 'in_flight' then return {'in_flight', ''} end
 return {'replay', h[3]}
 """
@@ -120,7 +155,7 @@ if h[1] == ARGV[1] and h[2] == 'in_flight' then return redis.call('DEL', KEYS[1]
 return 0
 """
 
-# KEYS: job, events, lease, owner index, owner-kind index, then every state set. ARGV: job id, final
+# KEYS: job, events, lease, owner index, owner-kind index, finished index, then every state set. ARGV: job id, final
 # states JSON. Deletes only a finished job whose worker has let go (released its lease): nothing that
 # may still write to it.
 DELETE_LUA = """
@@ -133,6 +168,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then return {'leased', state} end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
-for i = 6, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
+redis.call('ZREM', KEYS[6], ARGV[1])
+for i = 7, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
 return {'ok', state}
 """

@@ -5,10 +5,11 @@ The API and the worker read the same object, so a deployment sets each value in 
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,13 +44,29 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="comma-separated name:secret pairs")
     open_mode: bool = Field(False, description="no keys needed (local use only); jobs belong to 'local'")
     metrics_token: str = Field(
-        "", description="if set, GET /metrics needs `Authorization: Bearer <token>`; empty: open to scrapers"
+        "", description="if set, GET /metrics needs `Authorization: Bearer <token>` (kept hashed); empty: any "
+                        "API key (or no key with open_mode or metrics_open)"
     )
+    metrics_open: bool = Field(False, description="GET /metrics without any key (a scraper on a private network)")
     cors_origins: str = Field("", description="comma-separated allowed origins; empty means CORS closed")
     rate_limit_per_minute: int = Field(600, ge=1)
     max_body_bytes: int = Field(64 * 1024, description="JSON request bodies")
+    max_active_jobs_per_key: int = Field(
+        100, ge=1, description="queued plus running jobs one key may have; more answer 429 with Retry-After"
+    )
+    sse_max_streams_per_key: int = Field(16, ge=1, description="open event streams per key (per API process)")
     sse_max_streams: int = Field(
         256, ge=1, description="event streams reading Redis at once, one connection each; more wait their turn"
+    )
+
+    # The HTTP server (`python -m service.main`, the image's command): slow or idle clients are cut off.
+    http_host: str = Field("127.0.0.1", description="address the API listens on (the image sets 0.0.0.0; put "
+                                                    "a TLS proxy in front of anything not on loopback)")
+    http_port: int = Field(8000, ge=1, le=65535)
+    http_limit_concurrency: int = Field(512, ge=1, description="connections and tasks at once; then 503")
+    http_keep_alive_seconds: int = Field(5, ge=1, description="an idle keep-alive connection is closed after")
+    http_max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="h11's cap on an incomplete request head (headers trickled or huge)"
     )
 
     # Limits a job spec must stay within (422 naming the field otherwise).
@@ -73,6 +90,9 @@ class Settings(BaseSettings):
         description="decompressed / compressed bytes allowed for an archive and for each image in it",
     )
 
+    # Retention: finished jobs, their event logs and run folders are removed this long after they end.
+    retention_days: float = Field(30.0, gt=0, description="days a finished job (record, events, files) is kept")
+
     # Worker behaviour.
     queue: str = Field("cpu", description="queue this worker consumes: 'cpu' or 'gpu'")
     default_queue: str = Field("cpu", description="queue of jobs with device 'auto' (set 'gpu' with GPU workers)")
@@ -84,13 +104,37 @@ class Settings(BaseSettings):
                     "running is delivered again",
     )
     max_deliveries: int = Field(5, ge=1, description="then the job fails: it keeps killing its worker")
-    job_time_limit: float = Field(6 * 3600.0, gt=0, description="seconds; a job running longer fails")
+    job_time_limit: float = Field(
+        6 * 3600.0, gt=0,
+        description="seconds of running, summed over all its deliveries; a job running longer fails",
+    )
+    stall_seconds: float = Field(
+        900.0, gt=0,
+        description="a job that reports no progress for this long (hung download, blocked device or file "
+                    "call) stops having its lease renewed, so another worker takes it over",
+    )
     progress_interval: float = Field(0.25, gt=0, description="seconds between progress writes")
     sweep_interval: float = Field(5.0, gt=0, description="how often lapsed leases are looked for")
     requeue_after_seconds: float = Field(
         60.0, gt=0,
         description="a job queued this long (at least 2 x lease_seconds) that is in no queue is sent again",
     )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keep_only_key_hashes(cls, value: str) -> str:
+        """`name:secret` becomes `name:sha256:<hex>`, so the settings object (a debugger, a crash dump, a
+        repr in a log) never holds a usable key; `service.auth.KeyRing` reads either form."""
+        entries = []
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            name, sep, secret = entry.partition(":")
+            entries.append(f"{name}:{secret_hash(secret)}" if sep and secret else entry)
+        return ",".join(entries)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _keep_only_token_hash(cls, value: str) -> str:
+        return secret_hash(value) if value else value
 
     @model_validator(mode="after")
     def _visibility_covers_a_whole_job(self) -> Settings:
@@ -103,6 +147,16 @@ class Settings(BaseSettings):
                 "a job that is still running to a second worker; use job_time_limit + 3600"
             )
         return self
+
+
+HASHED = "sha256:"
+
+
+def secret_hash(secret: str) -> str:
+    """`sha256:<hex>` of a secret; a value already in that form is kept (keys may be given hashed)."""
+    if secret.startswith(HASHED) and len(secret) == len(HASHED) + 64:
+        return secret
+    return HASHED + hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @lru_cache

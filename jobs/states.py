@@ -48,5 +48,13 @@ class JobNotFinished(InvalidTransition):
         super().__init__(job_id, current, "deleted", f"job {job_id} is {current}{why}")
 
 
+class LeaseFenced(InvalidTransition):
+    """A worker asked for a transition of a job whose lease it no longer holds (another worker runs it)."""
+
+    def __init__(self, job_id: str, current: str, wanted: str, holder: str) -> None:
+        super().__init__(job_id, current, wanted,
+                         f"job {job_id}: lease no longer held by {holder}; cannot become {wanted}")
+
+
 class JobNotFound(KeyError):
     """No job with that id (API: 404)."""

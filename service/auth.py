@@ -1,7 +1,8 @@
 """API keys: who is calling, decided in constant time from hashes only.
 
-Keys arrive as `name:secret` pairs in `Settings.api_keys`; only the SHA-256 of each secret is kept,
-so a memory dump or a stray log line never shows a usable key. Every job belongs to the key's name.
+Keys arrive as `name:secret` pairs in `Settings.api_keys`, which keeps only `name:sha256:<hex>` (the
+settings validator hashes them); only the SHA-256 of each secret is kept here too, so a memory dump or a
+stray log line never shows a usable key. Every job belongs to the key's name.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+
+from jobs.settings import HASHED, secret_hash
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ class KeyRing:
             name, sep, secret = entry.partition(":")
             if not sep or not name.strip() or not secret:
                 raise ValueError("api_keys entries must look like name:secret")
-            pairs.append((_digest(secret), name.strip()))
+            pairs.append((bytes.fromhex(secret_hash(secret)[len(HASHED):]), name.strip()))
         if open_mode:
             logger.warning("open mode: no API key needed and every job belongs to %r; local use only",
                            OPEN_MODE_OWNER)

@@ -74,10 +74,16 @@ def current_owner(request: Request, credentials: Credentials) -> str:
 
 async def scraper(request: Request, credentials: Credentials) -> None:
     """With CLR_METRICS_TOKEN set, /metrics answers only that bearer token (401 otherwise), compared in
-    constant time like an API key; without it the endpoint stays open, as plain Prometheus setups expect."""
+    constant time like an API key; without it, any API key (the figures count every tenant's jobs), or no
+    key at all in open mode or with CLR_METRICS_OPEN."""
     keys: KeyRing | None = request.app.state.scrape_keys
-    if keys is not None and (credentials is None or keys.owner_of(credentials.credentials) is None):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing or invalid metrics token",
+    if keys is None:
+        settings = request.app.state.settings
+        if settings.open_mode or settings.metrics_open:
+            return
+        keys = request.app.state.keys
+    if credentials is None or keys.owner_of(credentials.credentials) is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing or invalid metrics token or API key",
                             headers={"WWW-Authenticate": "Bearer"})
 
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from jobs.redis_errors import StoreUnavailable
+from jobs.redis_errors import StoreUnavailable, refusing_writes
 from jobs.states import InvalidTransition, JobNotFound
 from service.auth import bearer_token
 
@@ -41,6 +41,16 @@ def unavailable(reason: str) -> JSONResponse:
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("store unavailable (request %s): %s", request_id_of(request), exc)
     return unavailable(str(exc) or type(exc).__name__)
+
+
+async def _redis_refused(request: Request, exc: Exception) -> JSONResponse:
+    """A Redis error reply: out of memory or unable to persist is an outage (503 with the reason),
+    anything else a bug (500)."""
+    assert isinstance(exc, redis.exceptions.ResponseError)
+    reason = refusing_writes(exc)
+    if reason is None:
+        return await _unexpected(request, exc)
+    return await _store_unavailable(request, StoreUnavailable(f"redis {reason}: {exc}"))
 
 
 async def _job_not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -117,6 +127,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(redis.exceptions.ConnectionError, _store_unavailable)
     app.add_exception_handler(redis.exceptions.TimeoutError, _store_unavailable)
+    app.add_exception_handler(redis.exceptions.ResponseError, _redis_refused)
     app.add_exception_handler(JobNotFound, _job_not_found)
     app.add_exception_handler(InvalidTransition, _invalid_transition)
     app.add_exception_handler(Exception, _unexpected)

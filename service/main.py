@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import quote
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -75,8 +76,16 @@ class RequestContext:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe_request(scope["method"], route, status_code, elapsed)
-            access_log.info("%s %s %d %.1fms request_id=%s", scope["method"], scope["path"], status_code,
+            access_log.info("%s %s %d %.1fms request_id=%s", scope["method"], _raw_path(scope), status_code,
                             elapsed * 1000, request_id)
+
+
+def _raw_path(scope: Scope) -> str:
+    """The path as sent, still percent-encoded: a decoded %0a would start a forged log line."""
+    raw = scope.get("raw_path")
+    if raw:
+        return raw.decode("latin-1").split("?", 1)[0].encode("unicode_escape").decode("ascii")
+    return quote(scope["path"])
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -110,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(store.redis, settings.key_prefix, settings.rate_limit_per_minute)
     app.state.metrics = ServiceMetrics(store)
     app.state.events = EventReader.from_settings(settings, store)  # SSE: awaited reads, no thread per stream
+    app.state.open_streams = {}  # owner -> event streams open in this process (the per-key cap)
 
     errors.install(app)
     object_files.install(app)
@@ -131,11 +141,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def main() -> None:
-    """`python -m service.main`: serve with uvicorn and plain logging (our access line replaces uvicorn's)."""
+    """`python -m service.main`: serve with uvicorn and plain logging (our access line replaces uvicorn's),
+    with the connection limits of the settings, so slow or idle clients cannot hold connections forever."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run("service.main:app", host="127.0.0.1", port=8000, access_log=False)
+    uvicorn.run("service.main:app", access_log=False, **server_options(get_settings()))
+
+
+def server_options(settings: Settings) -> dict:
+    """uvicorn's keyword arguments from the settings (h11: its head-size cap applies)."""
+    return {
+        "host": settings.http_host,
+        "port": settings.http_port,
+        "http": "h11",
+        "limit_concurrency": settings.http_limit_concurrency,
+        "timeout_keep_alive": settings.http_keep_alive_seconds,
+        "h11_max_incomplete_event_size": settings.http_max_header_bytes,
+    }
 
 
 app = create_app()

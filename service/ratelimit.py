@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import redis
 from fastapi import HTTPException, status
+
+from jobs.redis_errors import refusing_writes
+
+logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
 
@@ -26,7 +31,15 @@ class RateLimiter:
         pipe = self._redis.pipeline(transaction=False)
         pipe.incr(key)
         pipe.expireat(key, (window + 1) * WINDOW_SECONDS + 1)  # the window's end; EXPIRE NX needs Redis 7
-        count, _ = pipe.execute()
+        try:
+            count, _ = pipe.execute()
+        except redis.ResponseError as exc:
+            if refusing_writes(exc) is None:
+                raise
+            # Redis is full or cannot persist: reads still work, so let requests through uncounted
+            # (writes fail on their own with a 503 naming the reason).
+            logger.warning("rate limit not counted: %s", exc)
+            return None
         if count <= self.per_minute:
             return None
         return max(1, int((window + 1) * WINDOW_SECONDS - now + 0.999))

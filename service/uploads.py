@@ -17,6 +17,7 @@ Torch-free: PIL and the standard library only.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -80,12 +81,17 @@ async def write_stream(chunks: AsyncIterator[bytes], path: Path, limit: int, ref
     than a thread hop would cost.
     """
     written = 0
-    with path.open("xb") as out:
-        async for chunk in chunks:
-            written += len(chunk)
-            if written > limit:
-                raise refusal
-            out.write(chunk)
+    try:
+        with path.open("xb") as out:
+            async for chunk in chunks:
+                written += len(chunk)
+                if written > limit:
+                    raise refusal
+                out.write(chunk)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UploadRefused(507, "disk_full", "the server's dataset disk is full; try again later") from None
     if written == 0:
         raise UploadRefused(422, "empty", "the request body is empty; send the archive as the body")
     return written

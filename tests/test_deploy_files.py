@@ -49,7 +49,7 @@ def test_a_gpu_worker_reserves_an_nvidia_device_and_a_cpu_worker_exists(compose:
 def test_api_and_workers_share_only_redis_and_the_object_store(compose: dict[str, Any]) -> None:
     """Issue 13: every artifact is in the object store; no volume is mounted by two services."""
     api = compose["services"]["api"]
-    assert _command(api)[:2] == ["uvicorn", "service.main:app"]
+    assert _command(api)[:3] == ["python", "-m", "service.main"]  # uvicorn with the CLR_HTTP_* limits
     workers = _workers(compose)
     assert workers and "objectstore" in compose["services"]
     owners: dict[str, str] = {}
@@ -76,3 +76,23 @@ def test_docker_compose_config_is_valid_where_a_client_exists() -> None:
     result = subprocess.run([docker, "compose", "config", "-q"], cwd=ROOT, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_api_is_published_on_loopback_and_redis_has_maxmemory(compose: dict[str, Any]) -> None:
+    """Issue 14 items 11 and 13: plain HTTP stays on the host; Redis memory is bounded, with noeviction."""
+    ports = compose["services"]["api"]["ports"]
+    assert ports == ["${CLR_API_BIND:-127.0.0.1}:8000:8000"]
+    redis_command = compose["services"]["redis"]["command"]
+    assert "--maxmemory" in redis_command and redis_command[redis_command.index("--maxmemory-policy") + 1] == \
+        "noeviction"
+
+
+def test_the_api_entry_point_passes_the_connection_limits_to_uvicorn() -> None:
+    from jobs.settings import Settings
+    from service.main import server_options
+
+    options = server_options(Settings(http_limit_concurrency=7, http_keep_alive_seconds=3,
+                                      http_max_header_bytes=4096))
+    assert options["host"] == "127.0.0.1"
+    assert (options["limit_concurrency"], options["timeout_keep_alive"], options["h11_max_incomplete_event_size"]) \
+        == (7, 3, 4096)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from jobs.redis_errors import StoreUnavailable
-from jobs.states import JobState
+from jobs.states import InvalidTransition, JobNotFound, JobState
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
 
@@ -41,19 +43,34 @@ class LeaseKeeper(threading.Thread):
     """Renews one job's lease while it trains; sets `lost` when the lease is gone (then stop training).
 
     A Redis outage is not a lost lease: renewals are retried, and the lease (with AOF on) survives a
-    restart shorter than `lease_seconds`.
+    restart shorter than `lease_seconds`. A hung but alive worker does not keep the job forever: the
+    lease is renewed only while the job reported progress within `stall_seconds` (`progressed`), and
+    once the job is past its deadline (`time_left`, what its earlier deliveries left of the time limit)
+    by a lease period, this thread fails the job itself, whatever the training thread is stuck in.
     """
 
     def __init__(
         self, store: JobStore, workers: WorkerRegistry, job_id: str, *, queue: str, lease_seconds: float,
-        interval: float,
+        interval: float, stall_seconds: float | None = None, time_left: float | None = None,
+        time_limit_error: str = "time limit exceeded",
     ) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.store, self.workers, self.job_id, self.queue = store, workers, job_id, queue
         self.lease_seconds, self.interval = lease_seconds, interval
+        self.stall_seconds, self.time_limit_error = stall_seconds, time_limit_error
         self.lost = threading.Event()
         self.renewed_at = time.monotonic()  # the claim was just made
+        self.progressed_at = self.renewed_at
+        self.deadline = None if time_left is None else self.renewed_at + time_left
+        self.stalled = False
         self._stop_event = threading.Event()
+
+    def progressed(self) -> None:
+        """The job made progress (a batch, a phase): its lease may be renewed for another stall bound."""
+        self.progressed_at = time.monotonic()
+
+    def past_deadline(self, grace: float = 0.0) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline + grace
 
     def lapsed(self) -> bool:
         """True once no renewal succeeded for `lease_seconds`: Redis has let the lease go by now.
@@ -75,8 +92,18 @@ class LeaseKeeper(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             asked = time.monotonic()  # the lease runs from when we asked, not from when the answer came
+            if self.past_deadline(grace=self.lease_seconds):
+                self._fail_at_deadline()
+                return
+            if self.stall_seconds is not None and asked - self.progressed_at > self.stall_seconds:
+                log.error("job %s: no progress for %g s (hung?); lease no longer renewed, another worker "
+                          "takes the job over", self.job_id, asked - self.progressed_at)
+                self.stalled = True
+                self.lost.set()
+                return
             try:
-                if not self.store.leases.renew(self.job_id, worker_id(), self.lease_seconds):
+                if not self.store.leases.renew(self.job_id, worker_id(), self.lease_seconds,
+                                               ran_seconds=asked - self.renewed_at):
                     log.error("job %s: lease lost; stopping its training", self.job_id)
                     self.lost.set()
                     return
@@ -84,6 +111,17 @@ class LeaseKeeper(threading.Thread):
                 self.workers.record_heartbeat(worker_id(), self.queue, job_id=self.job_id)
             except StoreUnavailable as exc:
                 log.warning("job %s: cannot renew lease: %s", self.job_id, exc)
+
+    def _fail_at_deadline(self) -> None:
+        """The training thread did not stop at the deadline (hung in a call): end the job from here,
+        fenced by the lease, and mark the lease lost so nothing the training thread does later is written."""
+        self.lost.set()
+        try:
+            self.store.records.transition(self.job_id, JobState.FAILED, error=self.time_limit_error,
+                                          holder=worker_id())
+            log.error("job %s: failed by its lease keeper at the deadline (training thread hung)", self.job_id)
+        except (InvalidTransition, StoreUnavailable) as exc:
+            log.warning("job %s: not failed at its deadline: %s", self.job_id, exc)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -108,12 +146,15 @@ class WorkerMonitor(threading.Thread):
         resend: Callable[[str, str], None],
         current_job: Callable[[], str | None],
         requeue_after: float = 60.0,
+        retention_seconds: float | None = None,
+        artifact_dir: Path | None = None,
     ) -> None:
         super().__init__(name="worker-monitor", daemon=True)
         self.store, self.workers, self.queue = store, workers, queue
         self.heartbeat_seconds, self.sweep_interval = heartbeat_seconds, sweep_interval
         self.resend, self.current_job = resend, current_job
         self.requeue_after = requeue_after
+        self.retention_seconds, self.artifact_dir = retention_seconds, artifact_dir
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -149,7 +190,30 @@ class WorkerMonitor(threading.Thread):
                 requeued.append(job_id)
             elif new_state is not None:
                 log.warning("job %s: lease lapsed while cancelling; now %s", job_id, new_state)
+        self.expire_finished()
         return requeued + self.resend_stale()
+
+    def expire_finished(self, batch: int = 100) -> list[str]:
+        """Remove jobs that finished more than `retention_seconds` ago: record, event log, indexes (one
+        atomic delete), then the run folder. Several sweepers may race: a job already gone is skipped."""
+        if self.retention_seconds is None:
+            return []
+        removed = []
+        for job_id in self.store.records.finished_before(time.time() - self.retention_seconds, batch):
+            record = self.store.records.get(job_id)
+            if record is not None:
+                try:
+                    self.store.records.delete(record)
+                except (JobNotFound, InvalidTransition):  # another sweeper was first, or still leased
+                    continue
+            else:
+                self.store.records.forget_finished(job_id)
+            if self.artifact_dir is not None:
+                shutil.rmtree(self.artifact_dir / job_id, ignore_errors=True)
+            removed.append(job_id)
+        if removed:
+            log.info("retention: removed %d finished job(s)", len(removed))
+        return removed
 
     def resend_stale(self) -> list[str]:
         """Send again this queue's jobs left `queued` for `requeue_after` seconds with no message anywhere.

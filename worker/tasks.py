@@ -10,9 +10,11 @@ trains, renewing the lease, and ends the job in exactly one final state with a o
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import mimetypes
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +47,7 @@ STORE_PATIENCE_S = 120.0  # how long a worker waits out a Redis outage before gi
 CANCEL_POLL_S = 0.2  # should_stop runs every batch; the record is read at most this often
 
 T = TypeVar("T")
+_TIME_LIMIT = f"time limit of {settings.job_time_limit:g} s exceeded"
 FINAL = {s.value for s in FINAL_STATES}
 
 CONTENT_TYPES = {
@@ -115,6 +118,8 @@ def _on_worker_ready(**_: Any) -> None:
         current_job=lambda: _current_job,
         # a job just sent may take a moment to show in the queue; never race a claim about to happen
         requeue_after=max(settings.requeue_after_seconds, 2 * settings.lease_seconds),
+        retention_seconds=settings.retention_days * 86400,
+        artifact_dir=Path(settings.artifact_dir),
     )
     _monitor.start()
     start_delete_sweeper(store().redis, settings)  # store mode: object deletes that failed, retried
@@ -160,7 +165,7 @@ def _patiently(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def _finish(job_id: str, to: JobState, **kwargs: Any) -> bool:
     """Move the job to a final state; False (logged) if the state machine says it already moved on."""
     try:
-        _patiently(store().records.transition, job_id, to, **kwargs)
+        _patiently(store().records.transition, job_id, to, holder=worker_id(), **kwargs)
         return True
     except InvalidTransition as exc:
         log.warning("job %s: %s", job_id, exc)
@@ -182,7 +187,8 @@ def execute(job_id: str) -> str:
         db.events.append(job_id, "delivery", {"worker": worker_id(), "outcome": "duplicate", "holder": holder})
         return "duplicate"
     keeper = LeaseKeeper(db, workers(), job_id, queue=settings.queue, lease_seconds=settings.lease_seconds,
-                         interval=settings.heartbeat_seconds)
+                         interval=settings.heartbeat_seconds, stall_seconds=settings.stall_seconds,
+                         time_left=settings.job_time_limit - record["run_seconds"], time_limit_error=_TIME_LIMIT)
     keeper.start()  # at once: anything slow before training (imports, data) must not let the lease lapse
     try:
         return _run_claimed(job_id, keeper)
@@ -209,9 +215,12 @@ def _run_claimed(job_id: str, keeper: LeaseKeeper) -> str:
         crashes = record["crashes"]
         _finish(job_id, JobState.FAILED, error=f"job killed its worker {crashes} times (out of memory?)")
         return "delivery_cap"
+    if record["run_seconds"] >= settings.job_time_limit:  # its earlier deliveries used the whole limit
+        _finish(job_id, JobState.FAILED, error=_TIME_LIMIT)
+        return "time_limit"
     if state == JobState.QUEUED:
         try:
-            _patiently(db.records.transition, job_id, JobState.RUNNING)
+            _patiently(db.records.transition, job_id, JobState.RUNNING, holder=worker_id())
         except InvalidTransition:  # cancelled between our reads
             return "final"
     # state running: a redelivery after its worker died; we hold the lease now, so we resume it
@@ -225,7 +234,7 @@ class StopCheck:
 
     def __init__(self, job_id: str, keeper: LeaseKeeper) -> None:
         self.job_id, self.keeper = job_id, keeper
-        self.deadline = time.monotonic() + settings.job_time_limit
+        self.deadline = keeper.deadline if keeper.deadline is not None else time.monotonic() + settings.job_time_limit
         self.reason: str | None = None
         self._next_poll = 0.0
 
@@ -270,6 +279,8 @@ class ProgressWriter:
         self._pending_metrics: dict[str, Any] = {}
 
     def __call__(self, progress: Any) -> None:
+        if self.keeper is not None:
+            self.keeper.progressed()  # every report counts as progress, written or coalesced
         self._pending = progress
         self._pending_metrics.update(progress.metrics)
         if time.monotonic() - self._last_write >= self.interval:
@@ -303,10 +314,24 @@ class ProgressWriter:
 def failure_reason(exc: BaseException) -> str:
     """The one-line reason stored with a failed job; memory exhaustion always reads "out of memory"."""
     lines = str(exc).strip().splitlines()
-    line = lines[0][:480] if lines else type(exc).__name__
+    line = without_server_paths(lines[0])[:480] if lines else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"artifact disk full: {line}"
     if _out_of_memory(exc) and "out of memory" not in line.lower():
         return f"out of memory: {line}"
     return line
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s'\"`,;:()\[\]]+")
+
+
+def without_server_paths(text: str) -> str:
+    """The reason as a tenant may see it: the data and artifact folders named by their setting, any other
+    absolute path by its last part, so an error never shows how the server's disks are laid out."""
+    for folder, name in ((settings.data_dir, "data_dir"), (settings.artifact_dir, "artifact_dir")):
+        for spelling in {str(Path(folder).resolve()), str(Path(folder).absolute())}:
+            text = text.replace(spelling, name)
+    return _ABSOLUTE_PATH.sub(lambda m: Path(m.group(0)).name or "/", text)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -367,7 +392,7 @@ def _stopped(job_id: str, reason: str | None, run_dir: Path) -> str:
         return "lease_lost"  # another worker or the sweeper owns the job now; write nothing
     if reason == "shutdown":
         try:
-            _patiently(store().records.transition, job_id, JobState.QUEUED)
+            _patiently(store().records.transition, job_id, JobState.QUEUED, holder=worker_id())
             resend(job_id, (store().records.get(job_id) or {}).get("queue") or settings.queue)
             log.info("job %s: handed back to the queue at shutdown", job_id)
             return "handed_back"
@@ -375,7 +400,7 @@ def _stopped(job_id: str, reason: str | None, run_dir: Path) -> str:
             pass  # cancel arrived meanwhile: fall through to cancelled
     register_artifacts(job_id, run_dir)
     if reason == "time_limit":
-        _finish(job_id, JobState.FAILED, error=f"time limit of {settings.job_time_limit:g} s exceeded")
+        _finish(job_id, JobState.FAILED, error=_TIME_LIMIT)
         return "failed"
     _finish(job_id, JobState.CANCELLED)
     return "cancelled"
@@ -403,7 +428,10 @@ def register_artifacts(job_id: str, run_dir: Path) -> None:
         name = path.relative_to(run_dir).as_posix()
         content_type = CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0]
         try:
-            _patiently(store().records.add_artifact, job_id, name, name, content_type or "application/octet-stream",
-                       path.stat().st_size)
+            if not _patiently(store().records.add_artifact, job_id, name, name,
+                              content_type or "application/octet-stream", path.stat().st_size,
+                              holder=worker_id()):
+                log.warning("job %s: artifacts not registered: the lease is no longer ours", job_id)
+                return
         except FileNotFoundError:
             continue

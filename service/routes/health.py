@@ -1,5 +1,6 @@
-"""Liveness, readiness and Prometheus metrics (no API key: probes and scrapers call these; /metrics
-takes a bearer token of its own when CLR_METRICS_TOKEN is set)."""
+"""Liveness, readiness and Prometheus metrics. Probes need no key and so show no worker host, pid or job
+id; /metrics needs an API key, or its own bearer token when CLR_METRICS_TOKEN is set (open only in open
+mode or with CLR_METRICS_OPEN)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def readyz(store: StoreDep, workers: WorkersDep, queue: QueueDep, settings: Sett
 
 
 def _summary(workers: list[dict]) -> list[dict]:
-    return [{"worker_id": w["worker_id"], "queue": w["queue"], "job_id": w.get("job_id")} for w in workers]
+    """Only the queues: probes need no key, so no host, pid or any tenant's job id is shown."""
+    return [{"queue": w["queue"]} for w in workers]
 
 
 @router.get("/metrics", response_class=Response, dependencies=[Depends(scraper)],

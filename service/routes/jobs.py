@@ -37,6 +37,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 FINAL = {s.value for s in FINAL_STATES}
 SSE_BLOCK_MS = 2_000
 SSE_PING_S = 15
+ACTIVE_CAP_RETRY_S = 30  # a job takes at least this long to make room; a retry sooner is refused again
 # What clients see of a job's event log. The log also keeps operators' events (`delivery`,
 # `recovered`) that name workers, hosts and pids; those stay in Redis and never reach a client.
 CLIENT_EVENTS = frozenset({"state", "progress", "metrics"})
@@ -196,12 +197,21 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
                 "type": "idempotency_key_reused", "loc": ("header", "Idempotency-Key"),
                 "msg": "this key was used with a different request body", "input": key,
             }])
+        if outcome == "created" and first is not None:  # the first request stored it, then died
+            return _answer_stored(first["id"], owner, key, fingerprint, store, settings)
         if outcome == "in_flight":
             return JSONResponse({"detail": "a request with this Idempotency-Key is still being handled"},
                                 status.HTTP_409_CONFLICT, headers={"Retry-After": "1"})
     target = queue_for(spec.device, settings)
+    if (active := store.records.active_count(owner)) >= settings.max_active_jobs_per_key:
+        if key is not None:
+            _abort_quietly(store, owner, key, fingerprint)
+        return JSONResponse(
+            {"detail": f"this key has {active} jobs queued or running, the most allowed "
+                       f"(CLR_MAX_ACTIVE_JOBS_PER_KEY); retry once some have finished"},
+            status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(ACTIVE_CAP_RETRY_S)})
     try:
-        record = store.records.create(spec.kind, body, owner, queue=target)
+        record = store.records.create(spec.kind, body, owner, queue=target, idempotency_key=key)
     except Exception:
         if key is not None:
             _abort_quietly(store, owner, key, fingerprint)
@@ -223,6 +233,19 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
         store.idempotency.finish(owner, key, fingerprint, answer)
     logger.info("job %s (%s) accepted for %s", record["id"], spec.kind, owner)
     return _accepted(answer)
+
+
+def _answer_stored(job_id: str, owner: str, key: str, fingerprint: str, store: JobStore,
+                   settings: Settings) -> JSONResponse:
+    """Answer a retry whose first request stored the job but never answered (the API died between the
+    steps). If the job was never sent, the sweeper's stale-queued re-send sends it."""
+    record = store.records.get(job_id)
+    if record is None:  # deleted since: its answer is gone with it
+        return JSONResponse({"detail": f"the job of this Idempotency-Key ({job_id}) was deleted"},
+                            status.HTTP_409_CONFLICT)
+    answer = json.loads(Job.model_validate(job_out(record, settings)).model_dump_json())
+    store.idempotency.finish(owner, key, fingerprint, answer)
+    return _accepted(answer, replayed=True)
 
 
 def _abort_quietly(store: JobStore, owner: str, key: str, fingerprint: str) -> None:
@@ -338,9 +361,31 @@ async def job_events(
     job: OwnedJob, request: Request,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID)] = None,
 ) -> Response:
-    """Server-Sent Events from the job's event log; `Last-Event-ID` resumes after that event."""
+    """Server-Sent Events from the job's event log; `Last-Event-ID` resumes after that event.
+
+    One key may hold `sse_max_streams_per_key` streams open at once (in this process); more get 429,
+    so one tenant cannot take every Redis connection the streams share."""
+    open_streams: dict[str, int] = request.app.state.open_streams
+    owner, cap = job["owner"], request.app.state.settings.sse_max_streams_per_key
+    if open_streams.get(owner, 0) >= cap:
+        return JSONResponse({"detail": f"this key already has {cap} event streams open "
+                                       "(CLR_SSE_MAX_STREAMS_PER_KEY); close one"},
+                            status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": "5"})
+    open_streams[owner] = open_streams.get(owner, 0) + 1
     stream = _event_stream(request.app.state.events, job["id"], last_event_id or "0")
-    return EventSourceResponse(_ending_on_outage(stream), ping=SSE_PING_S)
+    return EventSourceResponse(_counted(_ending_on_outage(stream), open_streams, owner), ping=SSE_PING_S)
+
+
+async def _counted(stream: AsyncIterator[ServerSentEvent], open_streams: dict[str, int],
+                   owner: str) -> AsyncIterator[ServerSentEvent]:
+    """Count the stream as open until it ends, however it ends (client gone, job final, outage)."""
+    try:
+        async for event in stream:
+            yield event
+    finally:
+        open_streams[owner] -= 1
+        if open_streams[owner] <= 0:
+            del open_streams[owner]
 
 
 async def _ending_on_outage(stream: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:

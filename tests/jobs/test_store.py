@@ -12,7 +12,7 @@ import redis
 from jobs.idempotency import body_hash
 from jobs.records import InvalidCursor
 from jobs.redis_errors import StoreUnavailable
-from jobs.states import FINAL_STATES, TRANSITIONS, InvalidTransition, JobNotFound, JobState
+from jobs.states import FINAL_STATES, TRANSITIONS, InvalidTransition, JobNotFound, JobState, LeaseFenced
 from jobs.store import JobStore
 
 # How to reach each state from queued, through allowed transitions only.
@@ -258,3 +258,60 @@ def test_unreachable_redis_raises_store_unavailable() -> None:
 def test_store_refuses_a_client_without_decoded_responses() -> None:
     with pytest.raises(ValueError):
         JobStore(redis.Redis(), "x")
+
+
+def test_a_final_transition_is_refused_to_a_worker_that_lost_the_lease(store: JobStore) -> None:
+    """Issue 14 item 7: worker A froze, B recovered and holds the lease; A wakes and tries to finish."""
+    job_id = job_in(store, JobState.RUNNING)
+    assert store.leases.claim(job_id, "worker-b", lease_seconds=60)
+    events_before = store.events.read(job_id, count=1000)
+    with pytest.raises(LeaseFenced):
+        store.records.transition(job_id, JobState.SUCCEEDED, result={"from": "a"}, holder="worker-a")
+    record = store.records.get(job_id)
+    assert record["state"] == JobState.RUNNING and record["result"] is None
+    assert store.events.read(job_id, count=1000) == events_before
+    # the sweeper handed the job back to the queue: nobody holds it, and A may not end it either
+    store.leases.release(job_id, "worker-b")
+    assert store.records.recover_lapsed(job_id) == JobState.QUEUED
+    with pytest.raises(LeaseFenced):
+        store.records.transition(job_id, JobState.FAILED, error="late", holder="worker-a")
+    assert store.records.get(job_id)["state"] == JobState.QUEUED
+    # a lapsed lease on a job nobody took over: its (CPU-starved) worker still finishes it
+    assert store.leases.claim(job_id, "worker-a", lease_seconds=60)
+    store.records.transition(job_id, JobState.RUNNING, holder="worker-a")
+    store.redis.delete(store.keys.lease(job_id))
+    assert store.records.transition(job_id, JobState.SUCCEEDED, holder="worker-a")["state"] == JobState.SUCCEEDED
+
+
+def test_artifacts_are_registered_only_by_the_lease_holder(store: JobStore) -> None:
+    job_id = job_in(store, JobState.RUNNING)
+    assert store.leases.claim(job_id, "worker-b", lease_seconds=60)
+    assert not store.records.add_artifact(job_id, "model.pt", "model.pt", "application/octet-stream", 3,
+                                          holder="worker-a")
+    assert store.records.get(job_id)["artifacts"] == {}
+    store.leases.release(job_id, "worker-b")
+    assert store.records.recover_lapsed(job_id) == JobState.QUEUED  # back in the queue: nobody's files
+    assert not store.records.add_artifact(job_id, "a.png", "a.png", "image/png", 3, holder="worker-a")
+    assert store.leases.claim(job_id, "worker-b", lease_seconds=60)
+    assert store.records.add_artifact(job_id, "model.pt", "model.pt", "application/octet-stream", 3,
+                                      holder="worker-b")
+    assert set(store.records.get(job_id)["artifacts"]) == {"model.pt"}
+
+
+def test_stale_queued_skips_jobs_named_by_a_waiting_or_unacked_message(store: JobStore) -> None:
+    """Issue 14 item 12: the queue's ids are parsed into a set once (timing: scripts/reliability/stale_sweep.py)."""
+    from jobs.queues import broker_key_prefix
+
+    queue = f"sweep-{secrets.token_hex(3)}"
+    waiting, unacked, lost = (store.records.create("train", {}, owner(), queue=queue)["id"] for _ in range(3))
+    for job_id in (waiting, unacked, lost):
+        store.redis.hset(store.keys.job(job_id), "created_at", "1.0")
+    broker = broker_key_prefix(store.prefix)
+    store.redis.rpush(broker + queue, f'{{"headers": {{"argsrepr": "[\'{waiting}\']"}}}}')
+    store.redis.hset(broker + "unacked", "tag-1", f'[{{"headers": {{"argsrepr": "[\'{unacked}\']"}}}}, "", "{queue}"]')
+    try:
+        assert store.sends.ids_in_queue(queue) >= {waiting, unacked}
+        assert store.sends.stale_queued(queue, older_than=60) == [lost]
+    finally:
+        store.redis.delete(broker + queue)
+        store.redis.hdel(broker + "unacked", "tag-1")

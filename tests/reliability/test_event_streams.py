@@ -36,7 +36,8 @@ SPEC = {"dataset": "digits", "model": "tiny_cnn", "device": "cpu", "num_iter": 1
 def stack(settings: Settings, own_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[ApiServer, JobStore]]:
     """An API process and a store on the private Redis; no worker, so jobs move only when a test says."""
     ours = settings.model_copy(update={"redis_url": own_redis.url})
-    api, store = ApiServer(ours, tmp_path / "api.log"), JobStore.from_settings(ours)
+    # one key ("local") holds every stream here
+    api, store = ApiServer(ours, tmp_path / "api.log", CLR_SSE_MAX_STREAMS_PER_KEY="1000"), JobStore.from_settings(ours)
     api.start()
     try:
         yield api, store

@@ -49,7 +49,7 @@ def test_metrics_has_jobs_by_state_queue_depth_and_durations(client: TestClient,
     mark_running(store, job_id)
     store.records.transition(job_id, JobState.SUCCEEDED)
     # No request reads the job: the duration comes from Redis, recorded by the final transition.
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=ALICE)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert "clr_store_up 1.0" in text
@@ -103,7 +103,7 @@ def test_redis_unreachable_probes(redis_down: TestClient) -> None:
     assert redis_down.get("/healthz").status_code == 200
     ready = redis_down.get("/readyz")
     assert ready.status_code == 503 and ready.json() == {"detail": "not ready: redis unreachable"}
-    metrics = redis_down.get("/metrics")
+    metrics = redis_down.get("/metrics", headers=ALICE)
     assert metrics.status_code == 200 and "clr_store_up 0.0" in metrics.text
 
 

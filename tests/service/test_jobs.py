@@ -163,3 +163,26 @@ def test_idempotency_keys_are_per_tenant(client: TestClient) -> None:
     a = client.post("/v1/jobs/range-test", json=RANGE_TEST, headers={**ALICE, "Idempotency-Key": key})
     b = client.post("/v1/jobs/range-test", json=RANGE_TEST, headers={**BOB, "Idempotency-Key": key})
     assert a.status_code == b.status_code == 202 and a.json()["id"] != b.json()["id"]
+
+
+def test_idempotency_retry_after_an_api_crash_between_storing_and_answering_gets_the_same_job(
+    client: TestClient, store: JobStore
+) -> None:
+    """Issue 14 item 9: the first request reserved the key and stored its job, then the API died (before
+    sending, recording the answer or replying). The job id went under the key in the storing transaction,
+    so the reservation outlives the 60 s in-flight window and a retry, at any time, answers that job."""
+    key = secrets.token_hex(8)
+    effective = RangeTestSpec.model_validate(RANGE_TEST).model_dump(mode="json")
+    assert store.idempotency.begin("alice", key, body_hash(effective))[0] == "new"
+    stored = store.records.create("range_test", {"kind": "range_test", **RANGE_TEST}, "alice", queue="parked",
+                                  idempotency_key=key)
+    # -- the API process dies here --
+    assert store.redis.ttl(store.keys.idempotency("alice", key)) > 3600  # no longer the in-flight 60 s
+
+    retry = client.post("/v1/jobs/range-test", json=RANGE_TEST, headers={**ALICE, "Idempotency-Key": key})
+    assert retry.status_code == 202, retry.text
+    assert retry.json()["id"] == stored["id"] and retry.headers["idempotent-replayed"] == "true"
+    again = client.post("/v1/jobs/range-test", json=RANGE_TEST, headers={**ALICE, "Idempotency-Key": key})
+    assert again.json() == retry.json()
+    ids = {j["id"] for j in client.get("/v1/jobs", params={"limit": 100}, headers=ALICE).json()["items"]}
+    assert stored["id"] in ids

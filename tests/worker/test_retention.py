@@ -1,0 +1,41 @@
+"""Retention (issue 14 item 11): a job that finished longer ago than the retention period loses its
+record, event log, index entries and run folder at the next sweep; newer and unfinished jobs stay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobs.states import JobState
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
+from tests.helpers import train_spec
+from worker.lease import WorkerMonitor
+
+
+def finished_job(store: JobStore, artifacts: Path, age_seconds: float) -> str:
+    job_id = store.records.create("train", train_spec(), "keeper", queue="parked")["id"]
+    store.records.transition(job_id, JobState.FAILED, error="for the test")
+    store.redis.zincrby(store.keys.finished(), -age_seconds, job_id)  # as if it ended that long ago
+    (artifacts / job_id).mkdir(parents=True)
+    (artifacts / job_id / "report.json").write_text("{}")
+    return job_id
+
+
+def test_finished_jobs_past_retention_are_removed_with_their_files(
+    store: JobStore, workers: WorkerRegistry, tmp_path: Path
+) -> None:
+    day = 86400.0
+    old = finished_job(store, tmp_path, age_seconds=31 * day)
+    recent = finished_job(store, tmp_path, age_seconds=1 * day)
+    queued = store.records.create("train", train_spec(), "keeper", queue="parked")["id"]
+    monitor = WorkerMonitor(store, workers, queue="parked", heartbeat_seconds=1, sweep_interval=1,
+                            resend=lambda *_: None, current_job=lambda: None, retention_seconds=30 * day,
+                            artifact_dir=tmp_path)
+
+    assert old in monitor.expire_finished()
+    assert store.records.get(old) is None and not (tmp_path / old).exists()
+    assert store.events.read(old) == [] and old not in store.records.finished_before(float("inf"), 10_000)
+    assert old not in {j["id"] for j in store.records.list("keeper", limit=100)[0]}
+    assert store.records.get(recent) is not None and (tmp_path / recent / "report.json").exists()
+    assert store.records.get(queued)["state"] == JobState.QUEUED
+    assert old not in monitor.expire_finished()  # a second sweeper finds nothing left to do
