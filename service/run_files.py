@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
-import redis
-
-from jobs.pending_deletes import PendingDeletes, delete_or_defer
+from jobs.run_removal import run_folder
 from jobs.settings import Settings
 from jobs.states import FINAL_STATES
 from jobs.storage import StorageUnavailable, run_key, store_for
@@ -43,11 +40,6 @@ REPORTS: dict[str, tuple[str, str]] = {
 _FINAL = {s.value for s in FINAL_STATES}
 
 
-def run_folder(settings: Settings, job_id: str) -> Path:
-    """Where the job's worker writes its files."""
-    return Path(settings.artifact_dir) / job_id
-
-
 def run_file(settings: Settings, job_id: str, relative: str) -> Path | None:
     """The file `relative` inside the job's run folder, or None if absent or outside that folder."""
     root = run_folder(settings, job_id).resolve()
@@ -55,27 +47,6 @@ def run_file(settings: Settings, job_id: str, relative: str) -> Path | None:
     if not path.is_relative_to(root) or not path.is_file():
         return None
     return path
-
-
-def remove_run_folder(settings: Settings, job_id: str, client: redis.Redis | None = None) -> None:
-    """Delete the job's run folder; what cannot be removed is logged and left (the record is gone).
-
-    With an object store, the job's objects go; if the store is down they are left to the sweeper
-    (`jobs.pending_deletes`, needs `client`), which retries with backoff.
-    """
-    objects = store_for(settings)
-    if objects.remote:
-        if client is None:
-            objects.delete_prefix(run_key(job_id))
-        else:
-            delete_or_defer(objects, PendingDeletes(client, settings.key_prefix), run_key(job_id))
-        return
-    root = run_folder(settings, job_id)
-    if root.is_symlink() or not root.is_dir():
-        return
-    shutil.rmtree(root, ignore_errors=True)
-    if root.exists():
-        logger.warning("job %s: run folder %s could not be removed completely", job_id, root)
 
 
 def _present(record: dict, settings: Settings) -> set[str]:

@@ -12,12 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from jobs.redis_errors import StoreUnavailable
 from jobs.states import InvalidTransition, JobNotFound, JobState
@@ -147,14 +145,14 @@ class WorkerMonitor(threading.Thread):
         current_job: Callable[[], str | None],
         requeue_after: float = 60.0,
         retention_seconds: float | None = None,
-        artifact_dir: Path | None = None,
+        remove_files: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(name="worker-monitor", daemon=True)
         self.store, self.workers, self.queue = store, workers, queue
         self.heartbeat_seconds, self.sweep_interval = heartbeat_seconds, sweep_interval
         self.resend, self.current_job = resend, current_job
         self.requeue_after = requeue_after
-        self.retention_seconds, self.artifact_dir = retention_seconds, artifact_dir
+        self.retention_seconds, self.remove_files = retention_seconds, remove_files
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -208,8 +206,8 @@ class WorkerMonitor(threading.Thread):
                     continue
             else:
                 self.store.records.forget_finished(job_id)
-            if self.artifact_dir is not None:
-                shutil.rmtree(self.artifact_dir / job_id, ignore_errors=True)
+            if self.remove_files is not None:
+                self.remove_files(job_id)
             removed.append(job_id)
         if removed:
             log.info("retention: removed %d finished job(s)", len(removed))

@@ -26,6 +26,7 @@ from celery import signals
 from clrcore.json_safe import json_safe
 from jobs.queues import PING, RUN_JOB
 from jobs.redis_errors import StoreUnavailable
+from jobs.run_removal import remove_run_files
 from jobs.settings import get_settings
 from jobs.states import FINAL_STATES, InvalidTransition, JobState
 from jobs.store import JobStore
@@ -119,7 +120,7 @@ def _on_worker_ready(**_: Any) -> None:
         # a job just sent may take a moment to show in the queue; never race a claim about to happen
         requeue_after=max(settings.requeue_after_seconds, 2 * settings.lease_seconds),
         retention_seconds=settings.retention_days * 86400,
-        artifact_dir=Path(settings.artifact_dir),
+        remove_files=lambda job_id: remove_run_files(settings, job_id, store().redis),
     )
     _monitor.start()
     start_delete_sweeper(store().redis, settings)  # store mode: object deletes that failed, retried

@@ -21,13 +21,14 @@ from jobs.idempotency import body_hash
 from jobs.queues import queue_for
 from jobs.records import InvalidCursor
 from jobs.redis_errors import StoreUnavailable
+from jobs.run_removal import remove_run_files
 from jobs.settings import Settings
 from jobs.states import FINAL_STATES, JobState
 from jobs.store import JobStore
 from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
 from service.errors import field_error, unavailable
 from service.event_reader import EventReader
-from service.run_files import job_links, remove_run_folder
+from service.run_files import job_links
 from service.uploads import upload_errors
 
 logger = logging.getLogger(__name__)
@@ -345,7 +346,7 @@ def delete_job(job: OwnedJob, store: StoreDep, settings: SettingsDep) -> Respons
     A Redis outage answers 503 with nothing removed; a folder that cannot be removed is logged and left.
     """
     store.records.delete(job)
-    remove_run_folder(settings, job["id"], store.redis)
+    remove_run_files(settings, job["id"], store.redis)
     logger.info("job %s: deleted (was %s)", job["id"], job["state"])
     return Response(status_code=204)
 

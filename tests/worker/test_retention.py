@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs.run_removal import remove_run_files
+from jobs.settings import Settings
 from jobs.states import JobState
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
@@ -22,15 +24,16 @@ def finished_job(store: JobStore, artifacts: Path, age_seconds: float) -> str:
 
 
 def test_finished_jobs_past_retention_are_removed_with_their_files(
-    store: JobStore, workers: WorkerRegistry, tmp_path: Path
+    store: JobStore, workers: WorkerRegistry, tmp_path: Path, settings: Settings
 ) -> None:
     day = 86400.0
+    local = settings.model_copy(update={"artifact_dir": tmp_path})
     old = finished_job(store, tmp_path, age_seconds=31 * day)
     recent = finished_job(store, tmp_path, age_seconds=1 * day)
     queued = store.records.create("train", train_spec(), "keeper", queue="parked")["id"]
     monitor = WorkerMonitor(store, workers, queue="parked", heartbeat_seconds=1, sweep_interval=1,
                             resend=lambda *_: None, current_job=lambda: None, retention_seconds=30 * day,
-                            artifact_dir=tmp_path)
+                            remove_files=lambda job_id: remove_run_files(local, job_id))
 
     assert old in monitor.expire_finished()
     assert store.records.get(old) is None and not (tmp_path / old).exists()
