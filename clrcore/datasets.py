@@ -27,6 +27,14 @@ CIFAR10_ARCHIVE = "cifar10-jpg.tar.gz"
 class Split:
     images: np.ndarray  # uint8, (N, C, H, W)
     labels: np.ndarray  # int64, (N,)
+    # train and evaluate on crops of this side, cut from the stored squares by the loaders
+    # (transforms.CroppedLoader); None: the images are used at their own size
+    crop: int | None = None
+
+    @property
+    def input_size(self) -> int:
+        """The side the model sees."""
+        return self.crop or int(self.images.shape[2])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -42,6 +50,8 @@ class Dataset:
     std: tuple[float, ...]
     # the train split's mean image, float32 (C, H, W) on the 0..255 scale; computed on first use
     _pixel_mean: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # what decoding found and did: the files' size distribution, grayscale files made RGB
+    source_info: dict = field(default_factory=dict, compare=False)
 
     def pixel_mean(self) -> np.ndarray:
         """The per-pixel mean of the training images, as the Keras CLR blog subtracts it.
@@ -114,7 +124,7 @@ def sample(split: Split, count: int, seed: int = 0) -> Split:
     if count >= len(split.labels):
         return split
     index = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:count])
-    return Split(split.images[index], split.labels[index])
+    return Split(split.images[index], split.labels[index], split.crop)
 
 
 def with_train_subset(dataset: Dataset, count: int | None) -> Dataset:
@@ -122,7 +132,9 @@ def with_train_subset(dataset: Dataset, count: int | None) -> Dataset:
     normalisation statistics are recomputed on the subset, as training on it would see them."""
     if not count or count >= len(dataset.train.labels):
         return dataset
-    return make_dataset(dataset.name, sample(dataset.train, count), dataset.test, dataset.classes)
+    subset = make_dataset(dataset.name, sample(dataset.train, count), dataset.test, dataset.classes)
+    subset.source_info = dataset.source_info
+    return subset
 
 
 def dataset_info(dataset: Dataset) -> dict:
@@ -139,7 +151,9 @@ def dataset_info(dataset: Dataset) -> dict:
         "height": int(height),
         "width": int(width),
         "image_size": int(height) if height == width else None,
-        "input_shape": [int(channels), int(height), int(width)],
+        "input_shape": [int(channels), dataset.train.input_size, dataset.train.input_size]
+        if dataset.train.crop else [int(channels), int(height), int(width)],
+        **dataset.source_info,
         "train_count": len(dataset.train),
         "test_count": len(dataset.test),
         "train_counts": dict(zip(dataset.classes, train_counts, strict=True)),
@@ -198,22 +212,24 @@ def _resolve(data_dir: Path, path: str | None) -> Path | None:
     return None if path is None else Path(data_dir) / path
 
 
-def _load_cifar10(data_dir: Path, path: str | None, download: bool, cache_dir: Path | None) -> Dataset:
+def _load_cifar10(data_dir: Path, path: str | None, download: bool, cache_dir: Path | None,
+                  image_size: int | None = None) -> Dataset:
     from clrcore.image_tree import load_image_tree  # image_tree builds on this module's types
 
     archive = _resolve(data_dir, path) or Path(data_dir) / CIFAR10_ARCHIVE
     if path is not None or archive.exists():
         return load_image_tree(archive, name="cifar10", classes=list(catalog.CIFAR10_CLASSES),
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir, image_size=image_size)
     return _load_torchvision("cifar10", Path(data_dir), download, f", or put {CIFAR10_ARCHIVE} in {data_dir}")
 
 
-def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None) -> Dataset:
+def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None,
+                      image_size: int | None = None) -> Dataset:
     from clrcore.image_tree import load_image_tree
 
     if path is None:
         raise DatasetError("imagefolder", "needs a path: a directory or archive laid out split/class/image")
-    return load_image_tree(_resolve(data_dir, path), cache_dir=cache_dir)
+    return load_image_tree(_resolve(data_dir, path), cache_dir=cache_dir, image_size=image_size)
 
 
 def load_digits_dataset() -> Dataset:
@@ -291,8 +307,12 @@ def load_dataset(
     path: str | None = None,
     download: bool = False,
     cache_dir: Path | None = None,
+    image_size: int | None = None,
 ) -> Dataset:
     """Load a catalog dataset as uint8 NCHW arrays with int64 labels and train-set statistics.
+
+    `image_size` trains at that side: image trees are decoded to it (see `image_tree.load_image_tree`),
+    in-memory sets are resized to it (`transforms.resize_dataset`); None keeps a uniform set's own size.
 
     `path` (relative to `data_dir`, or absolute) names the tree or archive for `imagefolder`, or the
     JPEG archive for `cifar10`. Decoded images are cached under `cache_dir` (default data_dir/.cache).
@@ -301,7 +321,16 @@ def load_dataset(
         raise DatasetError(name, f"unknown dataset; known: {', '.join(dataset_names())}")
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / ".cache"
-    dataset = LOADERS[name](data_dir, path, download, cache_dir)
+    if image_size is not None and name == "imagefolder":
+        dataset = _load_imagefolder(data_dir, path, cache_dir, image_size)
+    elif image_size is not None and name == "cifar10" and (path is not None or (data_dir / CIFAR10_ARCHIVE).exists()):
+        dataset = _load_cifar10(data_dir, path, download, cache_dir, image_size)
+    else:
+        dataset = LOADERS[name](data_dir, path, download, cache_dir)
+    if image_size is not None and dataset.train.input_size != image_size:
+        from clrcore.transforms import resize_dataset
+
+        dataset = resize_dataset(dataset, image_size)
     log.info("dataset %s: %d train, %d test, shape %s", name, len(dataset.train), len(dataset.test),
              tuple(dataset.train.images.shape[1:]))
     return dataset

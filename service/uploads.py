@@ -41,6 +41,7 @@ import redis
 from PIL import Image, UnidentifiedImageError
 
 from clrcore.archives import ArchiveError, iter_image_members
+from clrcore.transforms import default_image_size, size_distribution
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ class ArchiveSummary:
     height: int
     channels: int
     formats: set[str] = field(default_factory=set)
+    sizes: dict = field(default_factory=dict)  # transforms.size_distribution of the files
+    grayscale_converted: int = 0  # grayscale files the loader will make RGB (a set of both modes)
 
 
 def _inspect_image(where: str, data: bytes) -> tuple[tuple[int, int], bool, str]:
@@ -182,21 +185,16 @@ def inspect_archive(path: Path, *, max_files: int) -> ArchiveSummary:
     Runs in a worker thread: it decodes every image, which is CPU work.
     """
     counts: dict[str, dict[str, int]] = {}
-    size: tuple[int, int] | None = None
-    first_where = ""
-    gray = True
+    sizes: list[tuple[int, int]] = []
+    gray_count = 0
     decoded = 0
     formats: set[str] = set()
     try:
         for split, cls, file_name, data in iter_image_members(path, max_members=max_files):
             where = f"{split}/{cls}/{file_name}"
             image_size, is_gray, fmt = _inspect_image(where, data)
-            if size is None:
-                size, first_where = image_size, where
-            elif image_size != size:
-                raise UploadRefused(422, "mixed_image_sizes", f"{where} is {image_size[0]}x{image_size[1]}, "
-                                    f"{first_where} is {size[0]}x{size[1]}; all images must be one size")
-            gray = gray and is_gray
+            sizes.append(image_size)  # mixed sizes are fine: the loader resizes (clrcore/transforms.py)
+            gray_count += is_gray
             decoded += image_size[0] * image_size[1] * (1 if is_gray else 3)
             if decoded > MAX_DECODED_BYTES:
                 raise UploadRefused(422, "too_large_decoded", f"more than {MAX_DECODED_BYTES >> 30} GiB of "
@@ -211,10 +209,15 @@ def inspect_archive(path: Path, *, max_files: int) -> ArchiveSummary:
     except Exception as err:  # zipfile and zlib raise NotImplementedError, RuntimeError, zlib.error, ...
         log.info("unreadable archive %s: %r", path.name, err)
         raise UploadRefused(422, "bad_archive", f"unreadable archive ({type(err).__name__}: {err})") from None
-    classes, held_out = _check_layout(counts)
-    assert size is not None  # _check_layout refuses an archive without images
-    return ArchiveSummary(classes=classes, held_out=held_out, counts=counts, width=size[0], height=size[1],
-                          channels=1 if gray else 3, formats=formats)
+    classes, held_out = _check_layout(counts)  # refuses an archive without images
+    gray = gray_count == len(sizes)
+    if len(set(sizes)) == 1:
+        width, height = sizes[0]
+    else:  # the size jobs train at unless their spec sets image_size
+        width = height = default_image_size(sizes)
+    return ArchiveSummary(classes=classes, held_out=held_out, counts=counts, width=width, height=height,
+                          channels=1 if gray else 3, formats=formats, sizes=size_distribution(sizes),
+                          grayscale_converted=0 if gray else gray_count)
 
 
 def _check_layout(counts: dict[str, dict[str, int]]) -> tuple[list[str], str]:
@@ -338,7 +341,8 @@ class DatasetStore:
             "format": ext, "bytes": size, "created_at": time.time(), "validation": "ok",
             "classes": summary.classes, "held_out_split": summary.held_out, "counts": summary.counts,
             "width": summary.width, "height": summary.height, "channels": summary.channels,
-            "image_formats": sorted(summary.formats),
+            "image_formats": sorted(summary.formats), "sizes": summary.sizes,
+            "grayscale_converted_to_rgb": summary.grayscale_converted,
         }
         try:
             ok, used = self._commit(keys=self._keys(owner, dataset_id),
