@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clrcore import plots, reports
+from clrcore import finetune, plots, reports
 from clrcore.checkpoint import load_checkpoint
 from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
@@ -66,7 +66,8 @@ def _write_json(path: Path, data: Any) -> Path:
 
 
 def _load_data(spec: JobSpecBase, data_dir: Path, download: bool) -> Dataset:
-    ds = load_dataset(spec.dataset, Path(data_dir), path=spec.dataset_path, download=download)
+    ds = load_dataset(spec.dataset, Path(data_dir), path=spec.dataset_path, download=download,
+                      image_size=spec.image_size)
     return with_train_subset(ds, spec.train_subset)
 
 
@@ -74,10 +75,16 @@ def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device) -> nn.Modu
     """A freshly seeded model, with its data-dependent initialisation done on training images drawn at
     random (image folders load class by class: the first few thousand would show one class)."""
     seed_everything(spec.seed)
-    _, channels, size, _ = ds.train.images.shape
-    model = build_model(spec.model, channels, len(ds.classes), size).to(device)
+    _, channels, _, _ = ds.train.images.shape
+    size = ds.train.input_size
+    tune = spec.finetune
+    model = build_model(spec.model, channels, len(ds.classes), size,
+                        weights=tune.weights if tune else None).to(device)
+    if tune is not None:
+        finetune.prepare(model, len(ds.classes), groups=tune.groups, body_lr_divisor=tune.body_lr_divisor,
+                         freeze_epochs=tune.freeze_epochs)
     if has_data_init(model):  # only then: 5,000 float images of a large-image dataset are not small
-        images = sample(ds.train, fit_image_count(size, ds.train.images.shape[3]), seed=spec.seed)
+        images = sample(ds.train, fit_image_count(*ds.train.images.shape[2:]), seed=spec.seed)
         fit_to_data(model, normalised_images(images, device=device, **normalization(ds, spec.normalize)))
     return model
 
@@ -95,8 +102,13 @@ def _sweep_config(spec: JobSpecBase, options: RangeTestOptions, device: torch.de
 
 def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
            device: torch.device, hooks: RunHooks, label_smoothing: float = 0.0) -> RangeTestResult:
-    """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data."""
+    """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data.
+
+    A fine-tuned model is swept as its first epoch trains (body frozen if it starts frozen); the ladder
+    is the head's LR, the other layer groups keep their ratios to it.
+    """
     optimizer = build_optimizer(model, _sweep_config(spec, options, device))
+    finetune.set_frozen(model, 0)
     inputs = normalization(ds, spec.normalize)  # the sweep must see the inputs training will see
     batches = make_loader(ds.train, spec.batch_size, device=device, **inputs, train=True,
                           translate=spec.augment.translate, flip=spec.augment.flip,
@@ -136,8 +148,11 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
 
 
 def _save_sweep(result: RangeTestResult, out_dir: Path, iters_per_epoch: int,
-                epochs_hint: int | None) -> dict[str, Any]:
-    """Write range_test.json, the per-batch CSV log and the plot; return the summary."""
+                epochs_hint: int | None, model: nn.Module | None = None) -> dict[str, Any]:
+    """Write range_test.json, the per-batch CSV log and the plot; return the summary.
+
+    For a fine-tuned `model` the summary adds each layer group's bounds (the head's times its scale).
+    """
     rec = result.recommendation
     summary: dict[str, Any] = {
         "stop_reason": result.stop_reason,
@@ -153,6 +168,8 @@ def _save_sweep(result: RangeTestResult, out_dir: Path, iters_per_epoch: int,
         "steps": sum(1 for r in result.log if not r["skipped"]),
         "restored": result.restored,
     }
+    if rec is not None and model is not None and finetune.layer_groups(model):
+        summary["group_bounds"] = finetune.group_bounds(model, rec.base_lr, rec.max_lr)
     _write_json(out_dir / "range_test.json", {**result.to_dict(), "summary": summary})
     result.save_log(out_dir / "range_test_log.csv")
     lrs, smoothed = result.curve()
@@ -192,7 +209,7 @@ def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, d
     """Run the sweep and write its artifacts; a sweep cut short by a stop request raises StopRequested."""
     result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing)
     check_may_write(hooks.may_write, "range test result")
-    summary = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint)
+    summary = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint, model)
     if result.stop_reason == "stopped" and _stopped(hooks):  # the partial curve stays in the run folder
         raise StopRequested("stopped during the range test")
     return summary
@@ -339,6 +356,7 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
         "seconds": round(time.perf_counter() - started, 3),
         "device": str(device),
         "classes": ds.classes,
+        **({"group_bounds": finetune.group_bounds(model, base_lr, max_lr)} if finetune.layer_groups(model) else {}),
     }
 
 

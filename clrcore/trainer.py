@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clrcore import compile_cache
+from clrcore import compile_cache, finetune
 from clrcore.checkpoint import capture_rng_state, plain
 from clrcore.evaluation import EVAL_BATCH_SIZE, Prediction, evaluate
 from clrcore.hooks import Hooks, Progress, StopRequested, TrainingDiverged
@@ -182,6 +182,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     scale = config.bn_bias_lr_scale
     norm_shifts = {id(m.bias) for m in model.modules()
                    if scale != 1.0 and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    finetune.thaw(model)  # a body frozen for fine-tuning still belongs in the optimizer
     trainable = [p for p in model.parameters() if p.requires_grad]
     lr = config.schedule.lr(0)
     groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
@@ -189,6 +190,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     if norm_shifts:  # only then: a default run's optimizer state keeps the two groups older checkpoints have
         groups.append({"params": [p for p in trainable if id(p) in norm_shifts], "weight_decay": 0.0,
                        "lr_scale": scale, "lr": lr * scale})
+    groups = finetune.scale_param_groups(model, groups, lr)  # fine-tuning's layer groups, head first
     impl = config.optimizer_impl
     if impl == "auto":
         impl = "fused" if config.device.type == "cuda" else "default"
@@ -447,6 +449,7 @@ def train(
         compiling = forward is not net and epoch == start_epoch
         started = time.perf_counter()
         net.train()
+        finetune.set_frozen(net, epoch)
         train_loader.set_epoch(epoch)
         if lookahead is not None:
             lookahead.start_epoch(epoch * steps)
