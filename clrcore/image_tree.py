@@ -63,8 +63,8 @@ def _decode_one(where: str, data: bytes, keep: int = 0) -> tuple[np.ndarray, tup
                 raise DatasetError("imagefolder", f"{where}: {width}x{height} is over the "
                                    f"{MAX_IMAGE_PIXELS}-pixel limit for one image")
             image.load()
-            image = image.convert("L" if image.mode in GRAY_MODES else "RGB")
-            return np.asarray(_shrink(image, keep)), (width, height)
+            converted = image.convert("L" if image.mode in GRAY_MODES else "RGB")
+            return np.asarray(_shrink(converted, keep)), (width, height)
     except UnidentifiedImageError:
         raise DatasetError("imagefolder", f"{where}: not a readable image (unknown format)") from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data in a known format
@@ -111,7 +111,7 @@ def _read_tree(name: str, path: Path, workers: int | None, keep: int = 0) -> dic
     tree: dict[str, dict[str, list[list]]] = {}
     pending: list[tuple[str, bytes]] = []
     slots: list[list] = []
-    chunks: list[tuple[Future | list[np.ndarray], list[list]]] = []
+    chunks: list[tuple[Future | list[tuple[np.ndarray, tuple[int, int]]], list[list]]] = []
     pool: Executor | None = None
     pool_tried = False
     decoded = 0
@@ -136,7 +136,7 @@ def _read_tree(name: str, path: Path, workers: int | None, keep: int = 0) -> dic
         submitted += len(pending)
         if not pool_tried and submitted >= PARALLEL_MIN_IMAGES:
             pool, pool_tried = _decode_pool(workers), True
-        result: Future | list[np.ndarray] | None = None
+        result: Future | list[tuple[np.ndarray, tuple[int, int]]] | None = None
         if pool is not None:
             try:
                 result = pool.submit(_decode_chunk, pending, keep)

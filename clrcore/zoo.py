@@ -56,14 +56,14 @@ def adapt_input_channels(model: nn.Module, channels: int) -> None:
     parent, attr, conv = _first_conv(model)
     if conv.in_channels == channels:
         return
-    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                    dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-                    padding_mode=conv.padding_mode)
+    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, stride=conv.stride,  # type: ignore[arg-type]
+                    padding=conv.padding, dilation=conv.dilation,  # type: ignore[arg-type]
+                    groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
     with torch.no_grad():
         weight = conv.weight.sum(dim=1, keepdim=True) if channels == 1 else \
             conv.weight.repeat(1, -(-channels // conv.in_channels), 1, 1)[:, :channels] * (conv.in_channels / channels)
         new.weight.copy_(weight)
-        if conv.bias is not None:
+        if conv.bias is not None and new.bias is not None:
             new.bias.copy_(conv.bias)
     setattr(parent, attr, new)
 

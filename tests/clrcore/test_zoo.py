@@ -14,7 +14,7 @@ from clrcore.models import build_model
 ZOO = catalog.model_names("torchvision")
 # A real CPU step for every architecture costs minutes (the 600M-parameter ones alone take GiBs); the
 # default run steps the ones under this size, CLR_ZOO_ALL=1 steps them all.
-STEP_LIMIT = None if os.environ.get("CLR_ZOO_ALL") else 30_000_000
+STEP_LIMIT = None if os.environ.get("CLR_ZOO_ALL") else 15_000_000
 STEPPED = [n for n in ZOO if STEP_LIMIT is None or catalog.MODELS[n].parameters < STEP_LIMIT]
 # The facts are checked on the meta device (nothing allocated), except for builders that need real
 # tensors (RegNets): the big ones of those join only with CLR_ZOO_ALL=1.
