@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from clrcore.archives import ArchiveError, iter_image_members
-from clrcore.datasets import Dataset, DatasetError, Split, channel_stats
+from clrcore.cache_names import cache_stem as _cache_stem
+from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats
 from clrcore.transforms import default_image_size, resize_shorter_and_centre_crop, size_distribution, stored_size
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ CACHE_FIELDS = {"train_images", "train_labels", "test_images", "test_labels", "c
                 "source_sizes", "gray_converted", "crop"}
 DECODE_CHUNK = 2048
 PARALLEL_MIN_IMAGES = 2048  # below this a process pool costs more than it saves
-MAX_DECODED_BYTES = 32 * 2**30
+MAX_DECODED_BYTES = 4 * 2**30  # default; a worker passes CLR_MAX_DECODED_BYTES, sized to its memory
 MAX_IMAGE_PIXELS = 4096 * 4096
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
@@ -100,7 +101,8 @@ def _decode_pool(workers: int) -> Executor | None:
 # imagefolder: a tree or archive laid out split/class/image
 
 
-def _read_tree(name: str, path: Path, workers: int | None, keep: int = 0) -> dict[str, dict[str, list[list]]]:
+def _read_tree(name: str, path: Path, workers: int | None, keep: int = 0,
+               max_decoded_bytes: int = MAX_DECODED_BYTES) -> dict[str, dict[str, list[list]]]:
     """Read every member, decoding in chunks (in worker processes for big sets) while reading goes on.
 
     Returns {split: {class: [[file name, HxW or HxWx3 uint8 array, (width, height)], ...]}}. Images
@@ -126,8 +128,9 @@ def _read_tree(name: str, path: Path, workers: int | None, keep: int = 0) -> dic
             for entry, (array, source_size) in zip(entries, arrays, strict=True):
                 entry[1], entry[2] = array, source_size
                 decoded += array.nbytes
-            if decoded > MAX_DECODED_BYTES:
-                raise DatasetError(name, f"more than {MAX_DECODED_BYTES >> 30} GiB of decoded images")
+            if decoded > max_decoded_bytes:
+                raise DatasetError(name, f"more than {max_decoded_bytes} bytes of decoded images "
+                                   "(CLR_MAX_DECODED_BYTES)")
 
     def flush() -> None:
         nonlocal pending, slots, pool, pool_tried, submitted
@@ -217,9 +220,9 @@ def _fit_sizes(tree: dict, image_size: int | None) -> int | None:
 
 
 def _imagefolder_arrays(name: str, path: Path, classes: list[str] | None, workers: int | None,
-                        image_size: int | None = None) -> dict:
+                        image_size: int | None = None, max_decoded_bytes: int = MAX_DECODED_BYTES) -> dict:
     keep = stored_size(image_size) if image_size else KEEP_SHORTER_SIDE
-    tree = _read_tree(name, path, workers, keep)
+    tree = _read_tree(name, path, workers, keep, max_decoded_bytes)
     train, test = _pick_splits(name, path, tree)
     if classes is None:
         classes = sorted(train)
@@ -264,7 +267,7 @@ def cache_key(name: str, path: Path, image_size: int | None = None) -> str:
     """
     path = path.resolve()
     if path.is_dir():
-        stats = sorted(
+        stats: list[tuple[object, ...]] = sorted(
             (str(p.relative_to(path)), p.lstat().st_size, p.lstat().st_mtime_ns) for p in path.rglob("*")
         )
     else:
@@ -274,16 +277,11 @@ def cache_key(name: str, path: Path, image_size: int | None = None) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
-def _cache_stem(name: str, path: Path) -> str:
-    """Names the source (not its version), so older caches of the same file can be found and removed."""
-    return f"{name}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-
-
 def _prune_cache(current: Path) -> None:
     """Remove older caches of the same source at the same training size (other sizes stay useful)."""
     stem = current.name.rsplit("-", 1)[0]
     for old in current.parent.glob(f"{stem}-*.npz"):
-        if old != current:
+        if old != current and old.name.rsplit("-", 1)[0] == stem:
             old.unlink(missing_ok=True)
             log.info("removed stale decode cache %s", old.name)
 
@@ -327,6 +325,7 @@ def load_image_tree(
     cache_dir: Path | None = None,
     workers: int | None = None,
     image_size: int | None = None,
+    max_decoded_bytes: int | None = None,
 ) -> Dataset:
     """Load a directory or archive laid out split/class/image (train plus test or val), cached.
 
@@ -335,6 +334,7 @@ def load_image_tree(
     Mixed sizes (or any `image_size`) are stored as squares of `transforms.stored_size(size)` and the
     splits carry `crop=size`: the loaders cut the training size from them (see transforms.py).
     Grayscale files in a colour set become RGB; `Dataset.source_info` counts them and reports sizes.
+    `max_decoded_bytes` (default `MAX_DECODED_BYTES`) refuses a tree whose pixels would not fit.
     """
     path = Path(path)
     if not path.exists():
@@ -349,7 +349,8 @@ def load_image_tree(
             log.warning("ignoring incomplete decode cache %s", cache_file)
             arrays = None
     if arrays is None:
-        arrays = _imagefolder_arrays(name, path, classes, workers, image_size)
+        arrays = _imagefolder_arrays(name, path, classes, workers, image_size,
+                                     MAX_DECODED_BYTES if max_decoded_bytes is None else max_decoded_bytes)
         arrays.update(zip(("mean", "std"), map(np.asarray, channel_stats(arrays["train_images"])),
                           strict=True))
         if cache_file is not None:

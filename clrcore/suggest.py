@@ -164,7 +164,7 @@ def suggest_lrs(lrs: Any, smoothed: Any, *, diverge_factor: float = 4.0) -> dict
 
 def spread_decades(suggestions: dict[str, float | None]) -> float | None:
     """log10(max/min) over the independent rules that returned a value; None with fewer than two."""
-    values = [suggestions[k] for k in INDEPENDENT_RULES if suggestions.get(k)]
+    values = [value for k in INDEPENDENT_RULES if (value := suggestions.get(k))]
     if len(values) < 2:
         return None
     return float(math.log10(max(values) / min(values)))

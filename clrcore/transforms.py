@@ -84,7 +84,7 @@ def resize_images(images: np.ndarray, side: int, chunk: int = 1024) -> np.ndarra
 
 def resize_dataset(dataset: Any, size: int) -> Any:
     """An in-memory dataset stored at stored_size(size) with crop=size (train and test), statistics redone."""
-    from clrcore.datasets import Split, make_dataset
+    from clrcore.dataset_types import Split, make_dataset
 
     side = stored_size(size)
     train = Split(resize_images(dataset.train.images, side), dataset.train.labels, size)

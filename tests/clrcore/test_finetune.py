@@ -14,10 +14,12 @@ from clrcore.datasets import load_digits_dataset
 from clrcore.hooks import Hooks
 from clrcore.loaders import make_loader, normalization
 from clrcore.models import build_model
+from clrcore.optim import build_optimizer
 from clrcore.runs import fresh_model, run_job
 from clrcore.schedules import schedule_from_spec
 from clrcore.specs import TrainSpec
-from clrcore.trainer import _Ticker, build_optimizer, config_from_spec, steps_per_epoch, train_epoch
+from clrcore.train_setup import config_from_spec, steps_per_epoch
+from clrcore.trainer import _Ticker, train_epoch
 
 TUNE = {"groups": 3, "body_lr_divisor": 100.0, "freeze_epochs": 1}
 
