@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from clrcore.zoo_table import ZOO_ROWS
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -33,9 +35,13 @@ class ModelInfo:
     description: str
     params_note: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    parameters: int = 0  # at 3 input channels and 10 classes (224 px for the patch transformers)
+    min_image_size: int = 8  # smallest square side it trains at sensibly
+    source: str = "clrcore"  # "clrcore" (models.py) or "torchvision" (zoo.py)
+    pretrained: tuple[str, ...] = field(default_factory=tuple)  # torchvision weights enums, if any
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "tags": list(self.tags)}
+        return {**asdict(self), "tags": list(self.tags), "pretrained": list(self.pretrained)}
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -65,12 +71,20 @@ MODELS: dict[str, ModelInfo] = {
     m.name: m
     for m in (
         ModelInfo("minigooglenet", "MiniGoogLeNet from the Keras CLR blog (Zhang et al. 2017 variant)",
-                  "about 1.7M parameters", ("blog",)),
+                  "about 1.7M parameters", ("blog",), parameters=1_652_826, min_image_size=8),
         ModelInfo("resnet_fast", "airbench94's net (patch-whitening stem fitted to the training images, "
                   "Dirac-initialised convs, no skip connections) for fast GPU runs",
-                  "about 2M parameters", ("fast",)),
-        ModelInfo("tiny_cnn", "two conv layers and a linear head; for CPU tests and the digits demo",
-                  "about 20k parameters", ("cpu",)),
+                  "about 2M parameters", ("fast",), parameters=1_972_792, min_image_size=10),
+        ModelInfo("small_cnn", "LeNet-sized: three conv-BN-ReLU stages with pooling and a linear head on "
+                  "a 2x2 feature grid; the digits demo's model, for small images on a CPU",
+                  "about 100k parameters", ("cpu",), parameters=98_602, min_image_size=8),
+        ModelInfo("tiny_cnn", "two conv layers and a linear head; for CPU tests",
+                  "about 20k parameters", ("cpu",), parameters=20_138, min_image_size=8),
+        *(ModelInfo(name, f"torchvision's {name}, built for the dataset's channels and classes; from "
+                    "scratch unless weights are named", f"{parameters / 1e6:.1f}M parameters",
+                    ("torchvision",), parameters=parameters, min_image_size=minimum, source="torchvision",
+                    pretrained=tuple(pretrained))
+          for name, parameters, minimum, pretrained in ZOO_ROWS),
     )
 }
 
@@ -79,5 +93,6 @@ def dataset_names() -> list[str]:
     return sorted(DATASETS)
 
 
-def model_names() -> list[str]:
-    return sorted(MODELS)
+def model_names(source: str | None = None) -> list[str]:
+    """Every model name, or those of one source ("clrcore" or "torchvision")."""
+    return sorted(name for name, info in MODELS.items() if source is None or info.source == source)

@@ -15,6 +15,14 @@ import numpy as np
 class Split:
     images: np.ndarray  # uint8, (N, C, H, W)
     labels: np.ndarray  # int64, (N,)
+    # train and evaluate on crops of this side, cut from the stored squares by the loaders
+    # (transforms.CroppedLoader); None: the images are used at their own size
+    crop: int | None = None
+
+    @property
+    def input_size(self) -> int:
+        """The side the model sees."""
+        return self.crop or int(self.images.shape[2])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -30,6 +38,8 @@ class Dataset:
     std: tuple[float, ...]
     # the train split's mean image, float32 (C, H, W) on the 0..255 scale; computed on first use
     _pixel_mean: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # what decoding found and did: the files' size distribution, grayscale files made RGB
+    source_info: dict = field(default_factory=dict, compare=False)
 
     def pixel_mean(self) -> np.ndarray:
         """The per-pixel mean of the training images, as the Keras CLR blog subtracts it.

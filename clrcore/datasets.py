@@ -35,7 +35,7 @@ def sample(split: Split, count: int, seed: int = 0) -> Split:
     if count >= len(split.labels):
         return split
     index = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:count])
-    return Split(split.images[index], split.labels[index])
+    return Split(split.images[index], split.labels[index], split.crop)
 
 
 def with_train_subset(dataset: Dataset, count: int | None) -> Dataset:
@@ -43,7 +43,9 @@ def with_train_subset(dataset: Dataset, count: int | None) -> Dataset:
     normalisation statistics are recomputed on the subset, as training on it would see them."""
     if not count or count >= len(dataset.train.labels):
         return dataset
-    return make_dataset(dataset.name, sample(dataset.train, count), dataset.test, dataset.classes)
+    subset = make_dataset(dataset.name, sample(dataset.train, count), dataset.test, dataset.classes)
+    subset.source_info = dataset.source_info
+    return subset
 
 
 def dataset_info(dataset: Dataset) -> dict:
@@ -60,7 +62,9 @@ def dataset_info(dataset: Dataset) -> dict:
         "height": int(height),
         "width": int(width),
         "image_size": int(height) if height == width else None,
-        "input_shape": [int(channels), int(height), int(width)],
+        "input_shape": [int(channels), dataset.train.input_size, dataset.train.input_size]
+        if dataset.train.crop else [int(channels), int(height), int(width)],
+        **dataset.source_info,
         "train_count": len(dataset.train),
         "test_count": len(dataset.test),
         "train_counts": dict(zip(dataset.classes, train_counts, strict=True)),
@@ -121,18 +125,18 @@ def _resolve(data_dir: Path, path: str | None) -> Path | None:
 
 
 def _load_cifar10(data_dir: Path, path: str | None, download: bool, cache_dir: Path | None,
-                  max_decoded: int | None = None) -> Dataset:
+                  max_decoded: int | None = None, image_size: int | None = None) -> Dataset:
     from clrcore.image_tree import load_image_tree  # imported here: it loads PIL, which few sets need
 
     archive = _resolve(data_dir, path) or Path(data_dir) / CIFAR10_ARCHIVE
     if path is not None or archive.exists():
         return load_image_tree(archive, name="cifar10", classes=list(catalog.CIFAR10_CLASSES),
-                               cache_dir=cache_dir, max_decoded_bytes=max_decoded)
+                               cache_dir=cache_dir, max_decoded_bytes=max_decoded, image_size=image_size)
     return _load_torchvision("cifar10", Path(data_dir), download, f", or put {CIFAR10_ARCHIVE} in {data_dir}")
 
 
 def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None,
-                      max_decoded: int | None = None) -> Dataset:
+                      max_decoded: int | None = None, image_size: int | None = None) -> Dataset:
     from clrcore.image_tree import load_image_tree
 
     if path is None:
@@ -140,7 +144,7 @@ def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None,
     root = _resolve(data_dir, path)
     if root is None:
         raise DatasetError("imagefolder", "needs dataset_path (a directory or archive)")
-    return load_image_tree(root, cache_dir=cache_dir, max_decoded_bytes=max_decoded)
+    return load_image_tree(root, cache_dir=cache_dir, max_decoded_bytes=max_decoded, image_size=image_size)
 
 
 def load_digits_dataset() -> Dataset:
@@ -221,8 +225,12 @@ def load_dataset(
     download: bool = False,
     cache_dir: Path | None = None,
     max_decoded_bytes: int | None = None,
+    image_size: int | None = None,
 ) -> Dataset:
     """Load a catalog dataset as uint8 NCHW arrays with int64 labels and train-set statistics.
+
+    `image_size` trains at that side: image trees are decoded to it (see `image_tree.load_image_tree`),
+    in-memory sets are resized to it (`transforms.resize_dataset`); None keeps a uniform set's own size.
 
     `path` (relative to `data_dir`, or absolute) names the tree or archive for `imagefolder`, or the
     JPEG archive for `cifar10`. Decoded images are cached under `cache_dir` (default data_dir/.cache).
@@ -233,7 +241,16 @@ def load_dataset(
         raise DatasetError(name, f"unknown dataset; known: {', '.join(dataset_names())}")
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / CACHE_DIR_NAME
-    dataset = LOADERS[name](data_dir, path, download, cache_dir, max_decoded_bytes)
+    if image_size is not None and name == "imagefolder":
+        dataset = _load_imagefolder(data_dir, path, cache_dir, max_decoded_bytes, image_size)
+    elif image_size is not None and name == "cifar10" and (path is not None or (data_dir / CIFAR10_ARCHIVE).exists()):
+        dataset = _load_cifar10(data_dir, path, download, cache_dir, max_decoded_bytes, image_size)
+    else:
+        dataset = LOADERS[name](data_dir, path, download, cache_dir, max_decoded_bytes)
+    if image_size is not None and dataset.train.input_size != image_size:
+        from clrcore.transforms import resize_dataset
+
+        dataset = resize_dataset(dataset, image_size)
     log.info("dataset %s: %d train, %d test, shape %s", name, len(dataset.train), len(dataset.test),
              tuple(dataset.train.images.shape[1:]))
     return dataset

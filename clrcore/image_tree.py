@@ -26,11 +26,13 @@ from PIL import Image, UnidentifiedImageError
 from clrcore.archives import ArchiveError, iter_image_members
 from clrcore.cache_names import cache_stem as _cache_stem
 from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats
+from clrcore.transforms import default_image_size, resize_shorter_and_centre_crop, size_distribution, stored_size
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-CACHE_FIELDS = {"train_images", "train_labels", "test_images", "test_labels", "classes", "mean", "std"}
+CACHE_VERSION = 2
+CACHE_FIELDS = {"train_images", "train_labels", "test_images", "test_labels", "classes", "mean", "std",
+                "source_sizes", "gray_converted", "crop"}
 DECODE_CHUNK = 2048
 PARALLEL_MIN_IMAGES = 2048  # below this a process pool costs more than it saves
 MAX_DECODED_BYTES = 4 * 2**30  # default; a worker passes CLR_MAX_DECODED_BYTES, sized to its memory
@@ -42,7 +44,19 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 # Image decoding (runs in worker processes for big sets)
 
 
-def _decode_one(where: str, data: bytes) -> np.ndarray:
+# Mixed-size photos are shrunk while decoding so a tree of 12-megapixel photos never sits in memory at
+# full size; the final resize to the training size happens once the size distribution is known.
+KEEP_SHORTER_SIDE = stored_size(224)
+
+
+def _shrink(image: Image.Image, keep: int) -> Image.Image:
+    if min(image.size) <= keep:
+        return image
+    return resize_shorter_and_centre_crop(image, keep) if keep else image
+
+
+def _decode_one(where: str, data: bytes, keep: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+    """HxW or HxWx3 uint8 and the image's own (width, height); larger ones shrunk to `keep` if given."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size  # read from the header: refuse a decompression bomb before decoding
@@ -50,18 +64,17 @@ def _decode_one(where: str, data: bytes) -> np.ndarray:
                 raise DatasetError("imagefolder", f"{where}: {width}x{height} is over the "
                                    f"{MAX_IMAGE_PIXELS}-pixel limit for one image")
             image.load()
-            if image.mode in GRAY_MODES:
-                return np.asarray(image.convert("L"))
-            return np.asarray(image.convert("RGB"))
+            converted = image.convert("L" if image.mode in GRAY_MODES else "RGB")
+            return np.asarray(_shrink(converted, keep)), (width, height)
     except UnidentifiedImageError:
         raise DatasetError("imagefolder", f"{where}: not a readable image (unknown format)") from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data in a known format
         raise DatasetError("imagefolder", f"{where}: not a readable image ({err})") from None
 
 
-def _decode_chunk(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
+def _decode_chunk(items: list[tuple[str, bytes]], keep: int = 0) -> list[tuple[np.ndarray, tuple[int, int]]]:
     """Decode one chunk to HxW (grayscale) or HxWx3 arrays; module-level so worker processes can run it."""
-    return [_decode_one(where, data) for where, data in items]
+    return [_decode_one(where, data, keep) for where, data in items]
 
 
 def decode_workers(workers: int | None) -> int:
@@ -88,18 +101,19 @@ def _decode_pool(workers: int) -> Executor | None:
 # imagefolder: a tree or archive laid out split/class/image
 
 
-def _read_tree(name: str, path: Path, workers: int | None,
+def _read_tree(name: str, path: Path, workers: int | None, keep: int = 0,
                max_decoded_bytes: int = MAX_DECODED_BYTES) -> dict[str, dict[str, list[list]]]:
     """Read every member, decoding in chunks (in worker processes for big sets) while reading goes on.
 
-    Returns {split: {class: [[file name, HxW or HxWx3 uint8 array], ...]}}. Decoded bytes are
+    Returns {split: {class: [[file name, HxW or HxWx3 uint8 array, (width, height)], ...]}}. Images
+    with a shorter side over `keep` (when not 0) are shrunk to it while decoding. Decoded bytes are
     counted as chunks finish, so an archive that would not fit in memory fails early.
     """
     workers = decode_workers(workers)
     tree: dict[str, dict[str, list[list]]] = {}
     pending: list[tuple[str, bytes]] = []
     slots: list[list] = []
-    chunks: list[tuple[Future | list[np.ndarray], list[list]]] = []
+    chunks: list[tuple[Future | list[tuple[np.ndarray, tuple[int, int]]], list[list]]] = []
     pool: Executor | None = None
     pool_tried = False
     decoded = 0
@@ -111,8 +125,8 @@ def _read_tree(name: str, path: Path, workers: int | None,
         while len(chunks) > keep:
             result, entries = chunks.pop(0)
             arrays = result.result() if isinstance(result, Future) else result
-            for entry, array in zip(entries, arrays, strict=True):
-                entry[1] = array
+            for entry, (array, source_size) in zip(entries, arrays, strict=True):
+                entry[1], entry[2] = array, source_size
                 decoded += array.nbytes
             if decoded > max_decoded_bytes:
                 raise DatasetError(name, f"more than {max_decoded_bytes} bytes of decoded images "
@@ -125,23 +139,23 @@ def _read_tree(name: str, path: Path, workers: int | None,
         submitted += len(pending)
         if not pool_tried and submitted >= PARALLEL_MIN_IMAGES:
             pool, pool_tried = _decode_pool(workers), True
-        result: Future | list[np.ndarray] | None = None
+        result: Future | list[tuple[np.ndarray, tuple[int, int]]] | None = None
         if pool is not None:
             try:
-                result = pool.submit(_decode_chunk, pending)
+                result = pool.submit(_decode_chunk, pending, keep)
             except (OSError, RuntimeError, AssertionError) as err:  # the pool could not start workers
                 log.warning("decoding in-process: worker pool failed (%s)", err)
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = None
         if result is None:
-            result = _decode_chunk(pending)
+            result = _decode_chunk(pending, keep)
         chunks.append((result, slots))
         pending, slots = [], []
         collect(keep=2 * workers if pool is not None else 0)
 
     try:
         for split, cls, file_name, data in iter_image_members(path):
-            entry = [file_name, None]
+            entry = [file_name, None, None]
             tree.setdefault(split, {}).setdefault(cls, []).append(entry)
             pending.append((f"{split}/{cls}/{file_name}", data))
             slots.append(entry)
@@ -174,7 +188,7 @@ def _stack_split(name: str, path: Path, split_name: str, by_class: dict, classes
                  size: tuple[int, int], gray: bool) -> Split:
     index = {c: i for i, c in enumerate(classes)}
     entries = [(cls, file_name, array) for cls in sorted(by_class, key=index.__getitem__)
-               for file_name, array in sorted(by_class[cls], key=lambda entry: entry[0])]
+               for file_name, array, _ in sorted(by_class[cls], key=lambda entry: entry[0])]
     images = np.empty((len(entries), 1 if gray else 3, *size), dtype=np.uint8)
     labels = np.empty(len(entries), dtype=np.int64)
     for i, (cls, file_name, array) in enumerate(entries):
@@ -187,9 +201,28 @@ def _stack_split(name: str, path: Path, split_name: str, by_class: dict, classes
     return Split(images, labels)
 
 
+def _fit_sizes(tree: dict, image_size: int | None) -> int | None:
+    """Resize every image to the stored square for training at `image_size` (or a size fitted to the
+    data) when the sizes are mixed or a size was asked for; None (nothing done) for a uniform set
+    trained at its own size. Returns the training (crop) size."""
+    entries = [entry for split in tree.values() for by_class in split.values() for entry in by_class]
+    sizes = {entry[2] for entry in entries}
+    if image_size is None and len(sizes) == 1:
+        return None
+    crop = image_size or default_image_size([entry[2] for entry in entries])
+    side = stored_size(crop)
+    for entry in entries:
+        array = entry[1]
+        if array.shape[:2] != (side, side):
+            image = Image.fromarray(array)
+            entry[1] = np.asarray(resize_shorter_and_centre_crop(image, side))
+    return crop
+
+
 def _imagefolder_arrays(name: str, path: Path, classes: list[str] | None, workers: int | None,
-                        max_decoded_bytes: int = MAX_DECODED_BYTES) -> dict:
-    tree = _read_tree(name, path, workers, max_decoded_bytes)
+                        image_size: int | None = None, max_decoded_bytes: int = MAX_DECODED_BYTES) -> dict:
+    keep = stored_size(image_size) if image_size else KEEP_SHORTER_SIDE
+    tree = _read_tree(name, path, workers, keep, max_decoded_bytes)
     train, test = _pick_splits(name, path, tree)
     if classes is None:
         classes = sorted(train)
@@ -203,8 +236,12 @@ def _imagefolder_arrays(name: str, path: Path, classes: list[str] | None, worker
     extra = [c for c in test if c not in classes]
     if extra:
         raise DatasetError(name, f"{path.name}: class {extra[0]!r} is in the test split but not in train")
-    gray = all(a.ndim == 2 for split in (train, test) for entries in split.values() for _, a in entries)
-    first = next(a for entries in train.values() for _, a in entries)
+    source_sizes = [e[2] for split in (train, test) for entries in split.values() for e in entries]
+    # sizes of the files themselves (before any shrinking while decoding) decide uniform or mixed
+    crop = _fit_sizes({"train": train, "test": test}, image_size)
+    arrays_2d = [e[1].ndim == 2 for split in (train, test) for entries in split.values() for e in entries]
+    gray = all(arrays_2d)
+    first = next(e[1] for entries in train.values() for e in entries)
     size = first.shape[:2]
     train_split = _stack_split(name, path, "train", train, classes, size, gray)
     test_split = _stack_split(name, path, "test", test, classes, size, gray)
@@ -212,6 +249,10 @@ def _imagefolder_arrays(name: str, path: Path, classes: list[str] | None, worker
         "train_images": train_split.images, "train_labels": train_split.labels,
         "test_images": test_split.images, "test_labels": test_split.labels,
         "classes": np.asarray(classes),
+        "source_sizes": np.asarray(source_sizes, dtype=np.int32).reshape(-1, 2),
+        # grayscale images stacked into an RGB set (their one channel repeated three times)
+        "gray_converted": np.asarray(0 if gray else sum(arrays_2d)),
+        "crop": np.asarray(crop or 0),
     }
 
 
@@ -219,7 +260,7 @@ def _imagefolder_arrays(name: str, path: Path, classes: list[str] | None, worker
 # Decode cache
 
 
-def cache_key(name: str, path: Path) -> str:
+def cache_key(name: str, path: Path, image_size: int | None = None) -> str:
     """sha256 of the source's identity (path, size, mtime; every file's for a directory), not its bytes.
 
     Hashing 20 MB of archive on every load would cost more than reading the cache.
@@ -232,14 +273,15 @@ def cache_key(name: str, path: Path) -> str:
     else:
         info = path.stat()
         stats = [(info.st_size, info.st_mtime_ns)]
-    identity = json.dumps([CACHE_VERSION, name, str(path), stats])
+    identity = json.dumps([CACHE_VERSION, name, str(path), stats, image_size])
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
 def _prune_cache(current: Path) -> None:
+    """Remove older caches of the same source at the same training size (other sizes stay useful)."""
     stem = current.name.rsplit("-", 1)[0]
     for old in current.parent.glob(f"{stem}-*.npz"):
-        if old != current:
+        if old != current and old.name.rsplit("-", 1)[0] == stem:
             old.unlink(missing_ok=True)
             log.info("removed stale decode cache %s", old.name)
 
@@ -282,12 +324,16 @@ def load_image_tree(
     classes: list[str] | None = None,
     cache_dir: Path | None = None,
     workers: int | None = None,
+    image_size: int | None = None,
     max_decoded_bytes: int | None = None,
 ) -> Dataset:
     """Load a directory or archive laid out split/class/image (train plus test or val), cached.
 
     `classes` fixes the label order (and requires exactly those classes); by default it is the sorted
     folder names. `workers` is the number of decode processes (default: CPU count, at most 8).
+    Mixed sizes (or any `image_size`) are stored as squares of `transforms.stored_size(size)` and the
+    splits carry `crop=size`: the loaders cut the training size from them (see transforms.py).
+    Grayscale files in a colour set become RGB; `Dataset.source_info` counts them and reports sizes.
     `max_decoded_bytes` (default `MAX_DECODED_BYTES`) refuses a tree whose pixels would not fit.
     """
     path = Path(path)
@@ -296,24 +342,30 @@ def load_image_tree(
     cache_file = None
     arrays = None
     if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"{_cache_stem(name, path)}-{cache_key(name, path)[:24]}.npz"
+        stem = _cache_stem(name, path) + (f"-{image_size}px" if image_size else "")
+        cache_file = Path(cache_dir) / f"{stem}-{cache_key(name, path, image_size)[:24]}.npz"
         arrays = _read_cache(cache_file)
         if arrays is not None and not arrays.keys() >= CACHE_FIELDS:
             log.warning("ignoring incomplete decode cache %s", cache_file)
             arrays = None
     if arrays is None:
-        arrays = _imagefolder_arrays(name, path, classes, workers,
+        arrays = _imagefolder_arrays(name, path, classes, workers, image_size,
                                      MAX_DECODED_BYTES if max_decoded_bytes is None else max_decoded_bytes)
         arrays.update(zip(("mean", "std"), map(np.asarray, channel_stats(arrays["train_images"])),
                           strict=True))
         if cache_file is not None:
             _write_cache(cache_file, arrays)
             _prune_cache(cache_file)
+    crop = int(arrays["crop"]) or None
+    sizes = [(int(w), int(h)) for w, h in arrays["source_sizes"]]
     return Dataset(
         name,
-        Split(arrays["train_images"], arrays["train_labels"]),
-        Split(arrays["test_images"], arrays["test_labels"]),
+        Split(arrays["train_images"], arrays["train_labels"], crop),
+        Split(arrays["test_images"], arrays["test_labels"], crop),
         [str(c) for c in arrays["classes"]],
         tuple(float(m) for m in arrays["mean"]),
         tuple(float(s) for s in arrays["std"]),
+        source_info={"sizes": size_distribution(sizes), "grayscale_converted_to_rgb": int(arrays["gray_converted"]),
+                     "training_size": crop or int(arrays["train_images"].shape[-1]),
+                     "stored_size": int(arrays["train_images"].shape[-1])},
     )

@@ -336,8 +336,14 @@ def make_loader(split: Split, batch_size: int, *, device: torch.device | str, me
                   pixel_mean=pixel_mean, flip_mode=flip_mode)
     size = split_bytes(split)
     if budget is None or size <= budget:
-        return DeviceLoader(split, batch_size, **common)
-    log.info("split of %.1f MB over the %.1f MB device budget: loading from the host with %d workers",
-             size / 2**20, budget / 2**20, num_workers)
-    return HostLoader(split, batch_size, num_workers=num_workers, **common)
+        loader: DeviceLoader | HostLoader = DeviceLoader(split, batch_size, **common)
+    else:
+        log.info("split of %.1f MB over the %.1f MB device budget: loading from the host with %d workers",
+                 size / 2**20, budget / 2**20, num_workers)
+        loader = HostLoader(split, batch_size, num_workers=num_workers, **common)
+    if split.crop:  # stored squares of a resized dataset: cut the training size per batch
+        from clrcore.transforms import CroppedLoader
+
+        return CroppedLoader(loader, split.crop, train=train)  # type: ignore[return-value]
+    return loader
 

@@ -38,6 +38,8 @@ class RangeTestChoice:
     low_confidence: bool
     warnings: list[str]
     restored: bool
+    # a fine-tuned model's bounds per layer group (`finetune.group_bounds`); None for other models
+    group_bounds: list[dict[str, Any]] | None = None
 
     @property
     def base_lr(self) -> float | None:
@@ -78,6 +80,7 @@ class RangeTestChoice:
             "warnings": self.warnings,
             "steps": self.steps,
             "restored": self.restored,
+            **({} if self.group_bounds is None else {"group_bounds": self.group_bounds}),
         })
 
     @classmethod
@@ -94,6 +97,7 @@ class RangeTestChoice:
             low_confidence=bool(data.get("low_confidence", True)),
             warnings=list(data.get("warnings", [])),
             restored=bool(data.get("restored", True)),
+            group_bounds=data.get("group_bounds"),
         )
 
     def lr_info(self) -> dict[str, Any]:

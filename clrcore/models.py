@@ -12,6 +12,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from clrcore import catalog
+
 # ---------------------------------------------------------------------------------------------
 # minigooglenet: the Keras CLR blog's network (conv modules with BN + ReLU, inception and
 # downsample modules), kept layer for layer; only its fixed 7x7 average pool became adaptive.
@@ -237,6 +239,29 @@ class TinyCNN(nn.Sequential):
 
 
 # ---------------------------------------------------------------------------------------------
+# small_cnn: LeNet-sized (about 100k parameters), for small images on a CPU. tiny_cnn's two convs then
+# a global average pool cannot see where strokes are; three conv-BN-ReLU stages with pooling and a
+# head on a 2x2 grid of features can, at a few times tiny_cnn's work per image.
+
+
+class SmallCNN(nn.Sequential):
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        def stage(channels_in: int, channels_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(channels_out), nn.ReLU(inplace=True)]
+
+        super().__init__(
+            *stage(in_channels, 32), nn.MaxPool2d(2),
+            *stage(32, 64), nn.MaxPool2d(2),
+            *stage(64, 128),
+            nn.AdaptiveAvgPool2d(2),  # keeps coarse position (which quarter), unlike a global pool
+            nn.Flatten(),
+            nn.Dropout(0.25),
+            nn.Linear(128 * 4, num_classes),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # Registry
 
 Builder = Callable[[int, int], nn.Module]
@@ -244,6 +269,7 @@ Builder = Callable[[int, int], nn.Module]
 MODELS: dict[str, Builder] = {
     "minigooglenet": MiniGoogLeNet,
     "resnet_fast": ResNetFast,
+    "small_cnn": SmallCNN,
     "tiny_cnn": TinyCNN,
 }
 
@@ -256,15 +282,27 @@ def model_names() -> list[str]:
     return sorted(MODELS)
 
 
-def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """A freshly initialised model by catalog name; `image_size` is checked, the nets adapt to it."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
+                weights: str | None = None) -> nn.Module:
+    """A freshly initialised model by catalog name; `image_size` is checked, the nets adapt to it.
+
+    torchvision's architectures (catalog source "torchvision") are built by `zoo.build_zoo_model`,
+    from the cached torchvision `weights` if named.
+    """
+    zoo = catalog.MODELS.get(name) if name not in MODELS else None
+    if name not in MODELS and (zoo is None or zoo.source != "torchvision"):
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(catalog.model_names())}")
     if in_channels < 1 or num_classes < 2:
         raise ValueError(f"model {name!r}: needs in_channels >= 1 and num_classes >= 2")
-    minimum = MIN_IMAGE_SIZE_OF.get(name, MIN_IMAGE_SIZE)
+    minimum = zoo.min_image_size if zoo is not None else MIN_IMAGE_SIZE_OF.get(name, MIN_IMAGE_SIZE)
     if image_size and image_size < minimum:
         raise ValueError(f"model {name!r}: images of {image_size}px are below the {minimum}px minimum")
+    if zoo is not None:
+        from clrcore.zoo import build_zoo_model
+
+        return build_zoo_model(name, in_channels, num_classes, image_size or minimum, weights=weights)
+    if weights is not None:
+        raise ValueError(f"model {name!r}: has no torchvision weights")
     return MODELS[name](in_channels, num_classes)
 
 

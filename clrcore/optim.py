@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clrcore import finetune
 from clrcore.train_setup import TrainConfig
 
 
@@ -25,6 +26,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     own_group = scale != 1.0 or config.norm_shift_decay
     norm_shifts = {id(m.bias) for m in model.modules()
                    if own_group and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    finetune.thaw(model)  # a body frozen for fine-tuning still belongs in the optimizer
     trainable = [p for p in model.parameters() if p.requires_grad]
     lr = config.schedule.lr(0)
     groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
@@ -33,6 +35,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         shift_decay = config.weight_decay / scale if config.norm_shift_decay else 0.0  # same pull per step
         groups.append({"params": [p for p in trainable if id(p) in norm_shifts], "weight_decay": shift_decay,
                        "lr_scale": scale, "lr": lr * scale})
+    groups = finetune.scale_param_groups(model, groups, lr)  # fine-tuning's layer groups, head first
     impl = config.optimizer_impl
     if impl == "auto":
         impl = "fused" if config.device.type == "cuda" else "default"

@@ -8,6 +8,7 @@ is resumed, not redone: that is what makes a redelivered job cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clrcore import plots, reports
+from clrcore import finetune, plots, reports
 from clrcore.checkpoint import load_checkpoint
 from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
@@ -49,7 +50,7 @@ def _write_json(path: Path, data: Any) -> Path:
 
 def _load_data(spec: JobSpecBase, data_dir: Path, download: bool, max_decoded_bytes: int | None) -> Dataset:
     ds = load_dataset(spec.dataset, Path(data_dir), path=spec.dataset_path, download=download,
-                      max_decoded_bytes=max_decoded_bytes)
+                      max_decoded_bytes=max_decoded_bytes, image_size=spec.image_size)
     return with_train_subset(ds, spec.train_subset)
 
 
@@ -57,10 +58,16 @@ def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device) -> nn.Modu
     """A freshly seeded model, with its data-dependent initialisation done on training images drawn at
     random (image folders load class by class: the first few thousand would show one class)."""
     seed_everything(spec.seed)
-    _, channels, size, _ = ds.train.images.shape
-    model = build_model(spec.model, channels, len(ds.classes), size).to(device)
+    _, channels, _, _ = ds.train.images.shape
+    size = ds.train.input_size
+    tune = spec.finetune
+    model = build_model(spec.model, channels, len(ds.classes), size,
+                        weights=tune.weights if tune else None).to(device)
+    if tune is not None:
+        finetune.prepare(model, len(ds.classes), groups=tune.groups, body_lr_divisor=tune.body_lr_divisor,
+                         freeze_epochs=tune.freeze_epochs)
     if has_data_init(model):  # only then: 5,000 float images of a large-image dataset are not small
-        images = sample(ds.train, fit_image_count(size, ds.train.images.shape[3]), seed=spec.seed)
+        images = sample(ds.train, fit_image_count(*ds.train.images.shape[2:]), seed=spec.seed)
         fit_to_data(model, normalised_images(images, device=device, **normalization(ds, spec.normalize)))
     return model
 
@@ -94,9 +101,14 @@ def sweep_speed(device: torch.device, model: nn.Module) -> dict[str, Any]:
 
 def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
            device: torch.device, hooks: Hooks, label_smoothing: float = 0.0) -> RangeTestResult:
-    """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data."""
+    """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data.
+
+    A fine-tuned model is swept as its first epoch trains (body frozen if it starts frozen); the ladder
+    is the head's LR, the other layer groups keep their ratios to it.
+    """
     speed = sweep_speed(device, model)
     optimizer = build_optimizer(model, _sweep_config(spec, options, device))
+    finetune.set_frozen(model, 0)
     inputs = normalization(ds, spec.normalize)  # the sweep must see the inputs training will see
     batches = make_loader(ds.train, spec.batch_size, device=device, **inputs, train=True,
                           translate=spec.augment.translate, flip=spec.augment.flip,
@@ -137,9 +149,15 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
 
 
 def _save_sweep(result: RangeTestResult, out_dir: Path, iters_per_epoch: int,
-                epochs_hint: int | None) -> RangeTestChoice:
-    """Write range_test.json, the per-batch CSV log and the plot; return the sweep's choice."""
+                epochs_hint: int | None, model: nn.Module | None = None) -> RangeTestChoice:
+    """Write range_test.json, the per-batch CSV log and the plot; return the sweep's choice.
+
+    For a fine-tuned `model` the choice adds each layer group's bounds (the head's times its scale).
+    """
     choice = RangeTestChoice.from_result(result, iters_per_epoch=iters_per_epoch, epochs_hint=epochs_hint)
+    rec = choice.recommendation
+    if rec is not None and model is not None and finetune.layer_groups(model):
+        choice = dataclasses.replace(choice, group_bounds=finetune.group_bounds(model, rec.base_lr, rec.max_lr))
     write_range_test(out_dir / RANGE_TEST, result, choice)
     result.save_log(out_dir / "range_test_log.csv")
     lrs, smoothed = result.curve()
@@ -180,7 +198,7 @@ def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, d
     """Run the sweep and write its artifacts; a sweep cut short by a stop request raises StopRequested."""
     result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing)
     check_may_write(hooks.may_write, "range test result")
-    choice = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint)
+    choice = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint, model)
     if result.stop_reason == "stopped" and _stopped(hooks):  # the partial curve stays in the run folder
         raise StopRequested("stopped during the range test")
     return choice
@@ -328,6 +346,7 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
         "seconds": round(time.perf_counter() - started, 3),
         "device": str(device),
         "classes": ds.classes,
+        **({"group_bounds": finetune.group_bounds(model, base_lr, max_lr)} if finetune.layer_groups(model) else {}),
     }
 
 

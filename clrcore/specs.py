@@ -63,6 +63,21 @@ class AugmentSpec(StrictModel):
     )
 
 
+class FinetuneSpec(StrictModel):
+    """Fine-tuning (fastai's recipe): a fresh head, the body frozen at first, discriminative LRs."""
+
+    weights: str | None = Field(
+        None, description="starting weights: a torchvision enum the worker has cached "
+        "(e.g. 'ResNet18_Weights.IMAGENET1K_V1'); None starts from scratch",
+    )
+    freeze_epochs: int = Field(1, ge=0, le=10_000, description="epochs that train the head only")
+    groups: int = Field(3, ge=1, le=16, description="layer groups, the head being the last")
+    body_lr_divisor: float = Field(
+        100.0, ge=1, le=1e6, description="the first body group's LR is the head's divided by this; the "
+        "groups between are spread log-linearly (fastai's slice(lr / divisor, lr))",
+    )
+
+
 class JobSpecBase(StrictModel):
     """Fields every job shares: what to train and how to feed it."""
 
@@ -71,7 +86,17 @@ class JobSpecBase(StrictModel):
         None, description="imagefolder only: directory or archive, relative to the data directory"
     )
     model: str = "tiny_cnn"
+    image_size: int | None = Field(
+        None, ge=8, le=1024,
+        description="train at this square side (e.g. 64, 128, 224): training takes random-resized crops "
+        "and flips, evaluation resizes then centre-crops; None keeps a uniform dataset's own size and "
+        "fits mixed sizes to the data (median shorter side, 32..224)",
+    )
     batch_size: int = Field(128, ge=1, le=8192)
+    finetune: FinetuneSpec | None = Field(
+        None, description="fine-tune: new head, frozen body for some epochs, per-group LRs; the LR "
+        "bounds (and the range test's sweep) are the head's",
+    )
     optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec.model_validate({}))
     augment: AugmentSpec = Field(default_factory=lambda: AugmentSpec.model_validate({}))
     train_subset: int | None = Field(
@@ -99,6 +124,25 @@ class JobSpecBase(StrictModel):
     def _known_model(cls, value: str) -> str:
         if value not in catalog.MODELS:
             raise ValueError(f"unknown model {value!r}; known: {', '.join(catalog.model_names())}")
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _fits_the_model(cls, value: int | None, info: ValidationInfo) -> int | None:
+        model = catalog.MODELS.get(info.data.get("model") or "")
+        if value is not None and model is not None and value < model.min_image_size:
+            raise ValueError(f"model {model.name!r} needs images of at least {model.min_image_size}px")
+        return value
+
+    @field_validator("finetune")
+    @classmethod
+    def _weights_fit_the_model(cls, value: FinetuneSpec | None, info: ValidationInfo) -> FinetuneSpec | None:
+        model = catalog.MODELS.get(info.data.get("model") or "")
+        if value is not None and value.weights is not None and model is not None \
+                and value.weights not in model.pretrained:
+            known = ", ".join(model.pretrained) or "none"
+            raise ValueError(f"weights {value.weights!r} are not torchvision weights for {model.name!r} "
+                             f"(known: {known})")
         return value
 
     @field_validator("dataset_path")

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clrcore import compile_cache
+from clrcore import compile_cache, finetune
 from clrcore.checkpoint import capture_rng_state, plain
 from clrcore.evaluation import Prediction, evaluate
 from clrcore.hooks import Hooks, Progress, StopRequested, TrainingDiverged
@@ -318,6 +318,7 @@ def train(
         warming = epoch == start_epoch  # this process's first steps: compile and/or cuDNN autotuning
         started = time.perf_counter()
         net.train()
+        finetune.set_frozen(net, epoch)
         train_loader.set_epoch(epoch)
         if lookahead is not None:
             lookahead.start_epoch(epoch * steps)

@@ -76,6 +76,8 @@ class ArchiveSummary:
     channels: int
     formats: set[str] = field(default_factory=set)
     cache_bytes: int = 0  # the worker's decode cache of this archive (uncompressed arrays): quota counts it
+    sizes: dict = field(default_factory=dict)  # transforms.size_distribution of the files
+    grayscale_converted: int = 0  # grayscale files the loader will make RGB (a set of both modes)
 
 
 _COMMIT_LUA = """
@@ -248,4 +250,5 @@ def _record(dataset_id: str, owner: str, name: str, path: str, ext: str, size: i
         "classes": summary.classes, "held_out_split": summary.held_out, "counts": summary.counts,
         "width": summary.width, "height": summary.height, "channels": summary.channels,
         "image_formats": sorted(summary.formats), "cache_bytes": summary.cache_bytes,
+        "sizes": summary.sizes, "grayscale_converted_to_rgb": summary.grayscale_converted,
     }

@@ -5,7 +5,7 @@ every member has been checked: the body streams into a temp file (never into mem
 the moment it passes the size limit or the key's remaining quota; then each member goes through
 `clrcore.archives` (no `..`, absolute paths, links or device files) and PIL (a known image format
 that decodes fully); then the layout is checked the way the loader will read it (train plus test or
-val, at least two classes, the same classes in both, one image size). Only then is the archive
+val, at least two classes, the same classes in both; mixed sizes are fine). Only then is the archive
 renamed into place and recorded. A refusal is an `UploadRefused` naming the problem and the member.
 
 The records (and where archives live) are `jobs.datasets`, which the workers read too. The image
@@ -30,6 +30,7 @@ from clrcore.capped_reader import ReadStopped, over_ratio
 from clrcore.dataset_paths import dataset_path_problem
 from clrcore.image_tree import GRAY_MODES, MAX_DECODED_BYTES, MAX_IMAGE_PIXELS
 from clrcore.specs import UPLOADED_DATASET, RangeTestSpec, TrainSpec
+from clrcore.transforms import default_image_size, size_distribution, stored_size
 from jobs.datasets import UPLOADS_DIR, ArchiveSummary, DatasetStore
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -156,9 +157,8 @@ def inspect_archive(path: Path, *, max_files: int, max_decoded_bytes: int = MAX_
     ends it with `ReadStopped` at the next read.
     """
     counts: dict[str, dict[str, int]] = {}
-    size: tuple[int, int] | None = None
-    first_where = ""
-    gray = True
+    sizes: list[tuple[int, int]] = []
+    gray_count = 0
     decoded = 0
     pixels = 0
     formats: set[str] = set()
@@ -167,12 +167,8 @@ def inspect_archive(path: Path, *, max_files: int, max_decoded_bytes: int = MAX_
                                                               stop=stop):
             where = f"{split}/{cls}/{file_name}"
             image_size, is_gray, fmt = _inspect_image(where, data, max_ratio)
-            if size is None:
-                size, first_where = image_size, where
-            elif image_size != size:
-                raise UploadRefused(422, "mixed_image_sizes", f"{where} is {image_size[0]}x{image_size[1]}, "
-                                    f"{first_where} is {size[0]}x{size[1]}; all images must be one size")
-            gray = gray and is_gray
+            sizes.append(image_size)  # mixed sizes are fine: the loader resizes (clrcore/transforms.py)
+            gray_count += is_gray
             pixels += image_size[0] * image_size[1]
             decoded += image_size[0] * image_size[1] * (1 if is_gray else 3)
             if decoded > max_decoded_bytes:
@@ -188,12 +184,20 @@ def inspect_archive(path: Path, *, max_files: int, max_decoded_bytes: int = MAX_
     except Exception as err:  # zipfile and zlib raise NotImplementedError, RuntimeError, zlib.error, ...
         log.info("unreadable archive %s: %r", path.name, err)
         raise UploadRefused(422, "bad_archive", f"unreadable archive ({type(err).__name__}: {err})") from None
-    classes, held_out = _check_layout(counts)
-    assert size is not None  # _check_layout refuses an archive without images
-    images = sum(n for by_class in counts.values() for n in by_class.values())
-    cache_bytes = pixels * (1 if gray else 3) + 8 * images  # uint8 pixels plus int64 labels, as cached
-    return ArchiveSummary(classes=classes, held_out=held_out, counts=counts, width=size[0], height=size[1],
-                          channels=1 if gray else 3, formats=formats, cache_bytes=cache_bytes)
+    classes, held_out = _check_layout(counts)  # refuses an archive without images
+    gray = gray_count == len(sizes)
+    channels = 1 if gray else 3
+    images = len(sizes)
+    if len(set(sizes)) == 1:
+        width, height = sizes[0]
+        cached_pixels = pixels  # a uniform set is cached at its own size (at most, see image_tree)
+    else:  # the size jobs train at unless their spec sets image_size; cached as stored squares
+        width = height = default_image_size(sizes)
+        cached_pixels = images * stored_size(width) ** 2
+    cache_bytes = cached_pixels * channels + 8 * images  # uint8 pixels plus int64 labels, as cached
+    return ArchiveSummary(classes=classes, held_out=held_out, counts=counts, width=width, height=height,
+                          channels=channels, formats=formats, cache_bytes=cache_bytes,
+                          sizes=size_distribution(sizes), grayscale_converted=0 if gray else gray_count)
 
 
 def _check_layout(counts: dict[str, dict[str, int]]) -> tuple[list[str], str]:

@@ -23,6 +23,10 @@ class ModelOut(BaseModel):
     description: str
     params_note: str
     tags: list[str]
+    parameters: int = Field(description="parameter count at 3 input channels and 10 classes")
+    min_image_size: int = Field(description="smallest square image side (px) it trains at sensibly")
+    source: str = Field(description="clrcore (built here) or torchvision (by name, from scratch by default)")
+    pretrained: list[str] = Field(description="torchvision weights enums a worker may have cached")
 
 
 class ModelList(BaseModel):

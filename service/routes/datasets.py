@@ -84,6 +84,10 @@ class UploadedDataset(BaseModel):
     channels: int
     image_size: int | None = Field(description="the side of square images; null otherwise")
     input_shape: list[int] = Field(description="C, H, W")
+    sizes: dict[str, Any] = Field(
+        default_factory=dict, description="the files' size distribution: distinct sizes, the most common "
+        "with counts, min, max and aspect ratios; mixed sizes train at width x height unless a spec sets image_size")
+    grayscale_converted_to_rgb: int = Field(0, description="grayscale files made RGB to match the colour ones")
     links: dict[str, str]
 
 
@@ -102,6 +106,8 @@ def dataset_out(record: dict) -> dict:
         "num_classes": len(record["classes"]),
         "image_size": width if width == height else None,
         "input_shape": [channels, height, width],
+        "sizes": record.get("sizes", {}),  # absent from records written before mixed sizes were accepted
+        "grayscale_converted_to_rgb": record.get("grayscale_converted_to_rgb", 0),
         "links": {"self": f"/v1/datasets/{record['id']}"},
     }
 

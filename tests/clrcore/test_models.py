@@ -8,6 +8,8 @@ from torch import nn
 
 from clrcore import catalog
 from clrcore.models import (
+    MIN_IMAGE_SIZE,
+    MIN_IMAGE_SIZE_OF,
     MODELS,
     FixedScaleBatchNorm,
     PatchWhitening,
@@ -21,7 +23,7 @@ INPUTS = [(1, 16), (1, 28), (3, 32)]
 
 
 def test_registry_names_equal_catalog():
-    assert sorted(MODELS) == catalog.model_names()
+    assert sorted(MODELS) == catalog.model_names("clrcore")
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -112,6 +114,13 @@ def test_resnet_fast_takes_the_smallest_supported_image():
     assert model(torch.randn(2, 1, 10, 10)).shape == (2, 10)
     with pytest.raises(ValueError, match="below"):
         build_model("resnet_fast", 1, 10, 9)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_catalog_facts_match_the_built_model(name):
+    info = catalog.MODELS[name]
+    assert info.parameters == count_parameters(build_model(name, 3, 10, 32))
+    assert info.min_image_size == MIN_IMAGE_SIZE_OF.get(name, MIN_IMAGE_SIZE)
 
 
 def _float64_inverse_covariance(images: torch.Tensor, eps: float) -> torch.Tensor:

@@ -16,8 +16,14 @@ def test_datasets_list_classes_and_input_shapes(client: TestClient) -> None:
 
 
 def test_models_listed(client: TestClient) -> None:
-    names = [m["name"] for m in client.get("/v1/models", headers=ALICE).json()["items"]]
-    assert names == ["minigooglenet", "resnet_fast", "tiny_cnn"]
+    items = {m["name"]: m for m in client.get("/v1/models", headers=ALICE).json()["items"]}
+    assert {"minigooglenet", "resnet_fast", "small_cnn", "tiny_cnn"} <= set(items)
+    assert {"resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "regnet_y_400mf",
+            "vit_b_16"} <= set(items)
+    resnet18 = items["resnet18"]
+    assert resnet18["source"] == "torchvision" and resnet18["min_image_size"] == 32
+    assert 11e6 < resnet18["parameters"] < 11.3e6 and "ResNet18_Weights.IMAGENET1K_V1" in resnet18["pretrained"]
+    assert items["vit_b_16"]["min_image_size"] == 64 and items["tiny_cnn"]["source"] == "clrcore"
 
 
 def test_presets_listed_with_descriptions_and_fields(client: TestClient) -> None:

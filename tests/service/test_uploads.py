@@ -176,6 +176,18 @@ def test_grayscale_and_a_wrapper_folder_are_accepted(env: Env) -> None:
     assert (body["channels"], body["image_size"], body["classes"]) == (1, 12, ["cat", "dog"])
 
 
+def test_mixed_sizes_and_modes_are_accepted_with_their_distribution(env: Env) -> None:
+    tree = {**image_tree(), "train/cat/wide.png": png(5, size=40), "train/dog/gray.png": png(9, size=64, mode="L"),
+            "test/dog/1.png": png(7, size=40)}
+    response = env.upload(build_archive("zip", tree))
+    assert response.status_code == 201, response.text
+    shown = env.client.get(f"/v1/datasets/{response.json()['id']}", headers=env.me).json()
+    sizes = {(s["width"], s["height"]): s["count"] for s in shown["sizes"]["most_common"]}
+    assert sizes == {(8, 8): 8, (40, 40): 2, (64, 64): 1} and shown["sizes"]["distinct"] == 3
+    assert shown["grayscale_converted_to_rgb"] == 1 and shown["channels"] == 3
+    assert shown["input_shape"] == [3, 32, 32]  # the size mixed photos train at without a spec image_size
+
+
 def test_upload_is_exempt_from_the_json_body_limit(make_env) -> None:
     env = make_env(max_body_bytes=1024)
     archive = build_archive("zip", image_tree(per_class=10))
@@ -210,8 +222,6 @@ BAD = {  # name -> (archive kind, tree, extra members, expected problem)
                        "no_train_split"),
     "no_test_split": ("zip", {k: v for k, v in image_tree().items() if k.startswith("train/")}, (),
                       "no_test_split"),
-    "mixed_image_sizes": ("zip", {**image_tree(), "train/cat/big.png": png(5, size=16)}, (),
-                          "mixed_image_sizes"),
 }
 
 
