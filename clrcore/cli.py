@@ -74,9 +74,24 @@ def spec_from_args(args: argparse.Namespace, model: type[BaseModel]) -> Any:
         for part in parents:
             target = target.setdefault(part, {})
         target[leaf] = None if value == "none" else value
-    if model is TrainSpec and "dataset" not in data and "preset" not in data:
+    implicit = model is TrainSpec and "dataset" not in data and "preset" not in data
+    if implicit:
         data = {"preset": DEFAULT_PRESET, **data}  # tweaks of the embedded default, not of bare TrainSpec
-    return model.model_validate(data)
+    spec = model.model_validate(data)
+    if implicit and "epochs" in data and not {"step_size", "step_unit"} & data.keys():
+        # other epochs than the default's: its step would end the run mid-cycle, so the step is
+        # left to the fit to the epochs (runs._apply_recipe), as if the preset had not set it
+        spec.__pydantic_fields_set__ -= {"step_size", "step_unit"}
+    return spec
+
+
+def local_dataset_path(args: argparse.Namespace) -> None:
+    """A local command may read any file: an absolute --dataset-path becomes --data-dir (its folder)
+    plus its name, so the API's rule (relative to the data directory) does not reach the shell."""
+    path = getattr(args, "dataset_path", None)
+    if path and path != "none" and Path(path).expanduser().is_absolute():
+        full = Path(path).expanduser()
+        args.data_dir, args.dataset_path = str(full.parent), full.name
 
 
 def _flag_name(loc: tuple) -> str:
@@ -112,6 +127,7 @@ class _Bars:
 
 
 def _run(args: argparse.Namespace, model: type[BaseModel]) -> int:
+    local_dataset_path(args)
     try:
         spec = spec_from_args(args, model)
     except ValidationError as exc:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clrcore.suggest import Recommendation, recipe, recommend, suggest_lrs, warnings_for
+from clrcore.suggest import Recommendation, picks_from_reading, read_curve, recipe, recommend, warnings_for
 
 log = logging.getLogger(__name__)
 
@@ -384,20 +384,20 @@ def range_test(
 
     taken = [r for r in records if not r["skipped"]]
     lrs = [r["lr"] for r in taken]
-    smoothed = [r["smoothed"] for r in taken]
-    suggestions = suggest_lrs(lrs, smoothed, diverge_factor=diverge_factor)
+    losses = [r["loss"] for r in taken]  # raw: the rules smooth the finished curve themselves
+    reading = read_curve(lrs, losses, diverge_factor=diverge_factor)
+    suggestions = picks_from_reading(reading)
     try:
         rec: Recommendation | None = recommend(suggestions, policy)
     except ValueError:
         rec = None
     warnings = warnings_for(
-        lrs, smoothed, stop_reason=stop_reason, diverge_factor=diverge_factor, suggestions=suggestions
+        lrs, losses, stop_reason=stop_reason, diverge_factor=diverge_factor, suggestions=suggestions,
+        reading=reading,
     )
     skipped = len(records) - len(taken)
     if skipped:
         warnings.append(f"{skipped} steps skipped by AMP (inf gradients); the ladder waited for them")
-    if rec is None:
-        warnings.append("no recommendation: the curve has no minimum below its start")
     return RangeTestResult(
         log=records,
         val_log=val_log,

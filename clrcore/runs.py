@@ -22,6 +22,7 @@ from torch import nn
 
 from clrcore import plots, reports
 from clrcore.checkpoint import load_checkpoint
+from clrcore.cycle_fit import fit_cycles
 from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
 from clrcore.hooks import Hooks, Progress, StopRequested, check_may_write
@@ -30,7 +31,7 @@ from clrcore.models import build_model, fit_image_count, fit_to_data, has_data_i
 from clrcore.range_test import RangeTestResult, range_test
 from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_spec
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
-from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, Recommendation, recipe
+from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, recipe, safe_recommendation
 from clrcore.trainer import (
     TrainConfig,
     build_optimizer,
@@ -107,15 +108,16 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
         test = make_loader(ds.test, spec.batch_size, device=device, **inputs, train=False)
         val = [b for _, b in zip(range(options.val_batches), test, strict=False)]
     bf16 = device.type == "cuda" and spec.precision != "fp32"
+    num_iter = options.steps(steps_per_epoch(len(ds.train), spec.batch_size))
     emitted: dict[str, Any] = {"at": -math.inf, "pending": None}  # the first step always shows
 
     def on_step(record: dict[str, Any]) -> None:
         # "iteration" is already 1-based: the ladder position of this optimizer step
-        progress = Progress("range_test", 0, 0, record["iteration"], options.num_iter,
+        progress = Progress("range_test", 0, 0, record["iteration"], num_iter,
                             {"lr": record["lr"], "loss": record["loss"],
                              "smoothed_loss": record["smoothed"] or float("nan")})
         now = time.monotonic()
-        last_rung = record["iteration"] == options.num_iter and not record["skipped"]
+        last_rung = record["iteration"] == num_iter and not record["skipped"]
         if hooks.on_progress and (last_rung or now - emitted["at"] >= hooks.progress_interval):
             emitted["at"], emitted["pending"] = now, None
             hooks.on_progress(progress)
@@ -124,7 +126,7 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
 
     result = range_test(
         model, optimizer, nn.CrossEntropyLoss(label_smoothing=label_smoothing), batches,
-        start_lr=options.start_lr, end_lr=options.end_lr, num_iter=options.num_iter, mode=options.mode,
+        start_lr=options.start_lr, end_lr=options.end_lr, num_iter=num_iter, mode=options.mode,
         smooth=options.smooth, diverge_factor=options.diverge_factor, val_batches=val,
         val_every=options.val_every, accumulation_steps=options.accumulation_steps,
         autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
@@ -223,10 +225,14 @@ def _resolve_bounds(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torc
             summary = _sweep_and_save(spec, spec.range_test, spec.policy, ds, model, device, hooks, out_dir,
                                       epochs_hint=spec.epochs, label_smoothing=spec.label_smoothing)
         rec = summary["recommendation"]
-        if rec is None:
-            raise ValueError("range test found no usable LR (the loss never fell): "
-                             + "; ".join(summary["warnings"]))
-        info = {"source": "range_test", "rule": rec["rule"], "low_confidence": rec["low_confidence"],
+        source = "range_test"
+        if rec is None:  # no rule could pick: the documented safe recipe, not a failure or a bad LR
+            reason = next((w for w in summary["warnings"] if w.startswith("no suggestion")), "no suggestion")
+            rec = safe_recommendation(spec.optimizer.name, spec.policy, reason=reason,
+                                      div_factor=spec.div_factor).to_dict()
+            source = "safe_fallback"
+            log.warning("range test gave no pick; training with the safe fallback: %s", rec["rule"])
+        info = {"source": source, "rule": rec["rule"], "low_confidence": rec["low_confidence"],
                 "suggestions": summary["suggestions"], "warnings": summary["warnings"],
                 "recommendation": rec}
         max_lr = rec["max_lr"] if max_lr == "auto" else max_lr
@@ -239,30 +245,31 @@ def _resolve_bounds(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torc
 
 
 def _apply_recipe(spec: TrainSpec, lr_info: dict[str, Any], iters: int) -> tuple[TrainSpec, dict[str, Any]]:
-    """The spec with the range test's step size and epochs where the user left them to it.
+    """The spec with its step fitted to the epochs where the user left the step to us.
 
-    Only for max_lr 'auto' and the triangular family, and only for fields the request did not set
-    (a preset's values count as set, they arrive in the request data): the step size (step_size and
-    step_unit together) and the epochs. The recipe picks a step of 2-8 epochs and a whole number of
-    cycles, so the run ends on a cycle minimum. Returns the spec to train and every value the range
-    test supplied (the LR bounds included), for the summary.
+    For the triangular family, whenever the request set neither step_size nor step_unit (a preset's
+    values count as set, they arrive in the request data), with max_lr 'auto' or fixed alike: the
+    epochs (given or default) stay, and the step is chosen so they hold a whole number of cycles
+    (cycle_fit.py); when not one cycle with a step of at least an epoch fits, the run becomes
+    one_cycle. `fit` in the returned values says which. Returns the spec to train and every value the
+    range test or the fit supplied (the LR bounds included), for the summary.
     """
     rec = lr_info.get("recommendation")
-    if rec is None:
-        return spec, {}
-    taken: dict[str, Any] = {"max_lr": rec["max_lr"]} if spec.max_lr == "auto" else {}
-    if spec.base_lr in ("auto", None):
-        taken["base_lr"] = rec["base_lr"]
-    if spec.max_lr != "auto" or spec.policy not in TRIANGULAR_FAMILY:
+    taken: dict[str, Any] = {}
+    if rec is not None:
+        taken = {"max_lr": rec["max_lr"]} if spec.max_lr == "auto" else {}
+        if spec.base_lr in ("auto", None):
+            taken["base_lr"] = rec["base_lr"]
+    if spec.policy not in TRIANGULAR_FAMILY or spec.model_fields_set & {"step_size", "step_unit"}:
         return spec, taken
-    given = spec.model_fields_set
-    plan = recipe(Recommendation(**rec), iters_per_epoch=iters, epochs_hint=spec.epochs)
-    if not given & {"step_size", "step_unit"}:
-        taken |= {"step_size": plan["step_size"], "step_unit": plan["step_unit"]}
-        if "epochs" not in given:
-            taken["epochs"] = plan["epochs"]
-    schedule_fields = {k: v for k, v in taken.items() if k in ("step_size", "step_unit", "epochs")}
-    return (spec.model_copy(update=schedule_fields) if schedule_fields else spec), taken
+    # the step was left to us: fit it so the epochs (given or default) hold whole cycles
+    fit = fit_cycles(spec.epochs, iters, spec.policy)
+    if fit.step_iterations is None:
+        taken |= {"policy": "one_cycle", "fit": fit.note}  # one_cycle starts at max_lr/div_factor
+    else:
+        taken |= {"step_size": fit.step_iterations, "step_unit": "iterations", "fit": fit.note}
+    schedule_fields = {k: v for k, v in taken.items() if k in ("step_size", "step_unit", "policy")}
+    return spec.model_copy(update=schedule_fields), taken
 
 
 def _cycle_warnings(spec: TrainSpec, schedule: Schedule, iters: int) -> list[str]:

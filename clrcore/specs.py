@@ -115,9 +115,16 @@ class JobSpecBase(StrictModel):
 class RangeTestOptions(StrictModel):
     """How the LR sweep runs; used alone (range-test job) or inside a training job with max_lr='auto'."""
 
-    start_lr: PositiveLR = 1e-7
+    # 1e-5, not 1e-7: below it the loss of every catalog model stays flat, and those decades only
+    # thin out the sweep where the curve has shape (issue 12: seven of nine decades were flat)
+    start_lr: PositiveLR = 1e-5
     end_lr: PositiveLR = 10.0
     num_iter: int = Field(100, ge=5, le=100_000)
+    epochs: float | None = Field(
+        None, gt=0, le=100,
+        description="size the sweep in epochs of the training data instead of num_iter steps, so it "
+        "sees as much learning on a large dataset as on a small one (at least 5 steps)",
+    )
     mode: Literal["exp", "linear"] = "exp"
     smooth: float = Field(0.98, ge=0, lt=1, description="EMA beta of the smoothed loss")
     diverge_factor: float = Field(4.0, gt=1)
@@ -127,6 +134,12 @@ class RangeTestOptions(StrictModel):
     accumulation_steps: int = Field(
         1, ge=1, le=64, description="micro-batches per optimizer step; the sweep counts optimizer steps"
     )
+
+    def steps(self, iters_per_epoch: int) -> int:
+        """The sweep's length in optimizer steps: `epochs` of the data when given, else num_iter."""
+        if self.epochs is None:
+            return self.num_iter
+        return max(5, round(self.epochs * iters_per_epoch))
 
     @field_validator("end_lr")
     @classmethod
