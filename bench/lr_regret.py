@@ -63,25 +63,28 @@ class Task:
 
 
 SGD = {"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}
+FAST_SGD = {"name": "sgd", "momentum": 0.85, "nesterov": True, "weight_decay": 5e-4, "bn_bias_lr_scale": 64.0}
+ADAMW = {"name": "adamw", "momentum": 0.9, "weight_decay": 0.05}
+# Sized for 2 shared CPU cores (one process per task, one thread each): tiny subsets, 10-16 px, 2 epochs.
+# The sweep runs 2-6 epochs of the same data (90-135 steps) from 1e-4 (1e-6 for AdamW): five decades.
 TASKS_CPU = [
-    Task("digits_tiny_cnn", "digits", "tiny_cnn", SGD, 32, 3, {"start_lr": 1e-4, "end_lr": 10.0, "epochs": 3}),
-    Task("cifar_resnet_fast", "cifar", "resnet_fast",
-         {"name": "sgd", "momentum": 0.85, "nesterov": True, "weight_decay": 5e-4, "bn_bias_lr_scale": 64.0},
-         64, 2, {"start_lr": 1e-4, "end_lr": 10.0, "epochs": 3}, 2500, 2000),
-    Task("cifar_minigooglenet", "cifar", "minigooglenet", SGD, 64, 2,
-         {"start_lr": 1e-4, "end_lr": 10.0, "epochs": 3}, 2000, 2000),
-    Task("gray_cifar_tiny_cnn", "cifar_gray", "tiny_cnn", SGD, 64, 3,
-         {"start_lr": 1e-4, "end_lr": 10.0, "epochs": 3}, 5000, 2000),
-    Task("cifar_tiny_cnn_adamw", "cifar", "tiny_cnn", {"name": "adamw", "momentum": 0.9, "weight_decay": 0.05},
-         64, 3, {"start_lr": 1e-6, "end_lr": 1.0, "epochs": 3}, 5000, 2000),
+    Task("digits_tiny_cnn", "digits", "tiny_cnn", SGD, 32, 2, {"start_lr": 1e-4, "end_lr": 10.0, "epochs": 3}),
+    Task("cifar_resnet_fast", "cifar", "resnet_fast", FAST_SGD, 32, 2,
+         {"start_lr": 1e-4, "end_lr": 10.0, "epochs": 6}, 480, 1000, 10),
+    Task("cifar_minigooglenet", "cifar", "minigooglenet", SGD, 32, 2,
+         {"start_lr": 1e-4, "end_lr": 10.0, "epochs": 6}, 480, 1000, 8),
+    Task("gray_cifar_tiny_cnn", "cifar_gray", "tiny_cnn", SGD, 32, 2,
+         {"start_lr": 1e-4, "end_lr": 10.0, "epochs": 2}, 2000, 1000),
+    Task("cifar_tiny_cnn_adamw", "cifar", "tiny_cnn", ADAMW, 32, 2,
+         {"start_lr": 1e-6, "end_lr": 1.0, "epochs": 2}, 2000, 1000),
 ]
 
 
 def full_size(task: Task) -> Task:
     """The same task at full size for a GPU: 32x32, the whole splits, four times the epochs."""
-    return Task(task.name, task.data, task.model, task.optimizer, max(task.batch_size, 128), task.epochs * 4,
+    return Task(task.name, task.data, task.model, task.optimizer, max(task.batch_size, 128), task.epochs * 5,
                 {**task.sweep, "epochs": 2}, 50_000 if task.train_images else 0, 10_000 if task.test_images else 0,
-                32, task.extra)
+                32 if task.data != "digits" else 16, task.extra)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -92,10 +95,9 @@ def _shrink(split: Split, size: int, gray: bool) -> Split:
     images = split.images.astype(np.float32)
     if gray:
         images = (images * np.array([0.299, 0.587, 0.114], np.float32)[None, :, None, None]).sum(1, keepdims=True)
-    factor = images.shape[-1] // size
-    if factor > 1:
-        n, c, h, w = images.shape
-        images = images.reshape(n, c, h // factor, factor, w // factor, factor).mean((3, 5))
+    if images.shape[-1] != size:  # area-average resize (any size below 32)
+        t = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(images), size)
+        images = t.numpy()
     return Split(np.rint(images).clip(0, 255).astype(np.uint8), split.labels)
 
 
@@ -311,6 +313,22 @@ def run_task(task: Task, data: Dataset) -> dict[str, Any]:
     return res
 
 
+def run_in_parallel(tasks: list[Task], args: argparse.Namespace) -> None:
+    """Each task in its own process (logs in out/<task>.log); returns when all have finished."""
+    import subprocess
+    import sys
+
+    procs = []
+    for task in tasks:
+        cmd = [sys.executable, "-m", "bench.lr_regret", "--out", str(args.out), "--tasks", task.name]
+        cmd += ["--data", str(args.data)] if args.data else []
+        cmd += ["--full"] if args.full else []
+        with (args.out / f"{task.name}.log").open("w") as log:
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+    for proc in procs:
+        proc.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=None, help="cifar10-jpg.tar.gz")
@@ -318,22 +336,29 @@ def main() -> None:
     parser.add_argument("--full", "--gpu", action="store_true", help="full-size tasks (for a GPU)")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     parser.add_argument("--figures", type=Path, default=None, help="also write the PNGs here (docs/img)")
-    parser.add_argument("--reanalyse", action="store_true", help="re-read out/results.json, train nothing")
+    parser.add_argument("--parallel", action="store_true",
+                        help="one process per task (one thread each), then the analysis: on shared cores")
+    parser.add_argument("--reanalyse", action="store_true", help="re-read out/task_*.json, train nothing")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    if args.reanalyse:
-        results = json.loads((args.out / "results.json").read_text())["results"]
-    else:
-        tasks = [full_size(t) for t in TASKS_CPU] if args.full else TASKS_CPU
-        if args.tasks:
-            tasks = [t for t in tasks if t.name in args.tasks.split(",")]
+    tasks = [full_size(t) for t in TASKS_CPU] if args.full else TASKS_CPU
+    if args.tasks:
+        tasks = [t for t in tasks if t.name in args.tasks.split(",")]
+    if args.parallel:
+        run_in_parallel(tasks, args)
+    elif not args.reanalyse:
+        if not args.full:
+            torch.set_num_threads(1)
         archive = args.data.resolve() if args.data else None
         cache: dict[str, Dataset] = {}
-        results = []
         for task in tasks:
-            results.append(run_task(task, task_data(task, archive, cache)))
-            (args.out / "results.json").write_text(json.dumps({"results": results}, default=str))
+            res = run_task(task, task_data(task, archive, cache))
+            (args.out / f"task_{task.name}.json").write_text(json.dumps(res, default=str))
+        if args.tasks:  # one task of a parallel run: the parent analyses
+            return
+    order = [t.name for t in tasks]
+    results = [json.loads((args.out / f"task_{name}.json").read_text()) for name in order
+               if (args.out / f"task_{name}.json").exists()]
     margin = learned_margin(results)
     for res in results:
         res["regret"] = regrets(res)

@@ -341,6 +341,7 @@ def range_test(
     on_step: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     policy: str = "triangular",
+    read: str = "train",
 ) -> RangeTestResult:
     """Sweep the LR over `num_iter` optimizer steps, then restore every state and read the curve.
 
@@ -385,6 +386,8 @@ def range_test(
     taken = [r for r in records if not r["skipped"]]
     lrs = [r["lr"] for r in taken]
     losses = [r["loss"] for r in taken]  # raw: the rules smooth the finished curve themselves
+    if read == "validation" and val_log:  # the cheap validation-loss mode: a less noisy curve
+        lrs, losses = [v["lr"] for v in val_log], [v["val_loss"] for v in val_log]
     reading = read_curve(lrs, losses, diverge_factor=diverge_factor)
     suggestions = picks_from_reading(reading)
     try:
@@ -413,7 +416,7 @@ def range_test(
         settings={
             "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": mode, "smooth": smooth,
             "diverge_factor": diverge_factor, "val_every": val_every if val_batches else None,
-            "accumulation_steps": accumulation_steps, "policy": policy,
+            "accumulation_steps": accumulation_steps, "policy": policy, "read": read,
         },
     )  # fmt: skip
 

@@ -130,7 +130,7 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
         smooth=options.smooth, diverge_factor=options.diverge_factor, val_batches=val,
         val_every=options.val_every, accumulation_steps=options.accumulation_steps,
         autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
-        on_step=on_step, should_stop=hooks.should_stop, policy=policy,
+        on_step=on_step, should_stop=hooks.should_stop, policy=policy, read=options.read,
     )
     if hooks.on_progress and emitted["pending"] is not None:  # a sweep that stopped early: its last step
         hooks.on_progress(emitted["pending"])

@@ -129,6 +129,10 @@ class RangeTestOptions(StrictModel):
     smooth: float = Field(0.98, ge=0, lt=1, description="EMA beta of the smoothed loss")
     diverge_factor: float = Field(4.0, gt=1)
     validation: bool = Field(False, description="also track loss on a fixed validation subset")
+    read: Literal["train", "validation"] = Field(
+        "train", description="the curve the rules read: the per-step training loss, or (with validation "
+        "on) the validation loss, less noisy where minibatch noise dominates; use val_every 2-5",
+    )
     val_every: int = Field(10, ge=1)
     val_batches: int = Field(2, ge=1, le=100)
     accumulation_steps: int = Field(
