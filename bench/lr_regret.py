@@ -35,7 +35,15 @@ from clrcore.datasets import Dataset, Split, load_dataset, load_digits_dataset, 
 from clrcore.runs import RunHooks, _sweep, fresh_model
 from clrcore.schedules import schedule_from_spec
 from clrcore.specs import RangeTestOptions, TrainSpec
-from clrcore.suggest import CLIFF_MARGIN, PEER_RULES, aggregate_picks, picks_from_reading, read_curve
+from clrcore.suggest import (
+    CLIFF_MARGIN,
+    PEER_RULES,
+    aggregate_picks,
+    picks_from_reading,
+    read_curve,
+    recommend,
+    safe_recommendation,
+)
 from clrcore.trainer import config_from_spec, steps_per_epoch, train
 
 RULES = ("steepest", "valley", "slide", "min_loss_div10", "blog", "ours")
@@ -135,10 +143,18 @@ def sweep(task: Task, data: Dataset, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     result = _sweep(spec, spec.range_test, "triangular", data, model, device, RunHooks())
     taken = [r for r in result.log if not r["skipped"]]
-    rec = result.recommendation
     return {"seed": seed, "lrs": [r["lr"] for r in taken], "losses": [r["loss"] for r in taken],
             "stop_reason": result.stop_reason, "warnings": result.warnings,
-            "auto_max_lr": None if rec is None else rec.max_lr, "seconds": round(time.perf_counter() - started, 1)}
+            "auto_max_lr": auto_max_lr(task, [r["lr"] for r in taken], [r["loss"] for r in taken]),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def auto_max_lr(task: Task, lrs: list[float], losses: list[float]) -> float:
+    """What a `max_lr: "auto"` job trains at for this curve: ours, or the safe fallback without a pick."""
+    try:
+        return recommend(picks_from_reading(read_curve(lrs, losses))).max_lr
+    except ValueError:
+        return safe_recommendation(task.optimizer["name"]).max_lr
 
 
 def train_at(task: Task, data: Dataset, max_lr: float, seed: int) -> float:
@@ -193,12 +209,12 @@ def best_lr(grid_lrs: list[float], accs: list[float]) -> float:
 
 
 def learned_margin(results: list[dict[str, Any]], leave_out: str | None = None) -> float:
-    """CLIFF_MARGIN from the grid: geometric mean over tasks of zero-lag minimum / best grid max_lr."""
+    """CLIFF_MARGIN from the grid: geometric mean over tasks of the cliff / the best grid max_lr."""
     ratios = []
     for res in results:
         if res["task"] == leave_out:
             continue
-        minima = [read_curve(c["lrs"], c["losses"]).min_lr for c in res["curves"]]
+        minima = [read_curve(c["lrs"], c["losses"]).cliff_lr for c in res["curves"]]
         ratios.append(math.log10(float(np.exp(np.mean(np.log(minima)))) / best_lr(res["grid_lrs"], res["grid_acc"])))
     return float(10 ** np.mean(ratios))
 
@@ -268,7 +284,7 @@ def table(results: list[dict[str, Any]], margin: float) -> str:
             values.append(info["regret"])
             spreads.append(info["spread"] or 1.0)
             cells.append(f"{'≥' if info['outside'] else ''}{info['regret']:.1f}")
-        label = PEER_RULES.get(rule, f"ours (zero-lag minimum / {margin:.2g})")
+        label = PEER_RULES.get(rule, f"ours (the zero-lag curve's cliff / {margin:.2g})")
         mean = f"{np.mean(values):.2f}" if values else "-"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} | {max(spreads, default=1):.2f}x |")
     cells = []
@@ -300,14 +316,10 @@ def run_task(task: Task, data: Dataset) -> dict[str, Any]:
         by_seed.append([train_at(task, data, lr, seed) for lr in grid_lrs])
         print(json.dumps({"task": task.name, "grid_seed": seed, "lrs": grid_lrs, "acc": by_seed[-1]}), flush=True)
     grid_acc = np.mean(by_seed, axis=0).tolist()
-    auto_lrs = [c["auto_max_lr"] for c in curves[: len(GRID_SEEDS)]]
-    auto_acc = [train_at(task, data, lr, seed) if lr else 1 / len(data.classes)
-                for lr, seed in zip(auto_lrs, GRID_SEEDS, strict=True)]
     res = {"task": task.name, "task_setup": task.__dict__, "curves": curves, "grid_lrs": grid_lrs,
-           "grid_acc_by_seed": by_seed, "grid_acc": grid_acc,
-           "auto": {"max_lrs": auto_lrs, "acc": auto_acc,
-                    "regret": (max(grid_acc) - float(np.mean(auto_acc))) * 100},
-           "seconds": round(time.perf_counter() - started, 1)}
+           "grid_acc_by_seed": by_seed, "grid_acc": grid_acc}
+    res["auto"] = train_auto(task, data, res)
+    res["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps({"task": task.name, "auto": res["auto"], "best_grid": max(grid_acc),
                       "s": res["seconds"]}), flush=True)
     return res
@@ -321,12 +333,35 @@ def run_in_parallel(tasks: list[Task], args: argparse.Namespace) -> None:
     procs = []
     for task in tasks:
         cmd = [sys.executable, "-m", "bench.lr_regret", "--out", str(args.out), "--tasks", task.name]
+        cmd += ["--redo-auto"] if args.redo_auto else []
         cmd += ["--data", str(args.data)] if args.data else []
         cmd += ["--full"] if args.full else []
         with (args.out / f"{task.name}.log").open("w") as log:
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     for proc in procs:
         proc.wait()
+
+
+def train_auto(task: Task, data: Dataset, res: dict[str, Any]) -> dict[str, Any]:
+    """The `auto` jobs: each grid seed trains at what its own sweep (same seed) recommends now."""
+    lrs = [auto_max_lr(task, c["lrs"], c["losses"]) for c in res["curves"][: len(GRID_SEEDS)]]
+    acc = [train_at(task, data, lr, seed) for lr, seed in zip(lrs, GRID_SEEDS, strict=True)]
+    return {"max_lrs": lrs, "acc": acc, "regret": (max(res["grid_acc"]) - float(np.mean(acc))) * 100,
+            "cliff_margin": CLIFF_MARGIN}
+
+
+def redo_auto(tasks: list[Task], args: argparse.Namespace) -> None:
+    """Train the `auto` jobs again on stored results (after the rule changed); the grid is kept."""
+    archive = args.data.resolve() if args.data else None
+    cache: dict[str, Dataset] = {}
+    for task in tasks:
+        path = args.out / f"task_{task.name}.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        res["auto"] = train_auto(task, task_data(task, archive, cache), res)
+        print(json.dumps({"task": task.name, "auto": res["auto"]}), flush=True)
+        path.write_text(json.dumps(res, default=str))
 
 
 def main() -> None:
@@ -339,6 +374,8 @@ def main() -> None:
     parser.add_argument("--parallel", action="store_true",
                         help="one process per task (one thread each), then the analysis: on shared cores")
     parser.add_argument("--reanalyse", action="store_true", help="re-read out/task_*.json, train nothing")
+    parser.add_argument("--redo-auto", action="store_true",
+                        help="re-train only the auto jobs of stored tasks with the current rule, then analyse")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = [full_size(t) for t in TASKS_CPU] if args.full else TASKS_CPU
@@ -346,6 +383,11 @@ def main() -> None:
         tasks = [t for t in tasks if t.name in args.tasks.split(",")]
     if args.parallel:
         run_in_parallel(tasks, args)
+    elif args.redo_auto:
+        torch.set_num_threads(1)
+        redo_auto(tasks, args)
+        if args.tasks:
+            return
     elif not args.reanalyse:
         if not args.full:
             torch.set_num_threads(1)

@@ -178,6 +178,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
             print(report.read_text())
         print(f"accuracy {summary['accuracy']:.4f}; lr {summary['base_lr']:.3g}..{summary['max_lr']:.3g} "
               f"({summary['lr_choice']['source']}); {summary['seconds']:.1f} s")
+        if summary["lr_choice"]["source"] == "safe_fallback":
+            print(f"no rule could pick from the range test; trained with the {summary['lr_choice']['rule']}")
         if summary.get("from_recipe"):
             print("from the range test's recipe: "
                   + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"

@@ -148,11 +148,13 @@ def test_the_safe_fallback_is_documented_and_low_confidence():
 # ------------------------------------------------------------------------------ the rules
 
 
-def test_every_rule_picks_and_ours_steps_back_from_the_real_minimum():
+def test_every_rule_picks_and_ours_steps_back_from_the_cliff():
     picks = suggest_lrs(LRS, sweep_curve(noise=0.05))
     assert set(picks) >= {"steepest", "valley", "slide", "min_loss_div10", "blog", "blog_base", "ours"}
     assert all(picks[k] for k in picks), picks
-    assert picks["ours"] == pytest.approx(read_curve(LRS, sweep_curve(noise=0.05)).min_lr / CLIFF_MARGIN)
+    reading = read_curve(LRS, sweep_curve(noise=0.05))
+    assert picks["ours"] == pytest.approx(reading.turn_lr / CLIFF_MARGIN)
+    assert reading.min_lr < reading.turn_lr < 10 ** (TRUE_MIN + 0.5)  # the cliff: just past the minimum
     assert picks["min_loss"] > 10**TRUE_MIN  # the peers' minimum is read on the lagging EMA
     assert picks["blog_base"] < picks["steepest"] < picks["blog"]
     assert picks["min_loss_div10"] == pytest.approx(picks["min_loss"] / 10)
