@@ -4,8 +4,8 @@ The peers' rules read the curve as their finders smooth it: the bias-corrected E
 loss, which lags. Ours reads the same raw losses smoothed without lag (smoothing.py), so its minimum
 sits where the loss really was lowest; ours steps back from the cliff (where that curve turned up)
 by a margin measured on a grid of trained runs (bench/lr_regret.py). Divergence is read from that
-turn, not from a lagging EMA. Slopes are taken against log10(LR), so a rule means the same on any ladder. Numpy only: the API and the CLI re-read a
-stored curve without loading torch.
+turn, not from a lagging EMA. Slopes are taken against log10(LR), so a rule means the same on any
+ladder. Numpy only: the API and the CLI re-read a stored curve without loading torch.
 """
 
 from __future__ import annotations
