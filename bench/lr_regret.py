@@ -251,7 +251,7 @@ def plot_task(res: dict[str, Any], path: Path) -> None:
         ax.plot(lrs, np.asarray(accs) * 100, "o", color="0.6", ms=4, label="grid, each seed" if k == 0 else None)
     ax.plot(lrs, np.asarray(res["grid_acc"]) * 100, "-", color="k", label="grid, mean of seeds")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    top = max(res["grid_acc"]) * 100
+    top = max([*res["grid_acc"], *res["auto"]["acc"], *np.ravel(res["grid_acc_by_seed"])]) * 100
     for i, (rule, info) in enumerate(res["regret"].items()):
         for j, pick in enumerate(p for p in info["picks"] if p):
             ax.axvline(pick, color=colors[i % len(colors)], alpha=0.7, lw=1.2,
@@ -336,7 +336,7 @@ def run_in_parallel(tasks: list[Task], args: argparse.Namespace) -> None:
         cmd += ["--redo-auto"] if args.redo_auto else []
         cmd += ["--data", str(args.data)] if args.data else []
         cmd += ["--full"] if args.full else []
-        with (args.out / f"{task.name}.log").open("w") as log:
+        with (args.out / f"{task.name}{'.auto' if args.redo_auto else ''}.log").open("w") as log:
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     for proc in procs:
         proc.wait()
