@@ -193,7 +193,7 @@ def _recipe_line(plan: dict[str, Any]) -> str:
     """The recipe in one line: policy, bounds, step size (iterations and epochs) and epochs."""
     parts = [f"recipe: policy {plan['policy']}, base_lr {plan['base_lr']:.3g}, max_lr {plan['max_lr']:.3g}"]
     if "step_size" in plan:
-        parts.append(f"step_size {plan['step_size']} iterations ({plan['step_epochs']} epochs)")
+        parts.append(f"step_size {plan['step_size']} iterations ({plan['step_epochs']:g} epochs)")
         cycles = plan["cycles"]
         parts.append(f"epochs {plan['epochs']} ({cycles} cycle{'s' if cycles != 1 else ''})")
     else:
