@@ -17,6 +17,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY clrcore ./clrcore
+COPY jobs ./jobs
 COPY service ./service
 COPY worker ./worker
 RUN pip install ".[${EXTRAS}]" \

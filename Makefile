@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,service,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,service,client,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,6 +24,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy clrcore clrclient jobs service worker
 
 bench-cpu: $(STAMP)
 	$(BIN)/python bench/cpu_bench.py
@@ -32,4 +33,4 @@ stop:
 	-$(BIN)/python scripts/demo.py --stop
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

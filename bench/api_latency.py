@@ -130,8 +130,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    from service.config import Settings
-    from service.store import JobStore
+    from jobs.settings import Settings
+    from jobs.store import JobStore
 
     secret = secrets.token_hex(16)
     workdir = Path(tempfile.mkdtemp(prefix="clr-bench-"))
@@ -140,9 +140,9 @@ def main() -> None:
            "CLR_ARTIFACT_DIR": str(workdir), "CLR_OPEN_MODE": "false", "PYTHONPATH": str(ROOT)}
     settings = Settings(redis_url=args.redis_url, key_prefix=env["CLR_KEY_PREFIX"], artifact_dir=workdir)
     store = JobStore.from_settings(settings)
-    job = store.create("train", {"kind": "train", "dataset": "digits", "model": "tiny_cnn"}, "bench",
+    job = store.records.create("train", {"kind": "train", "dataset": "digits", "model": "tiny_cnn"}, "bench",
                        queue="parked")
-    store.update_progress(job["id"], {"phase": "train", "epoch": 3, "epochs": 8, "step": 90, "steps": 240,
+    store.events.update_progress(job["id"], {"phase": "train", "epoch": 3, "epochs": 8, "step": 90, "steps": 240,
                                       "fraction": 0.375}, {"loss": 0.42, "accuracy": 0.91, "lr": 0.01})
 
     port = _free_port()

@@ -33,7 +33,8 @@ from clrcore.models import FixedScaleBatchNorm
 from clrcore.runs import fresh_model, run_job
 from clrcore.schedules import schedule_from_spec
 from clrcore.specs import RangeTestSpec, TrainSpec
-from clrcore.trainer import config_from_spec, steps_per_epoch, train
+from clrcore.train_setup import config_from_spec, steps_per_epoch
+from clrcore.trainer import train
 
 SETUP = {"train_images": 10_000, "test_images": 5_000, "batch_size": 256, "epochs": 6, "max_lr": 0.375,
          "sweep_iter": 100, "seed": 0}  # seed: the runs' (initialisation, order, augmentation), not the subsets'

@@ -34,9 +34,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.config import Settings  # noqa: E402
-from service.store import JobStore  # noqa: E402
-from tests.conftest import WorkerProcess  # noqa: E402
+from jobs.settings import Settings  # noqa: E402
+from jobs.store import JobStore  # noqa: E402
+from tests.helpers import WorkerProcess  # noqa: E402
 from tests.reliability.api_server import ApiServer  # noqa: E402
 
 MAX_SECONDS = 600

@@ -32,7 +32,8 @@ import torch
 
 from clrcore.cycle_fit import fit_cycles
 from clrcore.datasets import Dataset, Split, load_dataset, load_digits_dataset, make_dataset, sample
-from clrcore.runs import RunHooks, _sweep, fresh_model
+from clrcore.hooks import Hooks
+from clrcore.runs import _sweep, fresh_model
 from clrcore.schedules import schedule_from_spec
 from clrcore.specs import RangeTestOptions, TrainSpec
 from clrcore.suggest import (
@@ -44,7 +45,8 @@ from clrcore.suggest import (
     recommend,
     safe_recommendation,
 )
-from clrcore.trainer import config_from_spec, steps_per_epoch, train
+from clrcore.train_setup import config_from_spec, steps_per_epoch
+from clrcore.trainer import train
 
 RULES = ("steepest", "valley", "slide", "min_loss_div10", "blog", "ours")
 GRID_POINTS = 7
@@ -141,7 +143,7 @@ def sweep(task: Task, data: Dataset, seed: int) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = fresh_model(spec, data, device)
     started = time.perf_counter()
-    result = _sweep(spec, spec.range_test, "triangular", data, model, device, RunHooks())
+    result = _sweep(spec, spec.range_test, "triangular", data, model, device, Hooks())
     taken = [r for r in result.log if not r["skipped"]]
     return {"seed": seed, "lrs": [r["lr"] for r in taken], "losses": [r["loss"] for r in taken],
             "stop_reason": result.stop_reason, "warnings": result.warnings,

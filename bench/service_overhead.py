@@ -104,7 +104,8 @@ def through_service(client: httpx.Client, spec: dict) -> dict:
     wall = time.perf_counter() - posted
     result = job["result"]
     return {"wall_s": wall, "train_s": result["timings"]["train_s"], "job_s": result["seconds"],
-            "compile_s": result["timings"].get("compile_s", 0.0), "eval_s": result["timings"].get("eval_s", 0.0),
+            "compile_s": result["timings"].get("compile_s", 0.0), "warmup_s": result["timings"].get("warmup_s", 0.0),
+            "eval_s": result["timings"].get("eval_s", 0.0),
             "accuracy": result["accuracy"], "max_lr": result["max_lr"],
             "queue_s": _ts(job["started_at"]) - _ts(job["created_at"])}
 

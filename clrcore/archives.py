@@ -8,14 +8,22 @@ service's upload validation reuses these functions; they need only the standard 
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import logging
+import lzma
 import os
 import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from clrcore.capped_reader import CappedReader, Readable, ReadCapExceeded, ReadStopped, over_ratio
+from clrcore.zip_directory import ZipDirectoryError, read_zip_directory
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,12 @@ ZIP_SUFFIXES = (".zip",)
 MAX_MEMBERS = 2_000_000
 MAX_MEMBER_BYTES = 64 * 2**20
 MAX_TOTAL_BYTES = 8 * 2**30
+MAX_HEADER_BYTES = 2**20  # a GNU long name or a PAX header; real ones are a few hundred bytes
+MAX_RATIO = 200.0  # decompressed / compressed bytes, for a whole tar stream and for each zip member
+ZIP_DIRECTORY_BYTES_PER_ENTRY = 1024  # fixed part (46) + name + extra + comment, generously
+# tarfile's extended headers: their whole body is read into memory before any member is seen.
+_EXTENDED_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                     tarfile.SOLARIS_XHDTYPE)
 
 ImageMember = tuple[str, str, str, bytes]  # (split, class, file name, raw bytes)
 
@@ -78,14 +92,19 @@ def layout_of(parts: tuple[str, ...]) -> tuple[str, str, str] | None:
 class _Budget:
     """Counts members and bytes against the limits, so a bomb fails early with a clear message."""
 
-    def __init__(self, max_members: int, max_member_bytes: int, max_total_bytes: int) -> None:
+    def __init__(self, max_members: int, max_member_bytes: int, max_total_bytes: int, *,
+                 max_header_bytes: int = MAX_HEADER_BYTES, max_ratio: float = MAX_RATIO,
+                 stop: Callable[[], bool] | None = None) -> None:
         self.max_members, self.max_member_bytes, self.max_total_bytes = (
             max_members, max_member_bytes, max_total_bytes,
         )
+        self.max_header_bytes, self.max_ratio, self.stop = max_header_bytes, max_ratio, stop
         self.members = 0
         self.total = 0
 
     def count_member(self) -> None:
+        if self.stop is not None and self.stop():  # between members too: one read may hold many
+            raise ReadStopped("reading stopped")
         self.members += 1
         if self.members > self.max_members:
             raise ArchiveError(f"more than {self.max_members} members")
@@ -101,9 +120,57 @@ class _Budget:
         self.total += size
 
 
+# ------------------------------------------------------------------------------------------ tar
+
+
+def _guarded_tarinfo(max_header_bytes: int) -> type[tarfile.TarInfo]:
+    """A TarInfo that refuses an oversized long-name or PAX header from its 512-byte header block,
+    before tarfile reads the header's body into memory (it would read all of it, whatever its size).
+
+    Hooks `TarInfo._proc_member`, the one place tarfile dispatches on a header's type (the same in
+    CPython 3.8 to 3.13); everything else is tarfile's own parsing.
+    """
+
+    class GuardedTarInfo(tarfile.TarInfo):
+        def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+            if self.type in _EXTENDED_HEADERS and self.size > max_header_bytes:
+                kind = "long-name" if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) else "PAX"
+                raise ArchiveError(f"a {kind} header of {self.size} bytes, over the {max_header_bytes}-byte "
+                                   "limit for a header")
+            return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    return GuardedTarInfo
+
+
+# Magic bytes -> decompressor; `_decompressed` closes what these open.
+_DECOMPRESSORS: tuple[tuple[bytes, Callable[[BinaryIO], Readable]], ...] = (
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    (b"BZh", lambda raw: bz2.BZ2File(raw, mode="rb")),
+    (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw, mode="rb")),  # noqa: SIM115
+)
+
+
+@contextmanager
+def _decompressed(path: Path, budget: _Budget) -> Iterator[CappedReader]:
+    """The tar stream inside `path` (gzip, bzip2, xz or none, told by magic bytes), through a
+    `CappedReader`: every decompressed byte is counted, skipped members and headers included."""
+    with path.open("rb") as raw:
+        head = raw.read(6)
+        raw.seek(0)
+        opener = next((open_ for magic, open_ in _DECOMPRESSORS if head.startswith(magic)), None)
+        inner = opener(raw) if opener is not None else raw
+        try:
+            yield CappedReader(inner, what=path.name, max_bytes=budget.max_total_bytes,
+                               max_ratio=budget.max_ratio, source_bytes=raw.tell, stop=budget.stop)
+        finally:
+            inner.close()
+
+
 def _iter_tar(path: Path, budget: _Budget) -> Iterator[ImageMember]:
-    # Stream mode ("r|*") reads the archive once, front to back, without seeking or extracting.
-    with tarfile.open(path, mode="r|*") as tar:
+    # Stream mode ("r|") reads the archive once, front to back, without seeking or extracting.
+    with _decompressed(path, budget) as stream, tarfile.open(
+        fileobj=stream, mode="r|", tarinfo=_guarded_tarinfo(budget.max_header_bytes)
+    ) as tar:
         for member in tar:
             budget.count_member()
             parts = member_parts(member.name)
@@ -124,7 +191,38 @@ def _iter_tar(path: Path, budget: _Budget) -> Iterator[ImageMember]:
             yield (*where, handle.read())
 
 
+# ------------------------------------------------------------------------------------------ zip
+
+
+def _check_zip_directory(path: Path, budget: _Budget) -> None:
+    """Refuse by the end records' entry count and directory size, before zipfile reads the directory."""
+    try:
+        directory = read_zip_directory(path)
+    except ZipDirectoryError as err:
+        raise ArchiveError(f"{path.name}: unreadable zip archive ({err})") from None
+    if directory.entries > budget.max_members:
+        raise ArchiveError(f"more than {budget.max_members} members ({directory.entries} in the zip's directory)")
+    most = max(budget.max_members, 1) * ZIP_DIRECTORY_BYTES_PER_ENTRY
+    if directory.size > most or directory.size > path.stat().st_size:
+        raise ArchiveError(f"a zip directory of {directory.size} bytes, over the {most}-byte limit for "
+                           f"{budget.max_members} members")
+
+
+def _read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> bytes:
+    """The member's bytes, counted through a `CappedReader` against its compressed size (the declared
+    sizes may lie: never more than the member limit is read)."""
+    if over_ratio(info.file_size, info.compress_size, budget.max_ratio):
+        raise ArchiveError(f"member {info.filename!r}: declares {info.file_size} bytes from "
+                           f"{info.compress_size} compressed, over the {budget.max_ratio:g}:1 limit")
+    with archive.open(info) as handle:
+        capped = CappedReader(handle, what=f"member {info.filename!r}", max_bytes=budget.max_member_bytes,
+                              max_ratio=budget.max_ratio, source_bytes=lambda: info.compress_size,
+                              stop=budget.stop)
+        return capped.read()
+
+
 def _iter_zip(path: Path, budget: _Budget) -> Iterator[ImageMember]:
+    _check_zip_directory(path, budget)
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             budget.count_member()
@@ -142,11 +240,12 @@ def _iter_zip(path: Path, budget: _Budget) -> Iterator[ImageMember]:
                 log.debug("skipping %s: not split/class/image", info.filename)
                 continue
             budget.check_size(info.filename, info.file_size)
-            with archive.open(info) as handle:
-                # The declared size may lie; never read more than the limit allows.
-                data = handle.read(budget.max_member_bytes + 1)
+            data = _read_zip_member(archive, info, budget)
             budget.add(info.filename, len(data))
             yield (*where, data)
+
+
+# ------------------------------------------------------------------------------------------ folder
 
 
 def _iter_dir(root: Path, budget: _Budget) -> Iterator[ImageMember]:
@@ -177,23 +276,31 @@ def iter_image_members(
     max_members: int = MAX_MEMBERS,
     max_member_bytes: int = MAX_MEMBER_BYTES,
     max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+    max_ratio: float = MAX_RATIO,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[ImageMember]:
     """Yield (split, class, name, bytes) for every file laid out split/class/file in a tree or archive.
 
     Split names are lower-cased; class and file names are kept. Unsafe entries raise `ArchiveError`
     naming the member; files at other depths, hidden files and `__MACOSX` are skipped. Bytes are
-    not decoded here: whether they are images is the caller's question.
+    not decoded here: whether they are images is the caller's question. Every decompressed byte
+    counts against `max_total_bytes` and `max_ratio` (decompressed / compressed), skipped members
+    and headers included; `stop` is asked before every read and raises `ReadStopped` when true.
     """
     path = Path(path)
     if not path.exists():
         raise ArchiveError(f"{path}: no such file or directory")
-    budget = _Budget(max_members, max_member_bytes, max_total_bytes)
+    budget = _Budget(max_members, max_member_bytes, max_total_bytes, max_header_bytes=max_header_bytes,
+                     max_ratio=max_ratio, stop=stop)
     kind = archive_kind(path)
     readers = {"dir": _iter_dir, "zip": _iter_zip, "tar": _iter_tar}
     try:
         yield from readers[kind](path, budget)
+    except ReadCapExceeded as err:
+        raise ArchiveError(str(err)) from None
     # zipfile and zlib also raise NotImplementedError (unknown compression), RuntimeError (encrypted
     # member) and zlib.error on corrupt data: all mean the same thing to a caller.
-    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
-            RuntimeError) as err:
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError,
+            NotImplementedError, RuntimeError) as err:
         raise ArchiveError(f"{path.name}: unreadable {kind} archive ({type(err).__name__}: {err})") from err

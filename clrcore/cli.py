@@ -77,12 +77,11 @@ def spec_from_args(args: argparse.Namespace, model: type[BaseModel]) -> Any:
     implicit = model is TrainSpec and "dataset" not in data and "preset" not in data
     if implicit:
         data = {"preset": DEFAULT_PRESET, **data}  # tweaks of the embedded default, not of bare TrainSpec
-    spec = model.model_validate(data)
-    if implicit and "epochs" in data and not {"step_size", "step_unit"} & data.keys():
+    if implicit and "epochs" in data and not {"step_size", "step_unit", "recipe_fields"} & data.keys():
         # other epochs than the default's: its step would end the run mid-cycle, so the step is
         # left to the fit to the epochs (runs._apply_recipe), as if the preset had not set it
-        spec.__pydantic_fields_set__ -= {"step_size", "step_unit"}
-    return spec
+        data["recipe_fields"] = ["step_size"]
+    return model.model_validate(data)
 
 
 def local_dataset_path(args: argparse.Namespace) -> None:
@@ -102,7 +101,8 @@ class _Bars:
     """tqdm bars fed by the run's progress callback: one bar per phase."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled, self.bar, self.phase = enabled, None, None
+        self.enabled, self.phase = enabled, None
+        self.bar: Any = None  # a tqdm bar once a phase starts
 
     def __call__(self, progress: Any) -> None:
         if not self.enabled:
@@ -135,15 +135,15 @@ def _run(args: argparse.Namespace, model: type[BaseModel]) -> int:
             print(f"clr: {_flag_name(err['loc'])}: {err['msg']}", file=sys.stderr)
         return 2
     from clrcore.datasets import DatasetError
-    from clrcore.hooks import StopRequested, TrainingDiverged
-    from clrcore.runs import RunHooks, run_job
+    from clrcore.hooks import Hooks, StopRequested, TrainingDiverged
+    from clrcore.runs import run_job
 
     kind = "train" if model is TrainSpec else "range-test"
     out = Path(args.out or Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     bars = _Bars(not args.quiet and sys.stderr.isatty())
     try:
         summary = run_job(spec, out, data_dir=Path(args.data_dir), download=args.download,
-                          hooks=RunHooks(on_progress=bars))
+                          hooks=Hooks(on_progress=bars))
     except KeyboardInterrupt:
         print(f"\nclr: stopped; run `clr {kind}` again with --out {out} to resume", file=sys.stderr)
         return 130
@@ -226,10 +226,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(_model=model)
     for name in ("presets", "datasets", "models"):
         sub.add_parser(name, help=f"list the {name}")
+    sub.add_parser("remote", add_help=False, help="submit and follow jobs on a clr service (clrclient): "
+                   "`clr remote --help`")
     return parser
 
 
+def _remote(argv: list[str]) -> int:
+    """`clr remote` is the API client's command (clrclient, which builds on clrcore): loaded only when
+    asked for, so `clr train` never needs httpx and clrcore never loads the client."""
+    from clrclient.cli_remote import main as remote_main
+
+    return remote_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["remote"]:
+        return _remote(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command in ("presets", "datasets", "models"):
         return _list(args.command)

@@ -11,99 +11,19 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from clrcore import catalog
+from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats, make_dataset, pixel_mean
+
+__all__ = ["Dataset", "DatasetError", "Split", "channel_stats", "make_dataset", "pixel_mean"]  # and below
+from clrcore.cache_names import CACHE_DIR_NAME
 
 log = logging.getLogger(__name__)
 
 CIFAR10_ARCHIVE = "cifar10-jpg.tar.gz"
-
-
-@dataclass
-class Split:
-    images: np.ndarray  # uint8, (N, C, H, W)
-    labels: np.ndarray  # int64, (N,)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class Dataset:
-    name: str
-    train: Split
-    test: Split
-    classes: list[str]
-    mean: tuple[float, ...]  # per channel, on the 0..1 scale, computed on train
-    std: tuple[float, ...]
-    # the train split's mean image, float32 (C, H, W) on the 0..255 scale; computed on first use
-    _pixel_mean: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    def pixel_mean(self) -> np.ndarray:
-        """The per-pixel mean of the training images, as the Keras CLR blog subtracts it.
-
-        Computed once and kept: a second loader (range test, evaluation) for the same dataset reuses it.
-        """
-        if self._pixel_mean is None:
-            self._pixel_mean = pixel_mean(self.train.images)
-        return self._pixel_mean
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be loaded; the message says which dataset and file, and why."""
-
-    def __init__(self, name: str, why: str | None = None) -> None:
-        # DatasetError("cifar10", "why") is the usual form; a single argument is taken as the message.
-        super().__init__(f"dataset {name!r}: {why}" if why is not None else name)
-        self.dataset = name if why is not None else ""
-        self.why = why if why is not None else name
-
-    def __reduce__(self):  # so the error survives the trip back from a decode worker process
-        return (DatasetError, (self.dataset, self.why))
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared helpers
-
-
-def channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std on the 0..1 scale, from exact integer sums taken in chunks.
-
-    Integer sums need no float copy of the whole set and take well under a second for CIFAR-10.
-    """
-    n, channels = images.shape[:2]
-    flat = images.reshape(n, channels, -1)
-    total = np.zeros(channels, dtype=np.int64)
-    squares = np.zeros(channels, dtype=np.int64)
-    for start in range(0, n, chunk):
-        block = flat[start:start + chunk].astype(np.int64)
-        total += block.sum(axis=(0, 2))
-        squares += np.einsum("ncp,ncp->c", block, block)
-    count = max(n * flat.shape[2], 1)
-    mean = total / count
-    var = np.maximum(squares / count - mean**2, 0.0)
-    return tuple(float(m / 255) for m in mean), tuple(float(max(v**0.5 / 255, 1e-6)) for v in var)
-
-
-def pixel_mean(images: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Mean image (C, H, W) of uint8 NCHW `images`, float32 on the 0..255 scale.
-
-    Summed in float64 chunks: no float copy of the whole set (600 MB for CIFAR-10 in float32).
-    """
-    total = np.zeros(images.shape[1:], dtype=np.float64)
-    for start in range(0, len(images), chunk):
-        total += images[start:start + chunk].sum(axis=0, dtype=np.float64)
-    return (total / max(len(images), 1)).astype(np.float32)
-
-
-def make_dataset(name: str, train: Split, test: Split, classes: list[str]) -> Dataset:
-    """Build a `Dataset`, computing the normalisation statistics on the training split."""
-    mean, std = channel_stats(train.images)
-    return Dataset(name, train, test, list(classes), mean, std)
 
 
 def sample(split: Split, count: int, seed: int = 0) -> Split:
@@ -198,22 +118,27 @@ def _resolve(data_dir: Path, path: str | None) -> Path | None:
     return None if path is None else Path(data_dir) / path
 
 
-def _load_cifar10(data_dir: Path, path: str | None, download: bool, cache_dir: Path | None) -> Dataset:
-    from clrcore.image_tree import load_image_tree  # image_tree builds on this module's types
+def _load_cifar10(data_dir: Path, path: str | None, download: bool, cache_dir: Path | None,
+                  max_decoded: int | None = None) -> Dataset:
+    from clrcore.image_tree import load_image_tree  # imported here: it loads PIL, which few sets need
 
     archive = _resolve(data_dir, path) or Path(data_dir) / CIFAR10_ARCHIVE
     if path is not None or archive.exists():
         return load_image_tree(archive, name="cifar10", classes=list(catalog.CIFAR10_CLASSES),
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir, max_decoded_bytes=max_decoded)
     return _load_torchvision("cifar10", Path(data_dir), download, f", or put {CIFAR10_ARCHIVE} in {data_dir}")
 
 
-def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None) -> Dataset:
+def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None,
+                      max_decoded: int | None = None) -> Dataset:
     from clrcore.image_tree import load_image_tree
 
     if path is None:
         raise DatasetError("imagefolder", "needs a path: a directory or archive laid out split/class/image")
-    return load_image_tree(_resolve(data_dir, path), cache_dir=cache_dir)
+    root = _resolve(data_dir, path)
+    if root is None:
+        raise DatasetError("imagefolder", "needs dataset_path (a directory or archive)")
+    return load_image_tree(root, cache_dir=cache_dir, max_decoded_bytes=max_decoded)
 
 
 def load_digits_dataset() -> Dataset:
@@ -267,16 +192,18 @@ def synthetic_dataset(
     return make_dataset("synthetic", make(n_train), make(n_test), classes)
 
 
-Loader = Callable[[Path, str | None, bool, Path | None], Dataset]
+Loader = Callable[[Path, str | None, bool, Path | None, int | None], Dataset]
 
 LOADERS: dict[str, Loader] = {
-    "digits": lambda data_dir, path, download, cache_dir: load_digits_dataset(),
-    "synthetic": lambda data_dir, path, download, cache_dir: synthetic_dataset(),
-    "cifar10": lambda data_dir, path, download, cache_dir: _load_cifar10(data_dir, path, download, cache_dir),
-    "fashion_mnist": lambda data_dir, path, download, cache_dir: _load_torchvision(
+    "digits": lambda data_dir, path, download, cache_dir, max_decoded: load_digits_dataset(),
+    "synthetic": lambda data_dir, path, download, cache_dir, max_decoded: synthetic_dataset(),
+    "cifar10": lambda data_dir, path, download, cache_dir, max_decoded: _load_cifar10(
+        data_dir, path, download, cache_dir, max_decoded),
+    "fashion_mnist": lambda data_dir, path, download, cache_dir, max_decoded: _load_torchvision(
         "fashion_mnist", data_dir, download),
-    "mnist": lambda data_dir, path, download, cache_dir: _load_torchvision("mnist", data_dir, download),
-    "imagefolder": lambda data_dir, path, download, cache_dir: _load_imagefolder(data_dir, path, cache_dir),
+    "mnist": lambda data_dir, path, download, cache_dir, max_decoded: _load_torchvision("mnist", data_dir, download),
+    "imagefolder": lambda data_dir, path, download, cache_dir, max_decoded: _load_imagefolder(
+        data_dir, path, cache_dir, max_decoded),
 }
 
 
@@ -291,17 +218,20 @@ def load_dataset(
     path: str | None = None,
     download: bool = False,
     cache_dir: Path | None = None,
+    max_decoded_bytes: int | None = None,
 ) -> Dataset:
     """Load a catalog dataset as uint8 NCHW arrays with int64 labels and train-set statistics.
 
     `path` (relative to `data_dir`, or absolute) names the tree or archive for `imagefolder`, or the
     JPEG archive for `cifar10`. Decoded images are cached under `cache_dir` (default data_dir/.cache).
+    `max_decoded_bytes` caps a tree's decoded pixels (default: `image_tree.MAX_DECODED_BYTES`); a
+    worker sets it to what its memory holds.
     """
     if name not in LOADERS:
         raise DatasetError(name, f"unknown dataset; known: {', '.join(dataset_names())}")
     data_dir = Path(data_dir)
-    cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / ".cache"
-    dataset = LOADERS[name](data_dir, path, download, cache_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / CACHE_DIR_NAME
+    dataset = LOADERS[name](data_dir, path, download, cache_dir, max_decoded_bytes)
     log.info("dataset %s: %d train, %d test, shape %s", name, len(dataset.train), len(dataset.test),
              tuple(dataset.train.images.shape[1:]))
     return dataset

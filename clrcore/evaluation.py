@@ -52,8 +52,16 @@ def tta_logits(model: Forward, images: torch.Tensor, *, flip: bool = False, tran
         # every view in the input's layout: a compiled model then sees the strides it was compiled for
         return x.contiguous(memory_format=layout)
 
+    if not (flip or translate):
+        return model(images)
+
+    def kept(x: torch.Tensor) -> torch.Tensor:
+        # A model compiled with CUDA graphs ("reduce-overhead") returns its graph's static output buffer,
+        # which the next call overwrites: each view's logits are copied out before the next view runs.
+        return model(x).clone()
+
     def mirrored(x: torch.Tensor) -> torch.Tensor:
-        return (model(x) + model(view(torch.flip(x, dims=(-1,))))) / 2 if flip else model(x)
+        return (kept(x) + kept(view(torch.flip(x, dims=(-1,))))) / 2 if flip else kept(x)
 
     logits = mirrored(images)
     if not translate:
@@ -95,6 +103,7 @@ def evaluate(
         return Prediction(np.empty(0, np.int64), np.empty(0, np.int64), math.nan, math.nan)
     y_pred = torch.cat(preds).cpu().numpy()
     y_true = torch.cat(labels).cpu().numpy()
+    assert loss_sum is not None  # there were batches
     loss = float(loss_sum) / len(y_true)
     return Prediction(y_true, y_pred, loss, float((y_pred == y_true).mean()))
 

@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from clrcore.archives import ArchiveError, iter_image_members
-from clrcore.datasets import Dataset, DatasetError, Split, channel_stats
+from clrcore.cache_names import cache_stem as _cache_stem
+from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ CACHE_VERSION = 1
 CACHE_FIELDS = {"train_images", "train_labels", "test_images", "test_labels", "classes", "mean", "std"}
 DECODE_CHUNK = 2048
 PARALLEL_MIN_IMAGES = 2048  # below this a process pool costs more than it saves
-MAX_DECODED_BYTES = 32 * 2**30
+MAX_DECODED_BYTES = 4 * 2**30  # default; a worker passes CLR_MAX_DECODED_BYTES, sized to its memory
 MAX_IMAGE_PIXELS = 4096 * 4096
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
@@ -87,7 +88,8 @@ def _decode_pool(workers: int) -> Executor | None:
 # imagefolder: a tree or archive laid out split/class/image
 
 
-def _read_tree(name: str, path: Path, workers: int | None) -> dict[str, dict[str, list[list]]]:
+def _read_tree(name: str, path: Path, workers: int | None,
+               max_decoded_bytes: int = MAX_DECODED_BYTES) -> dict[str, dict[str, list[list]]]:
     """Read every member, decoding in chunks (in worker processes for big sets) while reading goes on.
 
     Returns {split: {class: [[file name, HxW or HxWx3 uint8 array], ...]}}. Decoded bytes are
@@ -112,8 +114,9 @@ def _read_tree(name: str, path: Path, workers: int | None) -> dict[str, dict[str
             for entry, array in zip(entries, arrays, strict=True):
                 entry[1] = array
                 decoded += array.nbytes
-            if decoded > MAX_DECODED_BYTES:
-                raise DatasetError(name, f"more than {MAX_DECODED_BYTES >> 30} GiB of decoded images")
+            if decoded > max_decoded_bytes:
+                raise DatasetError(name, f"more than {max_decoded_bytes} bytes of decoded images "
+                                   "(CLR_MAX_DECODED_BYTES)")
 
     def flush() -> None:
         nonlocal pending, slots, pool, pool_tried, submitted
@@ -184,8 +187,9 @@ def _stack_split(name: str, path: Path, split_name: str, by_class: dict, classes
     return Split(images, labels)
 
 
-def _imagefolder_arrays(name: str, path: Path, classes: list[str] | None, workers: int | None) -> dict:
-    tree = _read_tree(name, path, workers)
+def _imagefolder_arrays(name: str, path: Path, classes: list[str] | None, workers: int | None,
+                        max_decoded_bytes: int = MAX_DECODED_BYTES) -> dict:
+    tree = _read_tree(name, path, workers, max_decoded_bytes)
     train, test = _pick_splits(name, path, tree)
     if classes is None:
         classes = sorted(train)
@@ -222,7 +226,7 @@ def cache_key(name: str, path: Path) -> str:
     """
     path = path.resolve()
     if path.is_dir():
-        stats = sorted(
+        stats: list[tuple[object, ...]] = sorted(
             (str(p.relative_to(path)), p.lstat().st_size, p.lstat().st_mtime_ns) for p in path.rglob("*")
         )
     else:
@@ -230,11 +234,6 @@ def cache_key(name: str, path: Path) -> str:
         stats = [(info.st_size, info.st_mtime_ns)]
     identity = json.dumps([CACHE_VERSION, name, str(path), stats])
     return hashlib.sha256(identity.encode()).hexdigest()
-
-
-def _cache_stem(name: str, path: Path) -> str:
-    """Names the source (not its version), so older caches of the same file can be found and removed."""
-    return f"{name}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
 
 
 def _prune_cache(current: Path) -> None:
@@ -283,11 +282,13 @@ def load_image_tree(
     classes: list[str] | None = None,
     cache_dir: Path | None = None,
     workers: int | None = None,
+    max_decoded_bytes: int | None = None,
 ) -> Dataset:
     """Load a directory or archive laid out split/class/image (train plus test or val), cached.
 
     `classes` fixes the label order (and requires exactly those classes); by default it is the sorted
     folder names. `workers` is the number of decode processes (default: CPU count, at most 8).
+    `max_decoded_bytes` (default `MAX_DECODED_BYTES`) refuses a tree whose pixels would not fit.
     """
     path = Path(path)
     if not path.exists():
@@ -301,7 +302,8 @@ def load_image_tree(
             log.warning("ignoring incomplete decode cache %s", cache_file)
             arrays = None
     if arrays is None:
-        arrays = _imagefolder_arrays(name, path, classes, workers)
+        arrays = _imagefolder_arrays(name, path, classes, workers,
+                                     MAX_DECODED_BYTES if max_decoded_bytes is None else max_decoded_bytes)
         arrays.update(zip(("mean", "std"), map(np.asarray, channel_stats(arrays["train_images"])),
                           strict=True))
         if cache_file is not None:

@@ -52,13 +52,14 @@ class EpochPlan:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
-        return EpochPlan(move(self.order), move(self.shift_y), move(self.shift_x), move(self.flip))
+        return EpochPlan(self.order.to(device, non_blocking=True), move(self.shift_y), move(self.shift_x),
+                         move(self.flip))
 
     def batch(self, start: int, stop: int) -> EpochPlan:
         def part(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[start:stop]
 
-        return EpochPlan(part(self.order), part(self.shift_y), part(self.shift_x), part(self.flip))
+        return EpochPlan(self.order[start:stop], part(self.shift_y), part(self.shift_x), part(self.flip))
 
 
 FLIP_MODES = ("random", "alternate")
@@ -117,7 +118,7 @@ def gather_batch(images: torch.Tensor, plan: EpochPlan) -> torch.Tensor:
     cols = torch.arange(width, device=device).expand(len(order), width)
     if plan.flip is not None:
         cols = torch.where(plan.flip[:, None], width - 1 - cols, cols)
-    if plan.shift_y is not None:
+    if plan.shift_y is not None and plan.shift_x is not None:  # drawn together
         rows = _reflect(rows + plan.shift_y[:, None], height)
         cols = _reflect(cols + plan.shift_x[:, None], width)
     chans = torch.arange(channels, device=device)
@@ -254,7 +255,7 @@ class _PlannedBatches(TorchDataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, plan: EpochPlan) -> Batch:  # type: ignore[override]
+    def __getitem__(self, plan: EpochPlan) -> Batch:
         return gather_batch(self.images, plan), self.labels[plan.order]
 
 
@@ -330,7 +331,7 @@ def make_loader(split: Split, batch_size: int, *, device: torch.device | str, me
     """
     device = torch.device(device)
     budget = max_device_bytes if max_device_bytes is not None else device_budget(device)
-    common = dict(device=device, mean=mean, std=std, train=train, translate=translate, flip=flip,
+    common: dict[str, Any] = dict(device=device, mean=mean, std=std, train=train, translate=translate, flip=flip,
                   drop_last=drop_last, generator=generator, channels_last=channels_last,
                   pixel_mean=pixel_mean, flip_mode=flip_mode)
     size = split_bytes(split)

@@ -42,13 +42,12 @@ class Lookahead:
             self.average = [t.detach().clone() for t in self.tensors]
             return
         decay = LOOKAHEAD["decay_base"] ** every * (steps_done / self.total) ** LOOKAHEAD["decay_pow"]
-        for average, tensor in zip(self.average, self.tensors, strict=True):
-            average.lerp_(tensor, 1 - decay)
-            tensor.copy_(average)
+        # one multi-tensor kernel per operation rather than two tiny ones per tensor (about 80 for resnet_fast)
+        torch._foreach_lerp_(self.average, self.tensors, 1 - decay)
+        torch._foreach_copy_(self.tensors, self.average)
 
     @torch.no_grad()
     def end_epoch(self) -> None:
         """Leave the weights at the average (the steps since its last update are dropped, as in airbench)."""
         if self.average is not None:
-            for average, tensor in zip(self.average, self.tensors, strict=True):
-                tensor.copy_(average)
+            torch._foreach_copy_(self.tensors, self.average)

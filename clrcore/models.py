@@ -7,6 +7,7 @@ meet global pooling, never a fixed-size flatten.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -60,7 +61,7 @@ class MiniGoogLeNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [ConvModule(in_channels, 96, 3)]
         width = 96
-        plan = [("i", 32, 32), ("i", 32, 48), ("d", 80),
+        plan: list[tuple[Any, ...]] = [("i", 32, 32), ("i", 32, 48), ("d", 80),
                 ("i", 112, 48), ("i", 96, 64), ("i", 80, 80), ("i", 48, 96), ("d", 96),
                 ("i", 176, 160), ("i", 176, 160)]
         for kind, *sizes in plan:
@@ -84,7 +85,7 @@ class MiniGoogLeNet(nn.Module):
 # at initialisation without skip connections. Whitening the stem is what lets a 10-epoch run get
 # where a learned stem needs half as many epochs again (Keller Jordan's airbench ablations).
 
-RESNET_FAST = {
+RESNET_FAST: dict[str, Any] = {
     "whiten_kernel": 2,  # 2x2 patches, 'valid': 32px in, 31px out; 2 * C * 2**2 filters (24 for RGB)
     "whiten_eps": 5e-4,  # added to the patch covariance's eigenvalues before the inverse square root
     "widths": (64, 256, 256),  # the three conv groups
@@ -105,17 +106,30 @@ class PatchWhitening(nn.Conv2d):
     def __init__(self, channels_in: int, kernel: int) -> None:
         super().__init__(channels_in, 2 * channels_in * kernel**2, kernel, padding=0, bias=True)
         self.weight.requires_grad_(False)
+        assert self.bias is not None
         nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Outside autocast, in float32: the weakest directions' filters are scaled up by about
+        # 1/sqrt(eps), so bf16's 8-bit mantissa would leave several percent of rounding noise in them.
+        # One 24-filter 2x2 conv costs next to nothing in float32; the layers after it autocast as usual.
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor, eps: float) -> None:
-        """Set the filters from normalised NCHW float `images` (a few thousand are plenty)."""
+        """Set the filters from normalised NCHW float `images` (a few thousand are plenty).
+
+        The covariance and its eigendecomposition are in float64: matmul precision "high" (which a
+        CUDA `train()` sets for TF32) would otherwise round the sums to 10 bits of mantissa, and the
+        smallest eigenvalues, the ones the filters scale up most, are the first to suffer.
+        """
         channels, kernel = self.in_channels, self.kernel_size[0]
         size = channels * kernel**2
-        covariance = torch.zeros(size, size, device=images.device)
+        covariance = torch.zeros(size, size, device=images.device, dtype=torch.float64)
         count = 0
         for chunk in images.split(256):  # patches of a chunk at a time: bounded memory at any image size
-            patches = nn.functional.unfold(chunk.float(), kernel).transpose(1, 2).reshape(-1, size)
+            patches = nn.functional.unfold(chunk.double(), kernel).transpose(1, 2).reshape(-1, size)
             covariance += patches.T @ patches
             count += len(patches)
         covariance /= count
@@ -162,6 +176,14 @@ class ConvGroup(nn.Module):
         return self.activation(self.norm2(self.conv2(x)))
 
 
+class GlobalMaxPool(nn.Module):
+    """Max over the spatial dimensions, (N, C, H, W) -> (N, C): one reduction kernel, where
+    AdaptiveMaxPool2d(1) also computes and stores argmax indices for its backward pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3))
+
+
 class Scale(nn.Module):
     def __init__(self, factor: float) -> None:
         super().__init__()
@@ -181,15 +203,17 @@ class ResNetFast(nn.Sequential):
             ConvGroup(stem.out_channels, w1),
             ConvGroup(w1, w2),
             ConvGroup(w2, w3),
-            nn.AdaptiveMaxPool2d(1),  # airbench's MaxPool2d(3) on 3x3, for any input size
-            nn.Flatten(),
+            GlobalMaxPool(),  # airbench's MaxPool2d(3) on 3x3, for any input size
+            nn.Flatten(),  # a no-op on (N, C); kept so the head stays at index 7 in older checkpoints
             nn.Linear(w3, num_classes, bias=False),
             Scale(RESNET_FAST["head_scale"]),
         )
 
     def fit_to_data(self, images: torch.Tensor) -> None:
         """Set the whitening stem from normalised training images."""
-        self[0].fit(images, RESNET_FAST["whiten_eps"])
+        stem = self[0]
+        assert isinstance(stem, PatchWhitening)
+        stem.fit(images, RESNET_FAST["whiten_eps"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +288,7 @@ def fit_to_data(model: nn.Module, images: torch.Tensor) -> None:
     it once on a fresh model, before the optimizer is built; a resumed run's checkpoint overwrites it.
     """
     if has_data_init(model):
-        model.fit_to_data(images)
+        cast(Any, model).fit_to_data(images)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

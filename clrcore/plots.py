@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -77,7 +77,7 @@ def _empty_note(ax: Axes, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
-def _is_lr(value: float | None) -> bool:
+def _is_lr(value: float | None) -> TypeGuard[float]:
     return value is not None and bool(np.isfinite(value)) and value > 0
 
 

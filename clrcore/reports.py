@@ -18,6 +18,7 @@ import numpy as np
 from sklearn import metrics
 
 from clrcore.files import write_text
+from clrcore.json_safe import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +81,6 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes)
 
 
-def _json_safe(value: Any) -> Any:
-    """Turn numpy scalars and arrays inside scikit-learn's dict into plain Python for `json`."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating | float):
-        return float(value)
-    return value
-
-
 def classification_report(
     y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, class_names: Sequence[str]
 ) -> Report:
@@ -108,7 +96,7 @@ def classification_report(
         raise ValueError("cannot report on zero samples")
     options = {"labels": list(range(len(names))), "target_names": names, "zero_division": 0}
     text = metrics.classification_report(true, pred, digits=DIGITS, **options)
-    data = _json_safe(metrics.classification_report(true, pred, output_dict=True, **options))
+    data = json_safe(metrics.classification_report(true, pred, output_dict=True, **options))
     data["accuracy"] = float(np.trace(matrix) / true.size)
     data["classes"] = names
     data["confusion_matrix"] = matrix.tolist()

@@ -19,7 +19,7 @@ from clrcore.files import WriteRefused
 from clrcore.hooks import Hooks, StopRequested, check_may_write
 
 if TYPE_CHECKING:
-    from clrcore.trainer import TrainConfig
+    from clrcore.train_setup import TrainConfig
 
 log = logging.getLogger(__name__)
 

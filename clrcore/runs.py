@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +26,20 @@ from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
 from clrcore.hooks import Hooks, Progress, StopRequested, check_may_write
 from clrcore.loaders import make_loader, normalised_images, normalization
+from clrcore.lr_choice import RangeTestChoice, read_range_test, write_range_test
+from clrcore.lr_range import RangeTestResult, range_test
 from clrcore.models import build_model, fit_image_count, fit_to_data, has_data_init
-from clrcore.range_test import RangeTestResult, range_test
+from clrcore.optim import build_optimizer
 from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_spec
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
-from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, recipe, safe_recommendation
-from clrcore.trainer import (
-    TrainConfig,
-    build_optimizer,
-    config_from_spec,
-    resolve_device,
-    seed_everything,
-    steps_per_epoch,
-    train,
-)
+from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, Recommendation, safe_recommendation
+from clrcore.train_setup import TrainConfig, config_from_spec, resolve_device, seed_everything, steps_per_epoch
+from clrcore.trainer import train
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
-
-
-@dataclass
-class RunHooks:
-    """What the caller wants to hear, whether it wants the run to stop (checked every batch), and
-    whether it may still write into the run folder (`may_write`, asked before every checkpoint and
-    before the final artifacts; False raises `StopRequested("lease lost: ...")`, see `Hooks`)."""
-
-    on_progress: Callable[[Progress], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    progress_interval: float = 0.25
-    may_write: Callable[[], bool] | None = None
+RANGE_TEST = "range_test.json"  # the sweep's log and its choice (`lr_choice.RangeTestChoice`)
 
 
 # ---------------------------------------------------------------- shared setup
@@ -66,8 +49,9 @@ def _write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=1, default=str))
 
 
-def _load_data(spec: JobSpecBase, data_dir: Path, download: bool) -> Dataset:
-    ds = load_dataset(spec.dataset, Path(data_dir), path=spec.dataset_path, download=download)
+def _load_data(spec: JobSpecBase, data_dir: Path, download: bool, max_decoded_bytes: int | None) -> Dataset:
+    ds = load_dataset(spec.dataset, Path(data_dir), path=spec.dataset_path, download=download,
+                      max_decoded_bytes=max_decoded_bytes)
     return with_train_subset(ds, spec.train_subset)
 
 
@@ -91,21 +75,39 @@ def _sweep_config(spec: JobSpecBase, options: RangeTestOptions, device: torch.de
                        momentum=spec.optimizer.momentum, nesterov=spec.optimizer.nesterov,
                        weight_decay=spec.optimizer.weight_decay, beta2=spec.optimizer.beta2,
                        bn_bias_lr_scale=spec.optimizer.bn_bias_lr_scale,
+                       norm_shift_decay=spec.optimizer.norm_shift_decay,
                        seed=spec.seed, device=device)
 
 
+# On CUDA the sweep reads its losses this many steps at a time (a 200-step sweep syncs 10 times, and
+# a divergence is still caught within 20 steps); on a CPU every step, where a read costs nothing.
+SWEEP_SYNC_EVERY_CUDA = 20
+
+
+def sweep_speed(device: torch.device, model: nn.Module) -> dict[str, Any]:
+    """The sweep's speed settings, as training's on CUDA: cuDNN autotuning, channels_last, no per-step
+    host read. Converts `model` in place; returns the loader's and range_test's keyword arguments."""
+    if device.type != "cuda":
+        return {"channels_last": False, "sync_every": 1}
+    torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
+    model.to(memory_format=torch.channels_last)
+    return {"channels_last": True, "sync_every": SWEEP_SYNC_EVERY_CUDA}
+
+
 def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
-           device: torch.device, hooks: RunHooks, label_smoothing: float = 0.0) -> RangeTestResult:
+           device: torch.device, hooks: Hooks, label_smoothing: float = 0.0) -> RangeTestResult:
     """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data."""
+    speed = sweep_speed(device, model)
     optimizer = build_optimizer(model, _sweep_config(spec, options, device))
     inputs = normalization(ds, spec.normalize)  # the sweep must see the inputs training will see
     batches = make_loader(ds.train, spec.batch_size, device=device, **inputs, train=True,
                           translate=spec.augment.translate, flip=spec.augment.flip,
-                          drop_last=len(ds.train) > spec.batch_size,
+                          drop_last=len(ds.train) > spec.batch_size, channels_last=speed["channels_last"],
                           generator=torch.Generator(device=device).manual_seed(spec.seed))
     val = None
     if options.validation:
-        test = make_loader(ds.test, spec.batch_size, device=device, **inputs, train=False)
+        test = make_loader(ds.test, spec.batch_size, device=device, **inputs, train=False,
+                           channels_last=speed["channels_last"])
         val = [b for _, b in zip(range(options.val_batches), test, strict=False)]
     bf16 = device.type == "cuda" and spec.precision != "fp32"
     num_iter = options.steps(steps_per_epoch(len(ds.train), spec.batch_size))
@@ -131,136 +133,134 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
         val_every=options.val_every, accumulation_steps=options.accumulation_steps,
         autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
         on_step=on_step, should_stop=hooks.should_stop, policy=policy, read=options.read,
+        sync_every=speed["sync_every"],
     )
     if hooks.on_progress and emitted["pending"] is not None:  # a sweep that stopped early: its last step
         hooks.on_progress(emitted["pending"])
     return result
 
 
-def _save_sweep(result: RangeTestResult, out_dir: Path, iters_per_epoch: int,
-                epochs_hint: int | None) -> dict[str, Any]:
-    """Write range_test.json, the per-batch CSV log and the plot; return the summary."""
-    rec = result.recommendation
-    summary: dict[str, Any] = {
-        "stop_reason": result.stop_reason,
-        "stopped_at": None if result.stopped_at is None else
-        {"step": result.stopped_at[0], "lr": result.stopped_at[1]},
-        "suggestions": result.suggestions,
-        "recommendation": None if rec is None else rec.to_dict(),
-        "recipe": None if rec is None else recipe(rec, iters_per_epoch=iters_per_epoch,
-                                                  epochs_hint=epochs_hint),
-        "spread_decades": result.spread_decades,
-        "low_confidence": result.low_confidence,
-        "warnings": result.warnings,
-        "steps": sum(1 for r in result.log if not r["skipped"]),
-        "restored": result.restored,
-    }
-    _write_json(out_dir / "range_test.json", {**result.to_dict(), "summary": summary})
+def _save_sweep(result: RangeTestResult, out_dir: Path, iters_per_epoch: int, epochs_hint: int | None,
+                fallback: Callable[[str], Recommendation] | None = None) -> RangeTestChoice:
+    """Write range_test.json, the per-batch CSV log and the plot; return the sweep's choice."""
+    choice = RangeTestChoice.from_result(result, iters_per_epoch=iters_per_epoch, epochs_hint=epochs_hint,
+                                         fallback=fallback)
+    write_range_test(out_dir / RANGE_TEST, result, choice)
     result.save_log(out_dir / "range_test_log.csv")
     lrs, smoothed = result.curve()
     taken = [r for r in result.log if not r["skipped"]]
     val = None
     if result.val_log:
         val = {k: [v.get(k) for v in result.val_log] for k in ("lr", "val_loss", "val_acc")}
+    rec = result.recommendation  # the band a rule picked; a safe fallback is no reading of this curve
     plots.plot_range_test(
         out_dir / "range_test.png", lrs, smoothed, raw=[r["loss"] for r in taken],
         suggestions=result.suggestions, band=None if rec is None else (rec.base_lr, rec.max_lr),
         diverged_at=None if result.stopped_at is None else result.stopped_at[1], val=val,
     )
-    return summary
+    return choice
 
 
-def _stopped(hooks: RunHooks) -> bool:
+def _stopped(hooks: Hooks) -> bool:
     return bool(hooks.should_stop and hooks.should_stop())
 
 
 # ---------------------------------------------------------------- the two jobs
 
 
-def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path,
-             download: bool) -> tuple[Path, torch.device, Dataset, nn.Module]:
+def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path, download: bool,
+             max_decoded_bytes: int | None = None) -> tuple[Path, torch.device, Dataset, nn.Module]:
     """The run folder (with spec.json), the device, the data and a freshly seeded model."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "spec.json", spec.model_dump(mode="json"))
     device = resolve_device(spec.device)
-    ds = _load_data(spec, data_dir, download)
+    ds = _load_data(spec, data_dir, download, max_decoded_bytes)
     return out_dir, device, ds, fresh_model(spec, ds, device)
 
 
 def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
-                    device: torch.device, hooks: RunHooks, out_dir: Path, *, epochs_hint: int | None = None,
-                    label_smoothing: float = 0.0) -> dict[str, Any]:
+                    device: torch.device, hooks: Hooks, out_dir: Path, *, epochs_hint: int | None = None,
+                    label_smoothing: float = 0.0,
+                    fallback: Callable[[str], Recommendation] | None = None) -> RangeTestChoice:
     """Run the sweep and write its artifacts; a sweep cut short by a stop request raises StopRequested."""
     result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing)
     check_may_write(hooks.may_write, "range test result")
-    summary = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint)
+    choice = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint,
+                         fallback)
     if result.stop_reason == "stopped" and _stopped(hooks):  # the partial curve stays in the run folder
         raise StopRequested("stopped during the range test")
-    return summary
+    return choice
 
 
 def run_range_test(spec: RangeTestSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
-                   hooks: RunHooks | None = None) -> dict[str, Any]:
+                   hooks: Hooks | None = None, max_decoded_bytes: int | None = None) -> dict[str, Any]:
     """Sweep the LR for the spec's model and data; write the result, log and plot; return the summary."""
     started = time.perf_counter()
-    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download)
-    summary = _sweep_and_save(spec, spec, spec.policy, ds, model, device, hooks or RunHooks(), out_dir)
-    return {"kind": "range_test", **summary, "seconds": round(time.perf_counter() - started, 3)}
+    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes)
+    choice = _sweep_and_save(spec, spec, spec.policy, ds, model, device, hooks or Hooks(), out_dir)
+    return {"kind": "range_test", **choice.summary(), "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _resolve_bounds(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torch.device, out_dir: Path,
-                    hooks: RunHooks) -> tuple[float, float, dict[str, Any]]:
-    """(base_lr, max_lr, how they were chosen): from the spec, or the range test for 'auto'.
+def _range_test_choice(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torch.device, out_dir: Path,
+                       hooks: Hooks) -> RangeTestChoice | None:
+    """The range test's choice when the spec leaves an LR bound to it ('auto'), else None.
 
     A range test already saved in the run folder is reused, so a resumed job trains with the bounds
-    its first delivery chose.
+    and recipe its first delivery chose; a sweep cut short by a stop request is run again.
     """
-    info: dict[str, Any] = {"source": "spec"}
-    max_lr, base_lr = spec.max_lr, spec.base_lr
-    if max_lr == "auto" or base_lr == "auto":
-        saved = out_dir / "range_test.json"
-        summary = json.loads(saved.read_text())["summary"] if saved.exists() else None
-        if summary is None or summary["stop_reason"] == "stopped":  # a sweep cut short is run again
-            summary = _sweep_and_save(spec, spec.range_test, spec.policy, ds, model, device, hooks, out_dir,
-                                      epochs_hint=spec.epochs, label_smoothing=spec.label_smoothing)
-        rec = summary["recommendation"]
-        source = "range_test"
-        if rec is None:  # no rule could pick: the documented safe recipe, not a failure or a bad LR
-            reason = next((w for w in summary["warnings"] if w.startswith("no suggestion")), "no suggestion")
-            rec = safe_recommendation(spec.optimizer.name, spec.policy, reason=reason,
-                                      div_factor=spec.div_factor).to_dict()
-            source = "safe_fallback"
-            log.warning("range test gave no pick; training with the safe fallback: %s", rec["rule"])
-        info = {"source": source, "rule": rec["rule"], "low_confidence": rec["low_confidence"],
-                "suggestions": summary["suggestions"], "warnings": summary["warnings"],
-                "recommendation": rec}
-        max_lr = rec["max_lr"] if max_lr == "auto" else max_lr
-        base_lr = rec["base_lr"] if base_lr in ("auto", None) else base_lr
+    if spec.max_lr != "auto" and spec.base_lr != "auto":
+        return None
+    choice = read_range_test(out_dir / RANGE_TEST)
+    if choice is None or choice.stop_reason == "stopped":
+        choice = _sweep_and_save(spec, spec.range_test, spec.policy, ds, model, device, hooks, out_dir,
+                                 epochs_hint=spec.epochs, label_smoothing=spec.label_smoothing,
+                                 fallback=lambda reason: _safe_fallback(spec, reason))
+    if choice.recommendation is None:  # a range_test.json from before the fallback: no pick saved
+        raise ValueError("range test found no usable LR (the loss never fell): " + "; ".join(choice.warnings))
+    if choice.source == "safe_fallback":
+        log.warning("range test gave no pick; training with the safe fallback: %s", choice.recommendation.rule)
+    return choice
+
+
+def _safe_fallback(spec: TrainSpec, reason: str) -> Recommendation:
+    """No rule could pick: the documented safe recipe for the optimizer, not a failure or a bad LR."""
+    return safe_recommendation(spec.optimizer.name, spec.policy, reason=reason, div_factor=spec.div_factor)
+
+
+def _resolve_bounds(spec: TrainSpec, choice: RangeTestChoice | None) -> tuple[float, float]:
+    """(base_lr, max_lr): the spec's, with the range test's where the spec says 'auto'."""
+    rec = None if choice is None else choice.recommendation
+    if rec is None and (spec.max_lr == "auto" or spec.base_lr == "auto"):
+        raise ValueError("an 'auto' LR bound needs the range test's choice")
+    max_lr = rec.max_lr if rec is not None and spec.max_lr == "auto" else float(spec.max_lr)
+    base_lr = rec.base_lr if rec is not None and spec.base_lr in ("auto", None) else spec.base_lr
     if base_lr is None:
         base_lr = max_lr / (spec.div_factor if spec.policy == "one_cycle" else TRIANGULAR_BASE_DIVISOR)
+    base_lr = float(base_lr)
     if spec.policy not in ("one_cycle", "constant") and base_lr >= max_lr:
         raise ValueError(f"base_lr {base_lr:.3g} is not below max_lr {max_lr:.3g}")
-    return float(base_lr), float(max_lr), info
+    return base_lr, max_lr
 
 
-def _apply_recipe(spec: TrainSpec, lr_info: dict[str, Any], iters: int) -> tuple[TrainSpec, dict[str, Any]]:
-    """The spec with its step fitted to the epochs where the user left the step to us.
+def _apply_recipe(spec: TrainSpec, choice: RangeTestChoice | None,
+                  iters: int) -> tuple[TrainSpec, dict[str, Any]]:
+    """The spec with the range test's LR bounds and its step fitted to the epochs where left to us.
 
-    For the triangular family, whenever the request set neither step_size nor step_unit (a preset's
-    values count as set, they arrive in the request data), with max_lr 'auto' or fixed alike: the
-    epochs (given or default) stay, and the step is chosen so they hold a whole number of cycles
-    (cycle_fit.py); when not one cycle with a step of at least an epoch fits, the run becomes
+    The bounds come from `choice` ('auto'). For the triangular family, whenever `spec.recipe_fields`
+    (see `specs.TrainSpec`) holds 'step_size', with max_lr 'auto' or fixed alike: the epochs (given or
+    default) stay, and the step is chosen so they hold a whole number of cycles (cycle_fit.py, as the
+    saved recipe did); when not one cycle with a step of at least an epoch fits, the run becomes
     one_cycle. `fit` in the returned values says which. Returns the spec to train and every value the
     range test or the fit supplied (the LR bounds included), for the summary.
     """
-    rec = lr_info.get("recommendation")
+    rec = None if choice is None else choice.recommendation
     taken: dict[str, Any] = {}
     if rec is not None:
-        taken = {"max_lr": rec["max_lr"]} if spec.max_lr == "auto" else {}
+        taken = {"max_lr": rec.max_lr} if spec.max_lr == "auto" else {}
         if spec.base_lr in ("auto", None):
-            taken["base_lr"] = rec["base_lr"]
-    if spec.policy not in TRIANGULAR_FAMILY or spec.model_fields_set & {"step_size", "step_unit"}:
+            taken["base_lr"] = rec.base_lr
+    if spec.policy not in TRIANGULAR_FAMILY or "step_size" not in (spec.recipe_fields or []):
         return spec, taken
     # the step was left to us: fit it so the epochs (given or default) hold whole cycles
     fit = fit_cycles(spec.epochs, iters, spec.policy)
@@ -285,18 +285,19 @@ def _cycle_warnings(spec: TrainSpec, schedule: Schedule, iters: int) -> list[str
 
 
 def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
-                 hooks: RunHooks | None = None) -> dict[str, Any]:
+                 hooks: Hooks | None = None, max_decoded_bytes: int | None = None) -> dict[str, Any]:
     """Train with a cyclical schedule; write history, report, plots, checkpoint; return the summary.
 
     Resumes from out_dir/checkpoints/last.pt when it exists.
     """
-    hooks = hooks or RunHooks()
+    hooks = hooks or Hooks()
     started = time.perf_counter()
-    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download)
-    base_lr, max_lr, lr_info = _resolve_bounds(spec, ds, model, device, out_dir, hooks)
-
+    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes)
+    choice = _range_test_choice(spec, ds, model, device, out_dir, hooks)
+    base_lr, max_lr = _resolve_bounds(spec, choice)
+    lr_info = {"source": "spec"} if choice is None else choice.lr_info()
     iters = steps_per_epoch(len(ds.train), spec.batch_size)
-    spec, from_recipe = _apply_recipe(spec, lr_info, iters)
+    spec, from_recipe = _apply_recipe(spec, choice, iters)
     schedule = schedule_from_spec(spec, base_lr=base_lr, max_lr=max_lr, iters_per_epoch=iters)
     run_warnings = _cycle_warnings(spec, schedule, iters)
     for warning in run_warnings:
@@ -306,8 +307,7 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
                            planned["momentum"] or None)
     config = config_from_spec(spec, schedule, device, checkpoint_path=out_dir / CHECKPOINT)
     try:
-        result = train(model, ds, config, hooks=Hooks(hooks.on_progress, hooks.should_stop,
-                                                      hooks.progress_interval, hooks.may_write))
+        result = train(model, ds, config, hooks=hooks)
     except StopRequested:
         if hooks.may_write is None or hooks.may_write():  # fenced off: the folder is not ours to touch
             _save_partial_history(out_dir)

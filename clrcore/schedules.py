@@ -28,6 +28,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from clrcore.json_safe import json_safe
+
 if TYPE_CHECKING:
     from clrcore.specs import TrainSpec
 
@@ -299,7 +301,7 @@ def schedule_from_spec(spec: TrainSpec, *, base_lr: float, max_lr: float, iters_
 def preview(schedule: Schedule, total_steps: int) -> dict[str, list[float]]:
     """Step, LR and momentum series for the preview plot; "momentum" is empty when not cycled."""
     steps = list(range(total_steps))
-    momentum = [] if schedule.momentum_points is None else [schedule.momentum(s) for s in steps]
+    momentum = [] if schedule.momentum_points is None else [float(schedule.momentum(s) or 0.0) for s in steps]
     return {"step": [float(s) for s in steps], "lr": [schedule.lr(s) for s in steps], "momentum": momentum}
 
 
@@ -354,7 +356,7 @@ class ScheduledLR(LRScheduler):
         self.momentum_on = schedule.momentum_points is not None
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:
         """LR for every param group at `last_epoch`; momentum is set here too, as CyclicLR does."""
         step = max(self.last_epoch, 0)
         lr = self.schedule.lr(step)
@@ -372,7 +374,7 @@ class ScheduledLR(LRScheduler):
         """Resume at the saved step, re-applying its LR and momentum to the optimizer."""
         state = dict(state_dict)
         saved = state.pop("schedule", None)
-        if saved is not None and _plain(saved) != _plain(dataclasses.asdict(self.schedule)):
+        if saved is not None and json_safe(saved) != json_safe(dataclasses.asdict(self.schedule)):  # tuples as lists
             logger.warning("resuming with a different schedule than the checkpoint's: %s", saved)
         super().load_state_dict(state)
         step = max(self.last_epoch, 0)
@@ -382,12 +384,3 @@ class ScheduledLR(LRScheduler):
             group["lr"].clone() if isinstance(group["lr"], torch.Tensor) else group["lr"]
             for group in self.optimizer.param_groups
         ]
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively: a schedule dict that went through JSON compares equal to the live one."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value

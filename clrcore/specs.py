@@ -12,12 +12,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from clrcore import catalog
+from clrcore.dataset_paths import dataset_path_problem
 from clrcore.presets import PRESETS
 
 UPLOADED_DATASET = re.compile(r"^ds_[a-z0-9]{8,32}$")
 
 PositiveLR = Annotated[float, Field(gt=0, le=1e3)]
 Policy = Literal["triangular", "triangular2", "exp_range", "one_cycle", "constant"]
+RecipeField = Literal["step_size", "epochs"]
 
 
 class StrictModel(BaseModel):
@@ -39,6 +41,10 @@ class OptimizerSpec(StrictModel):
     lookahead: bool = Field(
         False, description="from 30 % of the run on, pull the weights towards their moving average every "
         "5 steps, harder towards the end (airbench94's lookahead)",
+    )
+    norm_shift_decay: bool = Field(
+        False, description="decay BatchNorm shifts too, by weight_decay / bn_bias_lr_scale, so they are pulled "
+        "towards zero as hard per step as the weights (airbench94's decay)",
     )
 
     @model_validator(mode="after")
@@ -66,8 +72,8 @@ class JobSpecBase(StrictModel):
     )
     model: str = "tiny_cnn"
     batch_size: int = Field(128, ge=1, le=8192)
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec.model_validate({}))
+    augment: AugmentSpec = Field(default_factory=lambda: AugmentSpec.model_validate({}))
     train_subset: int | None = Field(
         None, ge=1, description="train on N training images drawn at random (the same N for every job)"
     )
@@ -103,6 +109,9 @@ class JobSpecBase(StrictModel):
         parts = value.replace("\\", "/").split("/")
         if value.startswith(("/", "~")) or ".." in parts or ":" in value:
             raise ValueError("must be a path relative to the data directory, without '..'")
+        problem = dataset_path_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -221,8 +230,20 @@ class TrainSpec(JobSpecBase, ScheduleSpec):
     tta_translate: bool = Field(
         False, description="final evaluation: also average over the image shifted 1 px up-left and down-right"
     )
-    range_test: RangeTestOptions = Field(default_factory=RangeTestOptions, description="used when max_lr='auto'")
+    range_test: RangeTestOptions = Field(default_factory=lambda: RangeTestOptions.model_validate({}),
+                                         description="used when max_lr='auto'")
     compile: bool = Field(False, description="torch.compile the model (CUDA only)")
+    recipe_fields: list[RecipeField] | None = Field(
+        None,
+        description="with a triangular-family policy, the fields left to the recipe: 'step_size' (with "
+        "step_unit) is fitted so the epochs hold whole cycles (one_cycle when not one fits), for max_lr "
+        "'auto' or fixed; 'epochs' (only together with step_size) stay as given or defaulted, the step is "
+        "fitted to them. Default: those the request leaves unset (a preset's values count as set)",
+    )
+    compile_mode: Literal["default", "reduce-overhead"] = Field(
+        "default", description="torch.compile mode when compile is on: reduce-overhead adds CUDA graphs "
+        "(pays at small batches)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -240,6 +261,38 @@ class TrainSpec(JobSpecBase, ScheduleSpec):
             raise ValueError(f"unknown preset {value!r}; known: {', '.join(sorted(PRESETS))}")
         return value
 
+    @field_validator("recipe_fields", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """The CLI's `--recipe-fields step_size,epochs` is one string."""
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("recipe_fields")
+    @classmethod
+    def _epochs_need_step(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and "epochs" in value and "step_size" not in value:
+            raise ValueError("'epochs' comes from the recipe only together with 'step_size'")
+        return None if value is None else sorted(set(value), key=("step_size", "epochs").index)
+
+    @model_validator(mode="after")
+    def _spell_out_recipe_fields(self) -> TrainSpec:
+        """Left out, recipe_fields becomes the schedule fields this request did not set, written down.
+
+        From here on the spec says which fields the range test fills: a stored record, spec.json and a
+        re-validated copy all carry the same list, instead of each reading it from what was left unset.
+        """
+        if self.recipe_fields is None:
+            self.recipe_fields = default_recipe_fields(self.model_fields_set)
+        return self
+
+
+def default_recipe_fields(given: set[str]) -> list[RecipeField]:
+    """The fields a request leaves to the recipe: the step size unless step_size or step_unit was set,
+    and the epochs too unless they were set (the recipe's epochs are whole cycles of its own step)."""
+    if given & {"step_size", "step_unit"}:
+        return []
+    return ["step_size"] if "epochs" in given else ["step_size", "epochs"]
+
 
 def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     out = dict(defaults)
@@ -248,8 +301,6 @@ def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         out[key] = _merge(out[key], value) if both_dicts else value
     return out
 
-
-JobSpec = Annotated[RangeTestSpec | TrainSpec, Field(discriminator="kind")]
 
 
 def parse_spec(data: dict[str, Any]) -> RangeTestSpec | TrainSpec:

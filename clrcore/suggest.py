@@ -233,9 +233,9 @@ def read_curve(
     empty = np.empty(0)
     if end < MIN_POINTS:
         reason = "nan" if bad.any() and end == 0 else "too_short"
-        problem = NoSuggestion(reason, f"only {end} usable points before NaN or divergence "
-                                       f"(need {MIN_POINTS}): lower start_lr or lengthen the sweep")
-        return CurveReading(lrs, raw, ema, raw.copy() if end else empty, 0, None, False, math.nan, problem)
+        short = NoSuggestion(reason, f"only {end} usable points before NaN or divergence "
+                                     f"(need {MIN_POINTS}): lower start_lr or lengthen the sweep")
+        return CurveReading(lrs, raw, ema, raw.copy() if end else empty, 0, None, False, math.nan, short)
     smooth = smooth_curve(lrs, raw, span_decades)
     i_min = int(np.argmin(smooth))
     window = max(3, round(span_points(lrs, span_decades)))
@@ -248,7 +248,7 @@ def read_curve(
     tail_drop = float(smooth[max(0, len(smooth) - 1 - window)] - smooth[-1])
     still_falling = turn is None and tail_drop > RISE_RELATIVE / 3 * abs(float(smooth[-1]))
     noise = residual_noise(raw, smooth)
-    problem = None
+    problem: NoSuggestion | None = None
     if i_min == 0:
         problem = NoSuggestion("never_fell", "the loss never fell below its first value: lower start_lr")
     elif fall < FLAT_FRACTION * abs(start):
@@ -328,8 +328,8 @@ def picks_from_reading(reading: CurveReading, cliff_margin: float | None = None)
     x, ema = np.log10(reading.lrs), reading.ema
     i_ema = int(np.argmin(ema))
     if i_ema > 0 and ema[i_ema] < ema[0]:
-        out["min_loss"] = float(reading.lrs[i_ema])
-        out["min_loss_div10"] = out["min_loss"] / 10
+        min_loss = float(reading.lrs[i_ema])
+        out["min_loss"], out["min_loss_div10"] = min_loss, min_loss / 10
         out["steepest"] = _steepest(x, ema, i_ema)
         out["valley"] = _valley(x[: i_ema + 1], ema[: i_ema + 1])
         out["blog_base"] = _fall_start(reading.lrs, ema, i_ema)
@@ -349,7 +349,7 @@ def aggregate_picks(picks: list[float | None]) -> tuple[float | None, float | No
 
 def spread_decades(suggestions: dict[str, float | None]) -> float | None:
     """log10(max/min) over the independent rules that returned a value; None with fewer than two."""
-    values = [suggestions[k] for k in INDEPENDENT_RULES if suggestions.get(k)]
+    values = [value for k in INDEPENDENT_RULES if (value := suggestions.get(k))]
     if len(values) < 2:
         return None
     return float(math.log10(max(values) / min(values)))
@@ -466,6 +466,7 @@ def recipe(
         "iters_per_epoch": iters_per_epoch,
     }
     if policy in TRIANGULAR_FAMILY:
+        cycles: int | None  # None only with the one_cycle switch, which returns before it is used
         if epochs_hint is None:
             step, cycles, epochs = DEFAULT_STEP_EPOCHS * iters_per_epoch, 1, 2 * DEFAULT_STEP_EPOCHS
             note = f"one cycle with the default step of {DEFAULT_STEP_EPOCHS} epochs"

@@ -6,7 +6,7 @@ history and write a checkpoint. Three decisions shape the code:
 
 - No host synchronisation inside the batch loop. Per-step losses and correct counts stay on the device
   in two small buffers; they are read once per progress tick (at most every `Hooks.progress_interval`
-  seconds), every `DIVERGENCE_CHECK_EVERY` steps and at the epoch end. A GPU never waits on Python.
+  seconds), every `TrainConfig.sync_every` steps and at the epoch end. A GPU never waits on Python.
 - Divergence still stops the run: at each of those reads a non-finite loss sum raises
   `TrainingDiverged`, naming the first bad step found in the buffer since the previous read.
 - A checkpoint is written at the end of each epoch, with every RNG stream, so a resumed run continues
@@ -14,21 +14,21 @@ history and write a checkpoint. Three decisions shape the code:
   last epoch's checkpoint and drops the partial epoch: resuming mid-epoch would also need the partial
   epoch's loss buffers and running sums in the checkpoint, for at most one epoch of work saved.
 
-What a caller sees (`Progress`, `Hooks`, `StopRequested`, `TrainingDiverged`) lives in `hooks.py`, the
-resume checks and the fenced checkpoint write in `resume.py`, the per-process torch.compile cache in
-`compile_cache.py`, evaluation and test-time augmentation in `evaluation.py`. The hooks and errors
-stay importable from here.
+The run's settings (`TrainConfig`, `config_from_spec`, `steps_per_epoch`, seeding) live in
+`train_setup.py` and the optimizer in `optim.py`, beside `lookahead.py`. What a caller sees (`Progress`,
+`Hooks`, `StopRequested`, `TrainingDiverged`) lives in `hooks.py`, the resume checks and the fenced
+checkpoint write in `resume.py`, the per-process torch.compile cache in `compile_cache.py`, evaluation
+and test-time augmentation in `evaluation.py`. The hooks and errors stay importable from here.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,25 +39,20 @@ from torch import nn
 
 from clrcore import compile_cache
 from clrcore.checkpoint import capture_rng_state, plain
-from clrcore.evaluation import EVAL_BATCH_SIZE, Prediction, evaluate
+from clrcore.evaluation import Prediction, evaluate
 from clrcore.hooks import Hooks, Progress, StopRequested, TrainingDiverged
-from clrcore.loaders import iters_per_epoch, make_loader, normalization
+from clrcore.loaders import make_loader, normalization
 from clrcore.lookahead import Lookahead
+from clrcore.optim import build_optimizer
 from clrcore.resume import config_summary, resume, save_epoch_checkpoint
-from clrcore.schedules import Schedule, set_hyperparams
+from clrcore.schedules import set_hyperparams
+from clrcore.train_setup import TRAIN_DROP_LAST, TrainConfig, seed_everything
 
 if TYPE_CHECKING:
     from clrcore.datasets import Dataset
-    from clrcore.specs import TrainSpec
 
 log = logging.getLogger(__name__)
 
-# Read the on-device loss buffer at least this often (in steps), so a NaN stops a run within this many
-# steps even with no progress callback and a slow clock.
-DIVERGENCE_CHECK_EVERY = 50
-
-# Training drops the ragged last batch (see `steps_per_epoch`).
-TRAIN_DROP_LAST = True
 # Per-iteration history keys (one value per optimizer step) and per-epoch keys (one per epoch).
 ITERATION_KEYS = ("lr", "momentum", "loss")
 EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "eval_time")
@@ -74,141 +69,7 @@ class TrainResult:
     y_pred: np.ndarray
     epochs_run: int  # epochs trained by this call (fewer than config.epochs after a resume)
     resumed_from: int | None  # epochs already done in the checkpoint this call resumed from
-    timings: dict[str, float]  # train_s (no eval), eval_s, compile_s
-
-
-# ---------------------------------------------------------------- configuration
-
-
-@dataclass
-class TrainConfig:
-    epochs: int
-    batch_size: int
-    schedule: Schedule  # evaluated per optimizer step (iteration), not per epoch
-    optimizer: str = "sgd"  # "sgd" | "adamw"
-    momentum: float = 0.9  # SGD momentum or AdamW beta1, when the schedule does not cycle it
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    beta2: float = 0.999
-    bn_bias_lr_scale: float = 1.0  # BatchNorm shifts train at this multiple of the scheduled LR
-    lookahead: bool = False  # weights pulled towards their moving average late in the run (lookahead.py)
-    label_smoothing: float = 0.0
-    translate: int = 0
-    flip: bool = False
-    flip_mode: str = "random"  # "random" | "alternate"; see loaders.alternating_flips
-    tta_flip: bool = False
-    tta_translate: bool = False
-    seed: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    precision: str = "fp32"  # "bf16" | "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    checkpoint_path: Path | None = None
-    eval_batch_size: int = EVAL_BATCH_SIZE
-    normalize: str = "channel"  # "channel" | "pixel_mean" | "unit"; see loaders.normalization
-    # Speed switches, each on by default where it pays; the GPU benchmark turns them off one at a time.
-    device_data: bool = True  # whole split on the device when it fits; False forces the DataLoader path
-    optimizer_impl: str = "auto"  # "auto" (fused on CUDA) | "fused" | "foreach" | "loop"
-    sync_every: int = DIVERGENCE_CHECK_EVERY  # steps between reads of the on-device loss buffer
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA when present, else CPU; CUDA asked for but absent is an error, not a silent CPU run."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def config_from_spec(spec: TrainSpec, schedule: Schedule, device: torch.device | str = "auto", *,
-                     checkpoint_path: Path | None = None) -> TrainConfig:
-    """The trainer's settings for a validated spec: the spec's choices plus what the device decides.
-
-    bf16 autocast and channels_last pay off on CUDA only; on a CPU fp32 is both faster and exact.
-    torch.compile is CUDA-only here (on CPU its compile time dwarfs the short runs it would speed up).
-    """
-    device = resolve_device(device) if isinstance(device, str) else device
-    on_cuda = device.type == "cuda"
-    precision = spec.precision
-    if precision == "auto":
-        precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "fp32"
-    return TrainConfig(
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        schedule=schedule,
-        optimizer=spec.optimizer.name,
-        momentum=spec.optimizer.momentum,
-        nesterov=spec.optimizer.nesterov,
-        weight_decay=spec.optimizer.weight_decay,
-        beta2=spec.optimizer.beta2,
-        bn_bias_lr_scale=spec.optimizer.bn_bias_lr_scale,
-        lookahead=spec.optimizer.lookahead,
-        label_smoothing=spec.label_smoothing,
-        translate=spec.augment.translate,
-        flip=spec.augment.flip,
-        flip_mode=spec.augment.flip_mode,
-        tta_flip=spec.tta_flip,
-        tta_translate=spec.tta_translate,
-        seed=spec.seed,
-        device=device,
-        precision=precision,
-        channels_last=on_cuda,
-        compile=spec.compile and on_cuda,
-        checkpoint_path=checkpoint_path,
-        normalize=spec.normalize,
-    )
-
-
-def steps_per_epoch(num_images: int, batch_size: int) -> int:
-    """Optimizer steps per epoch for a training split of `num_images`; what the schedule is built for.
-
-    Training drops the ragged last batch (it skews BatchNorm statistics and makes one step of the
-    schedule unlike the others), so build the schedule with this count, not ceil(n / batch_size).
-    """
-    return iters_per_epoch(num_images, batch_size, drop_last=TRAIN_DROP_LAST)
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD or AdamW with weight decay on weights only.
-
-    Decaying BatchNorm scales and biases pulls them towards zero for no regularising benefit, so every
-    parameter with fewer than two dimensions goes to a group without decay. BatchNorm shifts get a
-    group of their own whose `lr_scale` (config.bn_bias_lr_scale) multiplies the scheduled LR, so the
-    schedule and the range test keep the ratio. On CUDA the fused kernels do the update in one launch;
-    on CPU the default per-parameter loop is already the fastest. `config.optimizer_impl` overrides
-    that choice ("fused", "foreach" or the per-parameter "loop").
-    """
-    scale = config.bn_bias_lr_scale
-    norm_shifts = {id(m.bias) for m in model.modules()
-                   if scale != 1.0 and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    lr = config.schedule.lr(0)
-    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in trainable if p.ndim < 2 and id(p) not in norm_shifts], "weight_decay": 0.0}]
-    if norm_shifts:  # only then: a default run's optimizer state keeps the two groups older checkpoints have
-        groups.append({"params": [p for p in trainable if id(p) in norm_shifts], "weight_decay": 0.0,
-                       "lr_scale": scale, "lr": lr * scale})
-    impl = config.optimizer_impl
-    if impl == "auto":
-        impl = "fused" if config.device.type == "cuda" else "default"
-    implementations = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False},
-                       "default": {}}
-    if impl not in implementations:
-        raise ValueError(f"unknown optimizer_impl {config.optimizer_impl!r}; known: auto, fused, foreach, loop")
-    fused = implementations[impl]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov, **fused)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(config.momentum, config.beta2), **fused)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; known: sgd, adamw")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and Python's `random`, so a seeded run repeats exactly."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    timings: dict[str, float]  # train_s (no eval, no warm-up), eval_s, warmup_s, compile_s
 
 
 def _autocast(config: TrainConfig) -> AbstractContextManager:
@@ -276,7 +137,8 @@ def train_epoch(
 ) -> _EpochStats:
     """One pass over the training data; iteration i of the run uses schedule.lr(i) and .momentum(i).
 
-    With `time_first_step` the first step is synchronised and timed: that is where torch.compile works.
+    With `time_first_step` the first step is synchronised and timed: that is where torch.compile works
+    and where cuDNN autotunes its kernels (`cudnn.benchmark`), compiled or not.
     With `lookahead` the weights follow its average (see `lookahead.py`).
     """
     started = time.perf_counter()
@@ -295,11 +157,17 @@ def train_epoch(
         lrs.append(lr)
         momentums.append(config.momentum if momentum is None else momentum)
 
-        with _autocast(config):
-            logits = forward(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        def forward_backward(x: torch.Tensor = x, y: torch.Tensor = y) -> tuple[torch.Tensor, torch.Tensor]:
+            with _autocast(config):
+                logits = forward(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            return logits, loss
+
+        # the first step compiles (forward and backward): a compiler failure there reruns it eager
+        logits, loss = compile_cache.with_eager_fallback(forward, forward_backward) if i == 0 \
+            else forward_backward()
         optimizer.step()
         if lookahead is not None:
             lookahead.after_step(first_step + i + 1)
@@ -332,7 +200,8 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _compile_estimate(first_s: float, total_s: float, count: int) -> float:
-    """Compile cost hidden in a first step: how much longer it took than the average of the others."""
+    """Warm-up hidden in a first step (compiling, cuDNN autotuning, lazy allocations): how much longer
+    it took than the average of the others."""
     if count < 2:
         return first_s
     return max(0.0, first_s - (total_s - first_s) / (count - 1))
@@ -408,14 +277,15 @@ def train(
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     # `net` is what trains: `model` itself, or the kept compiled twin of its architecture
-    net, forward, compile_cached = model, model, False
+    net, compile_cached = model, False
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
     if config.compile and compile_cache.compile_supported(device):
         net, forward, compile_cached = compile_cache.compiled_forward(model, config)  # compiles lazily, on first use
     elif config.compile:
         log.warning("torch.compile is used on CUDA only; training uncompiled on %s", device)
     optimizer = build_optimizer(net, config)
     inputs = normalization(dataset, config.normalize)
-    placement = {"max_device_bytes": None if config.device_data else 0}
+    placement: dict[str, Any] = {"max_device_bytes": None if config.device_data else 0}
     train_loader = make_loader(
         dataset.train, config.batch_size, device=device, train=True,
         translate=config.translate, flip=config.flip, flip_mode=config.flip_mode,
@@ -434,38 +304,41 @@ def train(
 
     # -- resume: weights, optimizer state, RNG streams and history of the last complete epoch
     history, start_epoch, resumed_from = new_history(), 0, None
-    timings = {"train_s": 0.0, "eval_s": 0.0, "compile_s": 0.0}
+    timings = {"train_s": 0.0, "eval_s": 0.0, "warmup_s": 0.0, "compile_s": 0.0}
     checkpoint = Path(config.checkpoint_path) if config.checkpoint_path is not None else None
     if checkpoint is not None and checkpoint.exists():
         start_epoch, history, timings = resume(checkpoint, net, optimizer, train_loader.generator, summary)
+        timings.setdefault("warmup_s", 0.0)  # checkpoints from before warm-up was reported apart
         resumed_from = start_epoch
 
     # -- the epochs
     last_eval: Prediction | None = None
     lookahead = Lookahead(net, config.epochs * steps) if config.lookahead else None  # after `net` is final
     for epoch in range(start_epoch, config.epochs):
-        compiling = forward is not net and epoch == start_epoch
+        warming = epoch == start_epoch  # this process's first steps: compile and/or cuDNN autotuning
         started = time.perf_counter()
         net.train()
         train_loader.set_epoch(epoch)
         if lookahead is not None:
             lookahead.start_epoch(epoch * steps)
         stats = train_epoch(forward, train_loader, optimizer, config, epoch=epoch, steps=steps, ticker=ticker,
-                            time_first_step=compiling, lookahead=lookahead)
+                            time_first_step=warming, lookahead=lookahead)
         if lookahead is not None:
             lookahead.end_epoch()
         trained = time.perf_counter()
         net.eval()
-        last_eval, first_eval_s = _evaluate_epoch(forward, test_loader, config, ticker, epoch, compiling)
+        last_eval, first_eval_s = _evaluate_epoch(forward, test_loader, config, ticker, epoch, warming)
         finished = time.perf_counter()
 
-        compile_train = compile_eval = 0.0
-        if compiling:  # the first steps' excess over a normal step is compile time, reported apart
-            compile_train = _compile_estimate(stats.first_step_s, trained - started, steps)
-            compile_eval = _compile_estimate(first_eval_s, finished - trained, len(test_loader))
-        timings["compile_s"] += compile_train + compile_eval
-        timings["train_s"] += trained - started - compile_train
-        timings["eval_s"] += finished - trained - compile_eval
+        warmup_train = warmup_eval = 0.0
+        if warming:  # the first steps' excess over a normal step is warm-up, reported apart from training
+            warmup_train = _compile_estimate(stats.first_step_s, trained - started, steps)
+            warmup_eval = _compile_estimate(first_eval_s, finished - trained, len(test_loader))
+        timings["warmup_s"] += warmup_train + warmup_eval
+        if forward is not net:  # compiled: the warm-up is mostly compile time
+            timings["compile_s"] += warmup_train + warmup_eval
+        timings["train_s"] += trained - started - warmup_train
+        timings["eval_s"] += finished - trained - warmup_eval
 
         _record_epoch(history, epoch + 1, stats, last_eval, finished - started, finished - trained)
         log.info("epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f (%.1fs)", epoch + 1,
@@ -502,6 +375,7 @@ def train(
         model.train(net.training)
     if forward is not net:
         timings["compile_cache_hit"] = float(compile_cached)
+        timings["compile_failed"] = float(getattr(forward, "failure", None) is not None)
     metrics = {"test_loss": last_eval.loss, "test_acc": last_eval.accuracy}
     if history["train_loss"]:
         metrics.update(train_loss=history["train_loss"][-1], train_acc=history["train_acc"][-1])

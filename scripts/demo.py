@@ -116,6 +116,7 @@ def main() -> None:
         for job in (rt, train):
             for link in (job.get("links") or {}).get("plots", {}).values():
                 print(f"  plot: {BASE}{link}")
+        print(f"dashboard: {BASE}/ui/#/jobs/{train['id']}")
     print("the API and worker keep running; `make stop` ends them")
 
 

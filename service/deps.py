@@ -12,13 +12,13 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from jobs.settings import Settings
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
 from service.auth import OPEN_MODE_OWNER, KeyRing
-from service.config import Settings
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
-from service.store import JobStore
-from service.workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def current_owner(request: Request, credentials: Credentials) -> str:
     A missing or unknown key is 401 with `WWW-Authenticate: Bearer`; which of the two is not said.
     """
     keys: KeyRing = request.app.state.keys
+    owner: str | None
     if keys.open_mode:
         owner = OPEN_MODE_OWNER
     else:
@@ -90,7 +91,7 @@ def owned_job(job_id: str, request: Request, credentials: Credentials) -> dict:
     owner = current_owner(request, credentials)
     if not JOB_ID.match(job_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
-    record = request.app.state.store.get(job_id)
+    record = request.app.state.store.records.get(job_id)
     if record is None or record["owner"] != owner:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
     return record

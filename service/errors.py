@@ -15,8 +15,9 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from jobs.redis_errors import StoreUnavailable
+from jobs.states import InvalidTransition, JobNotFound
 from service.auth import bearer_token
-from service.store import InvalidTransition, JobNotFound, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +74,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         err = dict(err)
         err["msg"] = _text(str(err.get("msg", "")))
         if "input" in err:
-            err["input"] = _json_safe(err["input"])
+            err["input"] = bounded_echo(err["input"])
         if "ctx" in err:
-            err["ctx"] = {k: _json_safe(v) for k, v in err["ctx"].items()}
+            err["ctx"] = {k: bounded_echo(v) for k, v in err["ctx"].items()}
         errors.append(err)
     return JSONResponse({"detail": errors}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
@@ -85,8 +86,9 @@ def _text(value: str, limit: int = 500) -> str:
     return value[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _json_safe(value: Any, depth: int = 0) -> Any:
-    """A bounded, JSON-encodable copy of a client's input (NaN, 1e400 and deep nesting included)."""
+def bounded_echo(value: Any, depth: int = 0) -> Any:
+    """A bounded, JSON-encodable copy of a client's input to echo in a 422: strings cut short, at most
+    50 items and 4 levels deep, NaN and 1e400 as text (not `clrcore.json_safe`, which keeps everything)."""
     if isinstance(value, bool | int | None):
         return value if not isinstance(value, int) or abs(value) < 2**63 else str(value)[:50]
     if isinstance(value, float):
@@ -96,9 +98,9 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
     if depth >= 4:
         return "..."
     if isinstance(value, dict):
-        return {str(k)[:100]: _json_safe(v, depth + 1) for k, v in list(value.items())[:50]}
+        return {str(k)[:100]: bounded_echo(v, depth + 1) for k, v in list(value.items())[:50]}
     if isinstance(value, list | tuple):
-        return [_json_safe(v, depth + 1) for v in value[:50]]
+        return [bounded_echo(v, depth + 1) for v in value[:50]]
     return str(value)[:200]
 
 

@@ -20,10 +20,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from service.store import JobStore, parse_event_reply, redis_errors_as_unavailable, xread_options
+from jobs.events import parse_event_reply, xread_options
+from jobs.redis_errors import redis_errors_as_unavailable
+from jobs.store import JobStore
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from jobs.settings import Settings
 
 
 class EventReader:
@@ -51,17 +53,18 @@ class EventReader:
 
     async def read(self, job_id: str, after: str = "0", block_ms: int = 0,
                    count: int = 100) -> list[tuple[str, str, dict]]:
-        """Events after the id `after`, as (id, event, data); like `JobStore.read_events`, awaited."""
+        """Events after the id `after`, as (id, event, data); like `JobStore.events.read`, awaited."""
         async with self.turns:
             with redis_errors_as_unavailable():
-                reply = await self.redis.xread({self.store.events_key(job_id): after}, **xread_options(block_ms, count))
+                stream = {self.store.keys.events(job_id): after}
+                reply = await self.redis.xread(stream, **xread_options(block_ms, count))
         return parse_event_reply(reply)
 
     async def state(self, job_id: str) -> tuple[str, str | None] | None:
         """(state, error or None) of the job, or None if it no longer exists."""
         async with self.turns:
             with redis_errors_as_unavailable():
-                state, error = await self.redis.hmget(self.store.job_key(job_id), ["state", "error"])
+                state, error = await self.redis.hmget(self.store.keys.job(job_id), ["state", "error"])
         return None if state is None else (state, error or None)
 
     async def aclose(self) -> None:

@@ -18,17 +18,17 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobs.datasets import DatasetStore
+from jobs.settings import Settings, get_settings
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
 from service import errors
 from service.auth import KeyRing
-from service.config import Settings, get_settings
 from service.event_reader import EventReader
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
-from service.routes import artifacts, catalog, datasets, health, jobs
-from service.store import JobStore
-from service.uploads import DatasetStore
-from service.workers import WorkerRegistry
+from service.routes import artifacts, catalog, datasets, health, jobs, ui
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Uploads are exempt from the JSON body limit: the route streams the body to disk and counts it
     # against CLR_MAX_UPLOAD_BYTES and the key's quota itself, refusing with a 413 that says which.
     app.include_router(datasets.router, max_body_size=UNLIMITED_BODY)
+    ui.mount(app)  # the dashboard at /ui, same origin
 
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:

@@ -14,8 +14,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.queue import QUEUES
-from service.store import DURATION_BUCKETS, JobStore, StoreUnavailable
+from jobs.queues import QUEUES
+from jobs.records import DURATION_BUCKETS
+from jobs.redis_errors import StoreUnavailable
+from jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +31,9 @@ class _StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("clr_store_up", "1 when the job store (Redis) answered this scrape")
         try:
-            counts = self.store.counts_by_state()
-            depths = {q: self.store.queue_depth(q) for q in QUEUES}
-            durations = self.store.duration_histograms()
+            counts = self.store.records.counts_by_state()
+            depths = {q: self.store.sends.queue_depth(q) for q in QUEUES}
+            durations = self.store.records.duration_histograms()
         except StoreUnavailable as exc:
             logger.warning("metrics scrape without the store: %s", exc)
             up.add_metric([], 0)

@@ -1,10 +1,6 @@
 """The by-name Celery client: the API enqueues job ids and imports no task code (and so no torch).
 
-Which queue a job goes to:
-- `spec.device == "cuda"` -> "gpu" (only GPU workers can run it);
-- `spec.device == "cpu"`  -> "cpu";
-- `spec.device == "auto"` -> `Settings.default_queue` (default "cpu"; a deployment with GPU workers
-  sets `CLR_DEFAULT_QUEUE=gpu` so "auto" jobs land where the GPUs are).
+Names, queues and broker options come from `jobs.queues`, which the workers read too.
 """
 
 from __future__ import annotations
@@ -13,24 +9,10 @@ import logging
 
 from celery import Celery
 
-from service.config import Settings
-from service.store import broker_transport_options
+from jobs.queues import CANARY_EXPIRES_S, PING, RUN_JOB, broker_transport_options
+from jobs.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-TASK_NAME = "clr.run_job"
-PING_TASK = "clr.ping"
-CANARY_EXPIRES_S = 30
-QUEUES = ("cpu", "gpu")
-
-
-def queue_for(device: str, settings: Settings) -> str:
-    """The queue for a spec's `device` field (see the module docstring)."""
-    if device == "cuda":
-        return "gpu"
-    if device == "cpu":
-        return "cpu"
-    return settings.default_queue
 
 
 class JobQueue:
@@ -50,7 +32,7 @@ class JobQueue:
         )
 
     def send(self, job_id: str, queue: str) -> None:
-        self._celery.send_task(TASK_NAME, args=[job_id], queue=queue)
+        self._celery.send_task(RUN_JOB, args=[job_id], queue=queue)
         logger.info("job %s sent to queue %s", job_id, queue)
 
     def send_canary(self, token: str, queue: str) -> None:
@@ -58,7 +40,7 @@ class JobQueue:
 
         It expires, so canaries sent while no worker consumes do not pile up for later.
         """
-        self._celery.send_task(PING_TASK, args=[token], queue=queue, expires=CANARY_EXPIRES_S)
+        self._celery.send_task(PING, args=[token], queue=queue, expires=CANARY_EXPIRES_S)
 
     def close(self) -> None:
         self._celery.close()

@@ -8,48 +8,33 @@ that decodes fully); then the layout is checked the way the loader will read it 
 val, at least two classes, the same classes in both, one image size). Only then is the archive
 renamed into place and recorded. A refusal is an `UploadRefused` naming the problem and the member.
 
-FastAPI-free on purpose (like `service/store.py`): the worker imports `DatasetStore` to turn a
-dataset id into a path. Torch-free: PIL and the standard library only.
+The records (and where archives live) are `jobs.datasets`, which the workers read too. The image
+limits are the loader's own (`clrcore.image_tree`), so an upload passes exactly when a job could read it.
+Torch-free: PIL and the standard library only.
 
-Key layout (under the configured prefix):
-
-    {p}:dataset:{id}                 string: the JSON record
-    {p}:datasets:{owner-hash}        set: the owner's dataset ids
-    {p}:datasets:{owner-hash}:bytes  integer: bytes of the owner's archives (the quota's measure)
-
-Files: `{data_dir}/uploads/{owner-hash}/{id}.{ext}`; temp files in `{data_dir}/uploads/.incoming/`
-(the same file system, so the final move is an atomic rename).
+`upload_errors` is the submit-time check of a job spec that names an uploaded dataset.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
-import os
-import re
-import secrets
-import string
-import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import redis
 from PIL import Image, UnidentifiedImageError
 
-from clrcore.archives import ArchiveError, iter_image_members
+from clrcore.archives import MAX_RATIO, ArchiveError, iter_image_members
+from clrcore.capped_reader import ReadStopped, over_ratio
+from clrcore.dataset_paths import dataset_path_problem
+from clrcore.image_tree import GRAY_MODES, MAX_DECODED_BYTES, MAX_IMAGE_PIXELS
+from clrcore.specs import UPLOADED_DATASET, RangeTestSpec, TrainSpec
+from jobs.datasets import UPLOADS_DIR, ArchiveSummary, DatasetStore
+from jobs.settings import Settings
+from jobs.store import JobStore
+from service.errors import field_error
 
 log = logging.getLogger(__name__)
-
-DATASET_ID = re.compile(r"^ds_[a-z0-9]{8,32}$")  # the same shape clrcore.specs accepts
-_ID_ALPHABET = string.ascii_lowercase + string.digits
-ID_LENGTH = 16
-
-UPLOADS_DIR = "uploads"
-INCOMING_DIR = ".incoming"
 
 # Content-Type -> file extension. The extension is what the loader (clrcore.archives) reads by.
 ARCHIVE_TYPES: dict[str, str] = {
@@ -61,9 +46,7 @@ ARCHIVE_TYPES: dict[str, str] = {
 }
 # Only plain raster formats: PIL's EPS plugin would run Ghostscript on a tenant's bytes.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
-MAX_IMAGE_PIXELS = 4096 * 4096  # the loader's per-image limit (clrcore.image_tree)
-MAX_DECODED_BYTES = 32 * 2**30  # the loader's limit on a whole dataset once decoded (clrcore.image_tree)
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # decoded as one channel by the loader
+IMAGE_RATIO_FLOOR = 2**20  # images decoding to less than this are not judged by their compression ratio
 SPLITS = ("train", "test", "val")
 
 
@@ -73,15 +56,6 @@ class UploadRefused(Exception):
     def __init__(self, status: int, problem: str, message: str) -> None:
         super().__init__(message)
         self.status, self.problem, self.message = status, problem, message
-
-
-def owner_hash(owner: str) -> str:
-    """A key name as a safe, fixed-length path component (names may hold any character)."""
-    return hashlib.sha256(owner.encode()).hexdigest()[:16]
-
-
-def new_dataset_id() -> str:
-    return "ds_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
 
 
 def archive_ext(content_type: str | None) -> str:
@@ -132,20 +106,7 @@ def check_magic(path: Path, ext: str) -> None:
 # ------------------------------------------------------------------------------------------ validation
 
 
-@dataclass
-class ArchiveSummary:
-    """What validation learnt about an archive: enough for the record and for GET."""
-
-    classes: list[str]
-    held_out: str  # "test" or "val": the split the loader evaluates on
-    counts: dict[str, dict[str, int]]  # split -> class -> images
-    width: int
-    height: int
-    channels: int
-    formats: set[str] = field(default_factory=set)
-
-
-def _inspect_image(where: str, data: bytes) -> tuple[tuple[int, int], bool, str]:
+def _inspect_image(where: str, data: bytes, max_ratio: float = MAX_RATIO) -> tuple[tuple[int, int], bool, str]:
     """((width, height), grayscale?, format) of one member, after decoding it fully; refused otherwise."""
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
@@ -153,6 +114,11 @@ def _inspect_image(where: str, data: bytes) -> tuple[tuple[int, int], bool, str]
             if width * height > MAX_IMAGE_PIXELS:
                 raise UploadRefused(422, "image_too_large", f"{where}: {width}x{height} is over the "
                                     f"{MAX_IMAGE_PIXELS}-pixel limit for one image")
+            decoded = width * height * (1 if image.mode in GRAY_MODES else 3)
+            if over_ratio(decoded, len(data), max_ratio, floor=IMAGE_RATIO_FLOOR):
+                raise UploadRefused(422, "image_too_compressed", f"{where}: {width}x{height} decodes to "
+                                    f"{decoded} bytes from {len(data)}, over the {max_ratio:g}:1 limit "
+                                    "(CLR_MAX_COMPRESSION_RATIO)")
             image.load()
             return (width, height), image.mode in GRAY_MODES, image.format or "?"
     except UnidentifiedImageError:
@@ -176,35 +142,40 @@ def _archive_refusal(err: ArchiveError, max_files: int) -> UploadRefused:
     return UploadRefused(422, "unsafe_member", message)
 
 
-def inspect_archive(path: Path, *, max_files: int) -> ArchiveSummary:
+def inspect_archive(path: Path, *, max_files: int, max_decoded_bytes: int = MAX_DECODED_BYTES,
+                    max_ratio: float = MAX_RATIO, stop: Callable[[], bool] | None = None) -> ArchiveSummary:
     """Read every member once (no extraction) and check it the way the loader will read it.
 
-    Runs in a worker thread: it decodes every image, which is CPU work.
+    Runs in a worker thread: it decodes every image, which is CPU work. `stop` (the client hung up)
+    ends it with `ReadStopped` at the next read.
     """
     counts: dict[str, dict[str, int]] = {}
     size: tuple[int, int] | None = None
     first_where = ""
     gray = True
     decoded = 0
+    pixels = 0
     formats: set[str] = set()
     try:
-        for split, cls, file_name, data in iter_image_members(path, max_members=max_files):
+        for split, cls, file_name, data in iter_image_members(path, max_members=max_files, max_ratio=max_ratio,
+                                                              stop=stop):
             where = f"{split}/{cls}/{file_name}"
-            image_size, is_gray, fmt = _inspect_image(where, data)
+            image_size, is_gray, fmt = _inspect_image(where, data, max_ratio)
             if size is None:
                 size, first_where = image_size, where
             elif image_size != size:
                 raise UploadRefused(422, "mixed_image_sizes", f"{where} is {image_size[0]}x{image_size[1]}, "
                                     f"{first_where} is {size[0]}x{size[1]}; all images must be one size")
             gray = gray and is_gray
+            pixels += image_size[0] * image_size[1]
             decoded += image_size[0] * image_size[1] * (1 if is_gray else 3)
-            if decoded > MAX_DECODED_BYTES:
-                raise UploadRefused(422, "too_large_decoded", f"more than {MAX_DECODED_BYTES >> 30} GiB of "
-                                    "pixels once decoded (the loader's limit)")
+            if decoded > max_decoded_bytes:
+                raise UploadRefused(422, "too_large_decoded", f"more than {max_decoded_bytes} bytes of pixels "
+                                    "once decoded (CLR_MAX_DECODED_BYTES, sized to the workers' memory)")
             formats.add(fmt)
             by_class = counts.setdefault(split, {})
             by_class[cls] = by_class.get(cls, 0) + 1
-    except UploadRefused:
+    except (UploadRefused, ReadStopped):
         raise
     except ArchiveError as err:
         raise _archive_refusal(err, max_files) from None
@@ -213,8 +184,10 @@ def inspect_archive(path: Path, *, max_files: int) -> ArchiveSummary:
         raise UploadRefused(422, "bad_archive", f"unreadable archive ({type(err).__name__}: {err})") from None
     classes, held_out = _check_layout(counts)
     assert size is not None  # _check_layout refuses an archive without images
+    images = sum(n for by_class in counts.values() for n in by_class.values())
+    cache_bytes = pixels * (1 if gray else 3) + 8 * images  # uint8 pixels plus int64 labels, as cached
     return ArchiveSummary(classes=classes, held_out=held_out, counts=counts, width=size[0], height=size[1],
-                          channels=1 if gray else 3, formats=formats)
+                          channels=1 if gray else 3, formats=formats, cache_bytes=cache_bytes)
 
 
 def _check_layout(counts: dict[str, dict[str, int]]) -> tuple[list[str], str]:
@@ -241,125 +214,27 @@ def _check_layout(counts: dict[str, dict[str, int]]) -> tuple[list[str], str]:
     return classes, held_out
 
 
-# ------------------------------------------------------------------------------------------ records
-
-_COMMIT_LUA = """
-local used = tonumber(redis.call('GET', KEYS[3]) or '0')
-local size = tonumber(ARGV[3])
-if used + size > tonumber(ARGV[4]) then return {0, used} end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
-return {1, redis.call('INCRBY', KEYS[3], size)}
-"""
-
-_DELETE_LUA = """
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('DECRBY', KEYS[3], ARGV[2])
-return 1
-"""
+# ------------------------------------------------------------------------------------------ job specs
 
 
-class DatasetStore:
-    """Dataset records and per-owner byte counts; commit and delete are atomic Lua scripts, so two
-    uploads racing for the last of a quota cannot both win."""
+def upload_errors(spec: RangeTestSpec | TrainSpec, owner: str, store: JobStore, settings: Settings) -> list[dict]:
+    """Submit-time check: an uploaded dataset a spec names must exist and be the caller's (422 otherwise).
 
-    def __init__(self, client: redis.Redis, prefix: str, data_dir: Path) -> None:
-        self.redis, self.prefix, self.data_dir = client, prefix, Path(data_dir)
-        self._commit = client.register_script(_COMMIT_LUA)
-        self._delete = client.register_script(_DELETE_LUA)
-
-    def _keys(self, owner: str, dataset_id: str) -> list[str]:
-        owned = f"{self.prefix}:datasets:{owner_hash(owner)}"
-        return [f"{self.prefix}:dataset:{dataset_id}", owned, f"{owned}:bytes"]
-
-    @property
-    def uploads_dir(self) -> Path:
-        return self.data_dir / UPLOADS_DIR
-
-    def incoming_path(self, ext: str) -> Path:
-        """A fresh temp file name next to the final folders (same file system: the move is a rename)."""
-        incoming = self.uploads_dir / INCOMING_DIR
-        incoming.mkdir(parents=True, exist_ok=True)
-        return incoming / f"{uuid.uuid4().hex}.{ext}"
-
-    def sweep_incoming(self, older_than: float = 3600.0) -> int:
-        """Remove temp files an API process left behind when it died mid-upload; returns how many.
-
-        Only files untouched for `older_than` seconds go: a live upload (this or another API process)
-        writes its temp file continuously, so it is always younger than that.
-        """
-        incoming = self.uploads_dir / INCOMING_DIR
-        cutoff = time.time() - older_than
-        removed = 0
-        for path in incoming.glob("*") if incoming.is_dir() else ():
-            try:
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        if removed:
-            log.info("removed %d abandoned upload temp files from %s", removed, incoming)
-        return removed
-
-    def get(self, dataset_id: str) -> dict | None:
-        if not DATASET_ID.match(dataset_id):
-            return None
-        raw = self.redis.get(f"{self.prefix}:dataset:{dataset_id}")
-        return json.loads(raw) if raw else None
-
-    def owned(self, owner: str, dataset_id: str) -> dict | None:
-        """The record if it exists and belongs to `owner`; None otherwise (another key's included)."""
-        record = self.get(dataset_id)
-        return record if record is not None and record["owner"] == owner else None
-
-    def list(self, owner: str) -> list[dict]:
-        """The owner's datasets, newest first."""
-        ids = sorted(self.redis.smembers(self._keys(owner, "")[1]))
-        raws = self.redis.mget([f"{self.prefix}:dataset:{i}" for i in ids]) if ids else []
-        records = [json.loads(r) for r in raws if r]
-        return sorted(records, key=lambda r: r["created_at"], reverse=True)
-
-    def bytes_used(self, owner: str) -> int:
-        return int(self.redis.get(self._keys(owner, "")[2]) or 0)
-
-    def commit(self, owner: str, name: str, temp: Path, ext: str, size: int, summary: ArchiveSummary,
-               quota: int) -> dict:
-        """Move the validated archive into place and record it, or refuse (413) if the quota was spent
-        meanwhile by a concurrent upload; in that case the file is removed again."""
-        dataset_id = new_dataset_id()
-        relative = Path(UPLOADS_DIR) / owner_hash(owner) / f"{dataset_id}.{ext}"
-        final = self.data_dir / relative
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp, final)
-        record = {
-            "id": dataset_id, "owner": owner, "name": name or dataset_id, "path": relative.as_posix(),
-            "format": ext, "bytes": size, "created_at": time.time(), "validation": "ok",
-            "classes": summary.classes, "held_out_split": summary.held_out, "counts": summary.counts,
-            "width": summary.width, "height": summary.height, "channels": summary.channels,
-            "image_formats": sorted(summary.formats),
-        }
-        try:
-            ok, used = self._commit(keys=self._keys(owner, dataset_id),
-                                    args=[dataset_id, json.dumps(record), size, quota])
-        except BaseException:
-            final.unlink(missing_ok=True)
-            raise
-        if not ok:
-            final.unlink(missing_ok=True)
-            raise UploadRefused(413, "quota_exceeded", f"storage quota exceeded: this key already stores "
-                                f"{used} of {quota} bytes and the archive is {size} bytes")
-        log.info("dataset %s stored for %s: %d bytes, %d classes", dataset_id, owner, size,
-                 len(summary.classes))
-        return record
-
-    def delete(self, record: dict) -> None:
-        """Remove the record (atomically with the byte count), then the file."""
-        if self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"], record["bytes"]]):
-            path = self.data_dir / record["path"]
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:  # the record is gone, so nothing points at the file any more
-                log.warning("dataset %s: file %s not removed: %s", record["id"], path, exc)
-            log.info("dataset %s deleted", record["id"])
+    `dataset_path` may not be the data directory itself, nor reach into the uploads folder or hidden
+    folders (caches, incoming uploads): another key's archive is reachable only through its id, and
+    the id is checked for ownership.
+    """
+    if spec.dataset_path is not None and not UPLOADED_DATASET.match(spec.dataset):
+        problem = dataset_path_problem(spec.dataset_path, reserved=(UPLOADS_DIR,))
+        if problem is not None:
+            return [field_error("dataset_path", problem, spec.dataset_path)]
+    if not UPLOADED_DATASET.match(spec.dataset):
+        return []
+    errors = []
+    if DatasetStore(store.redis, store.prefix, settings.data_dir).owned(owner, spec.dataset) is None:
+        errors.append(field_error("dataset", f"no uploaded dataset {spec.dataset!r} for this key "
+                                  "(see GET /v1/datasets)", spec.dataset))
+    if spec.dataset_path is not None:
+        errors.append(field_error("dataset_path", "only for dataset 'imagefolder'; an uploaded dataset "
+                                  "knows its own file", spec.dataset_path))
+    return errors

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from service.config import get_settings
+from jobs.settings import get_settings
 from worker.celery_app import app
 
 

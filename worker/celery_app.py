@@ -19,7 +19,7 @@ Choices, and why:
   celery#4450).
 - Kombu keys get the store's key prefix (`global_keyprefix`), so two deployments or test sessions on
   one Redis never consume each other's queues. The API's sending app must use the same options
-  (`service.store.broker_transport_options`).
+  (`jobs.queues.broker_transport_options`).
 - `worker_cancel_long_running_tasks_on_connection_loss=True` (Celery 6's default; False only warns):
   on a broker connection loss Celery cancels unacknowledged late-ack tasks, since their ack can no
   longer reach the broker and the message will be redelivered anyway. With the solo pool the consumer
@@ -35,14 +35,10 @@ import logging
 from celery import Celery
 from kombu import Queue
 
-from service.config import Settings, get_settings
-from service.store import broker_transport_options
+from jobs.queues import broker_transport_options
+from jobs.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-RUN_JOB = "clr.run_job"
-PING = "clr.ping"
-QUEUES = ("cpu", "gpu")
 
 
 def create_app(settings: Settings | None = None) -> Celery:

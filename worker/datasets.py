@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from clrcore.dataset_paths import resolve_dataset_path
 from clrcore.datasets import DatasetError
-from service.store import JobStore
-from service.uploads import DATASET_ID, DatasetStore
+from clrcore.specs import UPLOADED_DATASET
+from jobs.datasets import UPLOADS_DIR, DatasetStore
+from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +23,13 @@ log = logging.getLogger(__name__)
 def resolve_uploaded(spec: dict, owner: str, store: JobStore, data_dir: Path) -> dict:
     """`spec` itself when it names no uploaded dataset; otherwise a copy naming the archive.
 
-    Raises `DatasetError` when the dataset is gone or is not the job owner's (the job then fails with it).
+    Raises `DatasetError` when the dataset is gone or is not the job owner's, or when a `dataset_path`
+    leads to the data directory itself, into uploads/ or into a hidden folder (the job then fails with it).
     """
     dataset = spec.get("dataset")
-    if not isinstance(dataset, str) or not DATASET_ID.match(dataset):
+    if not isinstance(dataset, str) or not UPLOADED_DATASET.match(dataset):
+        if isinstance(spec.get("dataset_path"), str):  # checked at submit; again here, links resolved
+            resolve_dataset_path(Path(data_dir), spec["dataset_path"], reserved=(UPLOADS_DIR,))
         return spec
     record = DatasetStore(store.redis, store.prefix, data_dir).owned(owner, dataset)
     if record is None:

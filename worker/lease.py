@@ -2,7 +2,7 @@
 
 Why a lease of our own: with `acks_late` on Redis, a killed worker's message comes back only when the
 visibility timeout runs out, and a short timeout hands a still-running job to a second worker. So a
-job is run only by the holder of its lease (`JobStore.claim`), the holder renews it every
+job is run only by the holder of its lease (`JobStore.leases.claim`), the holder renews it every
 `heartbeat_seconds`, and any worker's sweeper hands a job whose lease lapsed back to the queue at once,
 where the next worker resumes it from its checkpoint.
 """
@@ -17,8 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from service.store import JobState, JobStore, StoreUnavailable
-from service.workers import WorkerRegistry
+from jobs.redis_errors import StoreUnavailable
+from jobs.states import JobState
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class LeaseKeeper(threading.Thread):
         return time.monotonic() - self.renewed_at > self.lease_seconds
 
     def may_write(self) -> bool:
-        """clrcore's write fence (`RunHooks.may_write`): the lease is neither known lost nor lapsed.
+        """clrcore's write fence (`Hooks.may_write`): the lease is neither known lost nor lapsed.
 
         Asked right before every checkpoint write and its rename, so a worker woken after its lease
         lapsed does not overwrite the checkpoint of the worker that now owns the job.
@@ -74,7 +76,7 @@ class LeaseKeeper(threading.Thread):
         while not self._stop_event.wait(self.interval):
             asked = time.monotonic()  # the lease runs from when we asked, not from when the answer came
             try:
-                if not self.store.renew(self.job_id, worker_id(), self.lease_seconds):
+                if not self.store.leases.renew(self.job_id, worker_id(), self.lease_seconds):
                     log.error("job %s: lease lost; stopping its training", self.job_id)
                     self.lost.set()
                     return
@@ -92,7 +94,7 @@ class WorkerMonitor(threading.Thread):
     """Every `heartbeat_seconds` records this worker as alive; every `sweep_interval` recovers lapsed jobs.
 
     `resend(job_id, queue)` puts a recovered job back on its queue (by task name). Several workers
-    sweep at once safely: `JobStore.recover_lapsed` is atomic, and only its winner re-sends.
+    sweep at once safely: `JobStore.records.recover_lapsed` is atomic, and only its winner re-sends.
     """
 
     def __init__(
@@ -134,15 +136,15 @@ class WorkerMonitor(threading.Thread):
     def sweep(self) -> list[str]:
         """Recover running jobs whose lease lapsed; returns the ids handed back to a queue."""
         requeued = []
-        for job_id in self.store.running_jobs():
-            if self.store.lease_holder(job_id) is not None:
+        for job_id in self.store.leases.running_jobs():
+            if self.store.leases.holder(job_id) is not None:
                 continue
-            new_state = self.store.recover_lapsed(job_id)
+            new_state = self.store.records.recover_lapsed(job_id)
             if new_state == JobState.QUEUED:
-                record = self.store.get(job_id) or {}
+                record = self.store.records.get(job_id) or {}
                 queue = record.get("queue") or self.queue
                 log.warning("job %s: lease lapsed (worker gone); re-sent to queue %s", job_id, queue)
-                self.store.append_event(job_id, "recovered", {"by": worker_id(), "queue": queue})
+                self.store.events.append(job_id, "recovered", {"by": worker_id(), "queue": queue})
                 self.resend(job_id, queue)
                 requeued.append(job_id)
             elif new_state is not None:
@@ -156,8 +158,8 @@ class WorkerMonitor(threading.Thread):
         broker. Only this worker's own queue: a queue nobody consumes gains nothing from re-sends.
         """
         resent = []
-        for job_id in self.store.stale_queued(self.queue, self.requeue_after):
-            if self.store.restamp_stale(job_id, self.requeue_after):
+        for job_id in self.store.sends.stale_queued(self.queue, self.requeue_after):
+            if self.store.sends.restamp_stale(job_id, self.requeue_after):
                 log.warning("job %s: queued for over %g s with no message; sent again", job_id,
                             self.requeue_after)
                 self.resend(job_id, self.queue)

@@ -21,10 +21,14 @@ from typing import Any, TypeVar
 
 from celery import signals
 
-from service.config import get_settings
-from service.store import FINAL_STATES, InvalidTransition, JobState, JobStore, StoreUnavailable
-from service.workers import WorkerRegistry
-from worker.celery_app import PING, RUN_JOB, app
+from clrcore.json_safe import json_safe
+from jobs.queues import PING, RUN_JOB
+from jobs.redis_errors import StoreUnavailable
+from jobs.settings import get_settings
+from jobs.states import FINAL_STATES, InvalidTransition, JobState
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
+from worker.celery_app import app
 from worker.datasets import resolve_uploaded
 from worker.lease import LeaseKeeper, WorkerMonitor, worker_id
 
@@ -88,7 +92,7 @@ def resend(job_id: str, queue: str) -> None:
     """Put a job back on a queue by task name (sweeper recovery, stale re-send, shutdown hand-off);
     `sent_at` is stamped so the stale-queued sweep knows a message is on its way."""
     app.send_task(RUN_JOB, args=[job_id], queue=queue)
-    store().mark_sent(job_id)
+    store().sends.mark_sent(job_id)
 
 
 # ---------------------------------------------------------------- worker signals
@@ -155,7 +159,7 @@ def _patiently(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def _finish(job_id: str, to: JobState, **kwargs: Any) -> bool:
     """Move the job to a final state; False (logged) if the state machine says it already moved on."""
     try:
-        _patiently(store().transition, job_id, to, **kwargs)
+        _patiently(store().records.transition, job_id, to, **kwargs)
         return True
     except InvalidTransition as exc:
         log.warning("job %s: %s", job_id, exc)
@@ -165,16 +169,16 @@ def _finish(job_id: str, to: JobState, **kwargs: Any) -> bool:
 def execute(job_id: str) -> str:
     """One delivery of `clr.run_job`; see the module docstring for the rules."""
     db = store()
-    record = _patiently(db.get, job_id)
+    record = _patiently(db.records.get, job_id)
     if record is None:
         log.warning("job %s: no such job record (deleted after it ended, or another deployment's prefix)", job_id)
         return "missing"
     if record["state"] in FINAL:
         return "final"
-    if not _patiently(db.claim, job_id, worker_id(), settings.lease_seconds):
-        holder = db.lease_holder(job_id)
+    if not _patiently(db.leases.claim, job_id, worker_id(), settings.lease_seconds):
+        holder = db.leases.holder(job_id)
         log.warning("job %s: duplicate delivery, lease held by %s; not training", job_id, holder)
-        db.append_event(job_id, "delivery", {"worker": worker_id(), "outcome": "duplicate", "holder": holder})
+        db.events.append(job_id, "delivery", {"worker": worker_id(), "outcome": "duplicate", "holder": holder})
         return "duplicate"
     keeper = LeaseKeeper(db, workers(), job_id, queue=settings.queue, lease_seconds=settings.lease_seconds,
                          interval=settings.heartbeat_seconds)
@@ -184,7 +188,7 @@ def execute(job_id: str) -> str:
     finally:
         keeper.stop()
         try:
-            _patiently(db.release, job_id, worker_id())
+            _patiently(db.leases.release, job_id, worker_id())
         except StoreUnavailable:
             log.error("job %s: could not release lease; it lapses by itself", job_id)
 
@@ -192,7 +196,8 @@ def execute(job_id: str) -> str:
 def _run_claimed(job_id: str, keeper: LeaseKeeper) -> str:
     """With the lease held: check the record once more, then train."""
     db = store()
-    record = _patiently(db.get, job_id)
+    record = _patiently(db.records.get, job_id)
+    assert record is not None, job_id  # a leased job cannot be deleted (JobNotFinished)
     state = record["state"]
     if state in FINAL:
         return "final"
@@ -205,11 +210,11 @@ def _run_claimed(job_id: str, keeper: LeaseKeeper) -> str:
         return "delivery_cap"
     if state == JobState.QUEUED:
         try:
-            _patiently(db.transition, job_id, JobState.RUNNING)
+            _patiently(db.records.transition, job_id, JobState.RUNNING)
         except InvalidTransition:  # cancelled between our reads
             return "final"
     # state running: a redelivery after its worker died; we hold the lease now, so we resume it
-    db.append_event(job_id, "delivery", {"worker": worker_id(), "outcome": "started",
+    db.events.append(job_id, "delivery", {"worker": worker_id(), "outcome": "started",
                                          "delivery": record["deliveries"]})
     return _train(job_id, record, keeper)
 
@@ -239,7 +244,7 @@ class StopCheck:
         if now >= self._next_poll:
             self._next_poll = now + CANCEL_POLL_S
             try:
-                if store().cancel_requested(self.job_id):
+                if store().records.cancel_requested(self.job_id):
                     return "cancel"
             except StoreUnavailable:
                 pass  # keep training through a Redis blip; the lease keeper decides if it lasts too long
@@ -287,22 +292,11 @@ class ProgressWriter:
             "fraction": getattr(progress, "fraction", None),
         }
         try:
-            if not store().update_progress(self.job_id, _json_safe(data), _json_safe(metrics),
+            if not store().events.update_progress(self.job_id, json_safe(data), json_safe(metrics),
                                            holder=worker_id()):
                 log.warning("job %s: progress not written: the lease is no longer ours", self.job_id)
         except StoreUnavailable as exc:
             log.warning("job %s: progress not written: %s", self.job_id, exc)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinity are not JSON: a diverging loss is reported as null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -323,8 +317,8 @@ def _out_of_memory(exc: BaseException) -> bool:
 def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
     """Run the spec through clrcore into the job's run folder and record how it ended."""
     global _current_job
-    from clrcore.hooks import StopRequested
-    from clrcore.runs import RunHooks, run_job
+    from clrcore.hooks import Hooks, StopRequested
+    from clrcore.runs import run_job
     from clrcore.specs import parse_spec
 
     run_dir = Path(settings.artifact_dir) / job_id
@@ -338,7 +332,8 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
                 run_dir,
                 data_dir=Path(settings.data_dir),
                 download=settings.download,
-                hooks=RunHooks(on_progress=progress, should_stop=stop, may_write=keeper.may_write),
+                max_decoded_bytes=settings.max_decoded_bytes,
+                hooks=Hooks(on_progress=progress, should_stop=stop, may_write=keeper.may_write),
             )
         finally:
             progress.flush()  # the last coalesced progress, before the final state is written
@@ -354,7 +349,7 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
     finally:
         _current_job = None
     register_artifacts(job_id, run_dir)
-    if _finish(job_id, JobState.SUCCEEDED, result=_json_safe(summary)):
+    if _finish(job_id, JobState.SUCCEEDED, result=json_safe(summary)):
         return "succeeded"
     return "superseded"
 
@@ -365,8 +360,8 @@ def _stopped(job_id: str, reason: str | None, run_dir: Path) -> str:
         return "lease_lost"  # another worker or the sweeper owns the job now; write nothing
     if reason == "shutdown":
         try:
-            _patiently(store().transition, job_id, JobState.QUEUED)
-            resend(job_id, store().get(job_id).get("queue") or settings.queue)
+            _patiently(store().records.transition, job_id, JobState.QUEUED)
+            resend(job_id, (store().records.get(job_id) or {}).get("queue") or settings.queue)
             log.info("job %s: handed back to the queue at shutdown", job_id)
             return "handed_back"
         except InvalidTransition:
@@ -401,7 +396,7 @@ def register_artifacts(job_id: str, run_dir: Path) -> None:
         name = path.relative_to(run_dir).as_posix()
         content_type = CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0]
         try:
-            _patiently(store().add_artifact, job_id, name, name, content_type or "application/octet-stream",
+            _patiently(store().records.add_artifact, job_id, name, name, content_type or "application/octet-stream",
                        path.stat().st_size)
         except FileNotFoundError:
             continue

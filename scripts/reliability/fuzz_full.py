@@ -22,12 +22,11 @@ sys.path.insert(0, str(ROOT))
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from jobs.settings import Settings  # noqa: E402
+from jobs.store import JobStore  # noqa: E402
 from scripts.reliability.fuzzing import fuzz_app  # noqa: E402
-from service.config import Settings  # noqa: E402
 from service.main import create_app  # noqa: E402
-from service.store import JobStore  # noqa: E402
-from tests.service.conftest import ALICE  # noqa: E402
-from tests.service.test_fuzz import seed_jobs  # noqa: E402
+from tests.helpers import ALICE, seed_jobs  # noqa: E402
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ its place. Checked at the end, for every job:
 - each restart resumed from the checkpoint on disk at the kill: the first epoch it trained was the
   checkpoint's epoch + 1, so no finished epoch was trained again.
 
-How "never twice at once" is enforced: `JobStore.claim` takes the job's lease with SET NX PX
+How "never twice at once" is enforced: `JobStore.leases.claim` takes the job's lease with SET NX PX
 (one holder); the holder renews it every heartbeat; a second delivery finds the lease held and
 returns without training ("duplicate"); a dead worker's lease lapses and a sweeper hands the job back.
 A frozen-then-woken worker stops on its own lapsed lease (tests/reliability/test_worker_faults.py).
@@ -38,10 +38,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from clrcore.specs import parse_spec  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.store import JobStore  # noqa: E402
-from tests.conftest import WorkerProcess  # noqa: E402
-from worker.celery_app import RUN_JOB, create_app  # noqa: E402
+from jobs.queues import RUN_JOB  # noqa: E402
+from jobs.settings import Settings  # noqa: E402
+from jobs.store import JobStore  # noqa: E402
+from tests.helpers import WorkerProcess  # noqa: E402
+from worker.celery_app import create_app  # noqa: E402
 
 FINAL = {"succeeded", "failed", "cancelled"}
 
@@ -72,8 +73,8 @@ def busy_workers(store: JobStore, workers: list[WorkerProcess]) -> list[tuple[Wo
     """(worker, job) for each live worker process that holds a running job's lease."""
     by_pid = {w.pid: w for w in workers if w.proc.poll() is None}
     busy = []
-    for job_id in store.running_jobs():
-        holder = store.lease_holder(job_id)
+    for job_id in store.leases.running_jobs():
+        holder = store.leases.holder(job_id)
         pid = int(holder.split(":")[1]) if holder else None
         if pid in by_pid:
             busy.append((by_pid[pid], job_id))
@@ -93,10 +94,10 @@ def verify(store: JobStore, job_ids: list[str], kills: list[Kill]) -> dict:
     figures = {"jobs": len(job_ids), "succeeded": 0, "deliveries_started": 0, "duplicates_refused": 0,
                "resumes_checked": 0, "overlaps": 0}
     for job_id in job_ids:
-        record = store.get(job_id)
+        record = store.records.get(job_id)
         assert record["state"] == "succeeded", (job_id, record["state"], record["error"])
         figures["succeeded"] += 1
-        events = store.read_events(job_id, count=100_000)
+        events = store.events.read(job_id, count=100_000)
         starts = [(stream_ms(i), d) for i, e, d in events if e == "delivery" and d["outcome"] == "started"]
         figures["duplicates_refused"] += sum(1 for _, e, d in events if e == "delivery" and d["outcome"] == "duplicate")
         mine = sorted((k for k in kills if k.job_id == job_id), key=lambda k: k.at)
@@ -157,7 +158,7 @@ def main() -> int:
             worker.wait_ready(store)
         job_ids = []
         for n in range(args.jobs):
-            job_id = store.create("train", spec(args.epochs, n), "kill-test", queue="cpu")["id"]
+            job_id = store.records.create("train", spec(args.epochs, n), "kill-test", queue="cpu")["id"]
             sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
             job_ids.append(job_id)
         per_job_cap = max(1, (args.kills + args.jobs - 1) // args.jobs + 2)
@@ -168,7 +169,7 @@ def main() -> int:
                           if sum(k.job_id == j for k in kills) < per_job_cap
                           and checkpoint_epoch(Path(settings.artifact_dir) / j) > last_checkpoint(kills, j)]
             if not candidates:
-                if all(store.get(j)["state"] in FINAL for j in job_ids):
+                if all(store.records.get(j)["state"] in FINAL for j in job_ids):
                     break
                 continue
             victim, job_id = rng.choice(candidates)
@@ -178,7 +179,7 @@ def main() -> int:
             print(f"[{time.monotonic() - started:6.1f}s] kill {len(kills)}: worker {victim.pid} in {job_id} "
                   f"(checkpoint epoch {kills[-1].checkpoint_epoch})", flush=True)
             new_worker()
-        while time.monotonic() < deadline and not all(store.get(j)["state"] in FINAL for j in job_ids):
+        while time.monotonic() < deadline and not all(store.records.get(j)["state"] in FINAL for j in job_ids):
             time.sleep(0.5)
         figures = verify(store, job_ids, kills)
         figures.update(kills=len(kills), workers_started=len(workers),

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.load import rss_bytes  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.store import JobStore  # noqa: E402
+from jobs.settings import Settings  # noqa: E402
+from jobs.store import JobStore  # noqa: E402
 from tests.reliability.api_server import ApiServer  # noqa: E402
 
 CONCURRENCY = 50
@@ -62,7 +62,7 @@ def main() -> int:
         with httpx.Client(base_url=api.url, timeout=30) as client:
             job_id = client.post("/v1/jobs/range-test", json={"num_iter": 10}).json()["id"]
             for n in range(EVENTS):
-                store.update_progress(job_id, {"phase": "train", "epoch": n}, {})
+                store.events.update_progress(job_id, {"phase": "train", "epoch": n}, {})
             client.post(f"/v1/jobs/{job_id}/cancel")  # final: every stream reads the log and ends
             print(f"start: {rss_bytes(api.proc.pid) / 2**20:.1f} MB", flush=True)
             for n in range(args.rounds):

@@ -1,6 +1,7 @@
-"""What can be trained: models from the torch-free catalog, the named presets, and the dataset entry shape.
+"""What can be trained: models from the torch-free catalog and the named presets.
 
-`GET /v1/datasets` lives in `service/routes/datasets.py`, which merges the catalog with the caller's uploads.
+`GET /v1/datasets` lives in `service/routes/datasets.py`, which merges the catalog with the caller's uploads;
+the dataset entry shape is `service.schemas.DatasetOut`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,6 @@ from clrcore.presets import DESCRIPTIONS, PRESETS
 from service.deps import Owner
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
-
-
-class DatasetOut(BaseModel):
-    name: str
-    description: str
-    channels: int
-    image_size: int
-    input_shape: list[int] | None
-    classes: list[str]
-    offline: bool
 
 
 class ModelOut(BaseModel):

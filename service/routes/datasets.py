@@ -12,29 +12,30 @@ nothing is stored unless the whole archive passed.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
+import anyio.abc
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
 from clrcore import catalog
-from clrcore.specs import RangeTestSpec, TrainSpec
-from service.config import Settings
+from clrcore.capped_reader import ReadStopped
+from jobs.datasets import DatasetStore, QuotaExceeded
+from jobs.settings import Settings
+from jobs.states import JobState
+from jobs.store import JobStore
 from service.deps import Owner, SettingsDep, StoreDep
-from service.errors import field_error
-from service.routes.catalog import DatasetOut
-from service.store import JobState, JobStore
+from service.schemas import DatasetOut
 from service.uploads import (
     ARCHIVE_TYPES,
-    DATASET_ID,
-    UPLOADS_DIR,
-    DatasetStore,
+    ArchiveSummary,
     UploadRefused,
     archive_ext,
     check_magic,
@@ -121,34 +122,11 @@ def _list_item(record: dict) -> dict:
 # ------------------------------------------------------------------------------------------ checks
 
 
-def upload_errors(spec: RangeTestSpec | TrainSpec, owner: str, store: JobStore, settings: Settings) -> list[dict]:
-    """Submit-time check: an uploaded dataset a spec names must exist and be the caller's (422 otherwise).
-
-    `dataset_path` may not reach into the uploads folder or hidden folders (caches, incoming uploads):
-    another key's archive is reachable only through its id, and the id is checked for ownership.
-    """
-    if spec.dataset_path is not None and not DATASET_ID.match(spec.dataset):
-        parts = PurePosixPath(spec.dataset_path.replace("\\", "/")).parts
-        if parts[:1] == (UPLOADS_DIR,) or any(part.startswith(".") for part in parts):
-            return [field_error("dataset_path", f"'{UPLOADS_DIR}/' and hidden folders are reserved; name an "
-                                "uploaded dataset by its id", spec.dataset_path)]
-    if not DATASET_ID.match(spec.dataset):
-        return []
-    errors = []
-    if DatasetStore(store.redis, store.prefix, settings.data_dir).owned(owner, spec.dataset) is None:
-        errors.append(field_error("dataset", f"no uploaded dataset {spec.dataset!r} for this key "
-                                  "(see GET /v1/datasets)", spec.dataset))
-    if spec.dataset_path is not None:
-        errors.append(field_error("dataset_path", "only for dataset 'imagefolder'; an uploaded dataset "
-                                  "knows its own file", spec.dataset_path))
-    return errors
-
-
 def _job_naming(store: JobStore, owner: str, dataset_id: str) -> dict | None:
     """A not yet final job of `owner` whose spec names the dataset, if any (the in-flight sets are small)."""
     for state in IN_FLIGHT:
         for job_id in sorted(store.redis.smembers(f"{store.prefix}:state:{state.value}")):
-            record = store.get(job_id)
+            record = store.records.get(job_id)
             if record and record["owner"] == owner and (record["spec"] or {}).get("dataset") == dataset_id:
                 return record
     return None
@@ -241,11 +219,49 @@ async def _intake(request: Request, owner: str, name: str | None, uploads: Datas
     try:
         size = await write_stream(request.stream(), temp, limit, refusal)
         await anyio.to_thread.run_sync(check_magic, temp, ext)
-        summary = await anyio.to_thread.run_sync(partial(inspect_archive, temp, max_files=settings.max_upload_files))
+        summary = await _validate(request, temp, settings)
         return await anyio.to_thread.run_sync(
             partial(uploads.commit, owner, name or "", temp, ext, size, summary, quota))
+    except QuotaExceeded as exceeded:  # a concurrent upload spent the quota meanwhile
+        raise UploadRefused(413, "quota_exceeded", str(exceeded)) from None
     finally:
         temp.unlink(missing_ok=True)
+
+
+DISCONNECT_POLL_S = 0.25
+
+
+async def _validate(request: Request, temp: Path, settings: Settings) -> ArchiveSummary:
+    """Validate in a worker thread while watching the connection: a client that hangs up stops the
+    decompression and decoding at the next read (`ReadStopped`), instead of paying for them to the end."""
+    gone = threading.Event()
+    outcome: list[ArchiveSummary | Exception] = []
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await anyio.sleep(DISCONNECT_POLL_S)
+        gone.set()
+
+    async def inspect(tasks: anyio.abc.TaskGroup) -> None:
+        try:
+            outcome.append(await anyio.to_thread.run_sync(partial(
+                inspect_archive, temp, max_files=settings.max_upload_files,
+                max_decoded_bytes=settings.max_decoded_bytes, max_ratio=settings.max_compression_ratio,
+                stop=gone.is_set)))
+        except Exception as err:  # re-raised below, outside the task group (which would wrap it)
+            outcome.append(err)
+        finally:
+            tasks.cancel_scope.cancel()  # the watcher's job is done
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(watch)
+        tasks.start_soon(inspect, tasks)
+    result = outcome[0]
+    if isinstance(result, ReadStopped):
+        raise ClientDisconnect()
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 _NO_DATASET: dict[int | str, dict[str, Any]] = {404: {"description": "no such dataset for this key"}}

@@ -17,14 +17,18 @@ from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from clrcore.specs import RangeTestSpec, TrainSpec
-from service.config import Settings
+from jobs.idempotency import body_hash
+from jobs.queues import queue_for
+from jobs.records import InvalidCursor
+from jobs.redis_errors import StoreUnavailable
+from jobs.settings import Settings
+from jobs.states import FINAL_STATES, JobState
+from jobs.store import JobStore
 from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
 from service.errors import field_error, unavailable
 from service.event_reader import EventReader
-from service.queue import queue_for
-from service.routes.artifacts import job_links, remove_run_folder
-from service.routes.datasets import upload_errors
-from service.store import FINAL_STATES, InvalidCursor, JobState, JobStore, StoreUnavailable, body_hash
+from service.run_files import job_links, remove_run_folder
+from service.uploads import upload_errors
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +188,7 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
                                                   None, "string_unicode")]) from None
     fingerprint = body_hash(effective)
     if key is not None:
-        outcome, first = store.idempotency_begin(owner, key, fingerprint)
+        outcome, first = store.idempotency.begin(owner, key, fingerprint)
         if outcome == "replay" and first is not None:
             return _accepted(first, replayed=True)
         if outcome == "mismatch":
@@ -197,7 +201,7 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
                                 status.HTTP_409_CONFLICT, headers={"Retry-After": "1"})
     target = queue_for(spec.device, settings)
     try:
-        record = store.create(spec.kind, body, owner, queue=target)
+        record = store.records.create(spec.kind, body, owner, queue=target)
     except Exception:
         if key is not None:
             _abort_quietly(store, owner, key, fingerprint)
@@ -206,24 +210,24 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
         queue.send(record["id"], target)
     except (kombu.exceptions.OperationalError, redis.exceptions.RedisError, OSError) as exc:
         logger.warning("job %s could not be queued: %s", record["id"], exc)
-        store.transition(record["id"], JobState.FAILED, error=f"could not be queued: {exc}")
+        store.records.transition(record["id"], JobState.FAILED, error=f"could not be queued: {exc}")
         if key is not None:
             _abort_quietly(store, owner, key, fingerprint)
         return unavailable(f"broker: {exc}")
     try:
-        store.mark_sent(record["id"])
+        store.sends.mark_sent(record["id"])
     except StoreUnavailable as exc:  # the job is queued; without the stamp a sweeper may re-send it once
         logger.warning("job %s: send not stamped: %s", record["id"], exc)
     answer = json.loads(Job.model_validate(job_out(record, settings)).model_dump_json())
     if key is not None:
-        store.idempotency_finish(owner, key, fingerprint, answer)
+        store.idempotency.finish(owner, key, fingerprint, answer)
     logger.info("job %s (%s) accepted for %s", record["id"], spec.kind, owner)
     return _accepted(answer)
 
 
 def _abort_quietly(store: JobStore, owner: str, key: str, fingerprint: str) -> None:
     try:
-        store.idempotency_abort(owner, key, fingerprint)
+        store.idempotency.abort(owner, key, fingerprint)
     except Exception as exc:  # the reservation expires by itself; the original error matters more
         logger.warning("idempotency key not released: %s", exc)
 
@@ -277,7 +281,7 @@ def list_jobs(
 ) -> dict:
     """The caller's jobs, newest first; follow `next_cursor` for older ones."""
     try:
-        records, next_cursor = store.list(owner, kind=kind, state=state.value if state else None,
+        records, next_cursor = store.records.list(owner, kind=kind, state=state.value if state else None,
                                           cursor=cursor, limit=limit)
     except InvalidCursor:
         raise RequestValidationError([{"type": "value_error", "loc": ("query", "cursor"),
@@ -302,7 +306,7 @@ async def get_job(job: OwnedJob, settings: SettingsDep) -> dict:
                         409: {"description": "the job already finished"}})
 def cancel_job(job: OwnedJob, store: StoreDep, settings: SettingsDep) -> dict:
     """Ask a job to stop: a queued job is cancelled at once, a running one stops within a few batches."""
-    record = store.request_cancel(job["id"])
+    record = store.records.request_cancel(job["id"])
     logger.info("job %s: cancel requested (now %s)", job["id"], record["state"])
     return job_out(record, settings)
 
@@ -317,7 +321,7 @@ def delete_job(job: OwnedJob, store: StoreDep, settings: SettingsDep) -> Respons
     Record first, atomically and only once the job is final and its worker has let go; then the files.
     A Redis outage answers 503 with nothing removed; a folder that cannot be removed is logged and left.
     """
-    store.delete(job)
+    store.records.delete(job)
     remove_run_folder(settings, job["id"])
     logger.info("job %s: deleted (was %s)", job["id"], job["state"])
     return Response(status_code=204)

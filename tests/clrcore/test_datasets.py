@@ -429,7 +429,7 @@ def test_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeyp
 
 def test_decoded_size_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(image_tree, "MAX_DECODED_BYTES", 1000)
-    with pytest.raises(DatasetError, match="GiB of decoded images"):
+    with pytest.raises(DatasetError, match="more than 1000 bytes of decoded images"):
         load_folder(tmp_path, write_any(tmp_path, "zip", tree_files()))
 
 

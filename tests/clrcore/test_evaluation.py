@@ -52,3 +52,25 @@ def test_every_view_keeps_the_channels_last_layout_a_compiled_model_was_built_fo
     images = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
     tta_logits(recording, images, flip=True, translate=True)
     assert layouts == [True] * 6
+
+
+class StaticOutputModel:
+    """Like a model compiled with CUDA graphs: every call writes its logits into the same buffer."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if self.buffer is None:
+            self.buffer = torch.empty_like(out)
+        return self.buffer.copy_(out)
+
+
+@pytest.mark.parametrize(("flip", "translate"), [(True, False), (False, True), (True, True)])
+def test_views_survive_a_model_that_overwrites_its_output(images: torch.Tensor, flip: bool,
+                                                          translate: bool) -> None:
+    expected = tta_logits(probe, images, flip=flip, translate=translate)
+    got = tta_logits(StaticOutputModel(probe), images, flip=flip, translate=translate)
+    assert torch.allclose(got, expected, atol=1e-6)

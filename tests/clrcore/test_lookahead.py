@@ -70,3 +70,43 @@ def test_a_model_with_batchnorm_averages_its_running_statistics_too() -> None:
 @pytest.mark.parametrize("total", [1, 3])
 def test_tiny_runs_start_at_the_first_step(total: int) -> None:
     assert Lookahead(nn.Linear(1, 1), total).first_active == 1
+
+
+def _per_tensor_reference(model: nn.Module, total: int, steps: int) -> list[torch.Tensor]:
+    """The update written out tensor by tensor (what Lookahead did before its multi-tensor kernels)."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    first, every = max(1, round(LOOKAHEAD["start"] * total)), int(LOOKAHEAD["every"])
+    average = None
+    for done in range(1, steps + 1):
+        step(model, 0.01 * done)
+        if done < first or done % every:
+            continue
+        if average is None:
+            average = [t.detach().clone() for t in tensors]
+            continue
+        decay = LOOKAHEAD["decay_base"] ** every * (done / total) ** LOOKAHEAD["decay_pow"]
+        with torch.no_grad():
+            for avg, tensor in zip(average, tensors, strict=True):
+                avg.lerp_(tensor, 1 - decay)
+                tensor.copy_(avg)
+    return [t.clone() for t in tensors]
+
+
+def test_multi_tensor_update_matches_the_per_tensor_loop_and_launches_no_per_tensor_ops() -> None:
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, 4))
+
+    expected = _per_tensor_reference(net(), total=40, steps=40)
+    model = net()
+    lookahead = Lookahead(model, 40)
+    lookahead.start_epoch(0)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for done in range(1, 41):
+            step(model, 0.01 * done)
+            lookahead.after_step(done)
+    # the ops Lookahead itself called (on a CPU a foreach op runs per-tensor ops inside it)
+    ops = {event.name for event in profile.events() if event.cpu_parent is None}
+    assert {"aten::_foreach_lerp_", "aten::_foreach_copy_"} <= ops and "aten::lerp_" not in ops
+    got = [t for t in model.state_dict().values() if t.is_floating_point()]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))

@@ -112,3 +112,58 @@ def test_resnet_fast_takes_the_smallest_supported_image():
     assert model(torch.randn(2, 1, 10, 10)).shape == (2, 10)
     with pytest.raises(ValueError, match="below"):
         build_model("resnet_fast", 1, 10, 9)
+
+
+def _float64_inverse_covariance(images: torch.Tensor, eps: float) -> torch.Tensor:
+    """(C + eps I)^-1 of the 2x2 patches, from scratch in float64: what the filters F satisfy as F^T F.
+
+    Compared through F^T F rather than filter by filter: eigenvectors of nearly equal eigenvalues are
+    free to rotate within their subspace, their product is not."""
+    patches = nn.functional.unfold(images.double(), 2).transpose(1, 2).reshape(-1, 12)
+    covariance = patches.T @ patches / len(patches)
+    return torch.linalg.inv(covariance + eps * torch.eye(12, dtype=torch.float64))
+
+
+def test_whitening_fit_is_float64_whatever_the_matmul_precision():
+    # a first CUDA train() sets "high" (TF32); a later fit must still sum the covariance in float64
+    torch.manual_seed(0)
+    images = torch.randn(600, 3, 32, 32) * 50 + 100  # large mean, as unnormalised pixels: float32 sums drift
+    images[:, 2] = images[:, 1] + 1e-2 * torch.randn(600, 32, 32)  # a nearly dependent channel: a tiny eigenvalue
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        model = build_model("resnet_fast", 3, 10, 32)
+        fit_to_data(model, images)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    filters = model[0].weight[:12].double().reshape(12, 12)
+    expected = _float64_inverse_covariance(images, 5e-4)
+    assert torch.allclose(filters.T @ filters, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_whitening_stem_runs_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    stem = build_model("resnet_fast", 3, 10, 32)[0]
+    stem.fit(torch.randn(200, 3, 32, 32), 5e-4)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        plain = stem(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = stem(x.bfloat16())
+    assert autocast.dtype == torch.float32
+    assert torch.allclose(autocast, stem(x.bfloat16().float()), atol=0, rtol=0)  # only the input's rounding
+    assert plain.dtype == torch.float32
+
+
+def test_resnet_fast_global_pool_is_an_amax_with_the_adaptive_pools_outputs():
+    torch.manual_seed(0)
+    model = build_model("resnet_fast", 3, 10, 32)
+    assert not any(isinstance(m, nn.AdaptiveMaxPool2d) for m in model.modules())
+    x = torch.randn(5, 256, 3, 3, requires_grad=True)
+    reference = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())(x)
+    pooled = model[6](model[5](x))
+    assert torch.equal(pooled, reference)
+    (grad_ours,) = torch.autograd.grad(pooled.sum(), x)
+    (grad_ref,) = torch.autograd.grad(reference.sum(), x)
+    assert torch.equal(grad_ours, grad_ref)  # random inputs have no ties
+    assert [k for k in model.state_dict() if k.startswith("7.")] == ["7.weight"]  # head keeps its index

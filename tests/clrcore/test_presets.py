@@ -55,3 +55,11 @@ def test_request_fields_override_a_preset_field_by_field() -> None:
 def test_every_preset_has_a_one_line_description() -> None:
     assert set(DESCRIPTIONS) == set(PRESETS)
     assert all(text and "\n" not in text for text in DESCRIPTIONS.values())
+
+
+def test_blog_fast_is_the_blog_recipe_compiled_with_cuda_graphs_in_bf16() -> None:
+    fast, blog = TrainSpec(preset="cifar10-blog-fast").model_dump(), TrainSpec(preset="cifar10-blog").model_dump()
+    speed = {"preset", "precision", "compile", "compile_mode"}
+    assert {k: v for k, v in fast.items() if k not in speed} == {k: v for k, v in blog.items() if k not in speed}
+    assert (fast["precision"], fast["compile"], fast["compile_mode"]) == ("auto", True, "reduce-overhead")
+    assert (blog["precision"], blog["compile"], blog["compile_mode"]) == ("fp32", False, "default")

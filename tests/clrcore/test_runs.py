@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from clrcore.datasets import DatasetError, load_dataset, with_train_subset
-from clrcore.hooks import Progress, StopRequested
+from clrcore.hooks import Hooks, Progress, StopRequested
 from clrcore.models import build_model
-from clrcore.runs import RunHooks, fresh_model, run_job
+from clrcore.runs import fresh_model, run_job, sweep_speed
 from clrcore.specs import RangeTestSpec, TrainSpec
 
 FAST = {"dataset": "digits", "model": "tiny_cnn", "batch_size": 64, "train_subset": 512,
@@ -126,13 +126,16 @@ def test_range_test_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "range_test.json").read_text())
     assert summary["stop_reason"] == "end_lr" and summary["steps"] == 6
     assert saved["settings"]["accumulation_steps"] == 2
+    # each field once: the raw sweep at the top, the choice (recommendation, recipe, ...) in the summary
+    assert set(saved) == {"log", "val_log", "settings", "checksum", "summary"}
+    assert saved["summary"] == {k: v for k, v in summary.items() if k not in ("kind", "seconds")}
     assert len((tmp_path / "range_test_log.csv").read_text().splitlines()) == 1 + 6
 
 
 def test_range_test_progress_ends_on_the_last_step_even_when_throttled(tmp_path: Path) -> None:
     seen: list[Progress] = []
     spec = RangeTestSpec(**FAST, start_lr=1e-4, end_lr=1e-2, num_iter=7)
-    run_job(spec, tmp_path, data_dir=tmp_path, hooks=RunHooks(on_progress=seen.append, progress_interval=3600))
+    run_job(spec, tmp_path, data_dir=tmp_path, hooks=Hooks(on_progress=seen.append, progress_interval=3600))
     assert [p.step for p in seen] == [1, 7]  # the first, then the final one despite the throttle
     assert seen[-1].steps == 7 and seen[-1].fraction == 1.0
     assert all(p.step <= p.steps and p.fraction <= 1 for p in seen)
@@ -156,7 +159,7 @@ def _stop_after(calls: int):
 def test_stopped_training_keeps_checkpoint_and_history_of_complete_epochs(tmp_path: Path) -> None:
     spec = TrainSpec(**FAST, epochs=3, base_lr=0.01, max_lr=0.1)  # 8 batches an epoch, then evaluation
     with pytest.raises(StopRequested):
-        run_job(spec, tmp_path, data_dir=tmp_path, hooks=RunHooks(should_stop=_stop_after(12)))
+        run_job(spec, tmp_path, data_dir=tmp_path, hooks=Hooks(should_stop=_stop_after(12)))
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["epoch"] == [1]
     assert (tmp_path / "checkpoints" / "last.pt").exists() and _png_size(tmp_path / "history.png")
@@ -166,7 +169,7 @@ def test_stopped_training_keeps_checkpoint_and_history_of_complete_epochs(tmp_pa
 def test_stopped_range_test_keeps_its_partial_curve_and_is_not_reused(tmp_path: Path) -> None:
     spec = TrainSpec(**FAST, epochs=1, max_lr="auto", range_test={"start_lr": 1e-5, "num_iter": 40})
     with pytest.raises(StopRequested):
-        run_job(spec, tmp_path, data_dir=tmp_path, hooks=RunHooks(should_stop=_stop_after(10)))
+        run_job(spec, tmp_path, data_dir=tmp_path, hooks=Hooks(should_stop=_stop_after(10)))
     partial = json.loads((tmp_path / "range_test.json").read_text())["summary"]
     assert partial["stop_reason"] == "stopped" and 0 < partial["steps"] < 40
     assert (tmp_path / "range_test_log.csv").exists() and (tmp_path / "range_test.png").exists()
@@ -186,7 +189,14 @@ def test_fenced_off_training_writes_no_final_artifacts_and_no_partial_history(tm
     spec = TrainSpec(**FAST, epochs=1, base_lr=0.01, max_lr=0.1)
     refuse = _stop_after(2)
     with pytest.raises(StopRequested, match="^lease lost: final artifacts"):
-        run_job(spec, tmp_path, data_dir=tmp_path, hooks=RunHooks(may_write=lambda: not refuse()))
+        run_job(spec, tmp_path, data_dir=tmp_path, hooks=Hooks(may_write=lambda: not refuse()))
     assert (tmp_path / "checkpoints" / "last.pt").exists()
     for name in ("history.json", "report.json", "model.pt", "history.png"):
         assert not (tmp_path / name).exists(), name
+
+
+def test_the_sweeps_cuda_speed_settings_leave_a_cpu_sweep_as_it_was() -> None:
+    # on CUDA: channels_last, cudnn.benchmark and losses read every 20 steps; on a CPU none of them
+    model = build_model("tiny_cnn", 1, 10, 16)
+    assert sweep_speed(torch.device("cpu"), model) == {"channels_last": False, "sync_every": 1}
+    assert all(p.is_contiguous() for p in model.parameters())

@@ -14,11 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from clrcore import compile_cache, trainer
+from clrcore import compile_cache
 from clrcore.datasets import Dataset, Split, load_digits_dataset, make_dataset, pixel_mean
 from clrcore.loaders import HostLoader, make_loader, normalization
+from clrcore.optim import build_optimizer
 from clrcore.schedules import build_schedule
-from clrcore.trainer import TrainConfig, train
+from clrcore.train_setup import TrainConfig
+from clrcore.trainer import train
 
 BATCH = 32
 
@@ -122,7 +124,7 @@ def test_device_data_off_uses_the_host_loader(small: Dataset) -> None:
 
 def test_unknown_optimizer_impl_is_an_error(small: Dataset) -> None:
     with pytest.raises(ValueError, match="optimizer_impl"):
-        trainer.build_optimizer(tiny_net(0), config(optimizer_impl="turbo"))
+        build_optimizer(tiny_net(0), config(optimizer_impl="turbo"))
 
 
 # ---------------------------------------------------------------- compile cache
@@ -133,7 +135,7 @@ def fake_compile(monkeypatch) -> list[nn.Module]:
     """torch.compile stand-in that records what it compiled; compile allowed on the CPU."""
     compiled: list[nn.Module] = []
 
-    def compile_model(module: nn.Module):
+    def compile_model(module: nn.Module, mode: str = "default"):
         compiled.append(module)
         return lambda x: module(x)
 

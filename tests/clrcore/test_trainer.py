@@ -19,20 +19,11 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from clrcore.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from clrcore.datasets import Dataset, Split, load_digits_dataset, make_dataset
 from clrcore.evaluation import predict
+from clrcore.optim import build_optimizer
 from clrcore.schedules import build_schedule
 from clrcore.specs import TrainSpec
-from clrcore.trainer import (
-    DIVERGENCE_CHECK_EVERY,
-    Hooks,
-    Progress,
-    StopRequested,
-    TrainConfig,
-    TrainingDiverged,
-    build_optimizer,
-    config_from_spec,
-    steps_per_epoch,
-    train,
-)
+from clrcore.train_setup import DIVERGENCE_CHECK_EVERY, TrainConfig, config_from_spec, steps_per_epoch
+from clrcore.trainer import Hooks, Progress, StopRequested, TrainingDiverged, train
 
 BATCH = 32
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from service.config import Settings
-from tests.conftest import ROOT, settings_env
+from jobs.settings import Settings
+from tests.helpers import ROOT, settings_env
 from tests.reliability.redis_server import free_port
 
 START_TIMEOUT_S = 30.0

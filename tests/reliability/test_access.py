@@ -17,10 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.main import create_app
-from tests.service.conftest import ALICE, BOB, RANGE_TEST, WRONG
-from tests.service.test_auth import BODIES, JOB_ENDPOINTS, OTHER_ENDPOINTS, REMOVING_JOB_ENDPOINTS
+from tests.helpers import ALICE, BOB, BODIES, JOB_ENDPOINTS, OTHER_ENDPOINTS, RANGE_TEST, REMOVING_JOB_ENDPOINTS, WRONG
 
 DATASET_ENDPOINTS = [
     ("GET", "/v1/datasets/{dataset_id}"),
@@ -42,10 +41,6 @@ def template_regex(template: str) -> re.Pattern[str]:
     return re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
 
 
-def has_datasets(client: TestClient) -> bool:
-    return any(path == "/v1/datasets/{dataset_id}" for _, path in v1_operations(client))
-
-
 def image_zip() -> bytes:
     """The smallest valid upload: two classes, one 8x8 PNG each, in train/ and test/."""
     buffer = io.BytesIO()
@@ -59,9 +54,7 @@ def image_zip() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def alice_dataset(client: TestClient) -> str | None:
-    if not has_datasets(client):
-        return None
+def alice_dataset(client: TestClient) -> str:
     response = client.post("/v1/datasets", content=image_zip(), headers={**ALICE, **ARCHIVE})
     assert response.status_code == 201, response.text
     return response.json()["id"]
@@ -80,10 +73,8 @@ def test_every_v1_route_is_in_an_access_matrix(client: TestClient) -> None:
 
 @pytest.mark.parametrize("method, path", [*DATASET_ENDPOINTS, ("POST", "/v1/datasets")])
 @pytest.mark.parametrize("who", ["no key", "wrong key"])
-def test_dataset_endpoints_refuse_a_missing_or_wrong_key(client: TestClient, alice_dataset: str | None,
+def test_dataset_endpoints_refuse_a_missing_or_wrong_key(client: TestClient, alice_dataset: str,
                                                          method: str, path: str, who: str) -> None:
-    if alice_dataset is None:
-        pytest.skip("this app has no dataset uploads")
     headers = {**({} if who == "no key" else WRONG), **ARCHIVE}
     body = image_zip() if method == "POST" else None
     response = client.request(method, path.format(dataset_id=alice_dataset), content=body, headers=headers)
@@ -92,10 +83,8 @@ def test_dataset_endpoints_refuse_a_missing_or_wrong_key(client: TestClient, ali
 
 
 @pytest.mark.parametrize("method, path", DATASET_ENDPOINTS)
-def test_another_tenants_dataset_is_404(client: TestClient, alice_dataset: str | None, method: str,
+def test_another_tenants_dataset_is_404(client: TestClient, alice_dataset: str, method: str,
                                         path: str) -> None:
-    if alice_dataset is None:
-        pytest.skip("this app has no dataset uploads")
     response = client.request(method, path.format(dataset_id=alice_dataset), headers=BOB)
     assert response.status_code == 404, response.text
     assert client.get(f"/v1/datasets/{alice_dataset}", headers=ALICE).status_code == 200  # still there

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.config import Settings
+from jobs.settings import Settings
+from jobs.store import JobStore
 from service.routes.jobs import CLIENT_EVENTS
-from service.store import JobStore
-from tests.conftest import WorkerProcess
+from tests.helpers import WorkerProcess
 from tests.reliability.api_server import ApiServer, sse_events
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def test_api_killed_mid_stream_client_resumes_without_gaps_or_duplicates(
                 seen.append((event_id, name, json.loads(data)))
                 if sum(1 for _, n, _ in seen if n == "progress") >= 5:
                     api.kill()
-        assert store.get(job_id)["state"] == "running"  # the worker trains on without an API
+        assert store.records.get(job_id)["state"] == "running"  # the worker trains on without an API
 
         api.start()  # a new process on the same port
         assert httpx.get(f"{api.url}/v1/jobs/{job_id}", timeout=10).json()["state"] in ("running", "succeeded")
@@ -54,7 +54,7 @@ def test_api_killed_mid_stream_client_resumes_without_gaps_or_duplicates(
 
         ids = [event_id for event_id, _, _ in seen]
         assert len(ids) == len(set(ids)), "an event was delivered twice"
-        logged = [event_id for event_id, name, _ in store.read_events(job_id, count=100_000)
+        logged = [event_id for event_id, name, _ in store.events.read(job_id, count=100_000)
                   if name in CLIENT_EVENTS]  # operators' events (delivery, recovered) are not relayed
         assert ids == logged[: len(ids)], "an event is missing or out of order"
         assert seen[-1][1] == "state" and seen[-1][2]["state"] == "succeeded"

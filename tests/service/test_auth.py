@@ -10,35 +10,22 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from jobs.settings import Settings
+from jobs.states import JobState
+from jobs.store import JobStore
 from service.main import create_app
-from service.store import JobState, JobStore
-from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN, WRONG, mark_running
-
-JOB_ENDPOINTS = [
-    ("GET", "/v1/jobs/{id}"),
-    ("POST", "/v1/jobs/{id}/cancel"),
-    ("GET", "/v1/jobs/{id}/events"),
-    ("GET", "/v1/jobs/{id}/plots/history.png"),
-    ("GET", "/v1/jobs/{id}/report"),
-    ("GET", "/v1/jobs/{id}/report?format=text"),
-    ("GET", "/v1/jobs/{id}/artifacts/spec.json"),
-    ("GET", "/v1/jobs/{id}/artifacts/checkpoint"),
-]
-OTHER_ENDPOINTS = [
-    ("POST", "/v1/jobs/range-test"),
-    ("POST", "/v1/jobs/train"),
-    ("GET", "/v1/jobs"),
-    ("GET", "/v1/datasets"),
-    ("GET", "/v1/models"),
-    ("GET", "/v1/presets"),
-]
-# Endpoints that remove the job: refused like the others, but never called with the owner's key here
-# (the shared finished job must stay); tests/service/test_delete_job.py covers the owner's side.
-REMOVING_JOB_ENDPOINTS = [
-    ("DELETE", "/v1/jobs/{id}"),
-]
-BODIES = {"/v1/jobs/range-test": RANGE_TEST, "/v1/jobs/train": TRAIN}
+from tests.helpers import (
+    ALICE,
+    BOB,
+    BODIES,
+    JOB_ENDPOINTS,
+    OTHER_ENDPOINTS,
+    RANGE_TEST,
+    REMOVING_JOB_ENDPOINTS,
+    TRAIN,
+    WRONG,
+    mark_running,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +37,7 @@ def finished_job(client: TestClient, store: JobStore, api_settings: Settings) ->
     for name in ("history.png", "report.json", "report.txt", "spec.json", "checkpoints/last.pt"):
         (run / name).write_bytes(b'{"secret": "alice data"}')
     mark_running(store, job_id)
-    store.transition(job_id, JobState.SUCCEEDED, result={"secret": "alice data"})
+    store.records.transition(job_id, JobState.SUCCEEDED, result={"secret": "alice data"})
     return job_id
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.service.conftest import ALICE
+from tests.helpers import ALICE
 
 
 def test_datasets_list_classes_and_input_shapes(client: TestClient) -> None:
@@ -22,8 +22,9 @@ def test_models_listed(client: TestClient) -> None:
 
 def test_presets_listed_with_descriptions_and_fields(client: TestClient) -> None:
     items = {p["name"]: p for p in client.get("/v1/presets", headers=ALICE).json()["items"]}
-    assert set(items) == {"digits-demo", "cifar10-blog", "fashion_mnist-blog", "cifar10-fast",
+    assert set(items) == {"digits-demo", "cifar10-blog", "cifar10-blog-fast", "fashion_mnist-blog", "cifar10-fast",
                           "cifar10-minigooglenet-fast"}
+    assert items["cifar10-blog-fast"]["fields"]["compile_mode"] == "reduce-overhead"
     assert all(p["description"] for p in items.values())
     blog = items["cifar10-blog"]["fields"]
     assert (blog["base_lr"], blog["max_lr"], blog["step_size"], blog["epochs"], blog["batch_size"]) == (

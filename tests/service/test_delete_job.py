@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
-from service.store import JobState, JobStore
-from tests.service.conftest import ALICE, BOB, mark_running
+from jobs.settings import Settings
+from jobs.states import JobState
+from jobs.store import JobStore
+from tests.helpers import ALICE, BOB, mark_running
 
 
 def _finish(store: JobStore, job_id: str, state: JobState = JobState.SUCCEEDED, *, release: bool = True) -> None:
     mark_running(store, job_id)
-    store.transition(job_id, state, error="stopped" if state == JobState.FAILED else None)
+    store.records.transition(job_id, state, error="stopped" if state == JobState.FAILED else None)
     if release:
-        store.release(job_id, "test-driver")
+        store.leases.release(job_id, "test-driver")
 
 
 def _run_folder(settings: Settings, job_id: str) -> Path:
@@ -42,8 +43,8 @@ def test_finished_job_is_removed_with_its_files(client: TestClient, store: JobSt
     assert client.get(f"/v1/jobs/{job_id}/events", headers=ALICE).status_code == 404
     listed = client.get("/v1/jobs", params={"limit": 100}, headers=ALICE).json()["items"]
     assert job_id not in [job["id"] for job in listed]
-    assert not store.redis.exists(store.job_key(job_id), store.events_key(job_id))
-    assert not any(store.redis.sismember(key, job_id) for key in store._state_keys())
+    assert not store.redis.exists(store.keys.job(job_id), store.keys.events(job_id))
+    assert not any(store.redis.sismember(key, job_id) for key in store.keys.states())
     assert client.delete(f"/v1/jobs/{job_id}", headers=ALICE).status_code == 404
 
 
@@ -70,7 +71,7 @@ def test_finished_job_whose_worker_still_holds_it_is_409_until_released(
     busy = client.delete(f"/v1/jobs/{job_id}", headers=ALICE)
     assert busy.status_code == 409 and "still finishing" in busy.json()["detail"]
     assert folder.exists() and client.get(f"/v1/jobs/{job_id}", headers=ALICE).status_code == 200
-    store.release(job_id, "test-driver")
+    store.leases.release(job_id, "test-driver")
     assert client.delete(f"/v1/jobs/{job_id}", headers=ALICE).status_code == 204
     assert not folder.exists()
 

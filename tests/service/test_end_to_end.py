@@ -8,9 +8,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import WorkerProcess
-from tests.service.conftest import ALICE
-from tests.service.test_events import parse_sse
+from tests.helpers import ALICE, WorkerProcess, parse_sse
 
 pytestmark = pytest.mark.slow
 

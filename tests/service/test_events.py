@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 from fastapi.testclient import TestClient
 
-from service.store import JobState, JobStore
-from tests.service.conftest import ALICE, mark_running
-
-
-def parse_sse(text: str) -> list[dict]:
-    """Events of an SSE body as dicts with id, event and (JSON-decoded) data; pings (comments) dropped."""
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        fields: dict = {}
-        for line in block.split("\n"):
-            key, sep, value = line.partition(": ")
-            if sep and key in ("id", "event", "data"):
-                fields[key] = value
-        if "data" in fields:
-            fields["data"] = json.loads(fields["data"])
-            events.append(fields)
-    return events
+from jobs.states import JobState
+from jobs.store import JobStore
+from tests.helpers import ALICE, mark_running, parse_sse
 
 
 def _drive(store: JobStore, job_id: str, delay: float = 0.3) -> threading.Thread:
@@ -33,9 +18,9 @@ def _drive(store: JobStore, job_id: str, delay: float = 0.3) -> threading.Thread
         time.sleep(delay)
         mark_running(store, job_id)
         for step in (1, 2):
-            store.update_progress(job_id, {"phase": "train", "epoch": 1, "epochs": 1, "step": step, "steps": 2,
+            store.events.update_progress(job_id, {"phase": "train", "epoch": 1, "epochs": 1, "step": step, "steps": 2,
                                            "fraction": step / 2}, {"loss": 1.0 / step})
-        store.transition(job_id, JobState.SUCCEEDED, result={"accuracy": 0.9})
+        store.records.transition(job_id, JobState.SUCCEEDED, result={"accuracy": 0.9})
 
     thread = threading.Thread(target=life, daemon=True)
     thread.start()
@@ -60,14 +45,14 @@ def test_events_are_delivered_and_the_stream_ends_on_the_final_state(client: Tes
 
 def test_internal_events_stay_in_redis_and_never_reach_the_client(client: TestClient, store: JobStore,
                                                                   job_id: str) -> None:
-    store.append_event(job_id, "delivery", {"worker": "host:123:abc", "outcome": "started", "delivery": 1})
-    store.append_event(job_id, "recovered", {"by": "host:456:def", "queue": "cpu"})
+    store.events.append(job_id, "delivery", {"worker": "host:123:abc", "outcome": "started", "delivery": 1})
+    store.events.append(job_id, "recovered", {"by": "host:456:def", "queue": "cpu"})
     _drive(store, job_id, delay=0).join()
     response = client.get(f"/v1/jobs/{job_id}/events", headers=ALICE)
     events = parse_sse(response.text)
     assert [e["event"] for e in events] == ["state", "state", "progress", "progress", "state"]
     assert "host:" not in response.text
-    logged = {name for _, name, _ in store.read_events(job_id, count=1000)}
+    logged = {name for _, name, _ in store.events.read(job_id, count=1000)}
     assert {"delivery", "recovered"} <= logged  # kept for operators
 
 

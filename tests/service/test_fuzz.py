@@ -6,43 +6,17 @@ sends thousands of requests the same way and its figures go to `docs/reliability
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 
+from jobs.settings import Settings
+from jobs.states import JobState
+from jobs.store import JobStore
 from scripts.reliability.fuzzing import fuzz_app
-from service.config import Settings
 from service.main import create_app
-from service.store import JobState, JobStore
-from tests.service.conftest import ALICE, RANGE_TEST, TRAIN, mark_running
+from tests.helpers import ALICE, seed_jobs
 
 CI_EXAMPLES = 15  # per operation and generation mode (positive, negative)
-
-
-def seed_jobs(client: TestClient, store: JobStore, settings: Settings, headers: dict[str, str]) -> list[str]:
-    """Jobs of the fuzzing key in every final state, with files on disk, so job paths reach real data.
-
-    Final states only: an event stream of a final job ends at once, a queued one would stream forever.
-    """
-    ids = []
-    for path, body, end in (("/v1/jobs/train", TRAIN, JobState.SUCCEEDED),
-                            ("/v1/jobs/range-test", RANGE_TEST, JobState.FAILED),
-                            ("/v1/jobs/train", TRAIN, JobState.CANCELLED)):
-        job_id = client.post(path, json=body, headers=headers).json()["id"]
-        run = Path(settings.artifact_dir) / job_id
-        (run / "checkpoints").mkdir(parents=True)
-        for name in ("history.png", "report.json", "report.txt", "spec.json", "history.json",
-                     "checkpoints/last.pt"):
-            (run / name).write_bytes(b'{"accuracy": 0.9}')
-        if end is JobState.CANCELLED:
-            store.request_cancel(job_id)
-        else:
-            mark_running(store, job_id)
-            store.transition(job_id, end, error="loss diverged at step 3, lr 9" if end is JobState.FAILED else None,
-                             result={"accuracy": 0.9} if end is JobState.SUCCEEDED else None)
-        ids.append(job_id)
-    return ids
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +28,9 @@ def fuzz_target(api_settings: Settings, store: JobStore):
     # Cancel what is still queued, so a later test's job never waits behind fuzzed ones.
     cursor = None
     while True:
-        queued, cursor = store.list("alice", state=JobState.QUEUED.value, cursor=cursor, limit=100)
+        queued, cursor = store.records.list("alice", state=JobState.QUEUED.value, cursor=cursor, limit=100)
         for job in queued:
-            store.request_cancel(job["id"])
+            store.records.request_cancel(job["id"])
         if cursor is None:
             break
 

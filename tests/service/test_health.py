@@ -8,11 +8,12 @@ import secrets
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from jobs.settings import Settings
+from jobs.states import JobState
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
 from service.main import create_app
-from service.store import JobState, JobStore
-from service.workers import WorkerRegistry
-from tests.service.conftest import ALICE, RANGE_TEST, TRAIN, mark_running
+from tests.helpers import ALICE, RANGE_TEST, TRAIN, mark_running
 
 
 def test_healthz(client: TestClient) -> None:
@@ -46,13 +47,13 @@ def test_metrics_has_jobs_by_state_queue_depth_and_durations(client: TestClient,
                                                              job_id: str) -> None:
     gpu = client.post("/v1/jobs/range-test", json={**RANGE_TEST, "device": "cuda"}, headers=ALICE)  # no consumer
     mark_running(store, job_id)
-    store.transition(job_id, JobState.SUCCEEDED)
+    store.records.transition(job_id, JobState.SUCCEEDED)
     # No request reads the job: the duration comes from Redis, recorded by the final transition.
     response = client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert "clr_store_up 1.0" in text
-    counts = store.counts_by_state()
+    counts = store.records.counts_by_state()
     for state in ("queued", "running", "succeeded", "cancelled"):
         assert f'clr_jobs{{state="{state}"}} {float(counts[state])}' in text
     assert re.search(r'clr_queue_depth\{queue="gpu"\} [1-9]\d*\.0', text)

@@ -8,8 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clrcore.specs import RangeTestSpec
-from service.store import JobState, JobStore, body_hash
-from tests.service.conftest import ALICE, BOB, RANGE_TEST, TRAIN, mark_running
+from jobs.idempotency import body_hash
+from jobs.states import JobState
+from jobs.store import JobStore
+from tests.helpers import ALICE, BOB, RANGE_TEST, TRAIN, mark_running
 
 
 def test_submit_answers_202_with_location_and_record(client: TestClient) -> None:
@@ -32,12 +34,12 @@ def test_device_picks_the_queue(client: TestClient) -> None:
 def test_get_job_shows_state_progress_metrics_and_result(client: TestClient, store: JobStore,
                                                            job_id: str) -> None:
     mark_running(store, job_id)
-    store.update_progress(job_id, {"phase": "range_test", "epoch": 1, "epochs": 1, "step": 5, "steps": 10,
+    store.events.update_progress(job_id, {"phase": "range_test", "epoch": 1, "epochs": 1, "step": 5, "steps": 10,
                                    "fraction": 0.5}, {"loss": 1.25})
     job = client.get(f"/v1/jobs/{job_id}", headers=ALICE).json()
     assert job["state"] == "running" and job["started_at"] is not None
     assert job["progress"]["fraction"] == 0.5 and job["metrics"] == {"loss": 1.25}
-    store.transition(job_id, JobState.SUCCEEDED, result={"suggested_max_lr": 0.1})
+    store.records.transition(job_id, JobState.SUCCEEDED, result={"suggested_max_lr": 0.1})
     job = client.get(f"/v1/jobs/{job_id}", headers=ALICE).json()
     assert job["state"] == "succeeded" and job["result"] == {"suggested_max_lr": 0.1}
     assert job["finished_at"] is not None
@@ -45,7 +47,7 @@ def test_get_job_shows_state_progress_metrics_and_result(client: TestClient, sto
 
 def test_failed_job_shows_its_reason(client: TestClient, store: JobStore, job_id: str) -> None:
     mark_running(store, job_id)
-    store.transition(job_id, JobState.FAILED, error="loss diverged at step 312, lr 3.2")
+    store.records.transition(job_id, JobState.FAILED, error="loss diverged at step 312, lr 3.2")
     assert client.get(f"/v1/jobs/{job_id}", headers=ALICE).json()["error"] == "loss diverged at step 312, lr 3.2"
 
 
@@ -68,12 +70,12 @@ def test_cancel_running_job_becomes_cancelling(client: TestClient, store: JobSto
     response = client.post(f"/v1/jobs/{job_id}/cancel", headers=ALICE)
     assert response.status_code == 202 and response.json()["state"] == "cancelling"
     assert response.json()["cancel_requested"] is True
-    assert store.cancel_requested(job_id)
+    assert store.records.cancel_requested(job_id)
 
 
 def test_cancel_finished_job_is_409(client: TestClient, store: JobStore, job_id: str) -> None:
     mark_running(store, job_id)
-    store.transition(job_id, JobState.SUCCEEDED)
+    store.records.transition(job_id, JobState.SUCCEEDED)
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=ALICE).status_code == 409
 
 
@@ -151,7 +153,7 @@ def test_idempotency_same_key_other_body_is_422(client: TestClient) -> None:
 def test_idempotency_retry_while_first_in_flight_is_409(client: TestClient, store: JobStore) -> None:
     key = secrets.token_hex(8)
     fingerprint = body_hash(RangeTestSpec.model_validate(RANGE_TEST).model_dump(mode="json"))
-    assert store.idempotency_begin("alice", key, fingerprint)[0] == "new"  # the first request, mid-way
+    assert store.idempotency.begin("alice", key, fingerprint)[0] == "new"  # the first request, mid-way
     response = client.post("/v1/jobs/range-test", json=RANGE_TEST, headers={**ALICE, "Idempotency-Key": key})
     assert response.status_code == 409
 

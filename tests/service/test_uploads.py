@@ -23,9 +23,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.config import Settings
+from jobs.datasets import INCOMING_DIR, UPLOADS_DIR, DatasetStore, owner_hash
+from jobs.settings import Settings
 from service.main import create_app
-from service.uploads import INCOMING_DIR, UPLOADS_DIR, DatasetStore, UploadRefused, owner_hash, write_stream
+from service.uploads import UploadRefused, write_stream
 
 CONTENT_TYPES = {"zip": "application/zip", "tar": "application/x-tar", "tar.gz": "application/gzip"}
 TRAIN = {"model": "tiny_cnn", "epochs": 1, "batch_size": 4, "base_lr": 0.01, "max_lr": 0.05, "step_size": 1}
@@ -158,7 +159,9 @@ def test_upload_is_validated_stored_and_described(env: Env, kind: str, held_out:
     assert (body["width"], body["height"], body["channels"], body["input_shape"]) == (8, 8, 3, [3, 8, 8])
     assert env.stored_files() == [Path(env.settings.data_dir) / "uploads" / owner_hash(env.owner)
                                   / f"{body['id']}.{kind}"]
-    assert body["bytes"] == env.stored_files()[0].stat().st_size == env.uploads.bytes_used(env.owner)
+    assert body["bytes"] == env.stored_files()[0].stat().st_size
+    # the quota counts the archive and its decode cache: 8 images of 8x8x3 uint8 plus 8 int64 labels
+    assert env.uploads.bytes_used(env.owner) == body["bytes"] + 8 * 8 * 8 * 3 + 8 * 8
 
     shown = env.client.get(f"/v1/datasets/{body['id']}", headers=env.me)
     assert shown.status_code == 200 and shown.json() == body
@@ -285,7 +288,7 @@ def test_unknown_or_mislabelled_archive_is_refused(env: Env, content_type: str, 
 
 def test_quota_counts_stored_bytes_and_frees_on_delete(make_env) -> None:
     archive = build_archive("zip", image_tree())
-    env = make_env(upload_quota_bytes=len(archive) + 100)
+    env = make_env(upload_quota_bytes=len(archive) + 8 * (8 * 8 * 3 + 8) + 100)  # archive + its decode cache
     first = env.upload(archive)
     assert first.status_code == 201
     refused = env.upload(archive)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service.conftest import ALICE, RANGE_TEST, TRAIN
+from tests.helpers import ALICE, RANGE_TEST, TRAIN
 
 
 def _locs(response) -> list[list]:

@@ -4,56 +4,18 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from clrcore.specs import parse_spec
-from service.config import Settings
-from service.store import JobState, JobStore
-from service.workers import WorkerRegistry
-from worker.celery_app import PING, RUN_JOB
+from jobs.queues import PING, RUN_JOB
+from jobs.settings import Settings
+from jobs.states import JobState
+from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
+from tests.helpers import FINAL, range_test_spec, submit, train_spec, wait_for
 
 pytestmark = pytest.mark.slow
-
-OWNER = "worker-tests"
-FINAL = {s.value for s in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)}
-
-
-def train_spec(**overrides) -> dict:
-    """A digits training job that takes about a second per few epochs on one CPU thread."""
-    spec = {"kind": "train", "dataset": "digits", "model": "tiny_cnn", "device": "cpu", "epochs": 2,
-            "train_subset": 500, "batch_size": 64, "policy": "triangular", "base_lr": 0.01,
-            "max_lr": 0.1, "step_size": 1, "augment": {"translate": 0, "flip": False}, **overrides}
-    return parse_spec(spec).model_dump(mode="json")
-
-
-def range_test_spec(**overrides) -> dict:
-    spec = {"kind": "range_test", "dataset": "digits", "model": "tiny_cnn", "device": "cpu",
-            "train_subset": 500, "batch_size": 64, "num_iter": 20, **overrides}
-    return parse_spec(spec).model_dump(mode="json")
-
-
-def submit(store: JobStore, sender, spec: dict, queue: str = "cpu", send: bool = True) -> str:
-    job_id = store.create(spec["kind"], spec, OWNER, queue=queue)["id"]
-    if send:
-        sender.send_task(RUN_JOB, args=[job_id], queue=queue)
-    return job_id
-
-
-def wait_for(
-    store: JobStore, job_id: str, done: Callable[[dict], bool] = lambda r: r["state"] in FINAL,
-    timeout: float = 60.0,
-) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = store.get(job_id)
-        if done(record):
-            return record
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} still {store.get(job_id)}")
-
 
 def drain(workers: WorkerRegistry, sender, queue: str = "cpu", timeout: float = 60.0) -> None:
     """Until the one worker on `queue` took every message sent before: it answers a canary sent last."""
@@ -66,7 +28,7 @@ def drain(workers: WorkerRegistry, sender, queue: str = "cpu", timeout: float = 
 
 
 def deliveries(store: JobStore, job_id: str) -> list[dict]:
-    return [d for _, e, d in store.read_events(job_id, count=10_000) if e == "delivery"]
+    return [d for _, e, d in store.events.read(job_id, count=10_000) if e == "delivery"]
 
 
 def test_range_test_job_succeeds_with_its_artifacts(store: JobStore, celery_sender, worker) -> None:
@@ -92,7 +54,7 @@ def test_training_job_succeeds_with_report_plots_and_checkpoint(
     run_dir = Path(settings.artifact_dir) / job_id
     assert (run_dir / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert record["started_at"] <= record["finished_at"]
-    events = {e for _, e, _ in store.read_events(job_id, count=10_000)}
+    events = {e for _, e, _ in store.events.read(job_id, count=10_000)}
     assert {"state", "progress"} <= events
 
 
@@ -106,10 +68,10 @@ def test_cancelled_queued_job_never_starts(
     store: JobStore, workers: WorkerRegistry, celery_sender, worker, settings: Settings
 ) -> None:
     job_id = submit(store, celery_sender, train_spec(), send=False)
-    assert store.request_cancel(job_id)["state"] == "cancelled"
+    assert store.records.request_cancel(job_id)["state"] == "cancelled"
     celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
     drain(workers, celery_sender)
-    record = store.get(job_id)
+    record = store.records.get(job_id)
     assert record["state"] == "cancelled" and record["started_at"] is None and record["deliveries"] == 0
     assert not (Path(settings.artifact_dir) / job_id).exists()
 
@@ -119,12 +81,12 @@ def test_message_of_a_deleted_job_is_dropped_without_a_trace(
 ) -> None:
     # cancelled while queued, then deleted: its message is still in the queue when the worker gets to it
     job_id = submit(store, celery_sender, train_spec(), send=False)
-    record = store.request_cancel(job_id)
-    store.delete(record)
+    record = store.records.request_cancel(job_id)
+    store.records.delete(record)
     celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
     drain(workers, celery_sender)
-    assert store.get(job_id) is None
-    assert not store.redis.exists(store.job_key(job_id), store.events_key(job_id))
+    assert store.records.get(job_id) is None
+    assert not store.redis.exists(store.keys.job(job_id), store.keys.events(job_id))
     assert not (Path(settings.artifact_dir) / job_id).exists()
 
 
@@ -134,7 +96,7 @@ def test_cancel_of_running_job_stops_it_within_seconds_keeping_its_checkpoint(
     job_id = submit(store, celery_sender, train_spec(epochs=200))
     wait_for(store, job_id, lambda r: (r["progress"] or {}).get("epoch", 0) >= 3 or r["state"] in FINAL)
     asked = time.monotonic()
-    store.request_cancel(job_id)
+    store.records.request_cancel(job_id)
     record = wait_for(store, job_id, timeout=10)
     stopped_after = time.monotonic() - asked
     assert record["state"] == "cancelled", record["error"]
@@ -159,19 +121,19 @@ def test_second_delivery_of_a_leased_job_does_not_train(
     store: JobStore, workers: WorkerRegistry, celery_sender, worker, settings: Settings
 ) -> None:
     job_id = submit(store, celery_sender, range_test_spec(num_iter=10), send=False)
-    assert store.claim(job_id, "another-worker", lease_seconds=60)
-    store.transition(job_id, JobState.RUNNING)
+    assert store.leases.claim(job_id, "another-worker", lease_seconds=60)
+    store.records.transition(job_id, JobState.RUNNING)
     celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
     drain(workers, celery_sender)
     assert [d["outcome"] for d in deliveries(store, job_id)] == ["duplicate"]
-    record = store.get(job_id)
+    record = store.records.get(job_id)
     assert record["state"] == "running" and record["progress"] is None and record["deliveries"] == 1
     assert not (Path(settings.artifact_dir) / job_id).exists()
     # The other worker "dies": its lease lapses, a sweeper re-sends the job and it completes.
-    store.release(job_id, "another-worker")
+    store.leases.release(job_id, "another-worker")
     record = wait_for(store, job_id, timeout=30)
     assert record["state"] == "succeeded" and record["deliveries"] == 2
-    assert "recovered" in {e for _, e, _ in store.read_events(job_id, count=10_000)}
+    assert "recovered" in {e for _, e, _ in store.events.read(job_id, count=10_000)}
 
 
 def test_job_that_keeps_killing_its_worker_fails_at_the_delivery_cap(
@@ -179,7 +141,7 @@ def test_job_that_keeps_killing_its_worker_fails_at_the_delivery_cap(
 ) -> None:
     job_id = submit(store, celery_sender, train_spec(), send=False)
     for n in range(settings.max_deliveries):  # deliveries whose worker died: never released
-        assert store.claim(job_id, f"dead-worker-{n}", lease_seconds=0.05)
+        assert store.leases.claim(job_id, f"dead-worker-{n}", lease_seconds=0.05)
         time.sleep(0.1)  # the lease lapses
     celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
     record = wait_for(store, job_id)
@@ -192,8 +154,8 @@ def test_clean_hand_backs_do_not_count_towards_the_delivery_cap(
 ) -> None:
     job_id = submit(store, celery_sender, range_test_spec(num_iter=10), send=False)
     for n in range(settings.max_deliveries + 2):  # warm shutdowns: each released its lease
-        assert store.claim(job_id, f"stopped-worker-{n}", lease_seconds=60)
-        store.release(job_id, f"stopped-worker-{n}")
+        assert store.leases.claim(job_id, f"stopped-worker-{n}", lease_seconds=60)
+        store.leases.release(job_id, f"stopped-worker-{n}")
     celery_sender.send_task(RUN_JOB, args=[job_id], queue="cpu")
     record = wait_for(store, job_id)
     assert record["state"] == "succeeded", record["error"]
@@ -206,11 +168,14 @@ def test_sigkilled_worker_job_resumes_from_checkpoint_on_a_new_worker(
     first = start_worker(CLR_QUEUE="gpu")
     job_id = submit(store, celery_sender, train_spec(epochs=30, train_subset=1000), queue="gpu")
     wait_for(store, job_id, lambda r: (r["progress"] or {}).get("epoch", 0) >= 4 or r["state"] in FINAL)
-    assert store.lease_holder(job_id).split(":")[1] == str(first.pid)
+    assert store.leases.holder(job_id).split(":")[1] == str(first.pid)
     first.kill()
-    killed_at = store.get(job_id)["progress"]["epoch"]
-    start_worker(CLR_QUEUE="gpu", wait=False)
-    record = wait_for(store, job_id, timeout=90)
+    killed_at = store.records.get(job_id)["progress"]["epoch"]
+    second = start_worker(CLR_QUEUE="gpu", wait=False)
+    try:
+        record = wait_for(store, job_id, timeout=90)
+    finally:  # no gpu consumer outlives this test: later tests count what waits on the gpu queue
+        second.stop()
     assert record["state"] == "succeeded", record["error"]
     assert record["deliveries"] == 2
     resumed_from = record["result"]["resumed_from"]
@@ -240,7 +205,7 @@ def test_progress_is_written_at_most_once_per_interval_even_across_phase_changes
     assert record["state"] == "succeeded", record["error"]
     assert record["progress"]["epoch"] == 25  # the final state is always flushed
     times = sorted(int(event_id.split("-")[0]) for event_id, name, _ in
-                   store.read_events(job_id, count=10_000) if name == "progress")
+                   store.events.read(job_id, count=10_000) if name == "progress")
     assert len(times) >= 2
     busiest = max(sum(1 for t in times if start <= t < start + 1000) for start in times)
     assert busiest <= 1 / settings.progress_interval + 1, times

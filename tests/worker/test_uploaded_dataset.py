@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from clrcore.datasets import DatasetError
-from service.config import Settings
+from jobs.settings import Settings
+from jobs.store import JobStore
 from service.main import create_app
-from service.store import JobStore
 from worker.datasets import resolve_uploaded
 
 CLASSES = ("circle", "square", "triangle")

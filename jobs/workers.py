@@ -5,7 +5,7 @@ what they run and that their consumer takes messages, and `/readyz` reads it to 
 would run a job sent now. Nothing here touches a job record or the state machine. Same Redis, same key
 prefix and the same outage rule as the store (connection trouble raises `StoreUnavailable`, a 503).
 
-Keys (under the store's prefix; see `service.store` for the whole layout):
+Keys (under the store's prefix; see `jobs.store` for the whole layout):
 
     {p}:worker:{id}      hash: worker_id, queue, last_seen, job_id, pid, last_task_at (expires after a day)
     {p}:workers          sorted set: worker ids by last seen
@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from service.store import require_text_client, unavailable_on_redis_errors
+from jobs.redis_errors import require_text_client, unavailable_on_redis_errors
 
 WORKER_RECORD_TTL = 24 * 3600
 

@@ -42,7 +42,18 @@ class Settings(BaseSettings):
     # Uploaded datasets.
     max_upload_bytes: int = Field(512 * 1024 * 1024)
     max_upload_files: int = Field(200_000)
-    upload_quota_bytes: int = Field(2 * 1024 * 1024 * 1024, description="per key")
+    upload_quota_bytes: int = Field(
+        2 * 1024 * 1024 * 1024, description="per key: stored archives plus their decode caches"
+    )
+    max_decoded_bytes: int = Field(
+        4 * 1024**3, ge=1,
+        description="one dataset's pixels once decoded; a worker needs at least twice this in memory "
+                    "(the decoded arrays, their stacked copy, the training tensors): size it to the workers",
+    )
+    max_compression_ratio: float = Field(
+        200.0, gt=1,
+        description="decompressed / compressed bytes allowed for an archive and for each image in it",
+    )
 
     # Worker behaviour.
     queue: str = Field("cpu", description="queue this worker consumes: 'cpu' or 'gpu'")

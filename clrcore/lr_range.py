@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from clrcore.suggest import Recommendation, picks_from_reading, read_curve, recipe, recommend, warnings_for
+from clrcore.checkpoint import capture_rng_state, restore_rng_state
+from clrcore.json_safe import json_safe
+from clrcore.suggest import Recommendation, picks_from_reading, read_curve, recommend, warnings_for
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +68,16 @@ class RangeTestResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def curve(self) -> tuple[list[float], list[float]]:
-        """(lr, smoothed loss) over the steps that were really taken; the curve the rules read."""
+        """(lr, smoothed loss) over the steps that were really taken; the curve the plot draws."""
         taken = [r for r in self.log if not r["skipped"]]
         return [r["lr"] for r in taken], [r["smoothed"] for r in taken]
-
-    def recipe(self, iters_per_epoch: int, epochs_hint: int | None = None) -> dict[str, Any] | None:
-        """The whole training recipe (base_lr, max_lr, step size, epochs, policy), not just one LR.
-
-        For the triangular family the step size is 2-8 epochs' worth of iterations and the epoch
-        count a whole number of cycles, so training ends on a cycle minimum; see `suggest.recipe`.
-        None when the sweep gave no recommendation.
-        """
-        if self.recommendation is None:
-            return None
-        return recipe(self.recommendation, iters_per_epoch=iters_per_epoch, epochs_hint=epochs_hint)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: NaN and inf become None."""
         stopped_at = (
             None if self.stopped_at is None else {"step": self.stopped_at[0], "lr": self.stopped_at[1]}
         )
-        return _json_safe(
+        return json_safe(
             {
                 "log": self.log,
                 "val_log": self.val_log,
@@ -109,13 +99,13 @@ class RangeTestResult:
         path = Path(path)
         rows = [_flat_row(r) for r in self.log]
         if path.suffix == ".json":
-            path.write_text(json.dumps(_json_safe(rows), indent=1))
+            path.write_text(json.dumps(json_safe(rows), indent=1))
         elif path.suffix == ".csv":
             columns = list(dict.fromkeys(k for row in rows for k in row)) or ["step", "lr", "loss"]
             with path.open("w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=columns)
                 writer.writeheader()
-                writer.writerows(_json_safe(rows))
+                writer.writerows(json_safe(rows))
         else:
             raise ValueError(f"save_log writes .csv or .json, not {path.suffix!r}")
         return path
@@ -131,18 +121,6 @@ def _flat_row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 # ---------------------------------------------------------------------------- snapshot and restore
 
 
@@ -152,32 +130,15 @@ def _tensor_digest(h: Any, name: str, t: torch.Tensor) -> None:
     h.update(t.view(torch.uint8).cpu().numpy().tobytes())
 
 
-def rng_states() -> dict[str, Any]:
-    """Every global RNG a sweep can advance: torch CPU, CUDA (only if initialised), numpy, python."""
-    return {
-        "torch": torch.get_rng_state(),
-        # only if CUDA is up: initialising it here would break forked workers on CPU runs
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None:
-        torch.cuda.set_rng_state_all(states["cuda"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-
-
 def _rng_digest(h: Any, states: dict[str, Any]) -> None:
+    """Digest of `checkpoint.capture_rng_state()`: every global stream, bit for bit."""
     _tensor_digest(h, "rng.torch", states["torch"])
     for i, t in enumerate(states["cuda"] or []):
         _tensor_digest(h, f"rng.cuda{i}", t)
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    h.update(f"rng.numpy|{kind}|{pos}|{has_gauss}|{gauss!r}|".encode())
-    h.update(np.ascontiguousarray(keys).tobytes())
+    np_state = states["numpy"]
+    h.update(f"rng.numpy|{np_state['kind']}|{np_state['pos']}|{np_state['has_gauss']}|"
+             f"{np_state['cached_gaussian']!r}|".encode())
+    _tensor_digest(h, "rng.numpy.keys", np_state["keys"])
     h.update(f"rng.python|{states['python']!r}".encode())
 
 
@@ -202,7 +163,7 @@ def state_checksum(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: A
     h.update(json.dumps(opt["param_groups"], sort_keys=True, default=repr).encode())
     if scaler is not None:
         h.update(b"scaler|" + json.dumps(scaler.state_dict(), sort_keys=True, default=repr).encode())
-    _rng_digest(h, rng_states())
+    _rng_digest(h, capture_rng_state())
     return h.hexdigest()
 
 
@@ -225,7 +186,7 @@ class _Snapshot:
             grads=[None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
             optimizer=copy.deepcopy(optimizer.state_dict()),
             scaler=None if scaler is None else copy.deepcopy(scaler.state_dict()),
-            rng=rng_states(),
+            rng=capture_rng_state(),
             training=model.training,
             checksum=state_checksum(model, optimizer, scaler),
         )
@@ -238,7 +199,7 @@ class _Snapshot:
         optimizer.load_state_dict(self.optimizer)
         if scaler is not None and self.scaler is not None:
             scaler.load_state_dict(self.scaler)
-        _set_rng_states(self.rng)
+        restore_rng_state(self.rng)
         model.train(self.training)
         checksum = state_checksum(model, optimizer, scaler)
         if checksum != self.checksum:
@@ -342,6 +303,7 @@ def range_test(
     should_stop: Callable[[], bool] | None = None,
     policy: str = "triangular",
     read: str = "train",
+    sync_every: int = 1,
 ) -> RangeTestResult:
     """Sweep the LR over `num_iter` optimizer steps, then restore every state and read the curve.
 
@@ -352,9 +314,13 @@ def range_test(
     divergence (smoothed loss > diverge_factor x best), NaN/inf loss, the end of the ladder, data
     that yields nothing, or `should_stop()` returning True. `on_step` receives each step's record.
     Raises RuntimeError if the restored state's checksum differs from the one taken before.
+
+    `sync_every` > 1 reads the losses to the host that many steps at a time instead of after every step,
+    so a GPU never waits on Python (without a GradScaler, whose skip test reads the scale every step).
+    The records, the stop and the restored state are the same: steps past a stop are run but dropped.
     """
-    if accumulation_steps < 1 or val_every < 1:
-        raise ValueError("accumulation_steps and val_every must be at least 1")
+    if accumulation_steps < 1 or val_every < 1 or sync_every < 1:
+        raise ValueError("accumulation_steps, val_every and sync_every must be at least 1")
     if not 0 <= smooth < 1 or diverge_factor <= 1:
         raise ValueError("need 0 <= smooth < 1 and diverge_factor > 1")
     ladder = lr_ladder(start_lr, end_lr, num_iter, mode)
@@ -377,7 +343,7 @@ def range_test(
             model, optimizer, loss_fn, _Cycle(train_batches), ladder, records, val_log,
             smooth=smooth, diverge_factor=diverge_factor, val_batches=val_batches, val_every=val_every,
             accumulation_steps=accumulation_steps, scaler=scaler, autocast=autocast,
-            on_step=on_step, should_stop=should_stop,
+            on_step=on_step, should_stop=should_stop, sync_every=1 if scaler is not None else sync_every,
         )  # fmt: skip
     finally:
         checksum = snapshot.restore(model, optimizer, scaler)
@@ -439,41 +405,85 @@ def _sweep(
     autocast: Callable,
     on_step: Callable | None,
     should_stop: Callable | None,
+    sync_every: int = 1,
 ) -> tuple[str, tuple[int, float] | None]:
-    """The loop itself; appends to `records` and `val_log`, returns (stop_reason, stopped_at)."""
+    """The loop itself; appends to `records` and `val_log`, returns (stop_reason, stopped_at).
+
+    Each step's loss stays on the device in `pending` until the next read (every `sync_every` steps,
+    at a validation step and at the end); `settle` then applies the stop rules step by step in order.
+    """
     avg, best, taken, skips_in_row = 0.0, math.inf, 0, 0
     ratios = _group_ratios(optimizer)
+    pending: list[tuple[dict[str, Any], torch.Tensor]] = []
+
+    def settle() -> tuple[str, tuple[int, float] | None] | None:
+        """Read the pending losses in one transfer and log their steps; a stop, or None to go on."""
+        nonlocal avg, best
+        values = torch.stack([loss for _, loss in pending]).tolist() if pending else []
+        settled, pending[:] = pending[:], []
+        for (record, _), loss_value in zip(settled, values, strict=True):
+            record["loss"] = loss_value
+            if not math.isfinite(loss_value):
+                record["smoothed"] = math.nan
+                records.append(record)
+                _notify(on_step, record, len(ladder))
+                return "nan", (record["step"], record["lr"])
+            avg = smooth * avg + (1 - smooth) * loss_value
+            smoothed = avg / (1 - smooth ** record["iteration"])
+            record["smoothed"] = smoothed
+            records.append(record)
+            extra: dict[str, Any] = {}
+            if val_batches and record["iteration"] % val_every == 0:  # the last pending step: see below
+                val_loss, val_acc = _evaluate(model, loss_fn, val_batches, autocast)
+                val_log.append({"step": record["step"], "lr": record["lr"], "val_loss": val_loss,
+                                "val_acc": val_acc})
+                extra = {"val_loss": val_loss, "val_acc": val_acc}
+            _notify(on_step, {**record, **extra}, len(ladder))
+            if smoothed > diverge_factor * best:
+                return "diverged", (record["step"], record["lr"])
+            best = min(best, smoothed)
+        return None
+
     while taken < len(ladder):
         if should_stop is not None and should_stop():
-            return "stopped", None
+            return settle() or ("stopped", None)
         _set_lr(optimizer, float(ladder[taken]), ratios)
         optimizer.zero_grad(set_to_none=True)
         window_loss = None
         for _ in range(accumulation_steps):
             batch = batches.next()
             if batch is None:
-                return "data_exhausted", None
+                return settle() or ("data_exhausted", None)
             x, y = batch
             with autocast():
                 loss = loss_fn(model(x), y) / accumulation_steps
             (scaler.scale(loss) if scaler is not None else loss).backward()
             part = loss.detach().float()
             window_loss = part if window_loss is None else window_loss + part
-        loss_value = float(window_loss)
+        assert window_loss is not None  # accumulation_steps >= 1
         lrs = [float(g["lr"]) for g in optimizer.param_groups]
         record: dict[str, Any] = {
-            "step": len(records) + 1, "iteration": taken + 1, "lr": lrs[0], "lrs": lrs,
-            "momentum": _momenta(optimizer), "loss": loss_value, "smoothed": None, "skipped": False,
+            "step": len(records) + len(pending) + 1, "iteration": taken + 1, "lr": lrs[0], "lrs": lrs,
+            "momentum": _momenta(optimizer), "loss": None, "smoothed": None, "skipped": False,
         }  # fmt: skip
-        if not math.isfinite(loss_value):
-            record["smoothed"] = math.nan
-            records.append(record)
-            _notify(on_step, record, len(ladder))
-            return "nan", (record["step"], lrs[0])
+        if sync_every > 1:  # the loss is read later; a non-finite one stops the sweep there
+            optimizer.step()
+            taken += 1
+            pending.append((record, window_loss))
+            # validation needs the weights of its own step: read everything up to it first
+            if len(pending) >= sync_every or taken == len(ladder) or (val_batches and taken % val_every == 0):
+                stop = settle()
+                if stop is not None:
+                    return stop
+            continue
 
+        loss_value = float(window_loss)
+        if not math.isfinite(loss_value):  # before the optimizer step: an AMP scale must not drop for it
+            pending.append((record, window_loss))
+            return settle() or ("nan", (record["step"], lrs[0]))
         skipped = _optimizer_step(optimizer, scaler)
         if skipped:
-            record["skipped"] = True
+            record["loss"], record["skipped"] = loss_value, True
             records.append(record)
             _notify(on_step, record, len(ladder))
             skips_in_row += 1
@@ -482,19 +492,10 @@ def _sweep(
             continue
         skips_in_row = 0
         taken += 1
-        avg = smooth * avg + (1 - smooth) * loss_value
-        smoothed = avg / (1 - smooth**taken)
-        record["smoothed"] = smoothed
-        records.append(record)
-        extra: dict[str, Any] = {}
-        if val_batches and taken % val_every == 0:
-            val_loss, val_acc = _evaluate(model, loss_fn, val_batches, autocast)
-            val_log.append({"step": record["step"], "lr": lrs[0], "val_loss": val_loss, "val_acc": val_acc})
-            extra = {"val_loss": val_loss, "val_acc": val_acc}
-        _notify(on_step, {**record, **extra}, len(ladder))
-        if smoothed > diverge_factor * best:
-            return "diverged", (record["step"], lrs[0])
-        best = min(best, smoothed)
+        pending.append((record, window_loss))
+        stop = settle()
+        if stop is not None:
+            return stop
     return "end_lr", None
 
 

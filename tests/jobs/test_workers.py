@@ -8,8 +8,8 @@ import secrets
 import pytest
 import redis
 
-from service.store import StoreUnavailable
-from service.workers import WORKER_RECORD_TTL, WorkerRegistry
+from jobs.redis_errors import StoreUnavailable
+from jobs.workers import WORKER_RECORD_TTL, WorkerRegistry
 
 
 def test_worker_heartbeats_and_canary(workers: WorkerRegistry) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings
+from jobs.settings import Settings
 
 
 def test_default_visibility_timeout_covers_the_job_time_limit_with_an_hour_to_spare(

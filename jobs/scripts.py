@@ -1,5 +1,5 @@
 """The job store's Redis scripts: every multi-key change is one atomic script, so the API and the
-workers never race. `service.store.JobStore` registers them; each comment says its KEYS and ARGV.
+workers never race. `jobs.store.JobStore` registers them; each comment says its KEYS and ARGV.
 """
 
 # KEYS: job, events, lease, then one set per JobState in declaration order, then the durations hash.

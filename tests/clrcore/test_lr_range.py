@@ -11,8 +11,9 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from clrcore.range_test import lr_ladder, range_test, state_checksum
-from clrcore.suggest import debiased_ema, picks_from_reading, read_curve
+from clrcore.lr_choice import RangeTestChoice
+from clrcore.lr_range import lr_ladder, range_test, state_checksum
+from clrcore.suggest import debiased_ema, picks_from_reading, read_curve, recipe
 
 F = nn.functional
 
@@ -338,7 +339,7 @@ def test_digits_recommendation_trains_well_above_chance(digits):
     rec = res.recommendation
     assert rec is not None and 1e-3 <= rec.max_lr <= 3.0, res.suggestions
     assert not res.low_confidence
-    plan = res.recipe(len(train), epochs_hint=12)  # the whole recipe, not one number
+    plan = recipe(rec, iters_per_epoch=len(train), epochs_hint=12)  # the whole recipe, not one number
     assert (plan["base_lr"], plan["max_lr"], plan["policy"]) == (rec.base_lr, rec.max_lr, "triangular")
     assert plan["step_size"] == plan["step_epochs"] * len(train) and 2 <= plan["step_epochs"] <= 8
     assert plan["epochs"] == 12 == 2 * plan["cycles"] * plan["step_epochs"]  # ends on a cycle minimum
@@ -362,7 +363,8 @@ def test_digits_recommendation_trains_well_above_chance(digits):
 
 def test_a_sweep_without_a_recommendation_has_no_recipe():
     res = scripted_run([1.0 + 0.01 * i for i in range(20)], num_iter=10, start_lr=1e-3, end_lr=1.0)
-    assert res.recommendation is None and res.recipe(10) is None
+    choice = RangeTestChoice.from_result(res, iters_per_epoch=10, epochs_hint=None)
+    assert res.recommendation is None and choice.recipe is None and choice.max_lr is None
 
 
 def test_bf16_autocast_sweep_runs_and_restores(digits):
@@ -382,3 +384,46 @@ def test_bf16_autocast_sweep_runs_and_restores(digits):
     )
     assert len(res.log) == 10 and all(math.isfinite(r["loss"]) for r in res.log)
     assert res.checksum == before
+
+
+# ---------------------------------------------------------------------------- reads without per-step syncs
+
+
+def _comparable(result):
+    return json.dumps(result.to_dict(), sort_keys=True)  # NaN as null: NaN != NaN in a plain comparison
+
+
+@pytest.mark.parametrize("sync_every", [3, 7, 50])
+def test_reading_losses_in_batches_gives_the_same_sweep(digits, sync_every):
+    train, x_test, y_test = digits
+
+    def sweep(**kw):
+        model = mlp(bn=True)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        return range_test(model, opt, F.cross_entropy, train, start_lr=1e-4, end_lr=10.0, num_iter=60,
+                          val_batches=[(x_test, y_test)], val_every=5, **kw), model
+
+    (expected, model_a), (got, model_b) = sweep(), sweep(sync_every=sync_every)
+    assert _comparable(got) == _comparable(expected)
+    assert len(expected.log) > 20 and len(expected.val_log) > 3
+    assert state_checksum(model_a, torch.optim.SGD(model_a.parameters(), lr=1e-3)) == \
+        state_checksum(model_b, torch.optim.SGD(model_b.parameters(), lr=1e-3))
+
+
+@pytest.mark.parametrize("losses", [[1.0, 0.9, 0.8, float("nan"), 0.5, 0.4],
+                                    [1.0, 0.9, 0.8, 0.7, 5.0, 9.0, 9.0, 9.0, 9.0, 9.0]])
+def test_batched_reads_stop_at_the_same_step_and_drop_the_steps_run_past_it(losses):
+    expected = scripted_run(losses, num_iter=10, smooth=0.0)
+    got = scripted_run(losses, num_iter=10, smooth=0.0, sync_every=4)
+    assert _comparable(got) == _comparable(expected)
+    assert expected.stop_reason in ("nan", "diverged") and len(got.log) < 10
+
+
+def test_batched_reads_leave_the_device_running_ahead_of_the_host():
+    # with sync_every=5 the host learns of step 1 only after step 5 ran: no read after every step
+    model = Scripted([1.0] * 20)
+    seen = []
+    range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda out, y: out,
+               [(torch.zeros(1), torch.zeros(1))], num_iter=10, sync_every=5,
+               on_step=lambda record: seen.append((record["step"], model.calls)))
+    assert seen == [(step, 5 if step <= 5 else 10) for step in range(1, 11)]

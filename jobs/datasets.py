@@ -1,0 +1,199 @@
+"""Uploaded datasets' records in Redis, and where their archives live under the data directory.
+
+The API writes them once an upload passed validation (`service/uploads.py`); a worker reads them to
+turn a spec's `dataset: ds_...` into the archive's path (`worker/datasets.py`). Torch-free and
+FastAPI-free, like the rest of `jobs`.
+
+Key layout (under the configured prefix):
+
+    {p}:dataset:{id}                 string: the JSON record
+    {p}:datasets:{owner-hash}        set: the owner's dataset ids
+    {p}:datasets:{owner-hash}:bytes  integer: bytes of the owner's archives and their decode caches
+                                     (the quota's measure)
+
+Files: `{data_dir}/uploads/{owner-hash}/{id}.{ext}`; temp files in `{data_dir}/uploads/.incoming/`
+(the same file system, so the final move is an atomic rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import string
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from clrcore.cache_names import CACHE_DIR_NAME, cache_files
+from clrcore.specs import UPLOADED_DATASET
+
+log = logging.getLogger(__name__)
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+ID_LENGTH = 16
+
+UPLOADS_DIR = "uploads"
+INCOMING_DIR = ".incoming"
+
+
+class QuotaExceeded(Exception):
+    """The owner's stored archives plus this one would pass the quota (API: 413 `quota_exceeded`)."""
+
+    def __init__(self, used: int, quota: int, size: int, cache_bytes: int = 0) -> None:
+        super().__init__(f"storage quota exceeded: this key already stores {used} of {quota} bytes and the "
+                         f"archive is {size} bytes (plus {cache_bytes} once decoded and cached)")
+        self.used, self.quota, self.size = used, quota, size
+
+
+def owner_hash(owner: str) -> str:
+    """A key name as a safe, fixed-length path component (names may hold any character)."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:16]
+
+
+def new_dataset_id() -> str:
+    return "ds_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
+
+
+@dataclass
+class ArchiveSummary:
+    """What validation learnt about an archive: enough for the record and for GET."""
+
+    classes: list[str]
+    held_out: str  # "test" or "val": the split the loader evaluates on
+    counts: dict[str, dict[str, int]]  # split -> class -> images
+    width: int
+    height: int
+    channels: int
+    formats: set[str] = field(default_factory=set)
+    cache_bytes: int = 0  # the worker's decode cache of this archive (uncompressed arrays): quota counts it
+
+
+_COMMIT_LUA = """
+local used = tonumber(redis.call('GET', KEYS[3]) or '0')
+local size = tonumber(ARGV[3])
+if used + size > tonumber(ARGV[4]) then return {0, used} end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return {1, redis.call('INCRBY', KEYS[3], size)}
+"""
+
+_DELETE_LUA = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('DECRBY', KEYS[3], ARGV[2])
+return 1
+"""
+
+
+class DatasetStore:
+    """Dataset records and per-owner byte counts; commit and delete are atomic Lua scripts, so two
+    uploads racing for the last of a quota cannot both win."""
+
+    def __init__(self, client: redis.Redis, prefix: str, data_dir: Path) -> None:
+        self.redis, self.prefix, self.data_dir = client, prefix, Path(data_dir)
+        self._commit = client.register_script(_COMMIT_LUA)
+        self._delete = client.register_script(_DELETE_LUA)
+
+    def _keys(self, owner: str, dataset_id: str) -> list[str]:
+        owned = f"{self.prefix}:datasets:{owner_hash(owner)}"
+        return [f"{self.prefix}:dataset:{dataset_id}", owned, f"{owned}:bytes"]
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / UPLOADS_DIR
+
+    def incoming_path(self, ext: str) -> Path:
+        """A fresh temp file name next to the final folders (same file system: the move is a rename)."""
+        incoming = self.uploads_dir / INCOMING_DIR
+        incoming.mkdir(parents=True, exist_ok=True)
+        return incoming / f"{uuid.uuid4().hex}.{ext}"
+
+    def sweep_incoming(self, older_than: float = 3600.0) -> int:
+        """Remove temp files an API process left behind when it died mid-upload; returns how many.
+
+        Only files untouched for `older_than` seconds go: a live upload (this or another API process)
+        writes its temp file continuously, so it is always younger than that.
+        """
+        incoming = self.uploads_dir / INCOMING_DIR
+        cutoff = time.time() - older_than
+        removed = 0
+        for path in incoming.glob("*") if incoming.is_dir() else ():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("removed %d abandoned upload temp files from %s", removed, incoming)
+        return removed
+
+    def get(self, dataset_id: str) -> dict | None:
+        if not UPLOADED_DATASET.match(dataset_id):
+            return None
+        raw = self.redis.get(f"{self.prefix}:dataset:{dataset_id}")
+        return json.loads(raw) if raw else None
+
+    def owned(self, owner: str, dataset_id: str) -> dict | None:
+        """The record if it exists and belongs to `owner`; None otherwise (another key's included)."""
+        record = self.get(dataset_id)
+        return record if record is not None and record["owner"] == owner else None
+
+    def list(self, owner: str) -> list[dict]:
+        """The owner's datasets, newest first."""
+        ids = sorted(self.redis.smembers(self._keys(owner, "")[1]))
+        raws = self.redis.mget([f"{self.prefix}:dataset:{i}" for i in ids]) if ids else []
+        records = [json.loads(r) for r in raws if r]
+        return sorted(records, key=lambda r: r["created_at"], reverse=True)
+
+    def bytes_used(self, owner: str) -> int:
+        return int(self.redis.get(self._keys(owner, "")[2]) or 0)
+
+    def commit(self, owner: str, name: str, temp: Path, ext: str, size: int, summary: ArchiveSummary,
+               quota: int) -> dict:
+        """Move the validated archive into place and record it, or refuse (413) if the quota was spent
+        meanwhile by a concurrent upload (`QuotaExceeded`); in that case the file is removed again."""
+        dataset_id = new_dataset_id()
+        relative = Path(UPLOADS_DIR) / owner_hash(owner) / f"{dataset_id}.{ext}"
+        final = self.data_dir / relative
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, final)
+        record = {
+            "id": dataset_id, "owner": owner, "name": name or dataset_id, "path": relative.as_posix(),
+            "format": ext, "bytes": size, "created_at": time.time(), "validation": "ok",
+            "classes": summary.classes, "held_out_split": summary.held_out, "counts": summary.counts,
+            "width": summary.width, "height": summary.height, "channels": summary.channels,
+            "image_formats": sorted(summary.formats), "cache_bytes": summary.cache_bytes,
+        }
+        charged = size + summary.cache_bytes
+        try:
+            ok, used = self._commit(keys=self._keys(owner, dataset_id),
+                                    args=[dataset_id, json.dumps(record), charged, quota])
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+        if not ok:
+            final.unlink(missing_ok=True)
+            raise QuotaExceeded(used, quota, size, summary.cache_bytes)
+        log.info("dataset %s stored for %s: %d bytes, %d classes", dataset_id, owner, size,
+                 len(summary.classes))
+        return record
+
+    def delete(self, record: dict) -> None:
+        """Remove the record (atomically with the byte count), then the file and its decode caches."""
+        charged = record["bytes"] + record.get("cache_bytes", 0)
+        if self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"], charged]):
+            path = self.data_dir / record["path"]
+            # The worker loads an upload as `imagefolder` from this path, caching under data_dir/.cache.
+            for file in [path, *cache_files(self.data_dir / CACHE_DIR_NAME, "imagefolder", path)]:
+                try:
+                    file.unlink(missing_ok=True)
+                except OSError as exc:  # the record is gone, so nothing points at the file any more
+                    log.warning("dataset %s: file %s not removed: %s", record["id"], file.name, exc)
+            log.info("dataset %s deleted", record["id"])
