@@ -9,6 +9,7 @@ from PIL import Image
 
 from clrcore.datasets import DatasetError, load_dataset, with_train_subset
 from clrcore.hooks import Hooks, Progress, StopRequested
+from clrcore.lr_choice import read_range_test
 from clrcore.models import build_model
 from clrcore.runs import fresh_model, run_job, sweep_speed
 from clrcore.specs import RangeTestSpec, TrainSpec
@@ -97,6 +98,9 @@ def test_auto_run_without_a_pick_trains_with_the_safe_fallback(tmp_path: Path) -
     assert summary["lr_choice"]["source"] == "safe_fallback"
     assert summary["max_lr"] == 0.05 and summary["lr_choice"]["low_confidence"]
     assert "no suggestion" in summary["lr_choice"]["rule"] and summary["epochs_run"] == 2
+    saved = read_range_test(tmp_path / "range_test.json")  # written once, so a resumed job reads the same
+    assert saved is not None and saved.source == "safe_fallback" and saved.max_lr == summary["max_lr"]
+    assert json.loads((tmp_path / "range_test.json").read_text())["summary"]["source"] == "safe_fallback"
 
 
 def test_explicit_schedule_that_ends_mid_cycle_is_warned_about_not_changed(tmp_path: Path) -> None:
