@@ -7,9 +7,9 @@ Numpy only: the API process stays free of torch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, Body, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clrcore.curve_file import resuggest
@@ -46,9 +46,17 @@ class SuggestRequest(BaseModel):
         return value
 
 
+_EXAMPLES: dict[str, Any] = {
+    "ours": {"summary": "ours with a wider margin", "value": {"cliff_margin": 3.0}},
+    "valley": {"summary": "fastai's valley, the first 5 steps left out",
+               "value": {"rule": "valley", "skip_start": 5, "policy": "one_cycle"}},
+}
+
+
 @router.post("/jobs/{job_id}/suggest", responses={
     404: {"description": "unknown job, or it has no range_test_log.csv (yet)"}})
-def suggest(job: OwnedJob, body: SuggestRequest, settings: SettingsDep) -> dict[str, Any]:
+def suggest(job: OwnedJob, body: Annotated[SuggestRequest, Body(openapi_examples=_EXAMPLES)],
+            settings: SettingsDep) -> dict[str, Any]:
     """Every rule's pick on the job's stored sweep, and the bounds from `rule`, with these settings."""
     relative = ARTIFACTS["range_test_log.csv"][0]
     path = run_file(settings, job["id"], relative)
