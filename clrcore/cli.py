@@ -74,9 +74,23 @@ def spec_from_args(args: argparse.Namespace, model: type[BaseModel]) -> Any:
         for part in parents:
             target = target.setdefault(part, {})
         target[leaf] = None if value == "none" else value
-    if model is TrainSpec and "dataset" not in data and "preset" not in data:
+    implicit = model is TrainSpec and "dataset" not in data and "preset" not in data
+    if implicit:
         data = {"preset": DEFAULT_PRESET, **data}  # tweaks of the embedded default, not of bare TrainSpec
+    if implicit and "epochs" in data and not {"step_size", "step_unit", "recipe_fields"} & data.keys():
+        # other epochs than the default's: its step would end the run mid-cycle, so the step is
+        # left to the fit to the epochs (runs._apply_recipe), as if the preset had not set it
+        data["recipe_fields"] = ["step_size"]
     return model.model_validate(data)
+
+
+def local_dataset_path(args: argparse.Namespace) -> None:
+    """A local command may read any file: an absolute --dataset-path becomes --data-dir (its folder)
+    plus its name, so the API's rule (relative to the data directory) does not reach the shell."""
+    path = getattr(args, "dataset_path", None)
+    if path and path != "none" and Path(path).expanduser().is_absolute():
+        full = Path(path).expanduser()
+        args.data_dir, args.dataset_path = str(full.parent), full.name
 
 
 def _flag_name(loc: tuple) -> str:
@@ -113,6 +127,7 @@ class _Bars:
 
 
 def _run(args: argparse.Namespace, model: type[BaseModel]) -> int:
+    local_dataset_path(args)
     try:
         spec = spec_from_args(args, model)
     except ValidationError as exc:
@@ -163,6 +178,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
             print(report.read_text())
         print(f"accuracy {summary['accuracy']:.4f}; lr {summary['base_lr']:.3g}..{summary['max_lr']:.3g} "
               f"({summary['lr_choice']['source']}); {summary['seconds']:.1f} s")
+        if summary["lr_choice"]["source"] == "safe_fallback":
+            print(f"no rule could pick from the range test; trained with the {summary['lr_choice']['rule']}")
         if summary.get("from_recipe"):
             print("from the range test's recipe: "
                   + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
@@ -176,7 +193,7 @@ def _recipe_line(plan: dict[str, Any]) -> str:
     """The recipe in one line: policy, bounds, step size (iterations and epochs) and epochs."""
     parts = [f"recipe: policy {plan['policy']}, base_lr {plan['base_lr']:.3g}, max_lr {plan['max_lr']:.3g}"]
     if "step_size" in plan:
-        parts.append(f"step_size {plan['step_size']} iterations ({plan['step_epochs']} epochs)")
+        parts.append(f"step_size {plan['step_size']} iterations ({plan['step_epochs']:g} epochs)")
         cycles = plan["cycles"]
         parts.append(f"epochs {plan['epochs']} ({cycles} cycle{'s' if cycles != 1 else ''})")
     else:

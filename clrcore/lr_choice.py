@@ -2,7 +2,9 @@
 
 `runs.py` builds a `RangeTestChoice` from the sweep, writes it into range_test.json (as the file's
 `summary`, next to the raw per-step log) and reads it back when a redelivered job resumes; the LR
-bounds and the recipe that training uses are this object's, never recomputed from a dict.
+bounds and the recipe that training uses are this object's, never recomputed from a dict. When no rule
+could pick, a training run's choice carries the documented safe recommendation instead (`source`
+"safe_fallback"), so a resumed delivery trains with the same fallback without deciding again.
 """
 
 from __future__ import annotations
@@ -10,22 +12,29 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from clrcore.files import write_text
 from clrcore.json_safe import json_safe
 from clrcore.suggest import Recommendation, recipe
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from clrcore.lr_range import RangeTestResult
+
+ChoiceSource = Literal["range_test", "safe_fallback"]
 
 
 @dataclass(frozen=True)
 class RangeTestChoice:
-    """What a sweep decided: the recommendation (None when the loss never fell) and the recipe built on it.
+    """What a sweep decided: the recommendation (None when no rule could pick) and the recipe built on it.
+
+    `source` is "range_test" when a rule picked, "safe_fallback" when none could and the caller's safe
+    recommendation stands in (`recommendation` is then that one, marked low confidence).
 
     `recipe` is `suggest.recipe` for the sweep's policy, with the job's steps per epoch and epoch count
-    as the hint, so the step size and epochs it gives are the ones training may take.
+    as the hint: the epochs stay and the step is fitted to them, as training fits it.
     """
 
     stop_reason: str
@@ -40,6 +49,7 @@ class RangeTestChoice:
     restored: bool
     # a fine-tuned model's bounds per layer group (`finetune.group_bounds`); None for other models
     group_bounds: list[dict[str, Any]] | None = None
+    source: ChoiceSource = "range_test"
 
     @property
     def base_lr(self) -> float | None:
@@ -50,9 +60,14 @@ class RangeTestChoice:
         return None if self.recommendation is None else self.recommendation.max_lr
 
     @classmethod
-    def from_result(cls, result: RangeTestResult, *, iters_per_epoch: int,
-                    epochs_hint: int | None) -> RangeTestChoice:
+    def from_result(cls, result: RangeTestResult, *, iters_per_epoch: int, epochs_hint: int | None,
+                    fallback: Callable[[str], Recommendation] | None = None) -> RangeTestChoice:
+        """The sweep's choice; without a pick, `fallback(reason)` (if given) supplies the recommendation."""
         rec = result.recommendation
+        source: ChoiceSource = "range_test"
+        if rec is None and fallback is not None:
+            reason = next((w for w in result.warnings if w.startswith("no suggestion")), "no suggestion")
+            rec, source = fallback(reason), "safe_fallback"
         return cls(
             stop_reason=result.stop_reason,
             stopped_at=None if result.stopped_at is None else
@@ -65,6 +80,7 @@ class RangeTestChoice:
             low_confidence=result.low_confidence,
             warnings=list(result.warnings),
             restored=result.restored,
+            source=source,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -81,6 +97,7 @@ class RangeTestChoice:
             "steps": self.steps,
             "restored": self.restored,
             **({} if self.group_bounds is None else {"group_bounds": self.group_bounds}),
+            "source": self.source,
         })
 
     @classmethod
@@ -98,12 +115,13 @@ class RangeTestChoice:
             warnings=list(data.get("warnings", [])),
             restored=bool(data.get("restored", True)),
             group_bounds=data.get("group_bounds"),
+            source="safe_fallback" if data.get("source") == "safe_fallback" else "range_test",
         )
 
     def lr_info(self) -> dict[str, Any]:
         """How a training run's bounds were chosen, for its summary's `lr_choice`."""
         rec = self.recommendation
-        return {"source": "range_test", "rule": None if rec is None else rec.rule,
+        return {"source": self.source, "rule": None if rec is None else rec.rule,
                 "low_confidence": self.low_confidence if rec is None else rec.low_confidence,
                 "suggestions": self.suggestions, "warnings": self.warnings,
                 "recommendation": None if rec is None else json_safe(rec.to_dict())}

@@ -28,7 +28,7 @@ from torch import nn
 
 from clrcore.checkpoint import capture_rng_state, restore_rng_state
 from clrcore.json_safe import json_safe
-from clrcore.suggest import Recommendation, recommend, suggest_lrs, warnings_for
+from clrcore.suggest import Recommendation, picks_from_reading, read_curve, recommend, warnings_for
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class RangeTestResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def curve(self) -> tuple[list[float], list[float]]:
-        """(lr, smoothed loss) over the steps that were really taken; the curve the rules read."""
+        """(lr, smoothed loss) over the steps that were really taken; the curve the plot draws."""
         taken = [r for r in self.log if not r["skipped"]]
         return [r["lr"] for r in taken], [r["smoothed"] for r in taken]
 
@@ -302,6 +302,7 @@ def range_test(
     on_step: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     policy: str = "triangular",
+    read: str = "train",
     sync_every: int = 1,
 ) -> RangeTestResult:
     """Sweep the LR over `num_iter` optimizer steps, then restore every state and read the curve.
@@ -350,20 +351,22 @@ def range_test(
 
     taken = [r for r in records if not r["skipped"]]
     lrs = [r["lr"] for r in taken]
-    smoothed = [r["smoothed"] for r in taken]
-    suggestions = suggest_lrs(lrs, smoothed, diverge_factor=diverge_factor)
+    losses = [r["loss"] for r in taken]  # raw: the rules smooth the finished curve themselves
+    if read == "validation" and val_log:  # the cheap validation-loss mode: a less noisy curve
+        lrs, losses = [v["lr"] for v in val_log], [v["val_loss"] for v in val_log]
+    reading = read_curve(lrs, losses, diverge_factor=diverge_factor)
+    suggestions = picks_from_reading(reading)
     try:
         rec: Recommendation | None = recommend(suggestions, policy)
     except ValueError:
         rec = None
     warnings = warnings_for(
-        lrs, smoothed, stop_reason=stop_reason, diverge_factor=diverge_factor, suggestions=suggestions
+        lrs, losses, stop_reason=stop_reason, diverge_factor=diverge_factor, suggestions=suggestions,
+        reading=reading,
     )
     skipped = len(records) - len(taken)
     if skipped:
         warnings.append(f"{skipped} steps skipped by AMP (inf gradients); the ladder waited for them")
-    if rec is None:
-        warnings.append("no recommendation: the curve has no minimum below its start")
     return RangeTestResult(
         log=records,
         val_log=val_log,
@@ -379,7 +382,7 @@ def range_test(
         settings={
             "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": mode, "smooth": smooth,
             "diverge_factor": diverge_factor, "val_every": val_every if val_batches else None,
-            "accumulation_steps": accumulation_steps, "policy": policy,
+            "accumulation_steps": accumulation_steps, "policy": policy, "read": read,
         },
     )  # fmt: skip
 

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from clrcore import finetune, plots, reports
 from clrcore.checkpoint import load_checkpoint
+from clrcore.cycle_fit import fit_cycles
 from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
 from clrcore.hooks import Hooks, Progress, StopRequested, check_may_write
@@ -31,7 +33,7 @@ from clrcore.models import build_model, fit_image_count, fit_to_data, has_data_i
 from clrcore.optim import build_optimizer
 from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_spec
 from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
-from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY
+from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, Recommendation, safe_recommendation
 from clrcore.train_setup import TrainConfig, config_from_spec, resolve_device, seed_everything, steps_per_epoch
 from clrcore.trainer import train
 
@@ -120,15 +122,16 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
                            channels_last=speed["channels_last"])
         val = [b for _, b in zip(range(options.val_batches), test, strict=False)]
     bf16 = device.type == "cuda" and spec.precision != "fp32"
+    num_iter = options.steps(steps_per_epoch(len(ds.train), spec.batch_size))
     emitted: dict[str, Any] = {"at": -math.inf, "pending": None}  # the first step always shows
 
     def on_step(record: dict[str, Any]) -> None:
         # "iteration" is already 1-based: the ladder position of this optimizer step
-        progress = Progress("range_test", 0, 0, record["iteration"], options.num_iter,
+        progress = Progress("range_test", 0, 0, record["iteration"], num_iter,
                             {"lr": record["lr"], "loss": record["loss"],
                              "smoothed_loss": record["smoothed"] or float("nan")})
         now = time.monotonic()
-        last_rung = record["iteration"] == options.num_iter and not record["skipped"]
+        last_rung = record["iteration"] == num_iter and not record["skipped"]
         if hooks.on_progress and (last_rung or now - emitted["at"] >= hooks.progress_interval):
             emitted["at"], emitted["pending"] = now, None
             hooks.on_progress(progress)
@@ -137,24 +140,27 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
 
     result = range_test(
         model, optimizer, nn.CrossEntropyLoss(label_smoothing=label_smoothing), batches,
-        start_lr=options.start_lr, end_lr=options.end_lr, num_iter=options.num_iter, mode=options.mode,
+        start_lr=options.start_lr, end_lr=options.end_lr, num_iter=num_iter, mode=options.mode,
         smooth=options.smooth, diverge_factor=options.diverge_factor, val_batches=val,
         val_every=options.val_every, accumulation_steps=options.accumulation_steps,
         autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
-        on_step=on_step, should_stop=hooks.should_stop, policy=policy, sync_every=speed["sync_every"],
+        on_step=on_step, should_stop=hooks.should_stop, policy=policy, read=options.read,
+        sync_every=speed["sync_every"],
     )
     if hooks.on_progress and emitted["pending"] is not None:  # a sweep that stopped early: its last step
         hooks.on_progress(emitted["pending"])
     return result
 
 
-def _save_sweep(result: RangeTestResult, out_dir: Path, iters_per_epoch: int,
-                epochs_hint: int | None, model: nn.Module | None = None) -> RangeTestChoice:
+def _save_sweep(result: RangeTestResult, out_dir: Path, iters_per_epoch: int, epochs_hint: int | None,
+                model: nn.Module | None = None,
+                fallback: Callable[[str], Recommendation] | None = None) -> RangeTestChoice:
     """Write range_test.json, the per-batch CSV log and the plot; return the sweep's choice.
 
     For a fine-tuned `model` the choice adds each layer group's bounds (the head's times its scale).
     """
-    choice = RangeTestChoice.from_result(result, iters_per_epoch=iters_per_epoch, epochs_hint=epochs_hint)
+    choice = RangeTestChoice.from_result(result, iters_per_epoch=iters_per_epoch, epochs_hint=epochs_hint,
+                                         fallback=fallback)
     rec = choice.recommendation
     if rec is not None and model is not None and finetune.layer_groups(model):
         choice = dataclasses.replace(choice, group_bounds=finetune.group_bounds(model, rec.base_lr, rec.max_lr))
@@ -165,7 +171,7 @@ def _save_sweep(result: RangeTestResult, out_dir: Path, iters_per_epoch: int,
     val = None
     if result.val_log:
         val = {k: [v.get(k) for v in result.val_log] for k in ("lr", "val_loss", "val_acc")}
-    rec = choice.recommendation
+    rec = result.recommendation  # the band a rule picked; a safe fallback is no reading of this curve
     plots.plot_range_test(
         out_dir / "range_test.png", lrs, smoothed, raw=[r["loss"] for r in taken],
         suggestions=result.suggestions, band=None if rec is None else (rec.base_lr, rec.max_lr),
@@ -194,11 +200,13 @@ def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path, download: bool,
 
 def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
                     device: torch.device, hooks: Hooks, out_dir: Path, *, epochs_hint: int | None = None,
-                    label_smoothing: float = 0.0) -> RangeTestChoice:
+                    label_smoothing: float = 0.0,
+                    fallback: Callable[[str], Recommendation] | None = None) -> RangeTestChoice:
     """Run the sweep and write its artifacts; a sweep cut short by a stop request raises StopRequested."""
     result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing)
     check_may_write(hooks.may_write, "range test result")
-    choice = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint, model)
+    choice = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint, model,
+                         fallback)
     if result.stop_reason == "stopped" and _stopped(hooks):  # the partial curve stays in the run folder
         raise StopRequested("stopped during the range test")
     return choice
@@ -225,10 +233,18 @@ def _range_test_choice(spec: TrainSpec, ds: Dataset, model: nn.Module, device: t
     choice = read_range_test(out_dir / RANGE_TEST)
     if choice is None or choice.stop_reason == "stopped":
         choice = _sweep_and_save(spec, spec.range_test, spec.policy, ds, model, device, hooks, out_dir,
-                                 epochs_hint=spec.epochs, label_smoothing=spec.label_smoothing)
-    if choice.recommendation is None:
+                                 epochs_hint=spec.epochs, label_smoothing=spec.label_smoothing,
+                                 fallback=lambda reason: _safe_fallback(spec, reason))
+    if choice.recommendation is None:  # a range_test.json from before the fallback: no pick saved
         raise ValueError("range test found no usable LR (the loss never fell): " + "; ".join(choice.warnings))
+    if choice.source == "safe_fallback":
+        log.warning("range test gave no pick; training with the safe fallback: %s", choice.recommendation.rule)
     return choice
+
+
+def _safe_fallback(spec: TrainSpec, reason: str) -> Recommendation:
+    """No rule could pick: the documented safe recipe for the optimizer, not a failure or a bad LR."""
+    return safe_recommendation(spec.optimizer.name, spec.policy, reason=reason, div_factor=spec.div_factor)
 
 
 def _resolve_bounds(spec: TrainSpec, choice: RangeTestChoice | None) -> tuple[float, float]:
@@ -246,30 +262,33 @@ def _resolve_bounds(spec: TrainSpec, choice: RangeTestChoice | None) -> tuple[fl
     return base_lr, max_lr
 
 
-def _apply_recipe(spec: TrainSpec, choice: RangeTestChoice | None) -> tuple[TrainSpec, dict[str, Any]]:
-    """The spec with the range test's step size and epochs where the spec leaves them to it.
+def _apply_recipe(spec: TrainSpec, choice: RangeTestChoice | None,
+                  iters: int) -> tuple[TrainSpec, dict[str, Any]]:
+    """The spec with the range test's LR bounds and its step fitted to the epochs where left to us.
 
-    Only for max_lr 'auto' and the triangular family, and only for the fields named in
-    `spec.recipe_fields` (see `specs.TrainSpec`): the step size (step_size and step_unit together) and
-    the epochs. The recipe picks a step of 2-8 epochs and a whole number of cycles, so the run ends on
-    a cycle minimum. Returns the spec to train and every value the range test supplied (the LR bounds
-    included), for the summary.
+    The bounds come from `choice` ('auto'). For the triangular family, whenever `spec.recipe_fields`
+    (see `specs.TrainSpec`) holds 'step_size', with max_lr 'auto' or fixed alike: the epochs (given or
+    default) stay, and the step is chosen so they hold a whole number of cycles (cycle_fit.py, as the
+    saved recipe did); when not one cycle with a step of at least an epoch fits, the run becomes
+    one_cycle. `fit` in the returned values says which. Returns the spec to train and every value the
+    range test or the fit supplied (the LR bounds included), for the summary.
     """
-    if choice is None or choice.recommendation is None or choice.recipe is None:
-        return spec, {}
-    rec, plan = choice.recommendation, choice.recipe
-    taken: dict[str, Any] = {"max_lr": rec.max_lr} if spec.max_lr == "auto" else {}
-    if spec.base_lr in ("auto", None):
-        taken["base_lr"] = rec.base_lr
-    if spec.max_lr != "auto" or spec.policy not in TRIANGULAR_FAMILY:
+    rec = None if choice is None else choice.recommendation
+    taken: dict[str, Any] = {}
+    if rec is not None:
+        taken = {"max_lr": rec.max_lr} if spec.max_lr == "auto" else {}
+        if spec.base_lr in ("auto", None):
+            taken["base_lr"] = rec.base_lr
+    if spec.policy not in TRIANGULAR_FAMILY or "step_size" not in (spec.recipe_fields or []):
         return spec, taken
-    fills = spec.recipe_fields or []  # spelled out by the spec's validator
-    if "step_size" in fills:
-        taken |= {"step_size": plan["step_size"], "step_unit": plan["step_unit"]}
-        if "epochs" in fills:
-            taken["epochs"] = plan["epochs"]
-    schedule_fields = {k: v for k, v in taken.items() if k in ("step_size", "step_unit", "epochs")}
-    return (spec.model_copy(update=schedule_fields) if schedule_fields else spec), taken
+    # the step was left to us: fit it so the epochs (given or default) hold whole cycles
+    fit = fit_cycles(spec.epochs, iters, spec.policy)
+    if fit.step_iterations is None:
+        taken |= {"policy": "one_cycle", "fit": fit.note}  # one_cycle starts at max_lr/div_factor
+    else:
+        taken |= {"step_size": fit.step_iterations, "step_unit": "iterations", "fit": fit.note}
+    schedule_fields = {k: v for k, v in taken.items() if k in ("step_size", "step_unit", "policy")}
+    return spec.model_copy(update=schedule_fields), taken
 
 
 def _cycle_warnings(spec: TrainSpec, schedule: Schedule, iters: int) -> list[str]:
@@ -297,7 +316,7 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     base_lr, max_lr = _resolve_bounds(spec, choice)
     lr_info = {"source": "spec"} if choice is None else choice.lr_info()
     iters = steps_per_epoch(len(ds.train), spec.batch_size)
-    spec, from_recipe = _apply_recipe(spec, choice)
+    spec, from_recipe = _apply_recipe(spec, choice, iters)
     schedule = schedule_from_spec(spec, base_lr=base_lr, max_lr=max_lr, iters_per_epoch=iters)
     run_warnings = _cycle_warnings(spec, schedule, iters)
     for warning in run_warnings:

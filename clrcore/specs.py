@@ -168,18 +168,35 @@ class JobSpecBase(StrictModel):
 class RangeTestOptions(StrictModel):
     """How the LR sweep runs; used alone (range-test job) or inside a training job with max_lr='auto'."""
 
-    start_lr: PositiveLR = 1e-7
+    # 1e-5, not 1e-7: below it the loss of every catalog model stays flat, and those decades only
+    # thin out the sweep where the curve has shape (issue 12: seven of nine decades were flat)
+    start_lr: PositiveLR = 1e-5
     end_lr: PositiveLR = 10.0
     num_iter: int = Field(100, ge=5, le=100_000)
+    epochs: float | None = Field(
+        None, gt=0, le=100,
+        description="size the sweep in epochs of the training data instead of num_iter steps, so it "
+        "sees as much learning on a large dataset as on a small one (at least 5 steps)",
+    )
     mode: Literal["exp", "linear"] = "exp"
     smooth: float = Field(0.98, ge=0, lt=1, description="EMA beta of the smoothed loss")
     diverge_factor: float = Field(4.0, gt=1)
     validation: bool = Field(False, description="also track loss on a fixed validation subset")
+    read: Literal["train", "validation"] = Field(
+        "train", description="the curve the rules read: the per-step training loss, or (with validation "
+        "on) the validation loss, less noisy where minibatch noise dominates; use val_every 2-5",
+    )
     val_every: int = Field(10, ge=1)
     val_batches: int = Field(2, ge=1, le=100)
     accumulation_steps: int = Field(
         1, ge=1, le=64, description="micro-batches per optimizer step; the sweep counts optimizer steps"
     )
+
+    def steps(self, iters_per_epoch: int) -> int:
+        """The sweep's length in optimizer steps: `epochs` of the data when given, else num_iter."""
+        if self.epochs is None:
+            return self.num_iter
+        return max(5, round(self.epochs * iters_per_epoch))
 
     @field_validator("end_lr")
     @classmethod
@@ -262,9 +279,10 @@ class TrainSpec(JobSpecBase, ScheduleSpec):
     compile: bool = Field(False, description="torch.compile the model (CUDA only)")
     recipe_fields: list[RecipeField] | None = Field(
         None,
-        description="with max_lr 'auto' and a triangular-family policy, the fields the range test's recipe "
-        "fills: 'step_size' (with step_unit) and 'epochs' (only together with step_size). Default: those "
-        "the request leaves unset (a preset's values count as set)",
+        description="with a triangular-family policy, the fields left to the recipe: 'step_size' (with "
+        "step_unit) is fitted so the epochs hold whole cycles (one_cycle when not one fits), for max_lr "
+        "'auto' or fixed; 'epochs' (only together with step_size) stay as given or defaulted, the step is "
+        "fitted to them. Default: those the request leaves unset (a preset's values count as set)",
     )
     compile_mode: Literal["default", "reduce-overhead"] = Field(
         "default", description="torch.compile mode when compile is on: reduce-overhead adds CUDA graphs "

@@ -1,8 +1,11 @@
-"""Reading an LR range-test curve: suggestion rules, the recommended LR bounds, warnings, a recipe.
+"""Reading an LR range-test curve: every peer's rule and ours, the bounds, warnings, a recipe.
 
-Every rule reads the same curve: the bias-corrected EMA of the loss (the "smoothed" column of a range
-test), cut where it diverged, with slopes taken against log10(LR) so a rule means the same thing for
-any ladder. Numpy only, so the API and the CLI can re-read a stored curve without loading torch.
+The peers' rules read the curve as their finders smooth it: the bias-corrected EMA (beta 0.98) of the
+loss, which lags. Ours reads the same raw losses smoothed without lag (smoothing.py), so its minimum
+sits where the loss really was lowest; ours steps back from the cliff (where that curve turned up)
+by a margin measured on a grid of trained runs (bench/lr_regret.py). Divergence is read from that
+turn, not from a lagging EMA. Slopes are taken against log10(LR), so a rule means the same on any
+ladder. Numpy only: the API and the CLI re-read a stored curve without loading torch.
 """
 
 from __future__ import annotations
@@ -13,9 +16,37 @@ from typing import Any
 
 import numpy as np
 
+from clrcore.cycle_fit import fit_cycles
+from clrcore.smoothing import SPAN_DECADES, residual_noise, smooth_curve, span_points
+
 # The suggestion rules that read the curve independently; "min_loss_div10" is derived from
 # "min_loss" (always exactly one decade below), so it never counts towards the spread.
 INDEPENDENT_RULES = ("steepest", "valley", "min_loss")
+# Every rule, peers first; blog_base is the seed blog's lower bound, not a max_lr pick.
+ALL_RULES = ("steepest", "valley", "slide", "min_loss", "min_loss_div10", "blog_base", "blog", "ours")
+PEER_RULES = {
+    "steepest": "steepest slope (pytorch-lr-finder, Lightning)",
+    "valley": "valley (fastai)",
+    "slide": "slide (fastai)",
+    "min_loss_div10": "minimum/10 (fastai v1)",
+    "blog": "lowest loss (the seed blog's max bound)",
+}
+
+# Ours: max_lr = the cliff / CLIFF_MARGIN, the cliff being where the zero-lag curve turned up (its
+# last point when it never did). Learned on the grids of bench/lr_regret.py (docs/benchmarks.md): the
+# geometric mean over its five tasks of (the cliff / the grid's best max_lr) was 2.16; leaving each task
+# out in turn gave 1.3-1.9 for the zero-lag minimum and a lower mean regret for the cliff (1.5 against
+# 2.0 points), so the anchor is the cliff.
+CLIFF_MARGIN = 2.2
+
+DIVERGE_FACTOR = 4.0  # the sweep's stop for runaway loss: smoothed loss above 4x its best so far
+MIN_POINTS = 10  # fewer usable points than this: no rule can read the curve
+# The turn: the zero-lag curve risen above its minimum by this share of its fall, or this share of
+# the minimum itself, whichever is larger (minibatch noise after smoothing is a few % of the loss).
+RISE_OF_FALL = 0.2
+RISE_RELATIVE = 0.03
+FLAT_FRACTION = 0.03  # a fall of less than 3 % of the starting loss: the sweep saw no learning
+NOISE_RATIO = 3.5  # pure noise, smoothed, fakes a dip of about 3x its step-to-step spread
 
 # Rules this many decades apart or more mean the curve has no clear shape. On a clean curve the
 # steepest descent sits up to about a decade below the minimum (1.1-1.4 on the anchor-shaped curves
@@ -23,11 +54,10 @@ INDEPENDENT_RULES = ("steepest", "valley", "min_loss")
 # only the ragged ones.
 LOW_CONFIDENCE_DECADES = 1.5
 
-# max_lr never falls further below the min-loss LR than this factor. The anchor: on CIFAR-10 with
-# MiniGoogLeNet the min-loss LR was ~0.16; min_loss/10 (0.016) cost two accuracy points, while every
-# max_lr in 0.05-0.8 trained well. min_loss/2 (0.08) stays inside that band with a third of a decade
-# of margin for the lag of the EMA, which puts the smoothed minimum a little past the raw one.
-MAX_LR_FLOOR_DIVISOR = 2.0
+# When no rule can pick, an `auto` job trains with this documented safe recipe instead of failing:
+# a max_lr that trains every catalog model without diverging (SGD with momentum 0.9 at 0.05; AdamW
+# at 1e-3, its usual default), base_lr = max_lr/25, the step fitted to the epochs.
+SAFE_MAX_LR = {"sgd": 0.05, "adamw": 1e-3}
 
 TRIANGULAR_FAMILY = ("triangular", "triangular2", "exp_range")
 # Smith 2017 suggests base_lr 3-4x below max_lr, but a triangular run ends at base_lr, and with
@@ -36,7 +66,6 @@ TRIANGULAR_FAMILY = ("triangular", "triangular2", "exp_range")
 TRIANGULAR_BASE_DIVISOR = 25.0
 CONSTANT_DIVISOR = 4.0  # a fixed LR must stay stable all run: a quarter of the cyclic peak
 DEFAULT_STEP_EPOCHS = 4
-STEP_EPOCHS_RANGE = (2, 8)  # Smith 2017: a half cycle of 2-8 epochs
 DEFAULT_ONE_CYCLE_EPOCHS = 10
 
 
@@ -98,20 +127,6 @@ def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
     return (csum[hi] - csum[lo]) / (hi - lo)
 
 
-def _steepest(x: np.ndarray, y: np.ndarray, i_min: int) -> float | None:
-    """Most negative slope before the minimum, on a lightly re-smoothed curve with the first tenth
-    trimmed, so one noisy step at the start of the sweep cannot win."""
-    n = len(y)
-    ys = _moving_average(y, max(3, n // 20) | 1)
-    grad = np.gradient(ys, x)
-    lo = max(1, n // 10)
-    if i_min - lo < 2:
-        return None
-    segment = grad[lo : i_min + 1]
-    k = int(np.argmin(segment))
-    return float(10 ** x[lo + k]) if segment[k] < 0 else None
-
-
 def _valley(x: np.ndarray, y: np.ndarray, max_points: int = 400) -> float | None:
     """fastai's valley idea: the longest run of decreasing loss, then a point two thirds of the way down.
 
@@ -139,27 +154,197 @@ def _valley(x: np.ndarray, y: np.ndarray, max_points: int = 400) -> float | None
     return float(10 ** xs[idx])
 
 
-def suggest_lrs(lrs: Any, smoothed: Any, *, diverge_factor: float = 4.0) -> dict[str, float | None]:
-    """Each rule's LR on the smoothed curve, or None where the curve gives that rule nothing to read.
+@dataclass(frozen=True)
+class NoSuggestion:
+    """Why no rule can pick from this curve; `reason` is one of NO_SUGGESTION_REASONS."""
 
-    steepest: the most negative slope of loss vs log10(LR) before the minimum.
-    valley: two thirds down the longest valley (fastai's default).
-    min_loss: the LR of the lowest smoothed loss; None when the loss never fell below its start.
-    min_loss_div10: min_loss / 10 (the classic fastai-v1 rule; known to land a decade too low).
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"no suggestion ({self.reason}): {self.detail}"
+
+
+NO_SUGGESTION_REASONS = ("nan", "too_short", "never_fell", "flat", "noisy")
+
+
+@dataclass(frozen=True)
+class CurveReading:
+    """One range-test curve read once: both smoothings, its minimum, its turn, and what is wrong with it.
+
+    `ema` is the bias-corrected EMA (beta 0.98) every peer's finder smooths with (it lags); `smooth` is
+    the zero-lag smoothing ours reads. Both stop at `end`, the first point past the 4x stop or a NaN.
     """
-    lr, y = usable_curve(lrs, smoothed, diverge_factor)
-    out: dict[str, float | None] = dict.fromkeys((*INDEPENDENT_RULES, "min_loss_div10"))
-    if len(y) < 3:
+
+    lrs: np.ndarray
+    raw: np.ndarray
+    ema: np.ndarray
+    smooth: np.ndarray
+    i_min: int  # of `smooth`
+    turn: int | None  # first point after the minimum where `smooth` rose by the margin
+    still_falling: bool  # no turn, and the minimum is at the end: the cliff lies beyond end_lr
+    noise: float
+    problem: NoSuggestion | None
+
+    @property
+    def min_lr(self) -> float:
+        return float(self.lrs[self.i_min])
+
+    @property
+    def turn_lr(self) -> float | None:
+        return None if self.turn is None else float(self.lrs[self.turn])
+
+    @property
+    def cliff_lr(self) -> float:
+        """Where the loss turned up; the curve's last point when it never did (the cliff lies beyond)."""
+        return self.turn_lr if self.turn_lr is not None else float(self.lrs[-1])
+
+
+def read_curve(
+    lrs: Any,
+    losses: Any,
+    *,
+    skip_start: int = 0,
+    skip_end: int = 0,
+    diverge_factor: float = DIVERGE_FACTOR,
+    span_decades: float = SPAN_DECADES,
+) -> CurveReading:
+    """Read a sweep's raw per-step losses: cut at NaN or the 4x stop, smooth both ways, find the turn.
+
+    `skip_start`/`skip_end` drop that many points at either end first (the re-reading knobs of
+    pytorch-lr-finder and Lightning). The turn is the first point after the smoothed minimum that
+    rises above it by max(RISE_OF_FALL x the fall, RISE_RELATIVE x the minimum): divergence read from
+    the curve's shape, not from a lagging EMA crossing 4x.
+    """
+    lrs = np.asarray(lrs, dtype=float)
+    raw = np.asarray(losses, dtype=float)
+    if lrs.shape != raw.shape or lrs.ndim != 1:
+        raise ValueError("lrs and losses must be 1-D and of equal length")
+    stop = len(raw) - max(0, skip_end)
+    lrs, raw = lrs[max(0, skip_start) : max(stop, 0)], raw[max(0, skip_start) : max(stop, 0)]
+    bad = ~(np.isfinite(raw) & np.isfinite(lrs) & (lrs > 0))
+    end = int(np.argmax(bad)) if bad.any() else len(raw)
+    ema = debiased_ema(raw[:end]) if end else np.empty(0)
+    best = np.minimum.accumulate(ema) if end else ema
+    over = np.nonzero(ema[1:] > diverge_factor * best[:-1])[0]
+    if len(over):
+        end = int(over[0]) + 1
+    lrs, raw, ema = lrs[:end], raw[:end], ema[:end]
+    empty = np.empty(0)
+    if end < MIN_POINTS:
+        reason = "nan" if bad.any() and end == 0 else "too_short"
+        short = NoSuggestion(reason, f"only {end} usable points before NaN or divergence "
+                                     f"(need {MIN_POINTS}): lower start_lr or lengthen the sweep")
+        return CurveReading(lrs, raw, ema, raw.copy() if end else empty, 0, None, False, math.nan, short)
+    smooth = smooth_curve(lrs, raw, span_decades)
+    i_min = int(np.argmin(smooth))
+    window = max(3, round(span_points(lrs, span_decades)))
+    start = float(np.median(raw[:window]))  # the edges of a smoothed curve are its noisiest points
+    fall = start - float(smooth[i_min])
+    margin = max(RISE_OF_FALL * fall, RISE_RELATIVE * abs(float(smooth[i_min])))
+    after = np.nonzero(smooth[i_min:] > smooth[i_min] + margin)[0]
+    turn = int(i_min + after[0]) if len(after) else None
+    # still falling: no turn, and the last `window` points still went down by a share of the minimum
+    tail_drop = float(smooth[max(0, len(smooth) - 1 - window)] - smooth[-1])
+    still_falling = turn is None and tail_drop > RISE_RELATIVE / 3 * abs(float(smooth[-1]))
+    noise = residual_noise(raw, smooth)
+    problem: NoSuggestion | None = None
+    if i_min == 0:
+        problem = NoSuggestion("never_fell", "the loss never fell below its first value: lower start_lr")
+    elif fall < FLAT_FRACTION * abs(start):
+        problem = NoSuggestion("flat", f"the loss fell only {fall:.3g} from {start:.3g} "
+                                       f"(less than {FLAT_FRACTION:.0%}): lengthen the sweep or raise end_lr")
+    elif fall < NOISE_RATIO * noise:
+        problem = NoSuggestion("noisy", f"the loss fell {fall:.3g}, within {NOISE_RATIO:g}x its step-to-step "
+                                        f"noise ({noise:.3g}): use a larger batch or the validation mode")
+    return CurveReading(lrs, raw, ema, smooth, i_min, turn, still_falling, noise, problem)
+
+
+def _steepest(x: np.ndarray, y: np.ndarray, i_min: int) -> float | None:
+    """Most negative slope before the minimum, on a lightly re-smoothed curve with the first tenth
+    trimmed, so one noisy step at the start of the sweep cannot win (pytorch-lr-finder skips 10)."""
+    n = len(y)
+    ys = _moving_average(y, max(3, n // 20) | 1)
+    grad = np.gradient(ys, x)
+    lo = max(1, n // 10)
+    if i_min - lo < 2:
+        return None
+    segment = grad[lo : i_min + 1]
+    k = int(np.argmin(segment))
+    return float(10 ** x[lo + k]) if segment[k] < 0 else None
+
+
+def _slide(x: np.ndarray, y: np.ndarray, lr_diff_decades: float = 1.2, thresh: float = 0.005) -> float | None:
+    """fastai's slide: walk left from the end of the curve until the slope `lr_diff` points further
+    left is within `thresh` of the slope here; that left point is the pick. fastai's default sweep has
+    12.5 points a decade, so its 15-point window is 1.2 decades and its slopes are per 1/12.5 decade;
+    both are converted to this curve's spacing so the rule means the same on a denser sweep."""
+    n = len(y)
+    if n < 3 or x[-1] <= x[0]:
+        return None
+    per_decade = (n - 1) / (x[-1] - x[0])
+    lr_diff = max(1, min(n - 1, round(lr_diff_decades * per_decade)))
+    grad = np.gradient(y, x) / 12.5  # fastai's per-step gradient on its 12.5-points-a-decade sweep
+    r, left = n - 1, n - 1 - lr_diff
+    pick = left
+    while left >= 0 and abs(grad[r] - grad[left]) > thresh:
+        pick = left
+        r, left = r - 1, left - 1
+    return float(10 ** x[max(pick, 0)])
+
+
+def _fall_start(lrs: np.ndarray, y: np.ndarray, i_min: int, fraction: float = 0.05) -> float:
+    """Where the loss starts to fall: the first point below start - 5 % of the whole fall."""
+    target = y[0] - fraction * (y[0] - y[i_min])
+    k = int(np.argmax(y[: i_min + 1] <= target))
+    return float(lrs[k])
+
+
+def suggest_lrs(
+    lrs: Any,
+    losses: Any,
+    *,
+    diverge_factor: float = DIVERGE_FACTOR,
+    skip_start: int = 0,
+    skip_end: int = 0,
+    cliff_margin: float | None = None,
+) -> dict[str, float | None]:
+    """Every rule's LR on one curve of raw per-step losses, or None where it has nothing to read.
+
+    Peers read the lagging EMA, as their finders do: steepest (pytorch-lr-finder, Lightning), valley
+    and slide (fastai), min_loss and min_loss_div10 (fastai's `minimum`), blog_base/blog (the seed
+    blog: where the loss starts to fall and where it is lowest). `ours` reads the zero-lag curve:
+    the LR where it turned up (the cliff) divided by CLIFF_MARGIN. Every rule is None when the curve has a problem.
+    """
+    reading = read_curve(lrs, losses, diverge_factor=diverge_factor, skip_start=skip_start, skip_end=skip_end)
+    return picks_from_reading(reading, cliff_margin=cliff_margin)
+
+
+def picks_from_reading(reading: CurveReading, cliff_margin: float | None = None) -> dict[str, float | None]:
+    """The rules of `suggest_lrs` on an already read curve."""
+    out: dict[str, float | None] = dict.fromkeys(ALL_RULES)
+    if reading.problem is not None:
         return out
-    x = np.log10(lr)
-    i_min = int(np.argmin(y))
-    if i_min == 0 or y[i_min] >= y[0]:
-        return out
-    out["min_loss"] = float(lr[i_min])
-    out["min_loss_div10"] = float(lr[i_min]) / 10
-    out["steepest"] = _steepest(x, y, i_min)
-    out["valley"] = _valley(x[: i_min + 1], y[: i_min + 1])
+    x, ema = np.log10(reading.lrs), reading.ema
+    i_ema = int(np.argmin(ema))
+    if i_ema > 0 and ema[i_ema] < ema[0]:
+        min_loss = float(reading.lrs[i_ema])
+        out["min_loss"], out["min_loss_div10"] = min_loss, min_loss / 10
+        out["steepest"] = _steepest(x, ema, i_ema)
+        out["valley"] = _valley(x[: i_ema + 1], ema[: i_ema + 1])
+        out["blog_base"] = _fall_start(reading.lrs, ema, i_ema)
+        out["blog"] = out["min_loss"]
+    out["slide"] = _slide(x, ema)
+    out["ours"] = reading.cliff_lr / (CLIFF_MARGIN if cliff_margin is None else cliff_margin)
     return out
+
+
+def aggregate_picks(picks: list[float | None]) -> tuple[float | None, float | None]:
+    """Several seeds' picks as one: (geometric mean, max/min spread); None where none picked."""
+    values = [p for p in picks if p]
+    if not values:
+        return None, None
+    return float(np.exp(np.mean(np.log(values)))), float(max(values) / min(values))
 
 
 def spread_decades(suggestions: dict[str, float | None]) -> float | None:
@@ -170,78 +355,77 @@ def spread_decades(suggestions: dict[str, float | None]) -> float | None:
     return float(math.log10(max(values) / min(values)))
 
 
+def _bounds(max_lr: float, rule: str, policy: str, div_factor: float) -> tuple[float, float, str]:
+    """(base_lr, max_lr, rule) for a policy, from a cyclic peak."""
+    if policy == "one_cycle":
+        return max_lr / div_factor, max_lr, rule
+    if policy == "constant":
+        return max_lr / CONSTANT_DIVISOR, max_lr / CONSTANT_DIVISOR, f"{rule} / {CONSTANT_DIVISOR:g}"
+    return max_lr / TRIANGULAR_BASE_DIVISOR, max_lr, rule
+
+
 def recommend(
     suggestions: dict[str, float | None], policy: str = "triangular", *, div_factor: float = 25.0
 ) -> Recommendation:
-    """The bounds to train with.
+    """The bounds to train with: max_lr is ours (the cliff of the zero-lag curve / CLIFF_MARGIN).
 
-    max_lr is the geometric mean of the valley and min-loss LRs, clipped into
-    [max(steepest, min_loss/2), min_loss]: it tops out where the loss stopped falling (Smith's max
-    bound) and never drops to a decade below it, the mistake of the min_loss/10 rule (see
-    MAX_LR_FLOOR_DIVISOR). `rule` names the bound that was active. base_lr is
-    max_lr/TRIANGULAR_BASE_DIVISOR for the triangular family, max_lr/div_factor for one_cycle, and
-    max_lr/CONSTANT_DIVISOR for both bounds under 'constant'
-    (a fixed LR has to stay stable for the whole run, so it sits at a cycle's floor).
+    base_lr is max_lr/TRIANGULAR_BASE_DIVISOR for the triangular family, max_lr/div_factor for
+    one_cycle, and both bounds are max_lr/CONSTANT_DIVISOR under 'constant' (a fixed LR has to stay
+    stable for the whole run, so it sits at a cycle's floor). Raises ValueError without a pick.
     """
-    min_loss = suggestions.get("min_loss")
-    if not min_loss:
-        raise ValueError("no min_loss suggestion: the loss never fell, so there is nothing to recommend")
-    valley, steepest = suggestions.get("valley"), suggestions.get("steepest")
-    floor = min_loss / MAX_LR_FLOOR_DIVISOR
-    floor_rule = f"min_loss/{MAX_LR_FLOOR_DIVISOR:g}"
-    if steepest and steepest > floor:
-        floor, floor_rule = steepest, "steepest"
-    if valley:
-        gmean = math.sqrt(valley * min_loss)
-        if gmean < floor:
-            max_lr, rule = floor, f"{floor_rule} (floor of gmean(valley, min_loss))"
-        elif gmean > min_loss:
-            max_lr, rule = min_loss, "min_loss (cap of gmean(valley, min_loss))"
-        else:
-            max_lr, rule = gmean, "gmean(valley, min_loss)"
-    else:
-        max_lr, rule = floor, f"{floor_rule} (no valley)"
-    if policy == "one_cycle":
-        base_lr = max_lr / div_factor
-    elif policy == "constant":
-        max_lr = base_lr = max_lr / CONSTANT_DIVISOR
-        rule = f"{rule} / {CONSTANT_DIVISOR:g}"
-    else:
-        base_lr = max_lr / TRIANGULAR_BASE_DIVISOR
+    ours = suggestions.get("ours")
+    if not ours:
+        raise ValueError("no suggestion: the curve gives no rule anything to read")
+    base_lr, max_lr, rule = _bounds(ours, f"ours (the zero-lag curve's cliff / {CLIFF_MARGIN:g})", policy,
+                                    div_factor)
     spread = spread_decades(suggestions)
     low = spread is not None and spread >= LOW_CONFIDENCE_DECADES
     return Recommendation(base_lr, max_lr, rule, spread, low, policy)
 
 
+def safe_recommendation(
+    optimizer: str, policy: str = "triangular", *, reason: str = "", div_factor: float = 25.0
+) -> Recommendation:
+    """The documented fallback when no rule can pick: SAFE_MAX_LR for the optimizer, marked low confidence."""
+    if optimizer not in SAFE_MAX_LR:
+        raise ValueError(f"no safe max_lr known for optimizer {optimizer!r}")
+    rule = f"safe fallback for {optimizer} (max_lr {SAFE_MAX_LR[optimizer]:g})" + (f": {reason}" if reason else "")
+    base_lr, max_lr, rule = _bounds(SAFE_MAX_LR[optimizer], rule, policy, div_factor)
+    return Recommendation(base_lr, max_lr, rule, None, True, policy)
+
+
 def warnings_for(
     lrs: Any,
-    smoothed: Any,
+    losses: Any,
     *,
     stop_reason: str | None = None,
-    diverge_factor: float = 4.0,
-    min_points: int = 10,
+    diverge_factor: float = DIVERGE_FACTOR,
     suggestions: dict[str, float | None] | None = None,
+    reading: CurveReading | None = None,
 ) -> list[str]:
-    """Plain-language reasons not to trust a curve blindly, with what to change in the next sweep."""
-    lr, y = usable_curve(lrs, smoothed, diverge_factor)
+    """Plain-language reasons not to trust a curve blindly, with what to change in the next sweep.
+
+    `losses` are the raw per-step losses. "Never diverged" is said only when the zero-lag curve still
+    falls where the sweep ended; a curve that turned up is a divergence even if the 4x stop never fired.
+    """
+    if reading is None:
+        reading = read_curve(lrs, losses, diverge_factor=diverge_factor)
     out: list[str] = []
-    if stop_reason == "end_lr":
-        out.append("loss never diverged: raise end_lr (the sweep ended before the loss blew up)")
+    if stop_reason == "end_lr" and reading.problem is None and reading.turn is None:
+        if reading.still_falling:
+            out.append("loss never diverged: it was still falling at end_lr; raise end_lr")
+        else:
+            out.append("the loss flattened but did not rise before end_lr: raise end_lr to see the cliff")
     elif stop_reason == "nan":
         out.append("loss became NaN or inf: the rules read only the points before it")
     elif stop_reason == "data_exhausted":
         out.append("the training data ran out before the sweep finished: the curve is partial")
     elif stop_reason == "stopped":
         out.append("the sweep was stopped before it finished: the curve is partial")
-    if len(y) < min_points:
-        out.append(f"only {len(y)} usable points before divergence: raise num_iter or lower start_lr")
-    if len(y) == 0:
-        return out
-    i_min = int(np.argmin(y))
-    if i_min == 0 or y[i_min] > y[0] * 0.99:
-        out.append("loss never fell: lower start_lr (the loss may already rise at the first LR)")
-    elif stop_reason not in (None, "end_lr") and i_min == len(y) - 1:
+    if stop_reason not in (None, "end_lr") and reading.problem is None and reading.still_falling:
         out.append("the loss was still falling where the curve ends: the minimum lies further on")
+    if reading.problem is not None:
+        out.append(str(reading.problem))
     spread = spread_decades(suggestions) if suggestions else None
     if spread is not None and spread >= LOW_CONFIDENCE_DECADES:
         out.append(
@@ -249,19 +433,6 @@ def warnings_for(
             f"(threshold {LOW_CONFIDENCE_DECADES:g}); read the curve before trusting the pick"
         )
     return out
-
-
-def _choose_step_epochs(epochs_hint: int | None) -> int:
-    """The half-cycle length in whole epochs (2-8) whose whole cycles come closest to the hint."""
-    if epochs_hint is None:
-        return DEFAULT_STEP_EPOCHS
-    lo, hi = STEP_EPOCHS_RANGE
-
-    def miss(step: int) -> tuple[int, int]:
-        cycles = max(1, round(epochs_hint / (2 * step)))
-        return abs(2 * cycles * step - epochs_hint), abs(step - DEFAULT_STEP_EPOCHS)
-
-    return min(range(lo, hi + 1), key=miss)
 
 
 def recipe(
@@ -274,11 +445,11 @@ def recipe(
 ) -> dict[str, Any]:
     """The whole training recipe; keys named as in TrainSpec where they are TrainSpec fields.
 
-    Triangular family: step_size (iterations) is 2-8 epochs' worth (4 by default, or the length
-    whose whole cycles land nearest `epochs_hint`), and `epochs` is a whole number of cycles, so the
-    run ends at a cycle minimum where accuracy peaks (Smith 2017). one_cycle: a single cycle over
-    `epochs_hint` epochs (10 if none). Informational keys: rule, low_confidence, spread_decades,
-    step_epochs, cycles, iters_per_epoch.
+    Triangular family: without `epochs_hint`, one cycle with a 4-epoch step (8 epochs). With it, the
+    epochs stay as given and the step is fitted so they hold a whole number of cycles (cycle_fit.py);
+    when no whole cycle with a step of at least one epoch fits, the policy becomes one_cycle and `fit`
+    says so. one_cycle: a single cycle over `epochs_hint` epochs (10 if none). Informational keys:
+    rule, low_confidence, spread_decades, step_epochs, cycles, iters_per_epoch, fit.
     """
     if iters_per_epoch < 1:
         raise ValueError("iters_per_epoch must be at least 1")
@@ -295,14 +466,23 @@ def recipe(
         "iters_per_epoch": iters_per_epoch,
     }
     if policy in TRIANGULAR_FAMILY:
-        step_epochs = _choose_step_epochs(epochs_hint)
-        cycles = 1 if epochs_hint is None else max(1, round(epochs_hint / (2 * step_epochs)))
+        cycles: int | None  # None only with the one_cycle switch, which returns before it is used
+        if epochs_hint is None:
+            step, cycles, epochs = DEFAULT_STEP_EPOCHS * iters_per_epoch, 1, 2 * DEFAULT_STEP_EPOCHS
+            note = f"one cycle with the default step of {DEFAULT_STEP_EPOCHS} epochs"
+        else:
+            fit = fit_cycles(epochs_hint, iters_per_epoch, policy)
+            if fit.step_iterations is None:
+                return out | {"policy": "one_cycle", "epochs": epochs_hint, "div_factor": div_factor,
+                              "base_lr": recommendation.max_lr / div_factor, "fit": fit.note}
+            step, cycles, epochs, note = fit.step_iterations, fit.cycles, epochs_hint, fit.note
         out |= {
-            "step_size": max(1, step_epochs * iters_per_epoch),
+            "step_size": max(1, step),
             "step_unit": "iterations",
-            "step_epochs": step_epochs,
+            "step_epochs": round(step / iters_per_epoch, 4),
             "cycles": cycles,
-            "epochs": 2 * cycles * step_epochs,
+            "epochs": epochs,
+            "fit": note,
         }
     elif policy == "one_cycle":
         out |= {"epochs": epochs_hint or DEFAULT_ONE_CYCLE_EPOCHS, "div_factor": div_factor}

@@ -30,7 +30,7 @@ from service.event_reader import EventReader
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
-from service.routes import artifacts, catalog, datasets, health, jobs, ui
+from service.routes import artifacts, catalog, datasets, health, jobs, suggest, ui
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     errors.install(app)
     object_files.install(app)
-    for module in (jobs, artifacts, catalog, health):
+    for module in (jobs, artifacts, catalog, health, suggest):
         app.include_router(module.router)
     # Uploads are exempt from the JSON body limit: the route streams the body to disk and counts it
     # against CLR_MAX_UPLOAD_BYTES and the key's quota itself, refusing with a 413 that says which.

@@ -6,8 +6,11 @@ straight to a worker and wait for it, SSE parsing, the endpoint tables the acces
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -172,6 +175,7 @@ JOB_ENDPOINTS = [
     ("GET", "/v1/jobs/{id}/report?format=text"),
     ("GET", "/v1/jobs/{id}/artifacts/spec.json"),
     ("GET", "/v1/jobs/{id}/artifacts/checkpoint"),
+    ("POST", "/v1/jobs/{id}/suggest"),
 ]
 OTHER_ENDPOINTS = [
     ("POST", "/v1/jobs/range-test"),
@@ -187,6 +191,27 @@ REMOVING_JOB_ENDPOINTS = [
     ("DELETE", "/v1/jobs/{id}"),
 ]
 BODIES = {"/v1/jobs/range-test": RANGE_TEST, "/v1/jobs/train": TRAIN}
+SUGGEST_ROUTE = re.compile(r"/v1/jobs/[^/]+/suggest")
+
+
+def body_for(path: str) -> dict | None:
+    """The JSON body a matrix test sends to `path` (a job's suggest route takes its settings)."""
+    path = path.split("?")[0]
+    return {"rule": "valley"} if SUGGEST_ROUTE.fullmatch(path) else BODIES.get(path)
+
+
+def write_range_test_log(run: Path, points: int = 120) -> Path:
+    """A range_test_log.csv as the sweep writes it: a loss that falls, bottoms out and turns up."""
+    path = run / "range_test_log.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["step", "iteration", "lr", "loss", "smoothed", "skipped"])
+        writer.writeheader()
+        for i in range(points):
+            x = -5 + 6 * i / (points - 1)  # log10(lr) from 1e-5 to 10
+            loss = 2.3 - 1.8 / (1 + math.exp(-(x + 1.2) / 0.3)) + 16 * max(0.0, x + 0.52) ** 1.5
+            writer.writerow({"step": i + 1, "iteration": i + 1, "lr": 10 ** x, "loss": loss, "smoothed": loss,
+                             "skipped": False})
+    return path
 
 
 def seed_jobs(client: TestClient, store: JobStore, settings: Settings, headers: dict[str, str]) -> list[str]:

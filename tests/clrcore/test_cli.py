@@ -90,3 +90,24 @@ def test_help_lists_every_flag(command: str, capsys: pytest.CaptureFixture) -> N
     assert "--batch-size" in text and "--optimizer-momentum" in text and "--data-dir" in text
     if command == "train":
         assert "from 30 % of the run on" in " ".join(text.split())
+
+
+def test_fixed_max_lr_with_epochs_gets_a_step_that_ends_on_a_whole_cycle(tmp_path: Path) -> None:
+    # `clr train --max-lr 0.1 --epochs 4`: the digits-demo's 3-epoch step would end mid-cycle at the peak
+    out = tmp_path / "run"
+    rc = main(["train", "--quiet", "--out", str(out), "--data-dir", str(tmp_path), "--max-lr", "0.1",
+               "--epochs", "4", "--train-subset", "256"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warnings"] == [] and summary["epochs_run"] == 4
+    iters = summary["iters_per_epoch"]
+    assert summary["step_size"] == 2 * iters and summary["step_unit"] == "iterations"  # one cycle of 2 + 2
+    assert "1 whole cycle" in summary["from_recipe"]["fit"]
+
+
+def test_an_absolute_dataset_path_is_accepted_locally(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    archive = tmp_path / "elsewhere" / "pets.tar.gz"  # absent: the error must come from loading, not the rule
+    rc = main(["train", "--quiet", "--out", str(tmp_path / "run"), "--dataset", "imagefolder",
+               "--dataset-path", str(archive), "--max-lr", "0.1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "relative to the data directory" not in err and "pets.tar.gz" in err

@@ -13,7 +13,7 @@ from torch import nn
 
 from clrcore.lr_choice import RangeTestChoice
 from clrcore.lr_range import lr_ladder, range_test, state_checksum
-from clrcore.suggest import debiased_ema, recipe
+from clrcore.suggest import debiased_ema, picks_from_reading, read_curve, recipe
 
 F = nn.functional
 
@@ -239,6 +239,17 @@ def test_validation_mode_records_every_val_every_steps(digits):
     assert [v["lr"] for v in res.val_log] == [res.log[s - 1]["lr"] for s in (5, 10, 15, 20)]
     assert all(0 <= v["val_acc"] <= 1 and v["val_loss"] > 0 for v in res.val_log)
     assert model.training
+
+
+def test_validation_read_mode_has_the_rules_read_the_validation_curve(digits):
+    train, xt, yt = digits
+    val = [(xt[:64], yt[:64])]
+    model = mlp(bn=True)
+    res = range_test(model, torch.optim.SGD(model.parameters(), lr=0.01), F.cross_entropy, train,
+                     start_lr=1e-4, end_lr=10.0, num_iter=60, val_batches=val, val_every=2, read="validation")
+    assert len(res.val_log) == 30 and res.settings["read"] == "validation"
+    expected = picks_from_reading(read_curve([v["lr"] for v in res.val_log], [v["val_loss"] for v in res.val_log]))
+    assert res.suggestions == expected
 
 
 @pytest.mark.parametrize("make_opt", [

@@ -51,7 +51,9 @@ def test_a_run_fills_only_the_listed_fields_from_the_one_saved_choice(tmp_path: 
                       data_dir=tmp_path)
     choice = read_range_test(tmp_path / "range_test.json")
     assert isinstance(choice, RangeTestChoice) and choice.recipe is not None
-    assert summary["from_recipe"]["epochs"] == choice.recipe["epochs"] == summary["epochs_run"]
+    # the step is fitted to the epochs, which stay: the saved recipe and the run agree on both
+    assert "epochs" not in summary["from_recipe"] and choice.recipe["epochs"] == summary["epochs_run"] == 2
+    assert summary["from_recipe"]["step_size"] == choice.recipe["step_size"] == summary["step_size"]
     assert summary["max_lr"] == choice.max_lr and summary["base_lr"] == choice.base_lr
     assert summary["lr_choice"]["recommendation"] == choice.summary()["recommendation"]
 

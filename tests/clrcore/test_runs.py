@@ -9,6 +9,7 @@ from PIL import Image
 
 from clrcore.datasets import DatasetError, load_dataset, with_train_subset
 from clrcore.hooks import Hooks, Progress, StopRequested
+from clrcore.lr_choice import read_range_test
 from clrcore.models import build_model
 from clrcore.runs import fresh_model, run_job, sweep_speed
 from clrcore.specs import RangeTestSpec, TrainSpec
@@ -66,21 +67,40 @@ TINY = {**FAST, "train_subset": 128}  # 2 batches an epoch
 SWEEP = {"start_lr": 1e-5, "num_iter": 20}
 
 
-def test_auto_run_takes_step_size_and_epochs_from_the_recipe_when_not_given(tmp_path: Path) -> None:
+def test_auto_run_fits_its_step_to_the_epochs_so_the_run_ends_on_a_whole_cycle(tmp_path: Path) -> None:
     summary = run_job(TrainSpec(**TINY, max_lr="auto", range_test=SWEEP), tmp_path, data_dir=tmp_path)
     plan = json.loads((tmp_path / "range_test.json").read_text())["summary"]["recipe"]
     taken = summary["from_recipe"]
-    assert taken["step_size"] == plan["step_size"] == plan["step_epochs"] * summary["iters_per_epoch"]
-    assert taken["step_unit"] == "iterations" and taken["epochs"] == plan["epochs"] == summary["epochs_run"]
-    assert plan["epochs"] % (2 * plan["step_epochs"]) == 0 and summary["warnings"] == []
+    assert taken["step_size"] == plan["step_size"] and taken["step_unit"] == "iterations"
+    assert summary["epochs_run"] == plan["epochs"] == 10 and "epochs" not in taken  # the epochs stay
+    total = summary["epochs_run"] * summary["iters_per_epoch"]
+    assert total % (2 * taken["step_size"]) == 0 and summary["warnings"] == []
     assert summary["max_lr"] == taken["max_lr"] == plan["max_lr"]
 
 
-def test_auto_run_keeps_the_epochs_the_user_set_and_warns_when_they_end_mid_cycle(tmp_path: Path) -> None:
+def test_auto_run_keeps_the_epochs_the_user_set_and_fits_the_step_to_them(tmp_path: Path) -> None:
     summary = run_job(TrainSpec(**TINY, max_lr="auto", epochs=5, range_test=SWEEP), tmp_path, data_dir=tmp_path)
     assert summary["epochs_run"] == 5 and "epochs" not in summary["from_recipe"]
-    assert summary["from_recipe"]["step_size"] == 3 * summary["iters_per_epoch"]  # nearest whole cycles: 6
-    assert len(summary["warnings"]) == 1 and summary["warnings"][0].startswith("epochs=5 ends mid-cycle")
+    assert summary["from_recipe"]["step_size"] == 5  # 5 epochs of 2 iterations: one cycle of 5 + 5
+    assert summary["warnings"] == [] and "1 whole cycle" in summary["from_recipe"]["fit"]
+
+
+def test_one_epoch_holds_no_whole_cycle_so_the_run_becomes_one_cycle(tmp_path: Path) -> None:
+    summary = run_job(TrainSpec(**TINY, max_lr=0.1, epochs=1), tmp_path, data_dir=tmp_path)
+    assert summary["policy"] == "one_cycle" and "one_cycle" in summary["from_recipe"]["fit"]
+    assert summary["warnings"] == []
+
+
+def test_auto_run_without_a_pick_trains_with_the_safe_fallback(tmp_path: Path) -> None:
+    # a sweep over LRs too small to move the loss: no rule can pick, so the documented safe recipe trains
+    flat = {"start_lr": 1e-7, "end_lr": 2e-7, "num_iter": 20}
+    summary = run_job(TrainSpec(**TINY, max_lr="auto", epochs=2, range_test=flat), tmp_path, data_dir=tmp_path)
+    assert summary["lr_choice"]["source"] == "safe_fallback"
+    assert summary["max_lr"] == 0.05 and summary["lr_choice"]["low_confidence"]
+    assert "no suggestion" in summary["lr_choice"]["rule"] and summary["epochs_run"] == 2
+    saved = read_range_test(tmp_path / "range_test.json")  # written once, so a resumed job reads the same
+    assert saved is not None and saved.source == "safe_fallback" and saved.max_lr == summary["max_lr"]
+    assert json.loads((tmp_path / "range_test.json").read_text())["summary"]["source"] == "safe_fallback"
 
 
 def test_explicit_schedule_that_ends_mid_cycle_is_warned_about_not_changed(tmp_path: Path) -> None:

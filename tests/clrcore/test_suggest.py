@@ -1,4 +1,8 @@
-"""Suggestion rules, the recommendation, warnings and the recipe, on synthetic curves."""
+"""The smoother, the divergence rule, every rule's pick, the fallback and the recipe, on synthetic curves.
+
+No training here: every curve is built from a formula (plus seeded noise), so each test knows where
+the loss really was lowest and where it turned.
+"""
 
 import math
 import subprocess
@@ -7,32 +11,34 @@ import sys
 import numpy as np
 import pytest
 
+from clrcore.cycle_fit import fit_cycles
+from clrcore.smoothing import forward_backward_ema, smooth_curve
 from clrcore.suggest import (
+    CLIFF_MARGIN,
     LOW_CONFIDENCE_DECADES,
+    SAFE_MAX_LR,
     TRIANGULAR_BASE_DIVISOR,
+    aggregate_picks,
     debiased_ema,
+    read_curve,
     recipe,
     recommend,
+    safe_recommendation,
     suggest_lrs,
     usable_curve,
     warnings_for,
 )
 
-LRS = 1e-7 * (10 / 1e-7) ** (np.arange(100) / 99)
+LRS = 1e-5 * (10 / 1e-5) ** (np.arange(240) / 239)  # 6 decades, 40 points a decade
 X = np.log10(LRS)
+TRUE_MIN = math.log10(0.3)
 
 
-def bowl(centre: float = -2.0, width: float = 0.5) -> np.ndarray:
-    """A smooth bowl in log-LR: flat, then down to a minimum at 10**centre, then up steeply."""
-    return 2.3 - 1.5 * np.exp(-((X - centre) ** 2) / (2 * width**2)) + 4 * np.clip(X - centre, 0, None) ** 2
-
-
-def anchor_curve(noise: float = 0.0, seed: int = 0) -> np.ndarray:
-    """Shaped like the MiniGoogLeNet/CIFAR-10 anchor: falls around 1e-2, lowest near 0.16."""
-    fall = 2.3 - 1.9 / (1 + np.exp(-(X + 2.0) / 0.45))
-    rise = 6 * np.clip(X - math.log10(0.16), 0, None) ** 2
-    raw = fall + rise + noise * np.random.default_rng(seed).standard_normal(len(X))
-    return raw if noise == 0 else debiased_ema(raw, 0.98)
+def sweep_curve(noise: float = 0.0, seed: int = 0, cliff: float = TRUE_MIN, height: float = 4.0) -> np.ndarray:
+    """Raw per-step loss of a sweep: flat at 2.3, falls from 1e-3 on, lowest at 10**cliff, then blows up."""
+    fall = 2.3 - 1.8 / (1 + np.exp(-(X + 1.2) / 0.3))
+    rise = height * np.clip(X - cliff, 0, None) ** 1.5 * 4
+    return fall + rise + noise * np.random.default_rng(seed).standard_normal(len(X))
 
 
 def test_debiased_ema_starts_at_the_raw_value_and_follows_the_formula():
@@ -46,104 +52,177 @@ def test_debiased_ema_starts_at_the_raw_value_and_follows_the_formula():
     np.testing.assert_allclose(out, expected)
 
 
-def test_rules_land_where_the_bowl_puts_them():
-    s = suggest_lrs(LRS, bowl(centre=-2.0, width=0.5))
-    assert abs(math.log10(s["min_loss"]) - -2.0) < 0.1
-    assert s["min_loss_div10"] == pytest.approx(s["min_loss"] / 10)
-    # a Gaussian bowl is steepest one width before its centre
-    assert abs(math.log10(s["steepest"]) - -2.5) < 0.2
-    # two thirds down the descent, which on this bowl is about where it is steepest
-    assert 10**-3 < s["valley"] < s["min_loss"]
-    assert abs(math.log10(s["valley"] / s["steepest"])) < 0.3
+# ------------------------------------------------------------------------------ the smoother
 
 
-def test_noise_does_not_pull_steepest_to_the_ends():
-    s = suggest_lrs(LRS, anchor_curve(noise=0.05))
-    assert 1e-3 < s["steepest"] < s["min_loss"]
-    assert 1e-3 < s["valley"] < s["min_loss"]
+def test_forward_backward_ema_has_no_lag_where_the_one_sided_ema_does():
+    raw = sweep_curve()
+    lagged = debiased_ema(raw, 0.98)
+    zero_lag = smooth_curve(LRS, raw)
+    true_min = X[int(np.argmin(raw))]
+    # a steep cliff pulls a smoothed minimum a little towards the safe side, never past the real one
+    assert -0.2 < X[int(np.argmin(zero_lag))] - true_min <= 0.03
+    assert X[int(np.argmin(lagged))] > X[int(np.argmin(zero_lag))] + 0.05  # the sweep's EMA lags past it
 
 
-def test_rules_ignore_everything_after_divergence():
-    clean = bowl()
-    spiked = clean.copy()
-    spiked[80] = 100.0  # diverged here; the later points must not matter
-    spiked[81:] = 0.01
-    assert suggest_lrs(LRS, spiked) == suggest_lrs(LRS[:80], clean[:80])
-    with_nan = clean.copy()
-    with_nan[70:] = np.nan
+def test_zero_lag_smoother_keeps_a_symmetric_bump_centred_and_averages_noise():
+    bump = np.exp(-((np.arange(201) - 100) ** 2) / (2 * 15.0**2))
+    smoothed = forward_backward_ema(bump, span=8)
+    assert int(np.argmax(smoothed)) == 100
+    noisy = 1.0 + 0.2 * np.random.default_rng(1).standard_normal(400)
+    assert np.std(forward_backward_ema(noisy, span=10)[20:-20]) < 0.2 / 2.5
+
+
+def test_noise_does_not_move_the_zero_lag_minimum_far():
+    for seed in range(3):
+        reading = read_curve(LRS, sweep_curve(noise=0.08, seed=seed))
+        assert reading.problem is None
+        assert abs(math.log10(reading.min_lr) - TRUE_MIN) < 0.2, seed
+
+
+# ------------------------------------------------------------------------------ divergence: the turn
+
+
+def test_the_turn_is_found_on_the_curve_without_the_4x_stop():
+    raw = sweep_curve(height=0.4)[:220]  # rises, but never to 4x its best
+    reading = read_curve(LRS[:220], raw)
+    assert reading.turn is not None and reading.turn > reading.i_min
+    assert reading.turn_lr < 10 ** (TRUE_MIN + 0.6)
+    assert not reading.still_falling
+    assert not any("never diverged" in w for w in warnings_for(LRS[:220], raw, stop_reason="end_lr"))
+
+
+def test_never_diverged_only_when_the_curve_ends_still_falling():
+    falling = sweep_curve()[:150]  # cut before the minimum: still going down at the end
+    reading = read_curve(LRS[:150], falling)
+    assert reading.turn is None and reading.still_falling
+    assert any("never diverged" in w for w in warnings_for(LRS[:150], falling, stop_reason="end_lr"))
+    flat_end = np.concatenate([sweep_curve()[:160], np.full(40, sweep_curve()[159])])  # flattens, never rises
+    words = warnings_for(LRS[:200], flat_end, stop_reason="end_lr")
+    assert not any("never diverged" in w for w in words) and any("flattened" in w for w in words)
+
+
+def test_the_4x_stop_still_cuts_a_runaway_loss_and_nan():
+    spiked = sweep_curve()
+    spiked[200:] = 100.0
+    assert len(read_curve(LRS, spiked).lrs) <= 201
+    with_nan = sweep_curve()
+    with_nan[180:] = np.nan
+    assert len(read_curve(LRS, with_nan).lrs) == 180
     lr, y = usable_curve(LRS, with_nan)
-    assert len(y) == 70
+    assert len(y) == 180
 
 
-def test_anchor_curve_gives_max_lr_in_the_good_band():
-    for curve in (anchor_curve(), anchor_curve(noise=0.05)):
-        s = suggest_lrs(LRS, curve)
-        rec = recommend(s)
-        assert 0.05 <= rec.max_lr <= 0.8, (s, rec)
-        assert rec.base_lr == pytest.approx(rec.max_lr / TRIANGULAR_BASE_DIVISOR)
-        assert not rec.low_confidence
-    s = suggest_lrs(LRS, anchor_curve())
-    assert 0.1 < s["min_loss"] < 0.25
-    assert s["min_loss_div10"] < 0.05  # the old rule falls out of the band: why it is not the default
+# ------------------------------------------------------------------------------ no suggestion
 
 
-def test_recommend_per_policy_and_named_rule():
-    s = {"steepest": 0.02, "valley": 0.05, "min_loss": 0.2, "min_loss_div10": 0.02}
+@pytest.mark.parametrize(
+    ("curve", "reason"),
+    [
+        (np.full(240, 2.3) + 0.001 * np.sin(np.arange(240)), "flat"),
+        (2.3 - 0.1 * (X > -1) + 0.4 * np.random.default_rng(0).standard_normal(240), "noisy"),
+        (np.linspace(2.3, 3.0, 240), "never_fell"),
+        (np.concatenate([[2.3] * 5, [np.nan] * 235]), "too_short"),
+        (np.full(240, np.nan), "nan"),
+    ],
+)
+def test_a_curve_no_rule_can_read_gets_a_typed_reason(curve, reason):
+    reading = read_curve(LRS, curve)
+    assert reading.problem is not None and reading.problem.reason == reason
+    picks = suggest_lrs(LRS, curve)
+    assert all(v is None for v in picks.values())
+    with pytest.raises(ValueError, match="no suggestion"):
+        recommend(picks)
+    assert any(w.startswith(f"no suggestion ({reason})") for w in warnings_for(LRS, curve))
+
+
+def test_the_safe_fallback_is_documented_and_low_confidence():
+    sgd = safe_recommendation("sgd", reason="no suggestion (flat)")
+    assert sgd.max_lr == SAFE_MAX_LR["sgd"] and sgd.base_lr == pytest.approx(sgd.max_lr / TRIANGULAR_BASE_DIVISOR)
+    assert sgd.low_confidence and "safe fallback" in sgd.rule and "flat" in sgd.rule
+    assert safe_recommendation("adamw", "one_cycle").max_lr == SAFE_MAX_LR["adamw"]
+    with pytest.raises(ValueError):
+        safe_recommendation("lion")
+
+
+# ------------------------------------------------------------------------------ the rules
+
+
+def test_every_rule_picks_and_ours_steps_back_from_the_cliff():
+    picks = suggest_lrs(LRS, sweep_curve(noise=0.05))
+    assert set(picks) >= {"steepest", "valley", "slide", "min_loss_div10", "blog", "blog_base", "ours"}
+    assert all(picks[k] for k in picks), picks
+    reading = read_curve(LRS, sweep_curve(noise=0.05))
+    assert picks["ours"] == pytest.approx(reading.turn_lr / CLIFF_MARGIN)
+    assert reading.min_lr < reading.turn_lr < 10 ** (TRUE_MIN + 0.5)  # the cliff: just past the minimum
+    assert picks["min_loss"] > 10**TRUE_MIN  # the peers' minimum is read on the lagging EMA
+    assert picks["blog_base"] < picks["steepest"] < picks["blog"]
+    assert picks["min_loss_div10"] == pytest.approx(picks["min_loss"] / 10)
+
+
+def test_cliff_margin_and_skips_reread_the_same_curve():
+    raw = sweep_curve(noise=0.05)
+    wide = suggest_lrs(LRS, raw, cliff_margin=10.0)
+    narrow = suggest_lrs(LRS, raw, cliff_margin=2.0)
+    assert wide["ours"] * 5 == pytest.approx(narrow["ours"])
+    skipped = read_curve(LRS, raw, skip_start=20, skip_end=10)
+    assert skipped.lrs[0] == LRS[20] and len(skipped.lrs) <= 210
+
+
+def test_recommend_per_policy_is_ours():
+    s = {"steepest": 0.02, "valley": 0.05, "min_loss": 0.2, "ours": 0.1}
     tri = recommend(s, "triangular")
-    assert tri.max_lr == pytest.approx(0.1)  # gmean(0.05, 0.2); not below min_loss/2
-    assert tri.rule == "gmean(valley, min_loss)"
+    assert tri.max_lr == 0.1 and tri.rule.startswith("ours")
     one = recommend(s, "one_cycle")
     assert one.max_lr == tri.max_lr and one.base_lr == pytest.approx(tri.max_lr / 25)
     const = recommend(s, "constant")
     assert const.base_lr == const.max_lr == pytest.approx(tri.max_lr / 4)
-    far = recommend({**s, "valley": 1e-4})
-    assert far.max_lr == pytest.approx(0.1) and far.rule.startswith("min_loss/2")
-    steep = recommend({**s, "valley": 1e-4, "steepest": 0.15})
-    assert steep.max_lr == pytest.approx(0.15) and steep.rule.startswith("steepest")
-    with pytest.raises(ValueError, match="never fell"):
-        recommend({"steepest": None, "valley": None, "min_loss": None, "min_loss_div10": None})
 
 
 def test_low_confidence_when_rules_disagree_by_the_threshold():
-    agree = recommend({"steepest": 0.03, "valley": 0.05, "min_loss": 0.2})
+    agree = recommend({"steepest": 0.03, "valley": 0.05, "min_loss": 0.2, "ours": 0.1})
     assert agree.spread_decades == pytest.approx(math.log10(0.2 / 0.03))
     assert not agree.low_confidence
-    at_threshold = recommend({"steepest": 0.2 / 10**LOW_CONFIDENCE_DECADES, "valley": None, "min_loss": 0.2})
-    assert at_threshold.low_confidence
-    wild = recommend({"steepest": 1e-5, "valley": 1e-3, "min_loss": 1.0})
-    assert wild.low_confidence and wild.spread_decades == pytest.approx(5)
+    wild = recommend({"steepest": 1e-5, "valley": 1e-3, "min_loss": 1.0, "ours": 0.1})
+    assert wild.low_confidence and wild.spread_decades == pytest.approx(5) and LOW_CONFIDENCE_DECADES <= 5
 
 
-def test_warnings_name_the_fix():
-    curve = anchor_curve()
-    never = warnings_for(LRS, curve, stop_reason="end_lr")
-    assert any("never diverged: raise end_lr" in w for w in never)
-    rising = np.linspace(2.3, 3.0, 50)
-    assert any("never fell: lower start_lr" in w for w in warnings_for(LRS[:50], rising))
-    assert suggest_lrs(LRS[:50], rising)["min_loss"] is None
-    few = warnings_for(LRS[:5], curve[:5], stop_reason="diverged")
-    assert any("only 5 usable points" in w for w in few)
-    low = warnings_for(LRS, curve, suggestions={"steepest": 1e-5, "valley": 1e-3, "min_loss": 1.0})
-    assert any("low confidence" in w for w in low)
-    assert warnings_for(LRS, curve, stop_reason="diverged") == []
+def test_seeds_aggregate_to_a_geometric_mean_and_a_spread():
+    assert aggregate_picks([0.1, 0.4, None]) == (pytest.approx(0.2), pytest.approx(4.0))
+    assert aggregate_picks([None, None]) == (None, None)
 
 
-@pytest.mark.parametrize("hint", [None, 1, 10, 16, 30, 50, 100])
-def test_triangular_recipe_ends_on_a_cycle_minimum(hint):
-    rec = recommend({"steepest": 0.03, "valley": 0.05, "min_loss": 0.2})
+# ------------------------------------------------------------------------------ the recipe
+
+
+@pytest.mark.parametrize("epochs", [2, 3, 4, 5, 10, 12, 30, 100])
+def test_a_fitted_step_never_ends_the_run_mid_cycle(epochs):
+    fit = fit_cycles(epochs, 8)
+    assert fit.policy == "triangular" and fit.epochs == epochs
+    assert (epochs * 8) % (2 * fit.step_iterations) == 0  # whole cycles: ends at base_lr
+    assert fit.step_iterations >= 8  # at least one epoch
+
+
+def test_no_whole_cycle_fits_switches_to_one_cycle_and_says_so():
+    fit = fit_cycles(1, 50)
+    assert fit.policy == "one_cycle" and fit.step_iterations is None and "one_cycle" in fit.note
+    rec = recommend({"ours": 0.1})
+    plan = recipe(rec, iters_per_epoch=50, epochs_hint=1)
+    assert plan["policy"] == "one_cycle" and plan["epochs"] == 1 and "one_cycle" in plan["fit"]
+
+
+@pytest.mark.parametrize("hint", [None, 2, 10, 16, 30])
+def test_triangular_recipe_keeps_the_epochs_and_ends_on_a_cycle_minimum(hint):
+    rec = recommend({"ours": 0.1})
     r = recipe(rec, policy="triangular", iters_per_epoch=7, epochs_hint=hint)
-    assert 2 <= r["step_epochs"] <= 8
-    assert r["step_size"] == 7 * r["step_epochs"] and r["step_unit"] == "iterations"
-    assert r["epochs"] == 2 * r["cycles"] * r["step_epochs"]
-    if hint is None:
-        assert r["step_epochs"] == 4 and r["epochs"] == 8
-    if hint == 30:
-        assert r["epochs"] == 30
+    assert r["step_unit"] == "iterations"
+    assert (r["epochs"] * 7) % (2 * r["step_size"]) == 0 and r["epochs"] * 7 == 2 * r["cycles"] * r["step_size"]
+    assert r["epochs"] == (8 if hint is None else hint)
     assert (r["base_lr"], r["max_lr"]) == (rec.base_lr, rec.max_lr)
 
 
 def test_one_cycle_recipe_and_policy_mismatch():
-    s = {"steepest": 0.03, "valley": 0.05, "min_loss": 0.2}
+    s = {"ours": 0.1}
     r = recipe(recommend(s, "one_cycle"), policy="one_cycle", iters_per_epoch=3, epochs_hint=12)
     assert r["epochs"] == 12 and "step_size" not in r
     assert r["base_lr"] == pytest.approx(r["max_lr"] / r["div_factor"])
@@ -152,5 +231,5 @@ def test_one_cycle_recipe_and_policy_mismatch():
 
 
 def test_suggest_imports_without_torch():
-    code = "import sys, clrcore.suggest; assert 'torch' not in sys.modules"
+    code = "import sys, clrcore.suggest, clrcore.curve_file; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

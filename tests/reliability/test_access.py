@@ -19,7 +19,16 @@ from PIL import Image
 
 from jobs.settings import Settings
 from service.main import create_app
-from tests.helpers import ALICE, BOB, BODIES, JOB_ENDPOINTS, OTHER_ENDPOINTS, RANGE_TEST, REMOVING_JOB_ENDPOINTS, WRONG
+from tests.helpers import (
+    ALICE,
+    BOB,
+    JOB_ENDPOINTS,
+    OTHER_ENDPOINTS,
+    RANGE_TEST,
+    REMOVING_JOB_ENDPOINTS,
+    WRONG,
+    body_for,
+)
 
 DATASET_ENDPOINTS = [
     ("GET", "/v1/datasets/{dataset_id}"),
@@ -101,7 +110,7 @@ def test_no_log_line_anywhere_carries_a_key_and_each_request_line_has_an_id(
         sent = 0
         for headers in (ALICE, BOB, WRONG, {}):
             for method, path in endpoints:
-                client.request(method, path.format(id=job_id), json=BODIES.get(path.split("?")[0]),
+                client.request(method, path.format(id=job_id), json=body_for(path.format(id=job_id)),
                                headers={**headers, "X-Request-ID": f"req-{sent}"})
                 sent += 1
     records = caplog.records

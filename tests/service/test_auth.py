@@ -17,14 +17,15 @@ from service.main import create_app
 from tests.helpers import (
     ALICE,
     BOB,
-    BODIES,
     JOB_ENDPOINTS,
     OTHER_ENDPOINTS,
     RANGE_TEST,
     REMOVING_JOB_ENDPOINTS,
     TRAIN,
     WRONG,
+    body_for,
     mark_running,
+    write_range_test_log,
 )
 
 
@@ -36,13 +37,14 @@ def finished_job(client: TestClient, store: JobStore, api_settings: Settings) ->
     (run / "checkpoints").mkdir(parents=True)
     for name in ("history.png", "report.json", "report.txt", "spec.json", "checkpoints/last.pt"):
         (run / name).write_bytes(b'{"secret": "alice data"}')
+    write_range_test_log(run)
     mark_running(store, job_id)
     store.records.transition(job_id, JobState.SUCCEEDED, result={"secret": "alice data"})
     return job_id
 
 
 def _call(client: TestClient, method: str, path: str, headers: dict):
-    body = BODIES.get(path.split("?")[0])
+    body = body_for(path)
     return client.request(method, path, json=body, headers=headers)
 
 
