@@ -22,7 +22,7 @@ from jobs.settings import Settings
 from jobs.storage import run_key, store_for
 from jobs.store import JobStore
 from service.main import create_app
-from tests.helpers import WorkerProcess
+from tests.helpers import WorkerProcess, write_range_test_log
 from tests.objectstore import SHAPES, ObjectStoreServer, shapes_archive
 
 pytestmark = pytest.mark.slow
@@ -102,7 +102,7 @@ def _digits(epochs: int) -> dict:
 
 
 def test_uploaded_dataset_trains_on_a_worker_that_shares_no_disk(
-        client: TestClient, s3_settings: Settings, start_s3_worker) -> None:
+        client: TestClient, s3_settings: Settings, start_s3_worker, tmp_path: Path) -> None:
     worker = start_s3_worker()
     upload = client.post("/v1/datasets", params={"name": "shapes"}, content=shapes_archive(),
                          headers={"Content-Type": "application/zip"})
@@ -132,6 +132,11 @@ def test_uploaded_dataset_trains_on_a_worker_that_shares_no_disk(
     assert model.status_code == 200 and int(model.headers["content-length"]) == len(model.content) > 0
     assert "attachment" in model.headers["content-disposition"]
     assert client.get(f"/v1/jobs/{job_id}/plots/range_test.png").status_code == 404
+    # re-reading a sweep: the log comes from the store (a fixed-LR job has none until one is stored)
+    assert client.post(f"/v1/jobs/{job_id}/suggest", json={}).status_code == 404
+    store_for(s3_settings).put_file(write_range_test_log(tmp_path), run_key(job_id, "range_test_log.csv"))
+    reread = client.post(f"/v1/jobs/{job_id}/suggest", json={"rule": "valley"})
+    assert reread.status_code == 200 and reread.json()["recommendation"]["max_lr"] > 0
     assert client.get(f"/v1/jobs/{job_id}/artifacts/model.pt", params={"redirect": 1}).content == model.content
     presigning = s3_settings.model_copy(update={"presign_seconds": 60})  # opt-in: a redirect to the store
     with TestClient(create_app(presigning)) as redirecting:
