@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from jobs.datasets import DatasetStore
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
+from jobs.webhooks import WebhookDeliveries
 from jobs.workers import WorkerRegistry
 from service import errors
 from service.auth import KeyRing
@@ -28,7 +29,7 @@ from service.event_reader import EventReader
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
-from service.routes import artifacts, catalog, datasets, health, jobs, ui
+from service.routes import artifacts, catalog, datasets, deliveries, health, jobs, ui
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.workers = WorkerRegistry(store.redis, settings.key_prefix)
     app.state.uploads = DatasetStore(store.redis, settings.key_prefix, settings.data_dir)
     app.state.queue = JobQueue(settings)
+    app.state.webhooks = WebhookDeliveries(store.redis, settings.key_prefix, settings)
     app.state.keys = KeyRing.from_setting(settings.api_keys, open_mode=settings.open_mode)
     token = settings.metrics_token
     app.state.scrape_keys = KeyRing.from_setting(f"prometheus:{token}") if token else None
@@ -111,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.events = EventReader.from_settings(settings, store)  # SSE: awaited reads, no thread per stream
 
     errors.install(app)
-    for module in (jobs, artifacts, catalog, health):
+    for module in (jobs, deliveries, artifacts, catalog, health):
         app.include_router(module.router)
     # Uploads are exempt from the JSON body limit: the route streams the body to disk and counts it
     # against CLR_MAX_UPLOAD_BYTES and the key's quota itself, refusing with a 413 that says which.

@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 from celery import signals
 
 from clrcore.json_safe import json_safe
-from jobs.queues import PING, RUN_JOB
+from jobs.queues import DELIVER_WEBHOOK, PING, RUN_JOB, WEBHOOKS_QUEUE
 from jobs.redis_errors import StoreUnavailable
 from jobs.settings import get_settings
 from jobs.states import FINAL_STATES, InvalidTransition, JobState
 from jobs.store import JobStore
+from jobs.webhooks import WebhookDeliveries, announce_quietly
 from jobs.workers import WorkerRegistry
 from worker.celery_app import app
 from worker.datasets import resolve_uploaded
@@ -38,6 +39,7 @@ settings = get_settings()
 _store: JobStore | None = None
 _workers: WorkerRegistry | None = None
 _monitor: WorkerMonitor | None = None
+_webhooks: WebhookDeliveries | None = None
 _current_job: str | None = None
 _shutting_down = threading.Event()
 
@@ -69,6 +71,19 @@ def workers() -> WorkerRegistry:
     if _workers is None:
         _workers = WorkerRegistry(store().redis, settings.key_prefix)
     return _workers
+
+
+def announce(record: dict, event: str, recommendation: dict | None = None) -> None:
+    """The job's webhook for `event`, if it asked for one: recorded and sent to the webhooks queue,
+    whose own workers deliver it; never waited on, never raised (`jobs.webhooks`)."""
+    global _webhooks
+    if _webhooks is None:
+        _webhooks = WebhookDeliveries(store().redis, settings.key_prefix, settings)
+    announce_quietly(_webhooks, record["id"], event, _send_webhook, record=record, recommendation=recommendation)
+
+
+def _send_webhook(delivery_id: str) -> None:
+    app.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
 
 
 # ---------------------------------------------------------------- tasks
@@ -159,11 +174,14 @@ def _patiently(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def _finish(job_id: str, to: JobState, **kwargs: Any) -> bool:
     """Move the job to a final state; False (logged) if the state machine says it already moved on."""
     try:
-        _patiently(store().records.transition, job_id, to, **kwargs)
-        return True
+        record = _patiently(store().records.transition, job_id, to, **kwargs)
     except InvalidTransition as exc:
         log.warning("job %s: %s", job_id, exc)
         return False
+    if record["kind"] == "range_test" and to == JobState.SUCCEEDED:
+        announce(record, "range_test_done", recommendation=record["result"])
+    announce(record, to.value)
+    return True
 
 
 def execute(job_id: str) -> str:
@@ -210,7 +228,7 @@ def _run_claimed(job_id: str, keeper: LeaseKeeper) -> str:
         return "delivery_cap"
     if state == JobState.QUEUED:
         try:
-            _patiently(db.records.transition, job_id, JobState.RUNNING)
+            announce(_patiently(db.records.transition, job_id, JobState.RUNNING), "started")
         except InvalidTransition:  # cancelled between our reads
             return "final"
     # state running: a redelivery after its worker died; we hold the lease now, so we resume it
@@ -295,6 +313,8 @@ class ProgressWriter:
             if not store().events.update_progress(self.job_id, json_safe(data), json_safe(metrics),
                                            holder=worker_id()):
                 log.warning("job %s: progress not written: the lease is no longer ours", self.job_id)
+            elif (record := store().records.get(self.job_id)) is not None:
+                announce(record, "progress")  # throttled per job (CLR_WEBHOOK_PROGRESS_INTERVAL)
         except StoreUnavailable as exc:
             log.warning("job %s: progress not written: %s", self.job_id, exc)
 
