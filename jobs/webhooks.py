@@ -35,6 +35,7 @@ import redis
 from pydantic import TypeAdapter
 from standardwebhooks.webhooks import Webhook
 
+from clrcore.specs import NotifySpec
 from jobs.job_status import base_links, job_status
 from jobs.redis_errors import unavailable_on_redis_errors
 from jobs.settings import Settings
@@ -78,8 +79,10 @@ class WebhookDeliveries:
 
     def notify_of(self, record: dict) -> dict | None:
         """The job's `notify` object, or its key's default, or None."""
-        notify = (record.get("spec") or {}).get("notify")
-        return notify or self.settings.webhook_defaults.get(record["owner"])
+        notify = (record.get("spec") or {}).get("notify")  # as sent: unset events mean the defaults
+        if notify:
+            return NotifySpec.model_validate(notify).model_dump(mode="json")
+        return self.settings.webhook_defaults.get(record["owner"])
 
     @unavailable_on_redis_errors
     def announce(self, record: dict, event: str, recommendation: dict | None = None) -> str | None:
