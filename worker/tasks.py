@@ -10,6 +10,7 @@ trains, renewing the lease, and ends the job in exactly one final state with a o
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import mimetypes
@@ -285,12 +286,28 @@ class ProgressWriter:
         self._last_write = -math.inf
         self._pending: Any = None
         self._pending_metrics: dict[str, Any] = {}
+        self._phase: str | None = None
 
     def __call__(self, progress: Any) -> None:
+        if self._phase == "range_test" and progress.phase != "range_test":
+            self._range_test_done()  # a train job's own range test (max_lr "auto") chose its bounds
+        self._phase = progress.phase
         self._pending = progress
         self._pending_metrics.update(progress.metrics)
         if time.monotonic() - self._last_write >= self.interval:
             self.flush()
+
+    def _range_test_done(self) -> None:
+        """The `range_test_done` webhook, with the sweep's recommendation as range_test.json has it."""
+        path = Path(settings.artifact_dir) / self.job_id / "range_test.json"
+        try:
+            recommendation = json.loads(path.read_text())["summary"]
+            record = store().records.get(self.job_id)
+        except (OSError, ValueError, KeyError, StoreUnavailable) as exc:
+            log.warning("job %s: no range_test_done webhook: %s", self.job_id, exc)
+            return
+        if record is not None:
+            announce(record, "range_test_done", recommendation=recommendation)
 
     def flush(self) -> None:
         """Write the newest unwritten progress now (the caller ends the run, or the interval passed)."""

@@ -21,6 +21,7 @@ from tests.helpers import ALICE, BOB, RANGE_TEST, TRAIN, WorkerProcess
 from tests.webhooks.receiver import NEW_SECRET, OLD_SECRET, Receiver
 
 QUICK_TRAIN = {**TRAIN, "device": "cpu", "epochs": 1, "train_subset": 300}
+AUTO_TRAIN = {**QUICK_TRAIN, "max_lr": "auto", "range_test": {"num_iter": 20}}  # its own range test first
 
 
 def _wait_job(client: TestClient, job_id: str, timeout: float = 60) -> dict:
@@ -79,15 +80,23 @@ def test_a_job_s_life_arrives_signed_with_its_status_object(
 ) -> None:
     receiver = Receiver()
     try:
-        body = {**QUICK_TRAIN, "notify": {"url": receiver.url}}
-        job_id = hook_client.post("/v1/jobs/train", json=body, headers=ALICE).json()["id"]
+        events = ["queued", "started", "range_test_done", "progress", "succeeded", "failed", "cancelled"]
+        body = {**AUTO_TRAIN, "notify": {"url": receiver.url, "events": events}}
+        submitted = hook_client.post("/v1/jobs/train", json=body, headers=ALICE)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
         job = _wait_job(hook_client, job_id)
         assert job["state"] == "succeeded", job
-        requests = receiver.wait_for(3)
+        requests = receiver.wait_for(5)
     finally:
         receiver.close()
     # Deliveries run in parallel, so they may arrive in any order (each carries its state and timestamp).
-    assert sorted(receiver.events()) == ["job.queued", "job.started", "job.succeeded"]
+    progress = receiver.events().count("job.progress")  # opt-in, one per 10 s (the worker's default)
+    assert 1 <= progress <= 2, receiver.events()
+    assert sorted(e for e in receiver.events() if e != "job.progress") == [
+        "job.queued", "job.range_test_done", "job.started", "job.succeeded"]
+    done = next(json.loads(r["body"]) for r in requests if b"job.range_test_done" in r["body"])
+    assert done["recommendation"]["recommendation"] is not None or done["recommendation"]["warnings"]
     for request in requests:  # rotation: signed with both secrets, each verifies alone
         assert len(request["headers"]["webhook-signature"].split(" ")) == 2
         for secret in (OLD_SECRET, NEW_SECRET):
@@ -99,8 +108,9 @@ def test_a_job_s_life_arrives_signed_with_its_status_object(
     data = json.loads(last["body"])["data"]
     for field in ("id", "kind", "state", "result", "error", "finished_at", "metrics", "spec"):
         assert data[field] == job[field], field
-    items = _wait_deliveries(hook_client, job_id, lambda items: len(items) == 3)
-    assert [d["event"] for d in items] == ["queued", "started", "succeeded"]
+    items = _wait_deliveries(hook_client, job_id, lambda items: len(items) == len(requests))
+    assert [d["event"] for d in items if d["event"] != "progress"] == [
+        "queued", "started", "range_test_done", "succeeded"]
     assert all(d["state"] == "delivered" and d["attempt_log"][0]["status_code"] == 200 for d in items)
     assert {d["id"] for d in items} == {r["headers"]["webhook-id"] for r in requests}
     assert all(d["attempt_log"][0]["latency_ms"] > 0 for d in items)
