@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from jobs.datasets import DatasetStore
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
-from jobs.webhooks import WebhookDeliveries
+from jobs.webhooks import WebhookDeliveries, webhook_secrets
 from jobs.workers import WorkerRegistry
 from service import errors
 from service.auth import KeyRing
@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.workers = WorkerRegistry(store.redis, settings.key_prefix)
     app.state.uploads = DatasetStore(store.redis, settings.key_prefix, settings.data_dir)
     app.state.queue = JobQueue(settings)
+    webhook_secrets(settings.webhook_secrets)  # a malformed secret is a start-up error, not a 500 per submit
     app.state.webhooks = WebhookDeliveries(store.redis, settings.key_prefix, settings)
     app.state.keys = KeyRing.from_setting(settings.api_keys, open_mode=settings.open_mode)
     token = settings.metrics_token

@@ -26,6 +26,7 @@ from worker.webhook_app import app
 log = logging.getLogger(__name__)
 
 settings = get_settings()
+webhook_secrets(settings.webhook_secrets)  # a malformed secret stops the worker at start-up
 _deliveries: WebhookDeliveries | None = None
 USER_AGENT = "clr-webhooks/1"
 

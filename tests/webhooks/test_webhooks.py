@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from clrclient import WebhookVerificationError, verify_webhook
 from jobs.settings import Settings
 from jobs.store import JobStore
 from jobs.webhooks import WebhookDeliveries
-from tests.helpers import ALICE, BOB, RANGE_TEST, TRAIN, WorkerProcess
+from service.main import create_app
+from tests.helpers import ALICE, BOB, RANGE_TEST, ROOT, TRAIN, WorkerProcess
 from tests.webhooks.receiver import NEW_SECRET, OLD_SECRET, Receiver
 
 QUICK_TRAIN = {**TRAIN, "device": "cpu", "epochs": 1, "train_subset": 300}
@@ -189,3 +192,14 @@ def test_the_delivery_refuses_an_address_inside_before_connecting(
     assert time.monotonic() - started < 0.5  # refused, not a connect timeout
     (logged,) = deliveries.attempts(delivery_id)
     assert logged["status_code"] is None and "not public" in logged["error"]
+
+
+def test_the_webhooks_worker_never_loads_torch() -> None:
+    """It runs in the API's slim image: its task module must not pull in the training stack."""
+    code = "import sys, worker.webhook_tasks; assert 'torch' not in sys.modules, 'torch loaded'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_a_malformed_webhook_secret_stops_the_api_at_start(hook_settings: Settings) -> None:
+    with pytest.raises(ValueError, match="webhook_secrets"):
+        create_app(hook_settings.model_copy(update={"webhook_secrets": "alice"}))
