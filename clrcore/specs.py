@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -20,6 +21,10 @@ UPLOADED_DATASET = re.compile(r"^ds_[a-z0-9]{8,32}$")
 PositiveLR = Annotated[float, Field(gt=0, le=1e3)]
 Policy = Literal["triangular", "triangular2", "exp_range", "one_cycle", "constant"]
 RecipeField = Literal["step_size", "epochs"]
+WebhookEvent = Literal["queued", "started", "range_test_done", "progress", "succeeded", "failed", "cancelled"]
+# Progress is opt-in: a receiver asks for it by name (it arrives throttled, CLR_WEBHOOK_PROGRESS_INTERVAL).
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("queued", "started", "range_test_done", "succeeded", "failed",
+                                           "cancelled")
 
 
 class StrictModel(BaseModel):
@@ -77,6 +82,35 @@ class FinetuneSpec(StrictModel):
         "groups between are spread log-linearly (fastai's slice(lr / divisor, lr))",
     )
 
+class NotifySpec(StrictModel):
+    """Where the service POSTs signed notices of a job's life (webhooks), and which ones.
+
+    Only the URL's shape is checked here; the address it names is checked by the API (literal IPs)
+    and again, after DNS, before each delivery attempt (`jobs.webhook_addresses`).
+    """
+
+    url: str = Field(..., max_length=2048, description="http(s) URL, no credentials in it")
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS), min_length=1,
+        description="default: every event but `progress` (opt-in, throttled)",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _plain_http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        if "@" in parts.netloc:
+            raise ValueError("must not carry credentials (user:password@); receivers verify the signature")
+        try:
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+        except ValueError as exc:
+            raise ValueError(f"invalid port: {exc}") from None
+        if not parts.hostname:
+            raise ValueError("must name a host")
+        return value
+
 
 class JobSpecBase(StrictModel):
     """Fields every job shares: what to train and how to feed it."""
@@ -105,6 +139,9 @@ class JobSpecBase(StrictModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    notify: NotifySpec | None = Field(
+        None, description="webhooks for this job; without it, the key's default (CLR_WEBHOOK_DEFAULTS) if any"
+    )
     normalize: Literal["channel", "pixel_mean", "unit"] = Field(
         "channel",
         description="input scaling: channel = per-channel mean/std of the train split; pixel_mean = "

@@ -19,7 +19,9 @@ from jobs.settings import Settings
 RUN_JOB = "clr.run_job"  # clr.run_job(job_id): run (or resume, or skip) one job
 PING = "clr.ping"  # clr.ping(token): the readiness canary
 CANARY_EXPIRES_S = 30  # canaries sent while no worker consumes must not pile up for later
+DELIVER_WEBHOOK = "clr.deliver_webhook"  # clr.deliver_webhook(delivery_id): one attempt, re-sent to retry
 QUEUES = ("cpu", "gpu")
+WEBHOOKS_QUEUE = "webhooks"  # its own workers (worker/webhook_app.py): a slow receiver never holds a GPU
 
 
 def queue_for(device: str, settings: Settings) -> str:

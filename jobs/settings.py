@@ -8,9 +8,12 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clrcore.specs import NotifySpec
 
 
 class Settings(BaseSettings):
@@ -135,6 +138,36 @@ class Settings(BaseSettings):
     @classmethod
     def _keep_only_token_hash(cls, value: str) -> str:
         return secret_hash(value) if value else value
+
+    # Webhooks: signed notices of a job's life (jobs/webhooks.py), sent by the "webhooks" queue's worker.
+    webhook_secrets: str = Field(
+        "", description="comma-separated name:whsec_<base64> pairs; a key named twice signs with each "
+                        "(rotation: receivers accept either); a key without one cannot ask for webhooks",
+    )
+    webhook_defaults: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='JSON, key name -> notify object: {"alice": {"url": "https://...", "events": [...]}}; '
+                    "used for the key's jobs that have no `notify` of their own",
+    )
+    webhook_allow_networks: str = Field(
+        "", description="comma-separated CIDRs a webhook may reach although not public (loopback, private, "
+                        "link-local, metadata are refused otherwise), e.g. 127.0.0.0/8 for local receivers",
+    )
+    webhook_timeout: float = Field(5.0, gt=0, description="seconds for one attempt (connect, send, answer)")
+    webhook_max_attempts: int = Field(10, ge=1)
+    webhook_retry_base: float = Field(
+        2.0, gt=0, description="seconds before the 2nd attempt; doubles each time (+-50% jitter)")
+    webhook_retry_window: float = Field(
+        6 * 3600.0, gt=0, description="seconds after the first attempt when retries stop")
+    webhook_progress_interval: float = Field(10.0, gt=0, description="seconds between `progress` webhooks")
+    webhook_record_ttl: int = Field(7 * 86400, ge=60, description="seconds delivery records are kept")
+    webhook_concurrency: int = Field(16, ge=1, description="deliveries in flight per webhooks worker")
+
+    @field_validator("webhook_defaults")
+    @classmethod
+    def _defaults_are_notify_objects(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """A typo in a key's default is a start-up error, not a webhook that silently never comes."""
+        return {name: NotifySpec.model_validate(notify).model_dump(mode="json") for name, notify in value.items()}
 
     @model_validator(mode="after")
     def _visibility_covers_a_whole_job(self) -> Settings:

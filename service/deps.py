@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobs.settings import Settings
 from jobs.store import JobStore
+from jobs.webhooks import WebhookDeliveries
 from jobs.workers import WorkerRegistry
 from service.auth import OPEN_MODE_OWNER, KeyRing
 from service.metrics import ServiceMetrics
@@ -43,6 +44,10 @@ async def get_workers(request: Request) -> WorkerRegistry:
 
 async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
+
+
+async def get_webhooks(request: Request) -> WebhookDeliveries:
+    return request.app.state.webhooks
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:
@@ -107,6 +112,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+WebhooksDep = Annotated[WebhookDeliveries, Depends(get_webhooks)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 Owner = Annotated[str, Depends(current_owner)]
 OwnedJob = Annotated[dict, Depends(owned_job)]

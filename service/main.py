@@ -23,6 +23,7 @@ from jobs.datasets import DatasetStore
 from jobs.settings import Settings, get_settings
 from jobs.storage import store_for
 from jobs.store import JobStore
+from jobs.webhooks import WebhookDeliveries, webhook_secrets
 from jobs.workers import WorkerRegistry
 from service import errors, object_files
 from service.auth import KeyRing
@@ -30,7 +31,7 @@ from service.event_reader import EventReader
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
-from service.routes import artifacts, catalog, datasets, health, jobs, suggest, ui
+from service.routes import artifacts, catalog, datasets, deliveries, health, jobs, suggest, ui
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
@@ -113,6 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.workers = WorkerRegistry(store.redis, settings.key_prefix)
     app.state.uploads = DatasetStore(store.redis, settings.key_prefix, settings.data_dir, store_for(settings))
     app.state.queue = JobQueue(settings)
+    webhook_secrets(settings.webhook_secrets)  # a malformed secret is a start-up error, not a 500 per submit
+    app.state.webhooks = WebhookDeliveries(store.redis, settings.key_prefix, settings)
     app.state.keys = KeyRing.from_setting(settings.api_keys, open_mode=settings.open_mode)
     token = settings.metrics_token
     app.state.scrape_keys = KeyRing.from_setting(f"prometheus:{token}") if token else None
@@ -123,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     errors.install(app)
     object_files.install(app)
-    for module in (jobs, artifacts, catalog, health, suggest):
+    for module in (jobs, deliveries, artifacts, catalog, health, suggest):
         app.include_router(module.router)
     # Uploads are exempt from the JSON body limit: the route streams the body to disk and counts it
     # against CLR_MAX_UPLOAD_BYTES and the key's quota itself, refusing with a 413 that says which.

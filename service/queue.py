@@ -9,7 +9,7 @@ import logging
 
 from celery import Celery
 
-from jobs.queues import CANARY_EXPIRES_S, PING, RUN_JOB, broker_transport_options
+from jobs.queues import CANARY_EXPIRES_S, DELIVER_WEBHOOK, PING, RUN_JOB, WEBHOOKS_QUEUE, broker_transport_options
 from jobs.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,10 @@ class JobQueue:
     def send(self, job_id: str, queue: str) -> None:
         self._celery.send_task(RUN_JOB, args=[job_id], queue=queue)
         logger.info("job %s sent to queue %s", job_id, queue)
+
+    def send_webhook(self, delivery_id: str) -> None:
+        """`clr.deliver_webhook(delivery_id)` to the webhooks workers (never sent inline by the API)."""
+        self._celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
 
     def send_canary(self, token: str, queue: str) -> None:
         """Readiness canary `clr.ping(token)`: the worker that takes it writes a reply under `token`.

@@ -176,6 +176,11 @@ JOB_ENDPOINTS = [
     ("GET", "/v1/jobs/{id}/artifacts/spec.json"),
     ("GET", "/v1/jobs/{id}/artifacts/checkpoint"),
     ("POST", "/v1/jobs/{id}/suggest"),
+    ("GET", "/v1/jobs/{id}/deliveries"),
+]
+# Job endpoints that name a thing inside the job: the owner gets 404 for one that does not exist.
+JOB_PART_ENDPOINTS = [
+    ("POST", "/v1/jobs/{id}/deliveries/msg_0123456789abcdef01234567/redeliver"),
 ]
 OTHER_ENDPOINTS = [
     ("POST", "/v1/jobs/range-test"),

@@ -11,6 +11,7 @@ trains, renewing the lease, and ends the job in exactly one final state with a o
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import mimetypes
@@ -24,12 +25,13 @@ from typing import Any, TypeVar
 from celery import signals
 
 from clrcore.json_safe import json_safe
-from jobs.queues import PING, RUN_JOB
+from jobs.queues import DELIVER_WEBHOOK, PING, RUN_JOB, WEBHOOKS_QUEUE
 from jobs.redis_errors import StoreUnavailable
 from jobs.run_removal import remove_run_files
 from jobs.settings import get_settings
 from jobs.states import FINAL_STATES, InvalidTransition, JobState
 from jobs.store import JobStore
+from jobs.webhooks import WebhookDeliveries, announce_quietly
 from jobs.workers import WorkerRegistry
 from worker.artifact_sync import job_files, start_delete_sweeper
 from worker.celery_app import app
@@ -41,6 +43,7 @@ settings = get_settings()
 _store: JobStore | None = None
 _workers: WorkerRegistry | None = None
 _monitor: WorkerMonitor | None = None
+_webhooks: WebhookDeliveries | None = None
 _current_job: str | None = None
 _shutting_down = threading.Event()
 
@@ -73,6 +76,19 @@ def workers() -> WorkerRegistry:
     if _workers is None:
         _workers = WorkerRegistry(store().redis, settings.key_prefix)
     return _workers
+
+
+def announce(record: dict, event: str, recommendation: dict | None = None) -> None:
+    """The job's webhook for `event`, if it asked for one: recorded and sent to the webhooks queue,
+    whose own workers deliver it; never waited on, never raised (`jobs.webhooks`)."""
+    global _webhooks
+    if _webhooks is None:
+        _webhooks = WebhookDeliveries(store().redis, settings.key_prefix, settings)
+    announce_quietly(_webhooks, record["id"], event, _send_webhook, record=record, recommendation=recommendation)
+
+
+def _send_webhook(delivery_id: str) -> None:
+    app.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
 
 
 # ---------------------------------------------------------------- tasks
@@ -166,11 +182,14 @@ def _patiently(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def _finish(job_id: str, to: JobState, **kwargs: Any) -> bool:
     """Move the job to a final state; False (logged) if the state machine says it already moved on."""
     try:
-        _patiently(store().records.transition, job_id, to, holder=worker_id(), **kwargs)
-        return True
+        record = _patiently(store().records.transition, job_id, to, holder=worker_id(), **kwargs)
     except InvalidTransition as exc:
         log.warning("job %s: %s", job_id, exc)
         return False
+    if record["kind"] == "range_test" and to == JobState.SUCCEEDED:
+        announce(record, "range_test_done", recommendation=record["result"])
+    announce(record, to.value)
+    return True
 
 
 def execute(job_id: str) -> str:
@@ -221,7 +240,7 @@ def _run_claimed(job_id: str, keeper: LeaseKeeper) -> str:
         return "time_limit"
     if state == JobState.QUEUED:
         try:
-            _patiently(db.records.transition, job_id, JobState.RUNNING, holder=worker_id())
+            announce(_patiently(db.records.transition, job_id, JobState.RUNNING, holder=worker_id()), "started")
         except InvalidTransition:  # cancelled between our reads
             return "final"
     # state running: a redelivery after its worker died; we hold the lease now, so we resume it
@@ -272,20 +291,39 @@ class ProgressWriter:
     left when the run ends, so the record always holds the final state.
     """
 
-    def __init__(self, job_id: str, keeper: LeaseKeeper | None = None, interval: float | None = None) -> None:
+    def __init__(self, job_id: str, keeper: LeaseKeeper | None = None, interval: float | None = None,
+                 run_dir: Path | None = None) -> None:
         self.job_id, self.keeper = job_id, keeper
+        # where this delivery writes the run folder (the shared folder, or a private scratch in store mode)
+        self.run_dir = Path(settings.artifact_dir) / job_id if run_dir is None else run_dir
         self.interval = settings.progress_interval if interval is None else interval
         self._last_write = -math.inf
         self._pending: Any = None
         self._pending_metrics: dict[str, Any] = {}
+        self._phase: str | None = None
 
     def __call__(self, progress: Any) -> None:
         if self.keeper is not None:
             self.keeper.progressed()  # every report counts as progress, written or coalesced
+        if self._phase == "range_test" and progress.phase != "range_test":
+            self._range_test_done()  # a train job's own range test (max_lr "auto") chose its bounds
+        self._phase = progress.phase
         self._pending = progress
         self._pending_metrics.update(progress.metrics)
         if time.monotonic() - self._last_write >= self.interval:
             self.flush()
+
+    def _range_test_done(self) -> None:
+        """The `range_test_done` webhook, with the sweep's recommendation as range_test.json has it."""
+        path = self.run_dir / "range_test.json"
+        try:
+            recommendation = json.loads(path.read_text())["summary"]
+            record = store().records.get(self.job_id)
+        except (OSError, ValueError, KeyError, StoreUnavailable) as exc:
+            log.warning("job %s: no range_test_done webhook: %s", self.job_id, exc)
+            return
+        if record is not None:
+            announce(record, "range_test_done", recommendation=recommendation)
 
     def flush(self) -> None:
         """Write the newest unwritten progress now (the caller ends the run, or the interval passed)."""
@@ -308,6 +346,8 @@ class ProgressWriter:
             if not store().events.update_progress(self.job_id, json_safe(data), json_safe(metrics),
                                            holder=worker_id()):
                 log.warning("job %s: progress not written: the lease is no longer ours", self.job_id)
+            elif (record := store().records.get(self.job_id)) is not None:
+                announce(record, "progress")  # throttled per job (CLR_WEBHOOK_PROGRESS_INTERVAL)
         except StoreUnavailable as exc:
             log.warning("job %s: progress not written: %s", self.job_id, exc)
 
@@ -351,7 +391,7 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
     files = job_files(job_id, keeper.may_write)  # shared folder, or private scratch mirrored to the store
     run_dir = files.run_dir
     stop = StopCheck(job_id, keeper)
-    progress = ProgressWriter(job_id, keeper)
+    progress = ProgressWriter(job_id, keeper, run_dir=run_dir)
     _current_job = job_id
     try:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import kombu.exceptions
@@ -18,6 +18,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from clrcore.specs import RangeTestSpec, TrainSpec
 from jobs.idempotency import body_hash
+from jobs.job_status import job_status
 from jobs.queues import queue_for
 from jobs.records import InvalidCursor
 from jobs.redis_errors import StoreUnavailable
@@ -25,7 +26,9 @@ from jobs.run_removal import remove_run_files
 from jobs.settings import Settings
 from jobs.states import FINAL_STATES, JobState
 from jobs.store import JobStore
-from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
+from jobs.webhook_addresses import allowed_networks, literal_address_problem
+from jobs.webhooks import WebhookDeliveries, announce_quietly, webhook_secrets
+from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep, WebhooksDep
 from service.errors import field_error, unavailable
 from service.event_reader import EventReader
 from service.run_files import job_links
@@ -96,29 +99,9 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(None, description="pass as ?cursor= for the next (older) page")
 
 
-def _time(value: float | None) -> datetime | None:
-    return datetime.fromtimestamp(value, UTC) if value is not None else None
-
-
 def job_out(record: dict, settings: Settings) -> dict:
-    """The public view of a store record (the owner and internal fields left out)."""
-    return {
-        "id": record["id"],
-        "kind": record["kind"],
-        "state": record["state"],
-        "spec": record["spec"] or {},
-        "created_at": _time(record["created_at"]),
-        "started_at": _time(record["started_at"]),
-        "finished_at": _time(record["finished_at"]),
-        "progress": record["progress"],
-        "metrics": record["metrics"],
-        "error": record["error"],
-        "result": record["result"],
-        "cancel_requested": record["cancel_requested"],
-        "queue": record["queue"],
-        "deliveries": record["deliveries"],
-        "links": job_links(record, settings),
-    }
+    """The public view of a store record, with links to the files its run folder has so far."""
+    return job_status(record, job_links(record, settings))
 
 
 # ------------------------------------------------------------------------------------------ submit
@@ -173,10 +156,24 @@ def _limit_errors(spec: RangeTestSpec | TrainSpec, settings: Settings) -> list[d
     return errors
 
 
+def _notify_errors(spec: RangeTestSpec | TrainSpec, owner: str, settings: Settings) -> list[dict]:
+    """Webhook checks that need the server's settings: a secret to sign with, an address allowed."""
+    if spec.notify is None:
+        return []
+    if owner not in webhook_secrets(settings.webhook_secrets):
+        return [field_error("notify", "this server has no webhook secret for your key (CLR_WEBHOOK_SECRETS), "
+                            "so it cannot sign webhooks", spec.notify.url, "webhook_unsigned")]
+    problem = literal_address_problem(spec.notify.url, allowed_networks(settings.webhook_allow_networks))
+    if problem is not None:
+        return [field_error(("notify", "url"), f"refused: {problem}", spec.notify.url, "webhook_address")]
+    return []
+
+
 def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, store: JobStore,
-            queue: QueueDep, settings: Settings) -> JSONResponse:
+            queue: QueueDep, settings: Settings, webhooks: WebhookDeliveries) -> JSONResponse:
     """Validate limits, honour the idempotency key, store the job, then enqueue its id by task name."""
-    if errors := _limit_errors(spec, settings) + upload_errors(spec, owner, store, settings):
+    if errors := (_limit_errors(spec, settings) + _notify_errors(spec, owner, settings)
+                  + upload_errors(spec, owner, store, settings)):
         raise RequestValidationError(errors)
     # The record keeps what the client asked for (after the preset is merged), not every default: the
     # worker re-validates it, and the fields left unset are the ones the range test's recipe may fill.
@@ -229,6 +226,7 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
         store.sends.mark_sent(record["id"])
     except StoreUnavailable as exc:  # the job is queued; without the stamp a sweeper may re-send it once
         logger.warning("job %s: send not stamped: %s", record["id"], exc)
+    announce_quietly(webhooks, record["id"], "queued", queue.send_webhook, record=record)
     answer = json.loads(Job.model_validate(job_out(record, settings)).model_dump_json())
     if key is not None:
         store.idempotency.finish(owner, key, fingerprint, answer)
@@ -275,21 +273,23 @@ _SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post("/jobs/range-test", status_code=202, response_model=Job, responses=_SUBMIT_RESPONSES)
 def submit_range_test(
     spec: Annotated[RangeTestSpec, Body(openapi_examples=_RANGE_TEST_EXAMPLES)],
-    owner: Owner, store: StoreDep, queue: QueueDep, settings: SettingsDep,
+    owner: Owner, store: StoreDep, queue: QueueDep, settings: SettingsDep, webhooks: WebhooksDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Queue an LR range test: the sweep, its plot, and suggested bounds for the chosen policy."""
-    return _submit(spec, owner=owner, key=idempotency_key, store=store, queue=queue, settings=settings)
+    return _submit(spec, owner=owner, key=idempotency_key, store=store, queue=queue, settings=settings,
+                   webhooks=webhooks)
 
 
 @router.post("/jobs/train", status_code=202, response_model=Job, responses=_SUBMIT_RESPONSES)
 def submit_train(
     spec: Annotated[TrainSpec, Body(openapi_examples=_TRAIN_EXAMPLES)],
-    owner: Owner, store: StoreDep, queue: QueueDep, settings: SettingsDep,
+    owner: Owner, store: StoreDep, queue: QueueDep, settings: SettingsDep, webhooks: WebhooksDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Queue a cyclical-LR training run; `max_lr: "auto"` runs a range test inside the job first."""
-    return _submit(spec, owner=owner, key=idempotency_key, store=store, queue=queue, settings=settings)
+    return _submit(spec, owner=owner, key=idempotency_key, store=store, queue=queue, settings=settings,
+                   webhooks=webhooks)
 
 
 # ------------------------------------------------------------------------------------------ read
@@ -328,9 +328,12 @@ async def get_job(job: OwnedJob, settings: SettingsDep) -> dict:
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=Job,
              responses={404: {"description": "no such job for this key"},
                         409: {"description": "the job already finished"}})
-def cancel_job(job: OwnedJob, store: StoreDep, settings: SettingsDep) -> dict:
+def cancel_job(job: OwnedJob, store: StoreDep, queue: QueueDep, settings: SettingsDep,
+               webhooks: WebhooksDep) -> dict:
     """Ask a job to stop: a queued job is cancelled at once, a running one stops within a few batches."""
     record = store.records.request_cancel(job["id"])
+    if record["state"] == JobState.CANCELLED and job["state"] != JobState.CANCELLED:
+        announce_quietly(webhooks, job["id"], "cancelled", queue.send_webhook, record=record)
     logger.info("job %s: cancel requested (now %s)", job["id"], record["state"])
     return job_out(record, settings)
 

@@ -23,6 +23,7 @@ from tests.helpers import (
     ALICE,
     BOB,
     JOB_ENDPOINTS,
+    JOB_PART_ENDPOINTS,
     OTHER_ENDPOINTS,
     RANGE_TEST,
     REMOVING_JOB_ENDPOINTS,
@@ -71,7 +72,8 @@ def alice_dataset(client: TestClient) -> str:
 
 def test_every_v1_route_is_in_an_access_matrix(client: TestClient) -> None:
     concrete = [(m, p.format(id="job_0123456789abcdef", dataset_id="ds_x").split("?")[0])
-                for m, p in JOB_ENDPOINTS + OTHER_ENDPOINTS + REMOVING_JOB_ENDPOINTS + DATASET_ENDPOINTS
+                for m, p in JOB_ENDPOINTS + JOB_PART_ENDPOINTS + OTHER_ENDPOINTS + REMOVING_JOB_ENDPOINTS
+                + DATASET_ENDPOINTS
                 + [("POST", "/v1/datasets")]]
     operations = v1_operations(client)
     assert len(operations) >= len(OTHER_ENDPOINTS)
@@ -102,7 +104,7 @@ def test_another_tenants_dataset_is_404(client: TestClient, alice_dataset: str, 
 def test_no_log_line_anywhere_carries_a_key_and_each_request_line_has_an_id(
     api_settings: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    endpoints = [*JOB_ENDPOINTS, *OTHER_ENDPOINTS, ("GET", "/healthz"), ("GET", "/metrics"),
+    endpoints = [*JOB_ENDPOINTS, *JOB_PART_ENDPOINTS, *OTHER_ENDPOINTS, ("GET", "/healthz"), ("GET", "/metrics"),
                  *REMOVING_JOB_ENDPOINTS]  # last: alice's call removes the job
     with caplog.at_level(logging.DEBUG), TestClient(create_app(api_settings)) as client:
         job_id = client.post("/v1/jobs/range-test", json=RANGE_TEST, headers=ALICE).json()["id"]

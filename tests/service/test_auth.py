@@ -18,6 +18,7 @@ from tests.helpers import (
     ALICE,
     BOB,
     JOB_ENDPOINTS,
+    JOB_PART_ENDPOINTS,
     OTHER_ENDPOINTS,
     RANGE_TEST,
     REMOVING_JOB_ENDPOINTS,
@@ -48,7 +49,7 @@ def _call(client: TestClient, method: str, path: str, headers: dict):
     return client.request(method, path, json=body, headers=headers)
 
 
-@pytest.mark.parametrize("method, path", JOB_ENDPOINTS + OTHER_ENDPOINTS + REMOVING_JOB_ENDPOINTS)
+@pytest.mark.parametrize("method, path", JOB_ENDPOINTS + JOB_PART_ENDPOINTS + OTHER_ENDPOINTS + REMOVING_JOB_ENDPOINTS)
 @pytest.mark.parametrize("who", ["no key", "wrong key", "basic auth", "empty bearer"])
 def test_missing_or_wrong_key_is_401(client: TestClient, finished_job: str, method: str, path: str,
                                      who: str) -> None:
@@ -67,6 +68,13 @@ def test_another_tenants_job_is_404(client: TestClient, finished_job: str, metho
     response = _call(client, method, path.format(id=finished_job), BOB)
     assert response.status_code == 404
     assert response.json() == {"detail": "job not found"}
+
+
+@pytest.mark.parametrize("method, path", JOB_PART_ENDPOINTS)
+def test_another_tenants_job_part_is_404_naming_the_job(client: TestClient, finished_job: str, method: str,
+                                                        path: str) -> None:
+    response = _call(client, method, path.format(id=finished_job), BOB)
+    assert response.status_code == 404 and response.json() == {"detail": "job not found"}
 
 
 @pytest.mark.parametrize("method, path", REMOVING_JOB_ENDPOINTS)
