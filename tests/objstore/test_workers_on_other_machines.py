@@ -181,7 +181,8 @@ def test_killed_worker_job_resumes_from_the_stored_checkpoint_on_an_empty_disk(
     assert result["resumed_from"] >= 1, result  # epochs in the stored checkpoint were not trained again
     assert result["epochs_run"] == epochs - result["resumed_from"]
     assert result["storage"]["restored_files"] >= 1
-    assert result["storage"]["checkpoint_uploads"] == result["epochs_run"]  # one upload per epoch trained
+    # the uploader sends the newest checkpoint every 0.5 s at most: epochs closer together share one upload
+    assert 1 <= result["storage"]["checkpoint_uploads"] <= result["epochs_run"]
     assert client.get(f"/v1/jobs/{job_id}/report").status_code == 200
     plot = client.get(f"/v1/jobs/{job_id}/plots/history.png")
     assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
