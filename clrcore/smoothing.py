@@ -19,8 +19,10 @@ SPAN_DECADES = 0.2
 MIN_SPAN_POINTS = 3
 
 
-def _ema_pass(values: np.ndarray, beta: float) -> np.ndarray:
-    """One bias-corrected EMA pass (the first output is the first input, no pull towards zero)."""
+def debiased_ema(values: Any, beta: float = 0.98) -> np.ndarray:
+    """An EMA with bias correction, so the first value is the raw one: the range test's (lagging)
+    smoothed loss, and one pass of the zero-lag smoothing below."""
+    values = np.asarray(values, dtype=float)
     out = np.empty_like(values)
     avg = 0.0
     for n, value in enumerate(values, start=1):
@@ -45,8 +47,8 @@ def forward_backward_ema(values: Any, span: float) -> np.ndarray:
     if len(values) < 3 or span <= 1:
         return values.copy()
     beta = 1 - 2 / (span + 1)
-    forward = _ema_pass(values, beta)
-    return _ema_pass(forward[::-1], beta)[::-1]
+    forward = debiased_ema(values, beta)
+    return debiased_ema(forward[::-1], beta)[::-1]
 
 
 def smooth_curve(lrs: Any, losses: Any, span_decades: float = SPAN_DECADES) -> np.ndarray:

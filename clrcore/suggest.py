@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from clrcore.cycle_fit import fit_cycles
-from clrcore.smoothing import SPAN_DECADES, residual_noise, smooth_curve, span_points
+from clrcore.smoothing import SPAN_DECADES, debiased_ema, residual_noise, smooth_curve, span_points
 
 # The suggestion rules that read the curve independently; "min_loss_div10" is derived from
 # "min_loss" (always exactly one decade below), so it never counts towards the spread.
@@ -82,17 +82,6 @@ class Recommendation:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def debiased_ema(values: Any, beta: float = 0.98) -> np.ndarray:
-    """The range test's smoothed loss: an EMA with bias correction, so the first value is the raw one."""
-    values = np.asarray(values, dtype=float)
-    out = np.empty_like(values)
-    avg = 0.0
-    for n, value in enumerate(values, start=1):
-        avg = beta * avg + (1 - beta) * value
-        out[n - 1] = avg / (1 - beta**n)
-    return out
 
 
 def usable_curve(lrs: Any, smoothed: Any, diverge_factor: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
