@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from clrcore.datasets import DatasetError
 from jobs.settings import Settings
 from jobs.store import JobStore
 from service.main import create_app
+from tests.objectstore import SHAPES, shapes_archive
 from worker.datasets import resolve_uploaded
 
-CLASSES = ("circle", "square", "triangle")
-
-
-def tiny_archive() -> bytes:
-    """A zip of 8x8 PNGs: train/<class>/ four each, val/<class>/ two each (val, not test, on purpose)."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
-        for k, cls in enumerate(CLASSES):
-            for split, n in (("train", 4), ("val", 2)):
-                for i in range(n):
-                    image = io.BytesIO()
-                    Image.new("RGB", (8, 8), (80 * k, 10 * i, 200 - 60 * k)).save(image, "PNG")
-                    archive.writestr(f"{split}/{cls}/{i}.png", image.getvalue())
-    return out.getvalue()
+CLASSES = SHAPES
 
 
 @pytest.fixture
@@ -43,7 +28,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture
 def dataset_id(client: TestClient) -> Iterator[str]:
-    response = client.post("/v1/datasets", params={"name": "shapes"}, content=tiny_archive(),
+    response = client.post("/v1/datasets", params={"name": "shapes"}, content=shapes_archive(),
                            headers={"Content-Type": "application/zip"})
     assert response.status_code == 201, response.text
     yield response.json()["id"]
