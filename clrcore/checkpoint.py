@@ -62,11 +62,14 @@ def plain(value: Any) -> Any:
 # ---------------------------------------------------------------- RNG state
 
 
-def capture_rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+def capture_rng_state(generator: torch.Generator | None = None,
+                      crop_generator: torch.Generator | None = None) -> dict[str, Any]:
     """Every random stream a resumed run must continue, as tensors and lists.
 
-    torch CPU and CUDA (dropout, init), numpy and Python `random` (anything a caller used), and the
-    data loader's own generator (shuffling and augmentation), which matters most.
+    torch CPU and CUDA (dropout, init), numpy and Python `random` (anything a caller used), the data
+    loader's own generator (shuffling and augmentation), which matters most, and the random-resized
+    crops' generator of a mixed-size dataset (`transforms.CroppedLoader`), so a resumed run cuts the
+    same crops as an uninterrupted one.
     """
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
@@ -83,11 +86,16 @@ def capture_rng_state(generator: torch.Generator | None = None) -> dict[str, Any
         },
         "python": {"version": int(py_version), "internal": list(py_internal), "gauss_next": py_gauss},
         "loader": generator.get_state() if generator is not None else None,
+        "crop": crop_generator.get_state() if crop_generator is not None else None,
     }
 
 
-def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
-    """Put back what `capture_rng_state` saved; CUDA states only where this machine has the devices."""
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None = None,
+                      crop_generator: torch.Generator | None = None) -> None:
+    """Put back what `capture_rng_state` saved; CUDA states only where this machine has the devices.
+
+    A checkpoint from before crops were captured has no "crop" state: the crops then start afresh.
+    """
     torch.set_rng_state(state["torch"].cpu())
     cuda_states = state.get("cuda") or []
     if cuda_states and torch.cuda.is_available():
@@ -108,3 +116,5 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
     random.setstate((py_state["version"], tuple(py_state["internal"]), py_state["gauss_next"]))
     if generator is not None and state.get("loader") is not None:
         generator.set_state(state["loader"].cpu())
+    if crop_generator is not None and state.get("crop") is not None:
+        crop_generator.set_state(state["crop"].cpu())

@@ -34,8 +34,10 @@ def config_summary(config: TrainConfig, steps: int) -> dict[str, Any]:
 
 
 def resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-           summary: dict[str, Any]) -> tuple[int, dict[str, list], dict[str, float]]:
-    """Load a checkpoint into model, optimizer and RNGs; returns (epochs done, history, timings)."""
+           summary: dict[str, Any], crop_generator: torch.Generator | None = None,
+           ) -> tuple[int, dict[str, list], dict[str, float]]:
+    """Load a checkpoint into model, optimizer and RNGs (the loader's and, for random-resized crops,
+    the crops'); returns (epochs done, history, timings)."""
     state = load_checkpoint(path, map_location=summary["device"])
     saved = state.get("config", {})
     mismatched = [key for key in RESUME_MUST_MATCH if saved.get(key) != summary.get(key)]
@@ -46,7 +48,7 @@ def resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gener
         log.warning("resuming %s with a different schedule or epoch count than it was written with", path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    restore_rng_state(state["rng"], generator)
+    restore_rng_state(state["rng"], generator, crop_generator)
     log.info("resuming from %s after epoch %d", path, state["epoch"])
     return int(state["epoch"]), state["history"], dict(state.get("timings", {}))
 

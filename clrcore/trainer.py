@@ -301,13 +301,15 @@ def train(
     )
     steps = len(train_loader)
     summary = config_summary(config, steps)
+    crop_generator = getattr(train_loader, "crop_generator", None)  # mixed sizes: random-resized crops
 
     # -- resume: weights, optimizer state, RNG streams and history of the last complete epoch
     history, start_epoch, resumed_from = new_history(), 0, None
     timings = {"train_s": 0.0, "eval_s": 0.0, "warmup_s": 0.0, "compile_s": 0.0}
     checkpoint = Path(config.checkpoint_path) if config.checkpoint_path is not None else None
     if checkpoint is not None and checkpoint.exists():
-        start_epoch, history, timings = resume(checkpoint, net, optimizer, train_loader.generator, summary)
+        start_epoch, history, timings = resume(checkpoint, net, optimizer, train_loader.generator, summary,
+                                               crop_generator)
         timings.setdefault("warmup_s", 0.0)  # checkpoints from before warm-up was reported apart
         resumed_from = start_epoch
 
@@ -352,7 +354,7 @@ def train(
                 "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "schedule": plain(config.schedule),
-                "rng": capture_rng_state(train_loader.generator),
+                "rng": capture_rng_state(train_loader.generator, crop_generator),
                 "history": history,
                 "config": summary,
                 "timings": timings,

@@ -24,6 +24,7 @@ from clrcore.schedules import build_schedule
 from clrcore.specs import TrainSpec
 from clrcore.train_setup import DIVERGENCE_CHECK_EVERY, TrainConfig, config_from_spec, steps_per_epoch
 from clrcore.trainer import Hooks, Progress, StopRequested, TrainingDiverged, train
+from clrcore.transforms import resize_dataset
 
 BATCH = 32
 
@@ -222,6 +223,33 @@ def test_resumed_run_equals_uninterrupted_run(small: Dataset, tmp_path: Path, ex
     assert_same_weights(straight_model, resumed_model)
     assert without_times(resumed.history) == without_times(straight.history)
     assert np.array_equal(resumed.y_pred, straight.y_pred)
+
+
+def test_resumed_run_draws_the_same_random_resized_crops(small: Dataset, tmp_path: Path) -> None:
+    # Stored as 19 px squares, trained on random-resized 16 px crops (the mixed-size path): the crops'
+    # own generator must be checkpointed, or the resumed epochs see other crops than the straight run.
+    cropped = resize_dataset(small, 16)
+    assert cropped.train.crop == 16 and cropped.train.images.shape[-1] == 19
+    straight_model = tiny_net()
+    straight = train(straight_model, cropped, make_config(epochs=3, flip=True))
+
+    checkpoint = tmp_path / "last.pt"
+    epoch_done = {"value": 0}
+
+    def on_progress(p: Progress) -> None:
+        if p.phase == "eval" and p.step == p.steps and "val_acc" in p.metrics:
+            epoch_done["value"] = p.epoch
+
+    hooks = Hooks(on_progress=on_progress, should_stop=lambda: epoch_done["value"] >= 1)
+    with pytest.raises(StopRequested):
+        train(tiny_net(), cropped, make_config(epochs=3, flip=True, checkpoint_path=checkpoint), hooks=hooks)
+    assert torch.load(checkpoint, weights_only=True)["rng"]["crop"] is not None
+
+    resumed_model = tiny_net(seed=7)
+    resumed = train(resumed_model, cropped, make_config(epochs=3, flip=True, checkpoint_path=checkpoint))
+    assert resumed.resumed_from == 1
+    assert_same_weights(straight_model, resumed_model)
+    assert without_times(resumed.history) == without_times(straight.history)
 
 
 @pytest.mark.parametrize("refuse_from_call", [3, 4], ids=["before-epoch-2-save", "at-epoch-2-rename"])
