@@ -32,10 +32,11 @@ from clrcore.lr_range import RangeTestResult, range_test
 from clrcore.models import build_model, fit_image_count, fit_to_data, has_data_init
 from clrcore.optim import build_optimizer
 from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_spec
-from clrcore.specs import JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
+from clrcore.specs import UPLOADED_WEIGHTS, JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
 from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, Recommendation, safe_recommendation
 from clrcore.train_setup import TrainConfig, config_from_spec, resolve_device, seed_everything, steps_per_epoch
 from clrcore.trainer import train
+from clrcore.weights import WeightsError, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +57,46 @@ def _load_data(spec: JobSpecBase, data_dir: Path, download: bool, max_decoded_by
     return with_train_subset(ds, spec.train_subset)
 
 
-def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device) -> nn.Module:
+def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device, weights_file: Path | None = None) -> nn.Module:
     """A freshly seeded model, with its data-dependent initialisation done on training images drawn at
-    random (image folders load class by class: the first few thousand would show one class)."""
+    random (image folders load class by class: the first few thousand would show one class).
+
+    `finetune.weights` naming uploaded weights (wt_...) needs `weights_file`, the safetensors file the
+    worker fetched for it: it is loaded (safetensors, never pickle) before the head is replaced, and
+    the data-dependent initialisation is then skipped (the uploaded stem is the one to keep).
+    """
     seed_everything(spec.seed)
     _, channels, _, _ = ds.train.images.shape
     size = ds.train.input_size
     tune = spec.finetune
+    uploaded = tune is not None and tune.weights is not None and UPLOADED_WEIGHTS.match(tune.weights) is not None
     model = build_model(spec.model, channels, len(ds.classes), size,
-                        weights=tune.weights if tune else None).to(device)
+                        weights=tune.weights if tune and not uploaded else None).to(device)
+    if uploaded:
+        _load_uploaded(model, spec, weights_file)
     if tune is not None:
         finetune.prepare(model, len(ds.classes), groups=tune.groups, body_lr_divisor=tune.body_lr_divisor,
                          freeze_epochs=tune.freeze_epochs)
-    if has_data_init(model):  # only then: 5,000 float images of a large-image dataset are not small
+    if has_data_init(model) and not uploaded:  # only then: 5,000 float images of a large image set are not small
         images = sample(ds.train, fit_image_count(*ds.train.images.shape[2:]), seed=spec.seed)
         fit_to_data(model, normalised_images(images, device=device, **normalization(ds, spec.normalize)))
     return model
+
+
+def _load_uploaded(model: nn.Module, spec: JobSpecBase, weights_file: Path | None) -> None:
+    from clrcore.state_shapes import layout
+
+    assert spec.finetune is not None and spec.finetune.weights is not None
+    if weights_file is None:
+        raise WeightsError(f"finetune.weights {spec.finetune.weights}: uploaded weights are fetched by the "
+                           "service's worker; none was given to this run")
+    try:
+        size_dependent = layout(spec.model)[1]  # e.g. a ViT's position embedding at another image size
+    except KeyError:
+        size_dependent = set()
+    kept = load_weights(model, weights_file, free=size_dependent)
+    log.info("weights %s loaded into %s; kept the model's own %s", spec.finetune.weights, spec.model,
+             ", ".join(kept) or "nothing")
 
 
 def _sweep_config(spec: JobSpecBase, options: RangeTestOptions, device: torch.device) -> TrainConfig:
@@ -188,14 +213,15 @@ def _stopped(hooks: Hooks) -> bool:
 
 
 def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path, download: bool,
-             max_decoded_bytes: int | None = None) -> tuple[Path, torch.device, Dataset, nn.Module]:
+             max_decoded_bytes: int | None = None, weights_file: Path | None = None,
+             ) -> tuple[Path, torch.device, Dataset, nn.Module]:
     """The run folder (with spec.json), the device, the data and a freshly seeded model."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "spec.json", spec.model_dump(mode="json"))
     device = resolve_device(spec.device)
     ds = _load_data(spec, data_dir, download, max_decoded_bytes)
-    return out_dir, device, ds, fresh_model(spec, ds, device)
+    return out_dir, device, ds, fresh_model(spec, ds, device, weights_file)
 
 
 def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
@@ -213,10 +239,11 @@ def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, d
 
 
 def run_range_test(spec: RangeTestSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
-                   hooks: Hooks | None = None, max_decoded_bytes: int | None = None) -> dict[str, Any]:
+                   hooks: Hooks | None = None, max_decoded_bytes: int | None = None,
+                   weights_file: Path | None = None) -> dict[str, Any]:
     """Sweep the LR for the spec's model and data; write the result, log and plot; return the summary."""
     started = time.perf_counter()
-    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes)
+    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes, weights_file)
     choice = _sweep_and_save(spec, spec, spec.policy, ds, model, device, hooks or Hooks(), out_dir)
     return {"kind": "range_test", **choice.summary(), "seconds": round(time.perf_counter() - started, 3)}
 
@@ -304,14 +331,16 @@ def _cycle_warnings(spec: TrainSpec, schedule: Schedule, iters: int) -> list[str
 
 
 def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
-                 hooks: Hooks | None = None, max_decoded_bytes: int | None = None) -> dict[str, Any]:
+                 hooks: Hooks | None = None, max_decoded_bytes: int | None = None,
+                 weights_file: Path | None = None) -> dict[str, Any]:
     """Train with a cyclical schedule; write history, report, plots, checkpoint; return the summary.
 
-    Resumes from out_dir/checkpoints/last.pt when it exists.
+    Resumes from out_dir/checkpoints/last.pt when it exists. `weights_file`: the safetensors file of
+    uploaded weights the spec's `finetune.weights` names (the worker fetches it).
     """
     hooks = hooks or Hooks()
     started = time.perf_counter()
-    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes)
+    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes, weights_file)
     choice = _range_test_choice(spec, ds, model, device, out_dir, hooks)
     base_lr, max_lr = _resolve_bounds(spec, choice)
     lr_info = {"source": "spec"} if choice is None else choice.lr_info()

@@ -17,6 +17,7 @@ from clrcore.dataset_paths import dataset_path_problem
 from clrcore.presets import PRESETS
 
 UPLOADED_DATASET = re.compile(r"^ds_[a-z0-9]{8,32}$")
+UPLOADED_WEIGHTS = re.compile(r"^wt_[a-z0-9]{8,32}$")  # POST /v1/weights; the API checks owner and architecture
 
 PositiveLR = Annotated[float, Field(gt=0, le=1e3)]
 Policy = Literal["triangular", "triangular2", "exp_range", "one_cycle", "constant"]
@@ -73,7 +74,8 @@ class FinetuneSpec(StrictModel):
 
     weights: str | None = Field(
         None, description="starting weights: a torchvision enum the worker has cached "
-        "(e.g. 'ResNet18_Weights.IMAGENET1K_V1'); None starts from scratch",
+        "(e.g. 'ResNet18_Weights.IMAGENET1K_V1'), or the id of weights uploaded for this model "
+        "(wt_..., POST /v1/weights); None starts from scratch",
     )
     freeze_epochs: int = Field(1, ge=0, le=10_000, description="epochs that train the head only")
     groups: int = Field(3, ge=1, le=16, description="layer groups, the head being the last")
@@ -176,10 +178,10 @@ class JobSpecBase(StrictModel):
     def _weights_fit_the_model(cls, value: FinetuneSpec | None, info: ValidationInfo) -> FinetuneSpec | None:
         model = catalog.MODELS.get(info.data.get("model") or "")
         if value is not None and value.weights is not None and model is not None \
-                and value.weights not in model.pretrained:
+                and value.weights not in model.pretrained and not UPLOADED_WEIGHTS.match(value.weights):
             known = ", ".join(model.pretrained) or "none"
             raise ValueError(f"weights {value.weights!r} are not torchvision weights for {model.name!r} "
-                             f"(known: {known})")
+                             f"(known: {known}) nor the id of uploaded weights (wt_...)")
         return value
 
     @field_validator("dataset_path")

@@ -9,43 +9,16 @@ adapted, not loaded.
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-MAX_HEADER_BYTES = 100 * 2**20
+from clrcore.safetensors_header import WeightsError, compare, read_header
 
-
-class WeightsError(ValueError):
-    """Weights that do not fit: the message names the first offending tensor."""
-
-
-def read_header(path: Path) -> dict[str, tuple[str, list[int]]]:
-    """{tensor name: (dtype, shape)} from a safetensors file's header; WeightsError if it is not one."""
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise WeightsError("not a safetensors file (shorter than its 8-byte header length)")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > MAX_HEADER_BYTES:
-            raise WeightsError(f"not a safetensors file (header of {length} bytes)")
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise WeightsError("not a safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise WeightsError("not a safetensors file (its header is not a JSON object)")
-    out = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(entry, dict) or "shape" not in entry or "dtype" not in entry:
-            raise WeightsError(f"tensor {name!r}: no dtype and shape in the header")
-        out[name] = (str(entry["dtype"]), [int(d) for d in entry["shape"]])
-    return out
+__all__ = ["WeightsError", "read_header", "check_weights", "check_file", "load_weights", "save_weights",
+           "architecture_layout"]
 
 
 def expected_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -53,32 +26,29 @@ def expected_shapes(model: nn.Module) -> dict[str, list[int]]:
 
 
 def replaceable(model: nn.Module) -> set[str]:
-    """State names the loader may leave out or replace: the head's (other classes) and the stem's."""
+    """State names the loader may leave out or replace: the head's (other classes) and the stem's
+    (other channels); none for a model without a Linear head or a conv stem (squeezenet's conv head)."""
     from clrcore.zoo import _first_conv, classifier_head
 
     names = set()
-    for module in (classifier_head(model)[2], _first_conv(model)[2]):
+    for find in (classifier_head, _first_conv):
+        try:
+            module = find(model)[2]
+        except ValueError:
+            continue
         for full, candidate in model.named_modules():
             if candidate is module:
                 names |= {f"{full}.{p}" for p, _ in module.named_parameters()}
     return names
 
 
-def check_weights(header: dict[str, tuple[str, list[int]]], model: nn.Module) -> list[str]:
-    """Problems, one line each (empty if the weights fit `model`): unknown names, wrong shapes, missing."""
-    expected = expected_shapes(model)
-    free = replaceable(model)
-    problems = []
-    for name, (_, shape) in sorted(header.items()):
-        if name not in expected:
-            problems.append(f"unknown tensor {name!r} for this architecture")
-        elif shape != expected[name] and name not in free:
-            problems.append(f"tensor {name!r} has shape {shape}, the architecture needs {expected[name]}")
-    missing = sorted(n for n in expected if n not in header and n not in free
-                     and not n.endswith("num_batches_tracked"))
-    if missing:
-        problems.append(f"{len(missing)} tensors missing, first {missing[0]!r}")
-    return problems
+def check_weights(header: dict[str, tuple[str, list[int]]], model: nn.Module,
+                  free: set[str] | None = None) -> list[str]:
+    """Problems, one line each (empty if the weights fit `model`): unknown names, wrong shapes, missing.
+
+    `free` adds names whose shape may differ beyond the head and stem (state_shapes' size-dependent ones).
+    """
+    return [str(e) for e in compare(header, expected_shapes(model), replaceable(model) | (free or set()))]
 
 
 def check_file(path: Path, model_name: str, in_channels: int = 3, num_classes: int = 10,
@@ -98,14 +68,15 @@ def save_weights(model: nn.Module, path: Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
-def load_weights(model: nn.Module, path: Path) -> list[str]:
+def load_weights(model: nn.Module, path: Path, free: set[str] | None = None) -> list[str]:
     """Load a checked file into `model`; tensors whose shapes differ (head, stem) keep the model's own.
 
-    Returns the names kept from the model. WeightsError if the file does not fit at all.
+    Returns the names kept from the model. WeightsError if the file does not fit at all. The tensors
+    are read by safetensors (never `torch.load`): no code in the file runs.
     """
     from safetensors.torch import load_file
 
-    problems = check_weights(read_header(path), model)
+    problems = check_weights(read_header(path, check_offsets=True), model, free)
     if problems:
         raise WeightsError(f"{Path(path).name}: {problems[0]}")
     state = load_file(str(path))
@@ -113,3 +84,22 @@ def load_weights(model: nn.Module, path: Path) -> list[str]:
     kept = sorted(n for n, t in state.items() if tuple(t.shape) != tuple(own[n].shape))
     model.load_state_dict({n: t for n, t in state.items() if n not in kept}, strict=False)
     return kept
+
+
+def architecture_layout(name: str) -> dict[str, Any]:
+    """A catalog architecture's state names and shapes and its free names, for `state_shapes`' table.
+
+    Built twice on the shape device, at (3 channels, 10 classes, 224 px or the minimum) and (1 channel,
+    7 classes, the minimum): the names whose shape changes, plus the head's and the stem's, are free.
+    """
+    from clrcore import catalog
+    from clrcore.models import build_model
+    from clrcore.zoo import SIZED_BY_ARGUMENT, shape_device
+
+    minimum = catalog.MODELS[name].min_image_size
+    with torch.device(shape_device(name)):
+        model = build_model(name, 3, 10, 224 if name in SIZED_BY_ARGUMENT else minimum)
+        other = build_model(name, 1, 7, minimum)
+    shapes, others = expected_shapes(model), expected_shapes(other)
+    free = {n for n, shape in shapes.items() if others.get(n) != shape} | replaceable(model)
+    return {"tensors": [[n, shape] for n, shape in shapes.items()], "free": sorted(free)}

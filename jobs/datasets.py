@@ -8,8 +8,8 @@ Key layout (under the configured prefix):
 
     {p}:dataset:{id}                 string: the JSON record
     {p}:datasets:{owner-hash}        set: the owner's dataset ids
-    {p}:datasets:{owner-hash}:bytes  integer: bytes of the owner's archives and their decode caches
-                                     (the quota's measure)
+    {p}:datasets:{owner-hash}:bytes  integer: bytes of the owner's archives and their decode caches,
+                                     and of its uploaded weights (`jobs.weights`): the quota's measure
 
 Files: `{data_dir}/uploads/{owner-hash}/{id}.{ext}`; temp files in `{data_dir}/uploads/.incoming/`
 (the same file system, so the final move is an atomic rename). With an object store
@@ -60,6 +60,11 @@ def owner_hash(owner: str) -> str:
     return hashlib.sha256(owner.encode()).hexdigest()[:16]
 
 
+def bytes_key(prefix: str, owner: str) -> str:
+    """The owner's stored bytes (the upload quota's measure), shared by datasets and weights."""
+    return f"{prefix}:datasets:{owner_hash(owner)}:bytes"
+
+
 def new_dataset_id() -> str:
     return "ds_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
 
@@ -80,7 +85,7 @@ class ArchiveSummary:
     grayscale_converted: int = 0  # grayscale files the loader will make RGB (a set of both modes)
 
 
-_COMMIT_LUA = """
+COMMIT_LUA = """
 local used = tonumber(redis.call('GET', KEYS[3]) or '0')
 local size = tonumber(ARGV[3])
 if used + size > tonumber(ARGV[4]) then return {0, used} end
@@ -89,7 +94,7 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return {1, redis.call('INCRBY', KEYS[3], size)}
 """
 
-_DELETE_LUA = """
+DELETE_LUA = """
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('DECRBY', KEYS[3], ARGV[2])
@@ -105,12 +110,12 @@ class DatasetStore:
         self.redis, self.prefix, self.data_dir = client, prefix, Path(data_dir)
         self.objects = objects if objects is not None and objects.remote else None  # None: local folder
         self.pending_deletes = PendingDeletes(client, prefix)
-        self._commit = client.register_script(_COMMIT_LUA)
-        self._delete = client.register_script(_DELETE_LUA)
+        self._commit = client.register_script(COMMIT_LUA)
+        self._delete = client.register_script(DELETE_LUA)
 
     def _keys(self, owner: str, dataset_id: str) -> list[str]:
         owned = f"{self.prefix}:datasets:{owner_hash(owner)}"
-        return [f"{self.prefix}:dataset:{dataset_id}", owned, f"{owned}:bytes"]
+        return [f"{self.prefix}:dataset:{dataset_id}", owned, bytes_key(self.prefix, owner)]
 
     @property
     def uploads_dir(self) -> Path:

@@ -24,6 +24,7 @@ from jobs.settings import Settings, get_settings
 from jobs.storage import store_for
 from jobs.store import JobStore
 from jobs.webhooks import WebhookDeliveries, webhook_secrets
+from jobs.weights import WeightStore
 from jobs.workers import WorkerRegistry
 from service import errors, object_files
 from service.auth import KeyRing
@@ -31,7 +32,7 @@ from service.event_reader import EventReader
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
-from service.routes import artifacts, catalog, datasets, deliveries, health, jobs, suggest, ui
+from service.routes import artifacts, catalog, datasets, deliveries, health, jobs, suggest, ui, weights
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.workers = WorkerRegistry(store.redis, settings.key_prefix)
     app.state.uploads = DatasetStore(store.redis, settings.key_prefix, settings.data_dir, store_for(settings))
+    app.state.weights = WeightStore(store.redis, settings.key_prefix, settings.data_dir, store_for(settings))
     app.state.queue = JobQueue(settings)
     webhook_secrets(settings.webhook_secrets)  # a malformed secret is a start-up error, not a 500 per submit
     app.state.webhooks = WebhookDeliveries(store.redis, settings.key_prefix, settings)
@@ -131,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Uploads are exempt from the JSON body limit: the route streams the body to disk and counts it
     # against CLR_MAX_UPLOAD_BYTES and the key's quota itself, refusing with a 413 that says which.
     app.include_router(datasets.router, max_body_size=UNLIMITED_BODY)
+    app.include_router(weights.router, max_body_size=UNLIMITED_BODY)
     ui.mount(app)  # the dashboard at /ui, same origin
 
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]

@@ -162,15 +162,23 @@ class JobFiles:
         self.run_dir = self.sync.local_dir if self.sync else Path(settings.artifact_dir) / job_id
         self.cache = cache
         self.fetched: Any = None
+        self.weights_file: Path | None = None  # uploaded weights the spec names, once `prepare` found them
+        self.fetched_weights: Any = None
 
     def prepare(self, spec: dict, owner: str, store: Any) -> dict:
-        """Restore the stored run folder and start mirroring it; return the spec with its dataset resolved."""
+        """Restore the stored run folder and start mirroring it; return the spec with its dataset resolved
+        (and find the uploaded weights it names: `weights_file`)."""
         from worker.datasets import resolve_from_store, resolve_uploaded
+        from worker.weights import resolve_weights
 
+        data_dir = Path(self.settings.data_dir)
         if self.sync is None:
-            return resolve_uploaded(spec, owner, store, Path(self.settings.data_dir))
+            self.weights_file, _ = resolve_weights(spec, owner, store, data_dir)
+            return resolve_uploaded(spec, owner, store, data_dir)
         self.sync.restore()
-        resolved, self.fetched = resolve_from_store(spec, owner, store, self.cache)
+        self.weights_file, self.fetched_weights = resolve_weights(spec, owner, store, data_dir, self.cache)
+        keep = (self.weights_file,) if self.weights_file is not None else ()
+        resolved, self.fetched = resolve_from_store(spec, owner, store, self.cache, keep)
         self.sync.start()
         return resolved
 
@@ -185,6 +193,9 @@ class JobFiles:
         stats = self.sync.stats()
         if self.fetched is not None:
             stats["dataset_cache"] = {"hit": self.fetched.hit, "downloaded_bytes": self.fetched.downloaded_bytes}
+        if self.fetched_weights is not None:
+            stats["weights_cache"] = {"hit": self.fetched_weights.hit,
+                                      "downloaded_bytes": self.fetched_weights.downloaded_bytes}
         return stats
 
 

@@ -36,8 +36,9 @@ class DatasetCache:
         self.objects, self.data_dir, self.max_bytes = objects, Path(data_dir), max_bytes
         self.root = self.data_dir / CACHE_DIR
 
-    def fetch(self, key: str, sha256: str, ext: str) -> Fetched:
-        """The cached archive for `sha256`, downloaded from `key` on a miss."""
+    def fetch(self, key: str, sha256: str, ext: str, keep: tuple[Path, ...] = ()) -> Fetched:
+        """The cached file for `sha256`, downloaded from `key` on a miss; `keep`: files of this cache
+        the same job reads (its uploaded weights), never evicted to make room."""
         name = f"{sha256}.{ext}"
         path = self.root / name
         relative = f"{CACHE_DIR}/{name}"
@@ -50,7 +51,7 @@ class DatasetCache:
         try:
             self.objects.download_file(key, partial)
             size = partial.stat().st_size
-            self._make_room(size, keep=name)
+            self._make_room(size, keep={name, *(p.name for p in keep)})
             partial.replace(path)
         finally:
             partial.unlink(missing_ok=True)
@@ -64,8 +65,8 @@ class DatasetCache:
         files = [p for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")]
         return sorted(files, key=lambda p: p.stat().st_mtime)
 
-    def _make_room(self, incoming: int, keep: str) -> None:
-        entries = [p for p in self.entries() if p.name != keep]
+    def _make_room(self, incoming: int, keep: set[str]) -> None:
+        entries = [p for p in self.entries() if p.name not in keep]
         used = sum(p.stat().st_size for p in entries)
         for path in entries:
             if used + incoming <= self.max_bytes:

@@ -41,9 +41,11 @@ def resolve_uploaded(spec: dict, owner: str, store: JobStore, data_dir: Path) ->
     return {**spec, "dataset": "imagefolder", "dataset_path": record["path"]}
 
 
-def resolve_from_store(spec: dict, owner: str, store: JobStore, cache: DatasetCache) -> tuple[dict, Fetched | None]:
+def resolve_from_store(spec: dict, owner: str, store: JobStore, cache: DatasetCache,
+                       keep: tuple[Path, ...] = ()) -> tuple[dict, Fetched | None]:
     """Object-store mode: like `resolve_uploaded`, with the archive fetched into the worker's cache
-    (once per content hash); also returns what the fetch cost (None for a catalog dataset)."""
+    (once per content hash; `keep` the job's other cached files); also returns what the fetch cost
+    (None for a catalog dataset)."""
     dataset = spec.get("dataset")
     if not isinstance(dataset, str) or not UPLOADED_DATASET.match(dataset):
         return spec, None
@@ -53,7 +55,7 @@ def resolve_from_store(spec: dict, owner: str, store: JobStore, cache: DatasetCa
     if "key" not in record or "sha256" not in record:
         raise DatasetError(dataset, "the uploaded archive is in a local data directory, not the object store")
     try:
-        fetched = cache.fetch(record["key"], record["sha256"], record["format"])
+        fetched = cache.fetch(record["key"], record["sha256"], record["format"], keep)
     except FileNotFoundError:
         raise DatasetError(dataset, "the uploaded archive is missing from the object store") from None
     return {**spec, "dataset": "imagefolder", "dataset_path": fetched.relative}, fetched

@@ -395,13 +395,15 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
     _current_job = job_id
     try:
         try:
+            spec = parse_spec(files.prepare(record["spec"], record["owner"], store()))
             summary = run_job(
-                parse_spec(files.prepare(record["spec"], record["owner"], store())),
+                spec,
                 run_dir,
                 data_dir=Path(settings.data_dir),
                 download=settings.download,
                 max_decoded_bytes=settings.max_decoded_bytes,
                 hooks=Hooks(on_progress=progress, should_stop=stop, may_write=keeper.may_write),
+                weights_file=files.weights_file,
             )
             files.finish()  # store mode: every file is in the store before the job reads succeeded
             if files.remote:

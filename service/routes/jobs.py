@@ -33,6 +33,7 @@ from service.errors import field_error, unavailable
 from service.event_reader import EventReader
 from service.run_files import job_links
 from service.uploads import upload_errors
+from service.weight_uploads import weights_errors
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
             queue: QueueDep, settings: Settings, webhooks: WebhookDeliveries) -> JSONResponse:
     """Validate limits, honour the idempotency key, store the job, then enqueue its id by task name."""
     if errors := (_limit_errors(spec, settings) + _notify_errors(spec, owner, settings)
-                  + upload_errors(spec, owner, store, settings)):
+                  + upload_errors(spec, owner, store, settings) + weights_errors(spec, owner, store, settings)):
         raise RequestValidationError(errors)
     # The record keeps what the client asked for (after the preset is merged), not every default: the
     # worker re-validates it, and the fields left unset are the ones the range test's recipe may fill.
