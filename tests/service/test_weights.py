@@ -114,7 +114,8 @@ def _changed(name: str, **changes: tuple[str, list[int]]) -> bytes:
 
 
 @pytest.mark.parametrize("body, problem, tensor", [
-    (_changed("resnet18", **{"layer1.0.conv1.weight": ("F32", [64, 64, 1, 1])}), "wrong_shape", "layer1.0.conv1.weight"),
+    (_changed("resnet18", **{"layer1.0.conv1.weight": ("F32", [64, 64, 1, 1])}), "wrong_shape",
+     "layer1.0.conv1.weight"),
     (_changed("resnet18", **{"layer9.weight": ("F32", [3])}), "unknown_tensor", "layer9.weight"),
     (safetensors_bytes({k: v for k, v in architecture_tensors("resnet18").items() if not k.startswith("layer4")}),
      "missing_tensor", "layer4.0.bn1.bias"),
