@@ -95,11 +95,14 @@ return {1, redis.call('INCRBY', KEYS[3], size)}
 """
 
 DELETE_LUA = """
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local record = cjson.decode(raw)
+redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('DECRBY', KEYS[3], ARGV[2])
+redis.call('DECRBY', KEYS[3], (tonumber(record['bytes']) or 0) + (tonumber(record['cache_bytes']) or 0))
 return 1
-"""
+"""  # what the record says it was charged, read here: a cache charged since the caller read it is included
 
 
 class DatasetStore:
@@ -215,11 +218,34 @@ class DatasetStore:
         log.info("dataset %s stored for %s in the object store: %d bytes", dataset_id, owner, size)
         return record
 
+    def charge_cache(self, dataset_id: str, size_tag: str, nbytes: int) -> int:
+        """Charge the owner's quota for a decode cache at another training size (`size_tag`, "128px"),
+        written by a worker for a job's `image_size`; returns the bytes added (0 when already charged
+        at this size). The record's `cache_bytes` grows with it, so delete gives it back. Optimistic:
+        WATCH the record, retry if another charge or a delete changed it meanwhile."""
+
+        def charge(pipe: redis.client.Pipeline) -> int:
+            raw = pipe.get(f"{self.prefix}:dataset:{dataset_id}")
+            if not raw:
+                return 0  # deleted meanwhile: its caches went with it
+            record = json.loads(raw)
+            extra = record.setdefault("extra_caches", {})
+            delta = nbytes - int(extra.get(size_tag, 0))
+            if delta == 0:
+                return 0
+            extra[size_tag] = nbytes
+            record["cache_bytes"] = record.get("cache_bytes", 0) + delta
+            pipe.multi()
+            pipe.set(f"{self.prefix}:dataset:{dataset_id}", json.dumps(record))
+            pipe.incrby(bytes_key(self.prefix, record["owner"]), delta)
+            return delta
+
+        return int(self.redis.transaction(charge, f"{self.prefix}:dataset:{dataset_id}", value_from_callable=True))
+
     def delete(self, record: dict) -> None:
         """Remove the record (atomically with the byte count), then the file and its decode caches, or
         the object; an object the store cannot delete now is left to the sweeper (nothing lists it)."""
-        charged = record["bytes"] + record.get("cache_bytes", 0)
-        if not self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"], charged]):
+        if not self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"]]):
             return
         if "key" in record:
             if self.objects is None:
@@ -256,4 +282,5 @@ def _record(dataset_id: str, owner: str, name: str, path: str, ext: str, size: i
         "width": summary.width, "height": summary.height, "channels": summary.channels,
         "image_formats": sorted(summary.formats), "cache_bytes": summary.cache_bytes,
         "sizes": summary.sizes, "grayscale_converted_to_rgb": summary.grayscale_converted,
+        "extra_caches": {},  # size tag ("128px") -> bytes of a decode cache a job's image_size added
     }

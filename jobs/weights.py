@@ -138,7 +138,7 @@ class WeightStore:
     def delete(self, record: dict) -> None:
         """Remove the record (atomically with the byte count), then the file or the object; an object
         the store cannot delete now is left to the sweeper (nothing lists it any more)."""
-        if not self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"], record["bytes"]]):
+        if not self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"]]):
             return
         if "key" in record:
             if self.objects is None:

@@ -227,6 +227,25 @@ def _check_layout(counts: dict[str, dict[str, int]]) -> tuple[list[str], str]:
 # ------------------------------------------------------------------------------------------ job specs
 
 
+def sized_cache_bytes(record: dict, image_size: int) -> int:
+    """About what a decode cache of the dataset at `image_size` takes: stored squares plus labels."""
+    images = sum(sum(by_class.values()) for by_class in record["counts"].values())
+    return images * (stored_size(image_size) ** 2 * record["channels"] + 8)
+
+
+def _cache_over_quota(record: dict, image_size: int, uploads: DatasetStore, settings: Settings) -> str | None:
+    """Local mode: a job at a new `image_size` writes a decode cache the key is charged for; refuse it
+    up front when that would pass the quota (the worker charges the real size afterwards)."""
+    if "key" in record or f"{image_size}px" in record.get("extra_caches", {}):
+        return None
+    needed, quota = sized_cache_bytes(record, image_size), settings.upload_quota_bytes
+    left = quota - uploads.bytes_used(record["owner"])
+    if needed <= left:
+        return None
+    return (f"a decode cache of {record['id']} at {image_size}px takes about {needed} bytes, and this key has "
+            f"{max(left, 0)} of its {quota}-byte storage quota left (delete a dataset or weights first)")
+
+
 def upload_errors(spec: RangeTestSpec | TrainSpec, owner: str, store: JobStore, settings: Settings) -> list[dict]:
     """Submit-time check: an uploaded dataset a spec names must exist and be the caller's (422 otherwise).
 
@@ -241,9 +260,13 @@ def upload_errors(spec: RangeTestSpec | TrainSpec, owner: str, store: JobStore, 
     if not UPLOADED_DATASET.match(spec.dataset):
         return []
     errors = []
-    if DatasetStore(store.redis, store.prefix, settings.data_dir).owned(owner, spec.dataset) is None:
+    uploads = DatasetStore(store.redis, store.prefix, settings.data_dir)
+    record = uploads.owned(owner, spec.dataset)
+    if record is None:
         errors.append(field_error("dataset", f"no uploaded dataset {spec.dataset!r} for this key "
                                   "(see GET /v1/datasets)", spec.dataset))
+    elif spec.image_size is not None and (problem := _cache_over_quota(record, spec.image_size, uploads, settings)):
+        errors.append(field_error("image_size", problem, spec.image_size))
     if spec.dataset_path is not None:
         errors.append(field_error("dataset_path", "only for dataset 'imagefolder'; an uploaded dataset "
                                   "knows its own file", spec.dataset_path))

@@ -9,8 +9,10 @@ could have been deleted since, and then the job fails with that reason instead o
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
+from clrcore.cache_names import CACHE_DIR_NAME, cache_files
 from clrcore.dataset_paths import resolve_dataset_path
 from clrcore.datasets import DatasetError
 from clrcore.specs import UPLOADED_DATASET
@@ -59,3 +61,34 @@ def resolve_from_store(spec: dict, owner: str, store: JobStore, cache: DatasetCa
     except FileNotFoundError:
         raise DatasetError(dataset, "the uploaded archive is missing from the object store") from None
     return {**spec, "dataset": "imagefolder", "dataset_path": fetched.relative}, fetched
+
+
+SIZED_CACHE = re.compile(r"-(\d+px)-[0-9a-f]+\.npz$")  # image_tree's cache of a job's image_size
+
+
+def charge_decode_caches(spec: dict, owner: str, store: JobStore, data_dir: Path) -> int:
+    """Local mode: charge the owner's quota for decode caches of the uploaded dataset at training sizes
+    a spec's `image_size` asked for (the upload charged the default size's); returns the bytes added.
+
+    They live next to the archive in the shared data directory and go when the dataset is deleted,
+    so they are the key's storage like the archive. (Store mode: a worker's caches are on its own
+    disk, bounded by CLR_CACHE_MAX_BYTES, and not the key's.)
+    """
+    dataset = spec.get("dataset")
+    if not isinstance(dataset, str) or not UPLOADED_DATASET.match(dataset):
+        return 0
+    uploads = DatasetStore(store.redis, store.prefix, data_dir)
+    record = uploads.owned(owner, dataset)
+    if record is None or "path" not in record or "key" in record:
+        return 0
+    added = 0
+    for file in cache_files(Path(data_dir) / CACHE_DIR_NAME, "imagefolder", Path(data_dir) / record["path"]):
+        match = SIZED_CACHE.search(file.name)
+        if match is not None:
+            try:
+                added += uploads.charge_cache(dataset, match.group(1), file.stat().st_size)
+            except FileNotFoundError:  # pruned meanwhile by a job at the same size
+                continue
+    if added:
+        log.info("dataset %s: %d bytes of decode caches charged to its key", dataset, added)
+    return added

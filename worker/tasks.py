@@ -423,10 +423,22 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
         return "failed"
     finally:
         _current_job = None
+        if not files.remote:
+            _charge_caches(record)
     register_artifacts(job_id, run_dir)
     if _finish(job_id, JobState.SUCCEEDED, result=json_safe(summary)):
         return "succeeded"
     return "superseded"
+
+
+def _charge_caches(record: dict) -> None:
+    """Decode caches the job wrote at its image_size count in the owner's quota (local mode)."""
+    from worker.datasets import charge_decode_caches
+
+    try:
+        charge_decode_caches(record["spec"], record["owner"], store(), Path(settings.data_dir))
+    except Exception as exc:  # Redis down: the next job on the dataset charges them
+        log.warning("decode caches not charged: %s", exc)
 
 
 def _stopped(job_id: str, reason: str | None, run_dir: Path) -> str:

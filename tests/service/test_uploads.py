@@ -312,6 +312,18 @@ def test_quota_counts_stored_bytes_and_frees_on_delete(make_env) -> None:
     assert env.upload(archive).status_code == 201
 
 
+def test_a_job_whose_new_decode_size_would_pass_the_quota_is_refused_naming_image_size(make_env) -> None:
+    archive = build_archive("zip", image_tree())
+    env = make_env(upload_quota_bytes=len(archive) + 8 * (8 * 8 * 3 + 8) + 100)  # archive + its own-size cache
+    dataset_id = env.upload(archive).json()["id"]
+    spec = {**TRAIN, "dataset": dataset_id}
+    assert env.client.post("/v1/jobs/train", json=spec, headers=env.me).status_code == 202
+    refused = env.client.post("/v1/jobs/train", json={**spec, "image_size": 64}, headers=env.me)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["detail"][0]
+    assert error["loc"] == ["body", "image_size"] and "decode cache" in error["msg"] and "quota" in error["msg"]
+
+
 # ------------------------------------------------------------------------------------------ tenants and jobs
 
 

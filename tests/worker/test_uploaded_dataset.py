@@ -66,3 +66,29 @@ def test_resolver_points_at_the_archive_and_checks_the_owner(client: TestClient,
         resolve_uploaded({**digits, "dataset": dataset_id}, "someone-else", store, data_dir)
     with pytest.raises(DatasetError, match="no such uploaded dataset"):
         resolve_uploaded({**digits, "dataset": "ds_gone0000"}, "local", store, data_dir)
+
+
+@pytest.mark.slow
+def test_a_decode_cache_at_another_size_is_charged_once_and_given_back_on_delete(
+        client: TestClient, settings: Settings, worker) -> None:
+    uploads = client.app.state.uploads
+    before = uploads.bytes_used("local")
+    response = client.post("/v1/datasets", params={"name": "shapes"}, content=shapes_archive(),
+                           headers={"Content-Type": "application/zip"})
+    dataset_id = response.json()["id"]
+    uploaded = uploads.bytes_used("local")
+    spec = {"dataset": dataset_id, "model": "tiny_cnn", "device": "cpu", "epochs": 1, "batch_size": 4,
+            "image_size": 16, "base_lr": 0.01, "max_lr": 0.05, "step_size": 1}
+    for _ in range(2):  # the second job reads the same cache: charged once
+        job_id = client.post("/v1/jobs/train", json=spec).json()["id"]
+        deadline = time.monotonic() + 90
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.2)
+        assert job["state"] == "succeeded", job["error"]
+        sized = sorted((Path(settings.data_dir) / ".cache").glob("imagefolder-*-16px-*.npz"))
+        record = uploads.get(dataset_id)
+        assert len(sized) == 1 and record["extra_caches"] == {"16px": sized[0].stat().st_size}
+        assert uploads.bytes_used("local") - uploaded == sized[0].stat().st_size
+    assert client.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+    assert not sized[0].exists() and uploads.bytes_used("local") == before
