@@ -7,6 +7,7 @@ and their own queue keys; every folder is a fresh temp dir, so any hidden use of
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import time
@@ -15,8 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
+from clrcore.models import build_model
+from clrcore.weights import save_weights
 from jobs.datasets import owner_hash
 from jobs.settings import Settings
 from jobs.storage import run_key, store_for
@@ -155,6 +159,34 @@ def test_uploaded_dataset_trains_on_a_worker_that_shares_no_disk(
         client.delete(f"/v1/jobs/{job['id']}")
     assert client.delete(f"/v1/datasets/{dataset_id}").status_code == 204
     assert objects.size(f"datasets/{owner_hash('local')}/{dataset_id}.zip") is None
+
+
+def test_uploaded_weights_live_in_the_store_and_a_worker_without_them_on_disk_fine_tunes_from_them(
+        client: TestClient, s3_settings: Settings, start_s3_worker, tmp_path: Path) -> None:
+    worker = start_s3_worker()
+    torch.manual_seed(7)
+    source = build_model("tiny_cnn", 1, 10, 16)
+    save_weights(source, tmp_path / "w.safetensors")
+    upload = client.post("/v1/weights", params={"architecture": "tiny_cnn"},
+                         content=(tmp_path / "w.safetensors").read_bytes(),
+                         headers={"Content-Type": "application/octet-stream"})
+    assert upload.status_code == 201, upload.text
+    weights_id = upload.json()["id"]
+    key = f"weights/{owner_hash('local')}/{weights_id}.safetensors"
+    objects = store_for(s3_settings)
+    assert objects.size(key) == upload.json()["bytes"]
+    assert not list(Path(s3_settings.data_dir).rglob("*.safetensors"))  # in the store, not on the API's disk
+    spec = {**_digits(1), "batch_size": 128, "train_subset": 256,
+            "finetune": {"weights": weights_id, "freeze_epochs": 1, "groups": 2}}
+    job = _wait(client, client.post("/v1/jobs/train", json=spec).json()["id"], worker)
+    assert job["state"] == "succeeded", f"{job['error']}\n{worker.log_tail()}"
+    assert job["result"]["storage"]["weights_cache"] == {"hit": False, "downloaded_bytes": upload.json()["bytes"]}
+    final = torch.load(io.BytesIO(client.get(f"/v1/jobs/{job['id']}/artifacts/model.pt").content),
+                       weights_only=True)
+    assert torch.equal(final["4.weight"], source.state_dict()["4.weight"])  # the frozen body: the upload's
+    client.delete(f"/v1/jobs/{job['id']}")
+    assert client.delete(f"/v1/weights/{weights_id}").status_code == 204
+    assert objects.size(key) is None
 
 
 def test_killed_worker_job_resumes_from_the_stored_checkpoint_on_an_empty_disk(
