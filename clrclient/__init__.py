@@ -17,7 +17,7 @@ from clrclient.errors import (
     WaitTimeout,
 )
 from clrclient.events import StreamOutage
-from clrclient.models import FINAL_STATES, Job, JobEvent, UploadedDataset
+from clrclient.models import FINAL_STATES, Job, JobEvent, UploadedDataset, UploadedWeights
 from clrclient.retries import RetryPolicy
 from clrclient.webhooks import WebhookVerificationError, verify_webhook
 from clrcore.specs import RangeTestSpec, TrainSpec
@@ -25,5 +25,6 @@ from clrcore.specs import RangeTestSpec, TrainSpec
 __all__ = [
     "FINAL_STATES", "ApiError", "AsyncClient", "Client", "ClientError", "Conflict", "InvalidRequest", "Job",
     "JobEvent", "NotFound", "Problem", "RangeTestSpec", "RetryPolicy", "ServerError", "StreamOutage",
-    "TrainSpec", "Unauthorized", "UploadedDataset", "WaitTimeout", "WebhookVerificationError", "verify_webhook",
+    "TrainSpec", "Unauthorized", "UploadedDataset", "UploadedWeights", "WaitTimeout", "WebhookVerificationError",
+    "verify_webhook",
 ]

@@ -21,7 +21,7 @@ from clrclient import calls
 from clrclient.client import SpecLike, http_options
 from clrclient.errors import error_for
 from clrclient.events import EventFollower
-from clrclient.models import Job, JobEvent, UploadedDataset
+from clrclient.models import Job, JobEvent, UploadedDataset, UploadedWeights
 from clrclient.progress import upload_progress
 from clrclient.retries import RetryableResponse, RetryPolicy, is_retryable, retry_hook
 from clrclient.transfer import Progress, aiter_file, partial_path
@@ -200,3 +200,24 @@ class AsyncClient:
 
     async def delete_dataset(self, dataset_id: str) -> None:
         await self.send(calls.delete_dataset(dataset_id))
+
+    async def upload_weights(self, path: str | Path, architecture: str, *, name: str | None = None,
+                       progress: Progress | bool | None = None) -> UploadedWeights:
+        """Upload pretrained weights (a .safetensors file) for a catalog `architecture`; a job then
+        names `finetune.weights: <id>`. A misfit raises `InvalidRequest` naming the tensor."""
+        path = Path(path)
+        call = calls.upload_weights(path, architecture, name)
+        total = path.stat().st_size
+        callback, bar = upload_progress(progress, total, path.name)
+        try:
+            response = await self.send(call, content=lambda: aiter_file(path, total, callback))
+        finally:
+            if bar is not None:
+                bar.close()
+        return UploadedWeights.model_validate(response.json())
+
+    async def get_weights(self, weights_id: str) -> UploadedWeights:
+        return UploadedWeights.model_validate((await self.send(calls.get_weights(weights_id))).json())
+
+    async def delete_weights(self, weights_id: str) -> None:
+        await self.send(calls.delete_weights(weights_id))

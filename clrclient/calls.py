@@ -121,3 +121,20 @@ def get_dataset(dataset_id: str) -> Call:
 
 def delete_dataset(dataset_id: str) -> Call:
     return Call("DELETE", f"/v1/datasets/{dataset_id}")
+
+
+def upload_weights(path: Path, architecture: str, name: str | None) -> Call:
+    """A safetensors file for `architecture`; like a dataset upload, retried only if never sent."""
+    if not path.name.lower().endswith(".safetensors"):
+        raise ValueError(f"{path.name}: weights are uploaded as .safetensors files (never a pickle)")
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)}
+    params = {"architecture": architecture, **({"name": name} if name else {})}
+    return Call("POST", "/v1/weights", params=params, headers=headers)
+
+
+def get_weights(weights_id: str) -> Call:
+    return Call("GET", f"/v1/weights/{weights_id}")
+
+
+def delete_weights(weights_id: str) -> Call:
+    return Call("DELETE", f"/v1/weights/{weights_id}")

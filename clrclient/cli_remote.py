@@ -174,9 +174,20 @@ def _upload(api: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _upload_weights(api: Client, args: argparse.Namespace) -> int:
+    weights = api.upload_weights(args.path, args.architecture, name=args.name,
+                                 progress=not args.quiet and sys.stderr.isatty())
+    print(weights.id)
+    if not args.quiet:
+        _say(f"{weights.name}: {weights.tensors} tensors for {weights.architecture}"
+             + (f"; a job keeps its own {', '.join(weights.replaced)}" if weights.replaced else ""))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "submit": _submit, "range-test": _submit, "wait": _wait, "get": _get, "list": _list, "cancel": _cancel,
     "delete": _delete, "report": _report, "plots": _plots, "artifact": _artifact, "upload": _upload,
+    "upload-weights": _upload_weights,
 }
 
 
@@ -231,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upload", help="upload an image-folder archive (.zip, .tar, .tar.gz)",
                        parents=[_api_flags()])
     p.add_argument("path", type=Path)
+    p.add_argument("--name", default=None, help="a label for you")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("upload-weights", help="upload pretrained weights (.safetensors) for an architecture; "
+                       "prints the id a spec names as finetune.weights", parents=[_api_flags()])
+    p.add_argument("path", type=Path)
+    p.add_argument("--architecture", required=True, help="a model of GET /v1/models, e.g. resnet18")
     p.add_argument("--name", default=None, help="a label for you")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser

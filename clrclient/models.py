@@ -62,6 +62,16 @@ class UploadedDataset(Answer):
     input_shape: list[int]
 
 
+class UploadedWeights(Answer):
+    id: str
+    name: str
+    architecture: str
+    bytes: int
+    validation: str
+    tensors: int
+    replaced: list[str]
+
+
 @dataclass(frozen=True)
 class JobEvent:
     """One Server-Sent Event of a job: `state`, `progress` or `metrics`, with its stream id."""

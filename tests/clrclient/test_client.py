@@ -29,6 +29,7 @@ from clrclient import (
 )
 from tests.clrclient.conftest import KEYS, FaultProxy
 from tests.reliability.api_server import ApiServer
+from tests.weight_files import architecture_file, architecture_tensors, safetensors_bytes
 
 PARKED_RANGE_TEST = RangeTestSpec(dataset="digits", model="tiny_cnn", num_iter=10)  # device auto: parked
 QUICK = RetryPolicy(attempts=5, timeout=20, wait_initial=0.05, wait_max=0.5, wait_jitter=0.05)
@@ -181,6 +182,37 @@ def test_upload_reports_progress_and_the_dataset_is_usable(api: ApiServer, tmp_p
         client.delete_dataset(dataset.id)
         with pytest.raises(NotFound):
             client.get_dataset(dataset.id)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_weights_upload_get_misfit_and_delete(api: ApiServer, tmp_path: Path, kind: str) -> None:
+    good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
+    good.write_bytes(architecture_file("small_cnn"))
+    bad.write_bytes(safetensors_bytes({**architecture_tensors("small_cnn"), "extra.weight": ("F32", [2])}))
+
+    async def run_async() -> tuple:
+        async with AsyncClient(api.url, KEYS["alice"]) as client:
+            weights = await client.upload_weights(good, "small_cnn", name="mine")
+            with pytest.raises(InvalidRequest) as refused:
+                await client.upload_weights(bad, "small_cnn")
+            fetched = await client.get_weights(weights.id)
+            await client.delete_weights(weights.id)
+            return weights, refused.value, fetched
+
+    if kind == "async":
+        weights, refused, fetched = asyncio.run(run_async())
+    else:
+        with Client(api.url, KEYS["alice"]) as client:
+            weights = client.upload_weights(good, "small_cnn", name="mine")
+            with pytest.raises(InvalidRequest) as caught:
+                client.upload_weights(bad, "small_cnn")
+            refused, fetched = caught.value, client.get_weights(weights.id)
+            client.delete_weights(weights.id)
+    assert weights.id.startswith("wt_") and weights.architecture == "small_cnn" and weights.name == "mine"
+    assert fetched.id == weights.id and fetched.tensors == len(architecture_tensors("small_cnn"))
+    assert refused.code == "unknown_tensor" and "'extra.weight'" in refused.reason
+    with Client(api.url, KEYS["alice"]) as client, pytest.raises(NotFound):
+        client.get_weights(weights.id)
 
 
 def test_an_upload_of_a_wrong_file_type_is_refused_before_sending(tmp_path: Path) -> None:
