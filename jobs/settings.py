@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 1024 * 1024)
     max_upload_files: int = Field(200_000)
     upload_quota_bytes: int = Field(
-        2 * 1024 * 1024 * 1024, description="per key: stored archives plus their decode caches"
+        2 * 1024 * 1024 * 1024, description="per key: stored archives, their decode caches (every training "
+        "size) and uploaded weights"
     )
     max_decoded_bytes: int = Field(
         4 * 1024**3, ge=1,
