@@ -67,7 +67,8 @@ def spec_from_args(args: argparse.Namespace, model: type[BaseModel]) -> Any:
     """Nest the flat flag values and validate them with the spec model."""
     data: dict[str, Any] = {}
     for dest, value in vars(args).items():
-        if dest.startswith("_") or dest in ("command", "out", "data_dir", "download", "quiet", "verbose"):
+        if dest.startswith("_") or dest in ("command", "out", "data_dir", "download", "quiet", "verbose",
+                                            "weights_file"):
             continue
         *parents, leaf = dest.split(NESTED)
         target = data
@@ -143,7 +144,7 @@ def _run(args: argparse.Namespace, model: type[BaseModel]) -> int:
     bars = _Bars(not args.quiet and sys.stderr.isatty())
     try:
         summary = run_job(spec, out, data_dir=Path(args.data_dir), download=args.download,
-                          hooks=Hooks(on_progress=bars))
+                          hooks=Hooks(on_progress=bars), weights_file=args.weights_file)
     except KeyboardInterrupt:
         print(f"\nclr: stopped; run `clr {kind}` again with --out {out} to resume", file=sys.stderr)
         return 130
@@ -222,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--verbose", action="store_true", help="log per-epoch lines")
+        p.add_argument("--weights-file", type=Path, default=None, metavar="PATH",
+                       help="start from these safetensors weights for --model (checked; a head or stem of "
+                       "another shape keeps the model's own); with --finetune-* the head is replaced")
         add_spec_flags(p, model)
         p.set_defaults(_model=model)
     for name in ("presets", "datasets", "models"):

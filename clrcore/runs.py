@@ -61,41 +61,44 @@ def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device, weights_fi
     """A freshly seeded model, with its data-dependent initialisation done on training images drawn at
     random (image folders load class by class: the first few thousand would show one class).
 
-    `finetune.weights` naming uploaded weights (wt_...) needs `weights_file`, the safetensors file the
-    worker fetched for it: it is loaded (safetensors, never pickle) before the head is replaced, and
-    the data-dependent initialisation is then skipped (the uploaded stem is the one to keep).
+    `weights_file`, a safetensors file, is loaded (safetensors, never pickle) before the head is
+    replaced, and the data-dependent initialisation is then skipped (the loaded stem is the one to
+    keep): the worker passes the file of the uploaded weights `finetune.weights: wt_...` names, the
+    `clr` command a local `--weights-file`.
     """
     seed_everything(spec.seed)
     _, channels, _, _ = ds.train.images.shape
     size = ds.train.input_size
     tune = spec.finetune
-    uploaded = tune is not None and tune.weights is not None and UPLOADED_WEIGHTS.match(tune.weights) is not None
+    named = tune.weights if tune is not None else None
+    uploaded = named is not None and UPLOADED_WEIGHTS.match(named) is not None
+    if named is not None and not uploaded and weights_file is not None:
+        raise WeightsError(f"finetune.weights {named} and a weights file: name one starting point")
+    if uploaded and weights_file is None:
+        raise WeightsError(f"finetune.weights {named}: uploaded weights are fetched by the service's worker; "
+                           "none was given to this run (locally, pass the file: clr train --weights-file)")
     model = build_model(spec.model, channels, len(ds.classes), size,
-                        weights=tune.weights if tune and not uploaded else None).to(device)
-    if uploaded:
-        _load_uploaded(model, spec, weights_file)
+                        weights=None if uploaded else named).to(device)
+    if weights_file is not None:
+        _load_file(model, spec, weights_file)
     if tune is not None:
         finetune.prepare(model, len(ds.classes), groups=tune.groups, body_lr_divisor=tune.body_lr_divisor,
                          freeze_epochs=tune.freeze_epochs)
-    if has_data_init(model) and not uploaded:  # only then: 5,000 float images of a large image set are not small
+    if has_data_init(model) and weights_file is None:  # only then: 5,000 float images are not small
         images = sample(ds.train, fit_image_count(*ds.train.images.shape[2:]), seed=spec.seed)
         fit_to_data(model, normalised_images(images, device=device, **normalization(ds, spec.normalize)))
     return model
 
 
-def _load_uploaded(model: nn.Module, spec: JobSpecBase, weights_file: Path | None) -> None:
+def _load_file(model: nn.Module, spec: JobSpecBase, weights_file: Path) -> None:
     from clrcore.state_shapes import layout
 
-    assert spec.finetune is not None and spec.finetune.weights is not None
-    if weights_file is None:
-        raise WeightsError(f"finetune.weights {spec.finetune.weights}: uploaded weights are fetched by the "
-                           "service's worker; none was given to this run")
     try:
         size_dependent = layout(spec.model)[1]  # e.g. a ViT's position embedding at another image size
     except KeyError:
         size_dependent = set()
     kept = load_weights(model, weights_file, free=size_dependent)
-    log.info("weights %s loaded into %s; kept the model's own %s", spec.finetune.weights, spec.model,
+    log.info("weights %s loaded into %s; kept the model's own %s", Path(weights_file).name, spec.model,
              ", ".join(kept) or "nothing")
 
 

@@ -111,3 +111,15 @@ def test_an_absolute_dataset_path_is_accepted_locally(tmp_path: Path, capsys: py
                "--dataset-path", str(archive), "--max-lr", "0.1"])
     err = capsys.readouterr().err
     assert rc == 1 and "relative to the data directory" not in err and "pets.tar.gz" in err
+
+
+def test_a_weights_file_that_does_not_fit_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from clrcore.models import build_model
+    from clrcore.weights import save_weights
+
+    save_weights(build_model("small_cnn", 1, 10, 16), tmp_path / "small.safetensors")
+    rc = main(["train", "--model", "tiny_cnn", "--weights-file", str(tmp_path / "small.safetensors"),
+               "--max-lr", "0.1", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clr: small.safetensors: unknown tensor") and len(err.splitlines()) == 1

@@ -6,7 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from clrcore.datasets import load_digits_dataset
 from clrcore.models import build_model
+from clrcore.runs import fresh_model
+from clrcore.specs import TrainSpec
 from clrcore.weights import WeightsError, check_file, load_weights, read_header, save_weights
 
 
@@ -45,3 +48,20 @@ def test_a_pickle_is_not_read(tmp_path):
     torch.save(build_model("tiny_cnn", 3, 10, 32).state_dict(), tmp_path / "model.pt")
     with pytest.raises(WeightsError, match="not a safetensors file"):
         read_header(tmp_path / "model.pt")
+
+
+def test_a_run_starts_from_a_weights_file_and_an_uploaded_id_needs_one(tmp_path):
+    torch.manual_seed(3)
+    source = build_model("tiny_cnn", 1, 4, 16)  # a head for 4 classes: digits has 10
+    save_weights(source, tmp_path / "w.safetensors")
+    digits = load_digits_dataset()
+    spec = TrainSpec(dataset="digits", model="tiny_cnn", finetune={"weights": "wt_0123456789abcdef", "groups": 2})
+    with pytest.raises(WeightsError, match="wt_0123456789abcdef: uploaded weights are fetched by the service"):
+        fresh_model(spec, digits, torch.device("cpu"))
+    model = fresh_model(spec, digits, torch.device("cpu"), tmp_path / "w.safetensors")
+    loaded, original = model.state_dict(), source.state_dict()
+    assert all(torch.equal(loaded[n], original[n]) for n in original if not n.startswith("9."))
+    assert model[9].out_features == 10  # a fresh head for the dataset's classes
+    named = TrainSpec(dataset="digits", model="resnet18", finetune={"weights": "ResNet18_Weights.IMAGENET1K_V1"})
+    with pytest.raises(WeightsError, match="name one starting point"):
+        fresh_model(named, digits, torch.device("cpu"), tmp_path / "w.safetensors")
