@@ -35,7 +35,7 @@ def _not_safetensors(why: str) -> WeightsError:
     return WeightsError(f"not a safetensors file ({why})", problem="not_safetensors")
 
 
-def read_header(path: Path, *, check_offsets: bool = False) -> Header:
+def read_header(path: Path, *, check_offsets: bool = False, max_header_bytes: int = MAX_HEADER_BYTES) -> Header:
     """{tensor name: (dtype, shape)} from a safetensors file's header; WeightsError if it is not one.
 
     `check_offsets` also checks every tensor's byte range against its dtype, shape and the file size.
@@ -46,7 +46,7 @@ def read_header(path: Path, *, check_offsets: bool = False) -> Header:
         if len(prefix) < 8:
             raise _not_safetensors("shorter than its 8-byte header length")
         (length,) = struct.unpack("<Q", prefix)
-        if length > MAX_HEADER_BYTES:
+        if length > max_header_bytes:
             raise _not_safetensors(f"header of {length} bytes")
         raw = handle.read(length)
     try:

@@ -27,6 +27,9 @@ from service.uploads import UploadRefused
 
 CONTENT_TYPES = ("application/octet-stream", "application/vnd.safetensors")
 MAX_LISTED_PROBLEMS = 20
+# The largest catalog architecture's header is under 0.2 MB (efficientnet_v2_l: 1,900 tensors); a bigger one is refused
+# before the API parses it.
+MAX_UPLOAD_HEADER_BYTES = 4 * 2**20
 
 
 class WeightsRefused(UploadRefused):
@@ -61,7 +64,7 @@ def inspect_weights(path: Path, architecture: str) -> WeightsSummary:
     """Read the header (byte ranges checked) and compare it with `architecture`; `WeightsRefused` naming
     the first offending tensor otherwise. Reads the header only: the tensors' bytes are never parsed."""
     try:
-        header = read_header(path, check_offsets=True)
+        header = read_header(path, check_offsets=True, max_header_bytes=MAX_UPLOAD_HEADER_BYTES)
     except WeightsError as err:
         raise _refusal([err]) from None
     if not header:
