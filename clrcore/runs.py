@@ -62,9 +62,9 @@ def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device, weights_fi
     random (image folders load class by class: the first few thousand would show one class).
 
     `weights_file`, a safetensors file, is loaded (safetensors, never pickle) before the head is
-    replaced, and the data-dependent initialisation is then skipped (the loaded stem is the one to
-    keep): the worker passes the file of the uploaded weights `finetune.weights: wt_...` names, the
-    `clr` command a local `--weights-file`.
+    replaced, and the data-dependent initialisation is then skipped unless the file's stem did not fit
+    (resnet_fast's whitening from other channels): the worker passes the file of the uploaded weights
+    `finetune.weights: wt_...` names, the `clr` command a local `--weights-file`.
     """
     seed_everything(spec.seed)
     _, channels, _, _ = ds.train.images.shape
@@ -79,18 +79,32 @@ def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device, weights_fi
                            "none was given to this run (locally, pass the file: clr train --weights-file)")
     model = build_model(spec.model, channels, len(ds.classes), size,
                         weights=None if uploaded else named).to(device)
+    refit = has_data_init(model)
     if weights_file is not None:
-        _load_file(model, spec, weights_file)
+        kept = set(_load_file(model, spec, weights_file))
+        refit = refit and bool(kept - _head_names(model))  # a tensor besides the head kept: the stem
     if tune is not None:
         finetune.prepare(model, len(ds.classes), groups=tune.groups, body_lr_divisor=tune.body_lr_divisor,
                          freeze_epochs=tune.freeze_epochs)
-    if has_data_init(model) and weights_file is None:  # only then: 5,000 float images are not small
+    if refit:  # only then: 5,000 float images of a large-image dataset are not small
         images = sample(ds.train, fit_image_count(*ds.train.images.shape[2:]), seed=spec.seed)
         fit_to_data(model, normalised_images(images, device=device, **normalization(ds, spec.normalize)))
     return model
 
 
-def _load_file(model: nn.Module, spec: JobSpecBase, weights_file: Path) -> None:
+def _head_names(model: nn.Module) -> set[str]:
+    from clrcore.zoo import classifier_head
+
+    try:
+        head = classifier_head(model)[2]
+    except ValueError:
+        return set()
+    return {f"{name}.{p}" for name, module in model.named_modules() if module is head
+            for p, _ in module.named_parameters()}
+
+
+def _load_file(model: nn.Module, spec: JobSpecBase, weights_file: Path) -> list[str]:
+    """Load the file into `model`; returns the names the model kept its own of (shapes that differ)."""
     from clrcore.state_shapes import layout
 
     try:
@@ -100,6 +114,7 @@ def _load_file(model: nn.Module, spec: JobSpecBase, weights_file: Path) -> None:
     kept = load_weights(model, weights_file, free=size_dependent)
     log.info("weights %s loaded into %s; kept the model's own %s", Path(weights_file).name, spec.model,
              ", ".join(kept) or "nothing")
+    return kept
 
 
 def _sweep_config(spec: JobSpecBase, options: RangeTestOptions, device: torch.device) -> TrainConfig:

@@ -65,3 +65,20 @@ def test_a_run_starts_from_a_weights_file_and_an_uploaded_id_needs_one(tmp_path)
     named = TrainSpec(dataset="digits", model="resnet18", finetune={"weights": "ResNet18_Weights.IMAGENET1K_V1"})
     with pytest.raises(WeightsError, match="name one starting point"):
         fresh_model(named, digits, torch.device("cpu"), tmp_path / "w.safetensors")
+
+
+def test_resnet_fast_keeps_a_loaded_whitening_stem_and_refits_one_for_other_channels(tmp_path):
+    digits = load_digits_dataset()
+    spec = TrainSpec(dataset="digits", model="resnet_fast")
+    torch.manual_seed(9)
+    source = build_model("resnet_fast", 1, 10, 16)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(1.0)  # no data-dependent fit gives these
+    save_weights(source, tmp_path / "grey.safetensors")
+    loaded = fresh_model(spec, digits, torch.device("cpu"), tmp_path / "grey.safetensors")
+    assert torch.equal(loaded.state_dict()["0.weight"], source.state_dict()["0.weight"])
+    save_weights(build_model("resnet_fast", 3, 10, 16), tmp_path / "rgb.safetensors")  # a stem for 3 channels
+    refitted = fresh_model(spec, digits, torch.device("cpu"), tmp_path / "rgb.safetensors")
+    fitted = fresh_model(spec, digits, torch.device("cpu"))
+    assert torch.equal(refitted.state_dict()["0.weight"], fitted.state_dict()["0.weight"])
