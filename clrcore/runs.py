@@ -65,9 +65,9 @@ def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device) -> nn.Modu
     tune = spec.finetune
     model = build_model(spec.model, channels, len(ds.classes), size,
                         weights=tune.weights if tune else None).to(device)
-    if tune is not None:
+    if tune is not None:  # the fresh head is built on the CPU: moved to the body's device (a CUDA sweep needs it)
         finetune.prepare(model, len(ds.classes), groups=tune.groups, body_lr_divisor=tune.body_lr_divisor,
-                         freeze_epochs=tune.freeze_epochs)
+                         freeze_epochs=tune.freeze_epochs).to(device)
     if has_data_init(model):  # only then: 5,000 float images of a large-image dataset are not small
         images = sample(ds.train, fit_image_count(*ds.train.images.shape[2:]), seed=spec.seed)
         fit_to_data(model, normalised_images(images, device=device, **normalization(ds, spec.normalize)))
