@@ -27,6 +27,7 @@ import functools
 import json
 import math
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
@@ -65,11 +66,11 @@ WEIGHTS_FILE = "pretrained_resnet18.safetensors"
 class Setup:
     """Sizes of the two steps; CPU, FULL and the test's tiny one differ only here."""
 
-    pretrain_images: int = 5000
+    pretrain_images: int = 3000
     pretrain_test: int = 1000
-    pretrain_epochs: int = 5
+    pretrain_epochs: int = 4
     pretrain_lr: float = 0.1  # fixed: step 1 only makes weights to start from
-    train_images: int = 2000
+    train_images: int = 1000
     test_images: int = 1000
     epochs: int = 4
     size: int = 32  # stored CIFAR side; `image_size` above it upscales (resize_dataset)
@@ -80,7 +81,7 @@ class Setup:
     # 5,000 small images of other classes has more to learn than an ImageNet one
     finetune: dict[str, Any] = field(default_factory=lambda: {"freeze_epochs": 1, "groups": 3,
                                                               "body_lr_divisor": 10.0})
-    sweep: dict[str, Any] = field(default_factory=lambda: {"start_lr": 1e-4, "end_lr": 10.0, "epochs": 4})
+    sweep: dict[str, Any] = field(default_factory=lambda: {"start_lr": 1e-4, "end_lr": 10.0, "epochs": 6})
     sweep_seeds: tuple[int, ...] = (0, 1, 2)
     grid_points: int = 6
     grid_seeds: tuple[int, ...] = (0, 1)
@@ -186,12 +187,26 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run_all(jobs: list[Job], parallel: int) -> list[dict[str, Any]]:
-    """The jobs in `parallel` one-thread processes (in order, results in order); inline for 1."""
+def run_all(jobs: list[Job], parallel: int,
+            on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """The jobs in `parallel` one-thread processes (started in order, results in order); inline for 1.
+    `on_row` sees the rows so far after each one, so a run cut short keeps what it finished."""
+    rows: list[dict[str, Any]] = []
     if parallel <= 1:
-        return [run_job(job) for job in jobs]
-    with ProcessPoolExecutor(parallel, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
-        return list(pool.map(run_job, jobs))
+        results: Iterable[dict[str, Any]] = map(run_job, jobs)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(parallel, mp_context=get_context("spawn"), initializer=_one_thread)
+        results = pool.map(run_job, jobs)
+    try:
+        for row in results:
+            rows.append(row)
+            if on_row:
+                on_row(rows)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return rows
 
 
 def grid_lrs(curves: list[dict[str, Any]], points: int) -> list[float]:
@@ -215,7 +230,7 @@ def run(full: Dataset, setup: Setup, out: Path, parallel: int) -> dict[str, Any]
                            "test_images": [len(pre_data.test), len(ft_data.test)], "weights": str(weights)}
 
     def save(stage: str) -> None:
-        res["stages_done"] = [*res.get("stages_done", []), stage]
+        res["stages_done"] = list(dict.fromkeys([*res.get("stages_done", []), stage]))
         res["seconds"] = round(time.perf_counter() - started, 1)
         (out / "results.json").write_text(json.dumps(res, default=str))
 
@@ -233,24 +248,38 @@ def run(full: Dataset, setup: Setup, out: Path, parallel: int) -> dict[str, Any]
     res["group_bounds"] = [r["group_bounds"] for r in rows]
     save("sweep")
     print(json.dumps({"stage": "sweep", "s": res["seconds"]}), flush=True)
-    # stage 3: the grid (every seed) and the auto job of each grid seed (its own sweep's pick)
-    lrs = grid_lrs(res["curves"], setup.grid_points)
+    # stage 3: per grid seed, its grid then its auto job (its own sweep's pick); saved after each run
+    res["grid_lrs"] = grid_lrs(res["curves"], setup.grid_points)
     picks = {r["seed"]: r["lr"] for r in rows}
-    jobs = [Job("grid", kinds["finetune"], ft_data, seed, lr, weights) for seed in setup.grid_seeds for lr in lrs]
-    jobs += [Job("auto", kinds["finetune"], ft_data, seed, picks[seed], weights) for seed in setup.grid_seeds
-             if seed in picks]
-    rows = run_all(jobs, parallel)
-    res["grid_lrs"] = lrs
-    res["grid_acc_by_seed"] = [[r["acc"] for r in rows if r["kind"] == "grid" and r["seed"] == seed]
-                               for seed in setup.grid_seeds]
-    res["grid_acc"] = np.mean(res["grid_acc_by_seed"], axis=0).tolist()
-    autos = [r for r in rows if r["kind"] == "auto"]
-    res["auto"] = {"max_lrs": [r["lr"] for r in autos], "acc": [r["acc"] for r in autos],
-                   "regret": (max(res["grid_acc"]) - float(np.mean([r["acc"] for r in autos]))) * 100,
-                   "cliff_margin": CLIFF_MARGIN}
-    res["run_seconds"] = {kind: [r["seconds"] for r in rows if r["kind"] == kind] for kind in ("grid", "auto")}
+    jobs = []
+    for seed in setup.grid_seeds:
+        jobs += [Job("grid", kinds["finetune"], ft_data, seed, lr, weights) for lr in res["grid_lrs"]]
+        jobs += [Job("auto", kinds["finetune"], ft_data, seed, picks[seed], weights)] if seed in picks else []
+
+    def keep(rows: list[dict[str, Any]]) -> None:
+        grid_results(res, rows)
+        save("grid_partial")
+
+    run_all(jobs, parallel, keep)
     save("grid")
     return res
+
+
+def grid_results(res: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """The grid and auto runs into `res`: grid seeds with every point done, and their auto jobs."""
+    seeds = sorted({r["seed"] for r in rows if r["kind"] == "grid"})
+    by_seed = {s: [r["acc"] for r in rows if r["kind"] == "grid" and r["seed"] == s] for s in seeds}
+    done = [s for s in seeds if len(by_seed[s]) == len(res["grid_lrs"])]
+    if not done:
+        return
+    res["grid_seeds_done"] = done
+    res["grid_acc_by_seed"] = [by_seed[s] for s in done]
+    res["grid_acc"] = np.mean(res["grid_acc_by_seed"], axis=0).tolist()
+    autos = [r for r in rows if r["kind"] == "auto" and r["seed"] in done]
+    res["auto"] = {"max_lrs": [r["lr"] for r in autos], "acc": [r["acc"] for r in autos],
+                   "regret": (max(res["grid_acc"]) - float(np.mean([r["acc"] for r in autos]))) * 100
+                   if autos else math.nan, "cliff_margin": CLIFF_MARGIN}
+    res["run_seconds"] = {kind: [r["seconds"] for r in rows if r["kind"] == kind] for kind in ("grid", "auto")}
 
 
 # ------------------------------------------------------------------------------------------ analysis
