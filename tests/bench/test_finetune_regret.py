@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.finetune_regret import Setup, WEIGHTS_FILE, analyse, class_subset, run
+from bench.finetune_regret import FINETUNE_CLASSES, WEIGHTS_FILE, Setup, analyse, class_subset, run, step_data, tasks
 from clrcore.datasets import synthetic_dataset
 from clrcore.weights import check_file
 
@@ -23,6 +23,14 @@ def test_class_subset_keeps_and_relabels_only_those_classes():
     rows = data.train.labels >= 5
     assert np.array_equal(sub.train.images, data.train.images[rows])
     assert np.array_equal(sub.train.labels, data.train.labels[rows] - 5)
+
+
+def test_the_full_modes_upscaling_gives_the_model_image_size_crops():
+    data = synthetic_dataset(n_train=100, n_test=50, num_classes=10, image_size=32)
+    setup = Setup(train_images=30, test_images=20, image_size=64)
+    tuned = step_data(data, tasks(setup)["finetune"], FINETUNE_CLASSES, setup)
+    assert tuned.train.input_size == 64 and tuned.test.input_size == 64
+    assert len(tuned.train) == 30 and len(tuned.test) == 20 and tuned.classes[0] == "class5"
 
 
 @pytest.mark.slow
