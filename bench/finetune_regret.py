@@ -380,6 +380,15 @@ def analyse(res: dict[str, Any], out: Path, figure: Path | None) -> str:
     return text
 
 
+def add_scratch(res: dict[str, Any], full: Dataset, lrs: list[float], parallel: int) -> dict[str, Any]:
+    """More from-scratch runs on the stored run's data and setup, added to its baseline."""
+    setup = Setup(**{**res["setup"], **{k: tuple(v) for k, v in res["setup"].items() if isinstance(v, list)}})
+    task = tasks(setup)["scratch"]
+    data = step_data(full, task, FINETUNE_CLASSES, setup)
+    rows = run_all([Job("scratch", task, data, seed, lr) for seed in setup.scratch_seeds for lr in lrs], parallel)
+    return {**res, "scratch": sorted([*res["scratch"], *rows], key=lambda r: (r["seed"], r["lr"]))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-jpg.tar.gz"))
@@ -388,9 +397,16 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="one-thread processes (CPU mode)")
     parser.add_argument("--figure", type=Path, default=None, help="also write the PNG here (docs/img/...)")
     parser.add_argument("--reanalyse", action="store_true", help="re-read out/results.json, train nothing")
+    parser.add_argument("--add-scratch", type=float, nargs="+", default=None, metavar="LR",
+                        help="train the from-scratch baseline at these LRs too (its best sat at a grid edge), "
+                        "add them to out/results.json, then analyse")
     args = parser.parse_args()
-    if args.reanalyse:
+    if args.reanalyse or args.add_scratch:
         res = json.loads((args.out / "results.json").read_text())
+        if args.add_scratch:
+            torch.set_num_threads(1)
+            res = add_scratch(res, load_cifar(args.data.resolve()), args.add_scratch, args.parallel)
+            (args.out / "results.json").write_text(json.dumps(res, default=str))
     else:
         if not args.full:
             torch.set_num_threads(1)

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from bench.finetune_regret import FINETUNE_CLASSES, WEIGHTS_FILE, Setup, analyse, class_subset, run, step_data, tasks
+from bench.finetune_regret import (
+    FINETUNE_CLASSES,
+    WEIGHTS_FILE,
+    Setup,
+    add_scratch,
+    analyse,
+    class_subset,
+    run,
+    step_data,
+    tasks,
+)
 from clrcore.datasets import synthetic_dataset
 from clrcore.weights import check_file
 
@@ -51,6 +61,9 @@ def test_a_tiny_run_writes_weights_a_table_with_numbers_and_the_figure(tmp_path)
     assert [b["group"] for b in bounds] == ["body0", "body1", "head"]
     assert bounds[-1]["max_lr"] == pytest.approx(res["curves"][0]["auto_max_lr"])
     assert bounds[0]["max_lr"] == pytest.approx(bounds[-1]["max_lr"] / 10)
+    res = add_scratch(res, data, [0.01], parallel=1)  # the baseline extended, on the same data
+    assert [r["lr"] for r in res["scratch"]] == [0.01, 0.1]
+    assert all(0.0 <= r["acc"] <= 1.0 for r in res["scratch"])
     text = analyse(res, tmp_path / "out", tmp_path / "fig.png")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     grid_rows = [r for r in rows if re.match(r"\| \d", r)]
