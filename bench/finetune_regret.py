@@ -97,12 +97,16 @@ FULL = Setup(pretrain_images=25_000, pretrain_test=5000, pretrain_epochs=20, tra
 
 
 def tasks(setup: Setup) -> dict[str, Task]:
-    """lr_regret Tasks for the three kinds of run: pretraining, fine-tuning, from scratch."""
+    """lr_regret Tasks for the kinds of run: pretraining, fine-tuning, from scratch, and `plain` (the
+    pretrained weights with a fresh head, every layer at one LR, nothing frozen: the weights without
+    the fine-tuning recipe)."""
     pre = Task("pretrain", "cifar", setup.model, SGD, setup.batch_size, setup.pretrain_epochs, setup.sweep,
                setup.pretrain_images, setup.pretrain_test, setup.size)
     tune = Task("finetune", "cifar", setup.model, SGD, setup.batch_size, setup.epochs, setup.sweep,
                 setup.train_images, setup.test_images, setup.size, {"finetune": setup.finetune})
-    return {"pretrain": pre, "finetune": tune, "scratch": replace(tune, name="scratch", extra={})}
+    plain = {"finetune": {"freeze_epochs": 0, "groups": 1, "body_lr_divisor": 1.0}}
+    return {"pretrain": pre, "finetune": tune, "scratch": replace(tune, name="scratch", extra={}),
+            "plain": replace(tune, name="plain", extra=plain)}
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -303,6 +307,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def plain_line(res: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    """The `plain` control's line, when it was run: the weights without the fine-tuning recipe."""
+    if not res.get("plain"):
+        return []
+    runs = ", ".join(f"{r['lr']:g}: {_pct(r['acc'])}" for r in res["plain"])
+    best = max(r["acc"] for r in res["plain"])
+    return [f"- the pretrained weights without the recipe (fresh head, one LR for every layer, nothing frozen), "
+            f"best of {len(res['plain'])}: {_pct(best)} % ({runs}); "
+            f"{100 * (best - s['scratch_best']):+.1f} pts against from scratch"]
+
+
 def table(res: dict[str, Any]) -> str:
     """Markdown: the grid, the picks and their regrets, the baseline."""
     s = summary(res)
@@ -334,6 +349,7 @@ def table(res: dict[str, Any]) -> str:
               f"{_pct(s['scratch_best'])} % at max LR {s['scratch_best_lr']:.3g} "
               f"({scratch_runs}); "
               f"fine-tuning gains {100 * (s['best_grid'] - s['scratch_best']):+.1f} pts (best grid)",
+              *plain_line(res, s),
               "- the recommendation per layer group (sweep seed 0): "
               + ", ".join(f"{b['group']} {b['base_lr']:.2g}-{b['max_lr']:.2g}" for b in bounds)]
     return "\n".join(lines)
@@ -361,6 +377,10 @@ def plot(res: dict[str, Any], path: Path) -> None:
     scratch = sorted(res["scratch"], key=lambda r: r["lr"])
     ax.plot([r["lr"] for r in scratch], [r["acc"] * 100 for r in scratch], "s--", color="tab:blue", ms=5,
             label="from scratch (x axis: its one LR)")
+    plain = sorted(res.get("plain", []), key=lambda r: r["lr"])
+    if plain:
+        ax.plot([r["lr"] for r in plain], [r["acc"] * 100 for r in plain], "D:", color="tab:green", ms=5,
+                label="pretrained, no recipe (one LR, nothing frozen)")
     ax.set_xscale("log")
     ax.set_xlabel("max LR of the head (body groups: x1/10^k, fixed ratios)")
     ax.set_ylabel("test accuracy, classes 5-9 (%)")
@@ -380,13 +400,21 @@ def analyse(res: dict[str, Any], out: Path, figure: Path | None) -> str:
     return text
 
 
-def add_scratch(res: dict[str, Any], full: Dataset, lrs: list[float], parallel: int) -> dict[str, Any]:
-    """More from-scratch runs on the stored run's data and setup, added to its baseline."""
+def add_baselines(res: dict[str, Any], full: Dataset, scratch: list[float], plain: list[float],
+                  parallel: int) -> dict[str, Any]:
+    """More baseline runs on the stored run's data and setup: from scratch, and `plain` (see `tasks`)."""
     setup = Setup(**{**res["setup"], **{k: tuple(v) for k, v in res["setup"].items() if isinstance(v, list)}})
-    task = tasks(setup)["scratch"]
-    data = step_data(full, task, FINETUNE_CLASSES, setup)
-    rows = run_all([Job("scratch", task, data, seed, lr) for seed in setup.scratch_seeds for lr in lrs], parallel)
-    return {**res, "scratch": sorted([*res["scratch"], *rows], key=lambda r: (r["seed"], r["lr"]))}
+    kinds = tasks(setup)
+    data = step_data(full, kinds["scratch"], FINETUNE_CLASSES, setup)
+    weights = Path(res["weights"])
+    jobs = [Job("scratch", kinds["scratch"], data, seed, lr) for seed in setup.scratch_seeds for lr in scratch]
+    jobs += [Job("plain", kinds["plain"], data, seed, lr, weights) for seed in setup.scratch_seeds for lr in plain]
+    rows = run_all(jobs, parallel)
+    out = dict(res)
+    for kind in ("scratch", "plain"):
+        new = [r for r in rows if r["kind"] == kind]
+        out[kind] = sorted([*res.get(kind, []), *new], key=lambda r: (r["seed"], r["lr"]))
+    return out
 
 
 def main() -> None:
@@ -397,15 +425,17 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="one-thread processes (CPU mode)")
     parser.add_argument("--figure", type=Path, default=None, help="also write the PNG here (docs/img/...)")
     parser.add_argument("--reanalyse", action="store_true", help="re-read out/results.json, train nothing")
-    parser.add_argument("--add-scratch", type=float, nargs="+", default=None, metavar="LR",
-                        help="train the from-scratch baseline at these LRs too (its best sat at a grid edge), "
-                        "add them to out/results.json, then analyse")
+    parser.add_argument("--add-scratch", type=float, nargs="+", default=[], metavar="LR",
+                        help="train the from-scratch baseline at these LRs too (on a stored run), then analyse")
+    parser.add_argument("--add-plain", type=float, nargs="+", default=[], metavar="LR",
+                        help="train the pretrained weights without the recipe (one LR, nothing frozen) at these")
     args = parser.parse_args()
-    if args.reanalyse or args.add_scratch:
+    if args.reanalyse or args.add_scratch or args.add_plain:
         res = json.loads((args.out / "results.json").read_text())
-        if args.add_scratch:
+        if args.add_scratch or args.add_plain:
             torch.set_num_threads(1)
-            res = add_scratch(res, load_cifar(args.data.resolve()), args.add_scratch, args.parallel)
+            res = add_baselines(res, load_cifar(args.data.resolve()), args.add_scratch, args.add_plain,
+                                args.parallel)
             (args.out / "results.json").write_text(json.dumps(res, default=str))
     else:
         if not args.full:

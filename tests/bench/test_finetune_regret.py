@@ -10,7 +10,7 @@ from bench.finetune_regret import (
     FINETUNE_CLASSES,
     WEIGHTS_FILE,
     Setup,
-    add_scratch,
+    add_baselines,
     analyse,
     class_subset,
     run,
@@ -61,9 +61,9 @@ def test_a_tiny_run_writes_weights_a_table_with_numbers_and_the_figure(tmp_path)
     assert [b["group"] for b in bounds] == ["body0", "body1", "head"]
     assert bounds[-1]["max_lr"] == pytest.approx(res["curves"][0]["auto_max_lr"])
     assert bounds[0]["max_lr"] == pytest.approx(bounds[-1]["max_lr"] / 10)
-    res = add_scratch(res, data, [0.01], parallel=1)  # the baseline extended, on the same data
-    assert [r["lr"] for r in res["scratch"]] == [0.01, 0.1]
-    assert all(0.0 <= r["acc"] <= 1.0 for r in res["scratch"])
+    res = add_baselines(res, data, [0.01], [0.1], parallel=1)  # the baselines extended, on the same data
+    assert [r["lr"] for r in res["scratch"]] == [0.01, 0.1] and [r["lr"] for r in res["plain"]] == [0.1]
+    assert all(0.0 <= r["acc"] <= 1.0 for r in res["scratch"] + res["plain"])
     text = analyse(res, tmp_path / "out", tmp_path / "fig.png")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     grid_rows = [r for r in rows if re.match(r"\| \d", r)]
@@ -73,5 +73,5 @@ def test_a_tiny_run_writes_weights_a_table_with_numbers_and_the_figure(tmp_path)
         assert all(re.fullmatch(r"[\d.e+-]+", c) for c in cells), row
     auto_row = next(r for r in rows if r.startswith("| `auto` job"))
     assert re.search(r"\| -?\d+\.\d \|", auto_row), auto_row
-    assert "from scratch" in text and "pretraining" in text
+    assert "from scratch" in text and "pretraining" in text and "without the recipe" in text
     assert (tmp_path / "fig.png").stat().st_size > 10_000
