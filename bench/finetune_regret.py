@@ -350,6 +350,10 @@ def table(res: dict[str, Any]) -> str:
               f"({scratch_runs}); "
               f"fine-tuning gains {100 * (s['best_grid'] - s['scratch_best']):+.1f} pts (best grid)",
               *plain_line(res, s),
+              *([f"- the grid's top {res['grid_extended_by']} points were trained after the first pass "
+                 "(`--extend-grid`: its best point sat at the top edge)"] if res.get("grid_extended_by") else []),
+              *(["- the best grid point is the grid's top edge: the regret is a lower bound"]
+                if int(np.argmax(res["grid_acc"])) == len(res["grid_acc"]) - 1 else []),
               "- the recommendation per layer group (sweep seed 0): "
               + ", ".join(f"{b['group']} {b['base_lr']:.2g}-{b['max_lr']:.2g}" for b in bounds)]
     return "\n".join(lines)
@@ -400,20 +404,34 @@ def analyse(res: dict[str, Any], out: Path, figure: Path | None) -> str:
     return text
 
 
-def add_baselines(res: dict[str, Any], full: Dataset, scratch: list[float], plain: list[float],
-                  parallel: int) -> dict[str, Any]:
-    """More baseline runs on the stored run's data and setup: from scratch, and `plain` (see `tasks`)."""
+def add_runs(res: dict[str, Any], full: Dataset, scratch: list[float], plain: list[float], grid_up: int,
+             parallel: int) -> dict[str, Any]:
+    """More runs on a stored run's data, weights and setup: from scratch, `plain` (see `tasks`), and
+    `grid_up` grid points above the grid at its spacing (every grid seed done), for a grid whose best
+    point sat at its top edge. The auto jobs' regret is recomputed against the extended grid."""
     setup = Setup(**{**res["setup"], **{k: tuple(v) for k, v in res["setup"].items() if isinstance(v, list)}})
     kinds = tasks(setup)
     data = step_data(full, kinds["scratch"], FINETUNE_CLASSES, setup)
     weights = Path(res["weights"])
-    jobs = [Job("scratch", kinds["scratch"], data, seed, lr) for seed in setup.scratch_seeds for lr in scratch]
+    step = res["grid_lrs"][1] / res["grid_lrs"][0]
+    more = [res["grid_lrs"][-1] * step**k for k in range(1, grid_up + 1)]
+    seeds = res["grid_seeds_done"]
+    jobs = [Job("grid", kinds["finetune"], data, seed, lr, weights) for seed in seeds for lr in more]
+    jobs += [Job("scratch", kinds["scratch"], data, seed, lr) for seed in setup.scratch_seeds for lr in scratch]
     jobs += [Job("plain", kinds["plain"], data, seed, lr, weights) for seed in setup.scratch_seeds for lr in plain]
     rows = run_all(jobs, parallel)
     out = dict(res)
     for kind in ("scratch", "plain"):
         new = [r for r in rows if r["kind"] == kind]
         out[kind] = sorted([*res.get(kind, []), *new], key=lambda r: (r["seed"], r["lr"]))
+    if more:
+        out["grid_lrs"] = [*res["grid_lrs"], *more]
+        out["grid_acc_by_seed"] = [[*accs, *(r["acc"] for r in rows if r["kind"] == "grid" and r["seed"] == seed)]
+                                   for seed, accs in zip(seeds, res["grid_acc_by_seed"], strict=True)]
+        out["grid_acc"] = np.mean(out["grid_acc_by_seed"], axis=0).tolist()
+        out["grid_extended_by"] = len(more)
+        auto = res["auto"]
+        out["auto"] = {**auto, "regret": (max(out["grid_acc"]) - float(np.mean(auto["acc"]))) * 100}
     return out
 
 
@@ -429,13 +447,16 @@ def main() -> None:
                         help="train the from-scratch baseline at these LRs too (on a stored run), then analyse")
     parser.add_argument("--add-plain", type=float, nargs="+", default=[], metavar="LR",
                         help="train the pretrained weights without the recipe (one LR, nothing frozen) at these")
+    parser.add_argument("--extend-grid", type=int, default=0, metavar="N",
+                        help="N more grid points above the stored grid, at its spacing, every grid seed")
     args = parser.parse_args()
-    if args.reanalyse or args.add_scratch or args.add_plain:
+    adding = bool(args.add_scratch or args.add_plain or args.extend_grid)
+    if args.reanalyse or adding:
         res = json.loads((args.out / "results.json").read_text())
-        if args.add_scratch or args.add_plain:
+        if adding:
             torch.set_num_threads(1)
-            res = add_baselines(res, load_cifar(args.data.resolve()), args.add_scratch, args.add_plain,
-                                args.parallel)
+            res = add_runs(res, load_cifar(args.data.resolve()), args.add_scratch, args.add_plain,
+                           args.extend_grid, args.parallel)
             (args.out / "results.json").write_text(json.dumps(res, default=str))
     else:
         if not args.full:

@@ -10,7 +10,7 @@ from bench.finetune_regret import (
     FINETUNE_CLASSES,
     WEIGHTS_FILE,
     Setup,
-    add_baselines,
+    add_runs,
     analyse,
     class_subset,
     run,
@@ -61,13 +61,15 @@ def test_a_tiny_run_writes_weights_a_table_with_numbers_and_the_figure(tmp_path)
     assert [b["group"] for b in bounds] == ["body0", "body1", "head"]
     assert bounds[-1]["max_lr"] == pytest.approx(res["curves"][0]["auto_max_lr"])
     assert bounds[0]["max_lr"] == pytest.approx(bounds[-1]["max_lr"] / 10)
-    res = add_baselines(res, data, [0.01], [0.1], parallel=1)  # the baselines extended, on the same data
+    top = res["grid_lrs"][-1]
+    res = add_runs(res, data, [0.01], [0.1], 1, parallel=1)  # baselines and one grid point more, same data
+    assert len(res["grid_lrs"]) == 4 and res["grid_lrs"][-1] > top and len(res["grid_acc_by_seed"][0]) == 4
     assert [r["lr"] for r in res["scratch"]] == [0.01, 0.1] and [r["lr"] for r in res["plain"]] == [0.1]
     assert all(0.0 <= r["acc"] <= 1.0 for r in res["scratch"] + res["plain"])
     text = analyse(res, tmp_path / "out", tmp_path / "fig.png")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     grid_rows = [r for r in rows if re.match(r"\| \d", r)]
-    assert len(grid_rows) == 3
+    assert len(grid_rows) == 4
     for row in grid_rows:  # head LR, one seed, mean: all numbers
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert all(re.fullmatch(r"[\d.e+-]+", c) for c in cells), row
