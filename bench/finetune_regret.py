@@ -386,7 +386,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax.plot([r["lr"] for r in plain], [r["acc"] * 100 for r in plain], "D:", color="tab:green", ms=5,
                 label="pretrained, no recipe (one LR, nothing frozen)")
     ax.set_xscale("log")
-    ax.set_xlabel("max LR of the head (body groups: x1/10^k, fixed ratios)")
+    scales = " and ".join(f"{b['lr_scale']:.2g}x" for b in res["group_bounds"][0][:-1])
+    ax.set_xlabel(f"max LR of the head (the body's groups at {scales} of it)")
     ax.set_ylabel("test accuracy, classes 5-9 (%)")
     ax.set_title("resnet18 pretrained on CIFAR-10 classes 0-4, fine-tuned on 5-9")
     ax.legend(fontsize=7, loc="lower left")
