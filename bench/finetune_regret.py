@@ -14,10 +14,11 @@ best of a few LRs, shows what the pretraining is worth.
     nice -n 10 .venv/bin/python -m bench.finetune_regret --data ../shared/data/cifar10-jpg.tar.gz \
         --out runs/finetune_regret --figure docs/img/finetune_regret.png --parallel 2
 
-CPU mode (default): 32 px, 5,000 pretraining and 2,000 fine-tuning images, about 20-35 minutes on two
-loaded cores with two one-thread processes. --full (for a GPU): 224 px (CIFAR upscaled), whole
-class splits (25,000 + 25,000 images, 5,000 test), more epochs. Writes results.json, table.md and
-the PNG; --reanalyse redraws them from results.json without training.
+CPU mode (default): 32 px, 3,000 pretraining and 1,000 fine-tuning images: 34 minutes on two cores at
+load average 15-25 (six sessions sharing them), two one-thread processes. --full (for a GPU): 224 px
+(CIFAR upscaled), whole class splits (25,000 + 25,000 images, 5,000 test), more epochs. Writes
+results.json, table.md and the PNG; --reanalyse redraws them from results.json without training;
+--extend-grid, --add-scratch and --add-plain add runs to a stored result.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Setup:
     batch_size: int = 64
     model: str = "resnet18"
     # fastai's recipe, with body_lr_divisor 10 (the spec's default is fastai's 100): a body pretrained on
-    # 5,000 small images of other classes has more to learn than an ImageNet one
+    # 3,000 small images of other classes has more to learn than an ImageNet one
     finetune: dict[str, Any] = field(default_factory=lambda: {"freeze_epochs": 1, "groups": 3,
                                                               "body_lr_divisor": 10.0})
     sweep: dict[str, Any] = field(default_factory=lambda: {"start_lr": 1e-4, "end_lr": 10.0, "epochs": 6})
