@@ -23,12 +23,14 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from clrcore.cycle_fit import fit_cycles
 from clrcore.datasets import Dataset, Split, load_dataset, load_digits_dataset, make_dataset, sample
@@ -46,7 +48,10 @@ from clrcore.suggest import (
     safe_recommendation,
 )
 from clrcore.train_setup import config_from_spec, steps_per_epoch
-from clrcore.trainer import train
+from clrcore.trainer import TrainResult, train
+
+# Builds the model a run starts from (spec, data, device); bench/finetune_regret.py loads pretrained weights.
+ModelBuilder = Callable[[TrainSpec, Dataset, torch.device], nn.Module]
 
 RULES = ("steepest", "valley", "slide", "min_loss_div10", "blog", "ours")
 GRID_POINTS = 7
@@ -69,7 +74,7 @@ class Task:
     train_images: int = 0  # CIFAR subsets only
     test_images: int = 0
     size: int = 16
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # more spec fields, as is (e.g. "finetune")
 
 
 SGD = {"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}
@@ -133,15 +138,15 @@ def spec_for(task: Task, seed: int, max_lr: float | str) -> TrainSpec:
         "dataset": "digits", "model": task.model, "batch_size": task.batch_size, "epochs": task.epochs,
         "optimizer": task.optimizer, "seed": seed, "device": "auto", "max_lr": max_lr,
         "augment": {"translate": 1, "flip": task.data != "digits"}, "policy": "triangular",
-        "range_test": {**RangeTestOptions().model_dump(), **task.sweep}, "compile": False,
+        "range_test": {**RangeTestOptions().model_dump(), **task.sweep}, "compile": False, **task.extra,
     })
 
 
-def sweep(task: Task, data: Dataset, seed: int) -> dict[str, Any]:
+def sweep(task: Task, data: Dataset, seed: int, build: ModelBuilder = fresh_model) -> dict[str, Any]:
     """One range test (the job's own sweep code); returns the raw curve and the job's recommendation."""
     spec = spec_for(task, seed, "auto")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = fresh_model(spec, data, device)
+    model = build(spec, data, device)
     started = time.perf_counter()
     result = _sweep(spec, spec.range_test, "triangular", data, model, device, Hooks())
     taken = [r for r in result.log if not r["skipped"]]
@@ -159,8 +164,9 @@ def auto_max_lr(task: Task, lrs: list[float], losses: list[float]) -> float:
         return safe_recommendation(task.optimizer["name"]).max_lr
 
 
-def train_at(task: Task, data: Dataset, max_lr: float, seed: int) -> float:
-    """Test accuracy after training at `max_lr` with the product's recipe (step fitted to the epochs)."""
+def trained(task: Task, data: Dataset, max_lr: float, seed: int,
+            build: ModelBuilder = fresh_model) -> tuple[nn.Module, TrainResult]:
+    """The model trained at `max_lr` with the product's recipe (step fitted to the epochs), and its result."""
     spec = spec_for(task, seed, max_lr)
     iters = steps_per_epoch(len(data.train), spec.batch_size)
     fit = fit_cycles(spec.epochs, iters)
@@ -170,9 +176,14 @@ def train_at(task: Task, data: Dataset, max_lr: float, seed: int) -> float:
         spec = spec.model_copy(update={"step_size": fit.step_iterations, "step_unit": "iterations"})
     schedule = schedule_from_spec(spec, base_lr=max_lr / 25, max_lr=max_lr, iters_per_epoch=iters)
     config = config_from_spec(spec, schedule, "auto")
-    model = fresh_model(spec, data, config.device)
+    model = build(spec, data, config.device)
+    return model, train(model, data, config)
+
+
+def train_at(task: Task, data: Dataset, max_lr: float, seed: int, build: ModelBuilder = fresh_model) -> float:
+    """Test accuracy after training at `max_lr` with the product's recipe (step fitted to the epochs)."""
     try:
-        result = train(model, data, config)
+        _, result = trained(task, data, max_lr, seed, build)
     except Exception as exc:  # a diverged run is a data point (chance accuracy), not a crash
         print(json.dumps({"diverged": task.name, "max_lr": max_lr, "seed": seed, "error": str(exc)[:120]}),
               flush=True)

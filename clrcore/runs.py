@@ -85,7 +85,7 @@ def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device, weights_fi
         refit = refit and bool(kept - _head_names(model))  # a tensor besides the head kept: the stem
     if tune is not None:
         finetune.prepare(model, len(ds.classes), groups=tune.groups, body_lr_divisor=tune.body_lr_divisor,
-                         freeze_epochs=tune.freeze_epochs)
+                         freeze_epochs=tune.freeze_epochs).to(device)  # the fresh head is built on the CPU
     if refit:  # only then: 5,000 float images of a large-image dataset are not small
         images = sample(ds.train, fit_image_count(*ds.train.images.shape[2:]), seed=spec.seed)
         fit_to_data(model, normalised_images(images, device=device, **normalization(ds, spec.normalize)))

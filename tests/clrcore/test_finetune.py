@@ -40,6 +40,14 @@ def test_groups_follow_network_order_with_the_head_alone_last():
     assert sum(len(ps) for _, ps in layers) == len(list(model.parameters()))
 
 
+def test_the_fresh_head_is_on_the_bodys_device():
+    """prepare builds the new head on the CPU; a CUDA sweep (which moves nothing) needs it on the device.
+    The meta device stands in for CUDA: a head left behind would show as a CPU parameter."""
+    spec = TrainSpec(dataset="digits", model="small_cnn", epochs=1, device="cpu", finetune=TUNE)
+    model = fresh_model(spec, load_digits_dataset(), torch.device("meta"))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
 class RecordingSGD(torch.optim.SGD):
     """SGD that notes every group's LR at each step it takes (what the update really used)."""
 

@@ -1,0 +1,79 @@
+"""bench/finetune_regret.py end to end at a tiny size: pretrain, save, sweep, grid, auto, table, PNG."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from bench.finetune_regret import (
+    FINETUNE_CLASSES,
+    WEIGHTS_FILE,
+    Setup,
+    add_runs,
+    analyse,
+    class_subset,
+    run,
+    step_data,
+    tasks,
+)
+from clrcore.datasets import synthetic_dataset
+from clrcore.weights import check_file
+
+TINY = Setup(pretrain_images=160, pretrain_test=60, pretrain_epochs=1, train_images=120, test_images=60, epochs=2,
+             batch_size=32, sweep={"start_lr": 1e-3, "end_lr": 10.0, "epochs": 4}, sweep_seeds=(0, 1),
+             grid_points=3, grid_seeds=(0,), scratch_lrs=(0.1,))
+
+
+def test_class_subset_keeps_and_relabels_only_those_classes():
+    data = synthetic_dataset(n_train=100, n_test=50, num_classes=10, image_size=8)
+    sub = class_subset(data, (5, 6, 7, 8, 9))
+    assert sub.classes == [f"class{c}" for c in (5, 6, 7, 8, 9)]
+    assert set(np.unique(sub.train.labels)) == set(range(5)) and len(sub.train) == 50
+    rows = data.train.labels >= 5
+    assert np.array_equal(sub.train.images, data.train.images[rows])
+    assert np.array_equal(sub.train.labels, data.train.labels[rows] - 5)
+
+
+def test_the_full_modes_upscaling_gives_the_model_image_size_crops():
+    data = synthetic_dataset(n_train=100, n_test=50, num_classes=10, image_size=32)
+    setup = Setup(train_images=30, test_images=20, image_size=64)
+    tuned = step_data(data, tasks(setup)["finetune"], FINETUNE_CLASSES, setup)
+    assert tuned.train.input_size == 64 and tuned.test.input_size == 64
+    assert len(tuned.train) == 30 and len(tuned.test) == 20 and tuned.classes[0] == "class5"
+
+
+@pytest.mark.slow
+def test_a_tiny_run_writes_weights_a_table_with_numbers_and_the_figure(tmp_path):
+    torch.set_num_threads(1)
+    data = synthetic_dataset(n_train=600, n_test=200, num_classes=10, image_size=32)
+    res = run(data, TINY, tmp_path / "out", parallel=1)
+    # step 1: weights saved as safetensors that fit the architecture
+    assert check_file(tmp_path / "out" / WEIGHTS_FILE, "resnet18", num_classes=5, image_size=32) == []
+    assert 0.0 <= res["pretrain"]["acc"] <= 1.0
+    # step 2: one curve per sweep seed, the grid per grid seed, an auto job per grid seed
+    assert len(res["curves"]) == 2 and all(len(c["lrs"]) > 10 for c in res["curves"])
+    assert len(res["grid_lrs"]) == 3 and res["grid_lrs"][0] < res["grid_lrs"][-1]
+    assert len(res["grid_acc_by_seed"]) == 1 and len(res["grid_acc_by_seed"][0]) == 3
+    assert len(res["auto"]["max_lrs"]) == 1 and res["auto"]["max_lrs"][0] > 0
+    assert np.isfinite(res["auto"]["regret"]) and res["auto"]["regret"] >= -100
+    bounds = res["group_bounds"][0]
+    assert [b["group"] for b in bounds] == ["body0", "body1", "head"]
+    assert bounds[-1]["max_lr"] == pytest.approx(res["curves"][0]["auto_max_lr"])
+    assert bounds[0]["max_lr"] == pytest.approx(bounds[-1]["max_lr"] / 10)
+    top = res["grid_lrs"][-1]
+    res = add_runs(res, data, [0.01], [0.1], 1, parallel=1)  # baselines and one grid point more, same data
+    assert len(res["grid_lrs"]) == 4 and res["grid_lrs"][-1] > top and len(res["grid_acc_by_seed"][0]) == 4
+    assert [r["lr"] for r in res["scratch"]] == [0.01, 0.1] and [r["lr"] for r in res["plain"]] == [0.1]
+    assert all(0.0 <= r["acc"] <= 1.0 for r in res["scratch"] + res["plain"])
+    text = analyse(res, tmp_path / "out", tmp_path / "fig.png")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    grid_rows = [r for r in rows if re.match(r"\| \d", r)]
+    assert len(grid_rows) == 4
+    for row in grid_rows:  # head LR, one seed, mean: all numbers
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(re.fullmatch(r"[\d.e+-]+", c) for c in cells), row
+    auto_row = next(r for r in rows if r.startswith("| `auto` job"))
+    assert re.search(r"\| -?\d+\.\d \|", auto_row), auto_row
+    assert "from scratch" in text and "pretraining" in text and "without the recipe" in text
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
