@@ -127,6 +127,7 @@ class WebhookDeliveries:
             return None
         return self.record_delivery(record, event, recommendation, previous=previous, reason=reason)
 
+    @unavailable_on_redis_errors
     def record_delivery(self, record: dict, event: str, recommendation: dict | None = None, *,
                         previous: str | None = None, reason: str | None = None) -> str:
         """Write the signed-to-be payload and its delivery record (the caller checked `wants`)."""
