@@ -62,6 +62,15 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'event', 'state', 'data
 return {'ok', cur, to, redis.call('HGETALL', KEYS[1])}
 """
 
+# KEYS: the due set. ARGV: delivery id, cutoff, now. Of several webhooks workers sweeping at once, only
+# the one that moves a due entry still older than the cutoff to `now` sends it again.
+RESTAMP_DUE_LUA = """
+local due = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '')
+if not due or due >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
 # KEYS: job. A notice that is no change of state (progress, a train job's range test done) takes the next
 # `notice_seq` and a snapshot of the record in one step; nil when the job is gone (never recreated).
 NEXT_NOTICE_LUA = """

@@ -25,6 +25,8 @@ Key layout (under the store's prefix):
     {p}:webhook:{delivery_id}:attempts  list: one JSON object per attempt (status code, latency, error)
     {p}:job:{id}:webhooks               list: the job's delivery ids, oldest first
     {p}:webhook-progress:{id}           string with a TTL: the progress throttle
+    {p}:webhooks:due                    sorted set: pending delivery ids by when their next attempt is due;
+                                        an id left there past `webhook_resend_after` is sent again
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class WebhookDeliveries:
         self.redis, self.prefix, self.settings = client, prefix, settings
         self._job_keys = JobKeys(prefix)
         self._next_notice = client.register_script(scripts.NEXT_NOTICE_LUA)
+        self._restamp_due = client.register_script(scripts.RESTAMP_DUE_LUA)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -157,6 +160,7 @@ class WebhookDeliveries:
         pipe.expire(self._key("webhook", delivery_id), ttl)
         pipe.rpush(self._key("job", record["id"], "webhooks"), delivery_id)
         pipe.expire(self._key("job", record["id"], "webhooks"), ttl)
+        pipe.zadd(self._key("webhooks", "due"), {delivery_id: time.time()})  # until an attempt is made
         pipe.execute()
         return delivery_id
 
@@ -201,6 +205,26 @@ class WebhookDeliveries:
         """A redelivery by hand: pending again, with a fresh retry window (the attempts stay listed)."""
         self.redis.hset(self._key("webhook", delivery_id), mapping={"state": "pending",
                                                                     "window_start": repr(time.time())})
+        self.due(delivery_id, time.time())
+
+    @unavailable_on_redis_errors
+    def due(self, delivery_id: str, at: float | None) -> None:
+        """When the delivery's next attempt is due (a retry's countdown), or None: no attempt is owed
+        (delivered, given up). The caller sends the task after, so a send that fails is swept up."""
+        if at is None:
+            self.redis.zrem(self._key("webhooks", "due"), delivery_id)
+        else:
+            self.redis.zadd(self._key("webhooks", "due"), {delivery_id: at})
+
+    @unavailable_on_redis_errors
+    def overdue(self, older_than: float, limit: int = 100) -> list[str]:
+        """Deliveries whose attempt was due more than `older_than` seconds ago and never came: their send
+        failed (broker blip, a process that died in between) or their worker died mid-attempt. Each is
+        restamped atomically first, so of several sweepers only one sends it again."""
+        now = time.time()
+        key = self._key("webhooks", "due")
+        ids = self.redis.zrangebyscore(key, "-inf", f"({now - older_than}", start=0, num=limit)
+        return [i for i in ids if self._restamp_due(keys=[key], args=[i, repr(now - older_than), repr(now)])]
 
 
 class JobNotices:

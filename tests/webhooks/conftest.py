@@ -31,6 +31,7 @@ def hook_settings(settings: Settings) -> Settings:
         "webhook_allow_networks": WEBHOOK_ENV["CLR_WEBHOOK_ALLOW_NETWORKS"],
         "webhook_retry_base": float(WEBHOOK_ENV["CLR_WEBHOOK_RETRY_BASE"]),
         "webhook_timeout": float(WEBHOOK_ENV["CLR_WEBHOOK_TIMEOUT"]),
+        "webhook_resend_after": float(WEBHOOK_ENV["CLR_WEBHOOK_RESEND_AFTER"]),
     })
 
 

@@ -1,8 +1,9 @@
 """Every change of a job's state reaches its webhook, whoever makes it: the sweeper (a lapsed lease hands
 the job back, or honours a cancel), a worker's warm shutdown (the job back to the queue), the lease
 keeper (failed at the deadline), the API (failed when it could not queue the job) and a delete (by the
-owner, or by retention). Through the real path: the API, real workers, a real webhooks worker, a receiver
-on loopback; each payload carries the job's `sequence`, so receivers can order what arrives out of order."""
+owner, or by retention); and a notice whose send failed is sent again by the webhooks workers. Through
+the real path: the API, real workers, a real webhooks worker, a receiver on loopback; each payload
+carries the job's `sequence`, so receivers can order what arrives out of order."""
 
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ def _wait_payload(receiver: Receiver, job_id: str, kind: str, nth: int = 1, time
             return found[nth - 1]
         time.sleep(0.05)
     raise TimeoutError(f"{kind} #{nth} of {job_id}: got {[p['type'] for p in _payloads(receiver, job_id)]}")
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 def _parked_job(client: TestClient, url: str, events: list[str]) -> str:
@@ -200,3 +208,29 @@ def test_retention_announces_the_jobs_it_removes(hook_settings: Settings, tmp_pa
     assert wired.records.get(job_id) is None
     assert (deleted["sequence"], deleted["data"]["state"]) == (3, "cancelled")
     assert json.dumps(deleted["data"]["spec"]["notify"]["events"]) == '["deleted"]'
+
+
+def test_a_notice_whose_send_failed_is_sent_again_by_the_webhooks_worker(
+    hook_client: TestClient, hook_settings: Settings, webhook_worker: Path
+) -> None:
+    """The process that changed the job could not reach the broker (here: a sender on a port nobody
+    listens on): the delivery is recorded all the same, and the webhooks worker's sweep sends it."""
+    from worker.celery_app import create_app as create_celery_app
+
+    dead_broker = create_celery_app(hook_settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"}))
+    wired = JobStore.from_settings(hook_settings, send_webhook=_sender(dead_broker))
+    receiver = Receiver()
+    try:
+        job_id = _parked_job(hook_client, receiver.url, ["cancelled"])
+        started = time.monotonic()
+        assert wired.records.request_cancel(job_id)["state"] == "cancelled"  # announced; its send fails
+        assert time.monotonic() - started < 10  # the cancel did not wait on the broker for long
+        (delivery,) = hook_client.get(f"/v1/jobs/{job_id}/deliveries", headers=ALICE).json()["items"]
+        assert delivery["attempts"] == 0  # recorded, never sent
+        cancelled = _wait_payload(receiver, job_id, "job.cancelled")  # swept after CLR_WEBHOOK_RESEND_AFTER
+        _wait_until(lambda: wired.redis.zscore(f"{wired.prefix}:webhooks:due", delivery["id"]) is None)
+    finally:
+        receiver.close()
+        wired.redis.close()
+        dead_broker.close()
+    assert cancelled["sequence"] == 2 and cancelled["data"]["state"] == "cancelled"
