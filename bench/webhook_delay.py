@@ -67,10 +67,12 @@ class ChainedLoad:
 
     def __init__(self, seconds: float) -> None:
         self.left, self.proc, self.results = seconds, None, []
-        self.clients_from = 0.0
+        self.clients_from = self.clients_until = 0.0
 
     def running(self) -> bool:
-        """True while a run's clients are on; starts the next run when one ended and time is left."""
+        """True while a run's clients are on (not while it starts, nor while it winds down after its
+        clients stopped, which can take minutes on a saturated machine); starts the next run when one
+        ended and time is left."""
         if self.proc is not None and self.proc.poll() is not None:
             self._collect()
         if self.proc is None and self.left > LOAD_START_S:
@@ -79,7 +81,8 @@ class ChainedLoad:
             self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "load.py"), "--seconds", str(chunk)],
                                          cwd=ROOT, stdout=subprocess.PIPE, text=True)
             self.clients_from = time.monotonic() + LOAD_START_S
-        return self.proc is not None and time.monotonic() >= self.clients_from
+            self.clients_until = self.clients_from + chunk
+        return self.proc is not None and self.clients_from <= time.monotonic() < self.clients_until
 
     def done(self) -> bool:
         return self.proc is None and self.left <= LOAD_START_S
