@@ -22,6 +22,7 @@ import base64
 import json
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -95,9 +96,15 @@ class ChainedLoad:
         self.proc = None
 
     def stop(self) -> None:
+        """End a run still going with SIGINT, so its `finally` stops its API and worker and removes its
+        keys (SIGTERM left them running, orphaned)."""
         if self.proc is not None:
             if self.proc.poll() is None:
-                self.proc.terminate()
+                self.proc.send_signal(signal.SIGINT)
+                try:
+                    self.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
             self._collect()
 
 
