@@ -176,7 +176,7 @@ def main() -> None:
                 cpu[name][0] += _cpu_seconds(server.pid) - before
                 cpu[name][1] += sent
                 samples[name] = (samples[name][0] + got, samples[name][1] + errors)
-        server_ms = _server_means(httpx.get(f"{base}/metrics").text)
+        server_ms = _server_means(httpx.get(f"{base}/metrics", headers=headers).text)  # /metrics needs a key
         for name, path in targets.items():
             route = path.replace(job["id"], "{job_id}")
             print(json.dumps({"target": name, "path": path.replace(job["id"], "{id}"), "clients": args.clients,

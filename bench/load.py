@@ -124,13 +124,17 @@ async def rss_timeline(pid: int, until: float, samples: list[float]) -> None:
 
 
 async def keep_training(client: httpx.AsyncClient, running: list[str], until: float, tally: Tally) -> None:
-    """A training job always in flight: when the current one is final, send the next."""
+    """A training job always in flight: when the current one is final, send the next. A dropped
+    connection (a saturated machine) is counted and tried again, never the end of the whole run."""
     while time.monotonic() < until:
-        state = (await client.get(f"/v1/jobs/{running[-1]}", headers=HEADERS)).json()["state"]
-        if state in ("succeeded", "failed", "cancelled"):
-            tally.jobs_run += 1
-            response = await client.post("/v1/jobs/train", json=TRAIN, headers=HEADERS)
-            running.append(response.json()["id"])
+        try:
+            state = (await client.get(f"/v1/jobs/{running[-1]}", headers=HEADERS)).json()["state"]
+            if state in ("succeeded", "failed", "cancelled"):
+                tally.jobs_run += 1
+                response = await client.post("/v1/jobs/train", json=TRAIN, headers=HEADERS)
+                running.append(response.json()["id"])
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            tally.error(f"trainer {type(exc).__name__}")
         await asyncio.sleep(1)
 
 

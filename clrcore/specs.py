@@ -22,8 +22,10 @@ UPLOADED_WEIGHTS = re.compile(r"^wt_[a-z0-9]{8,32}$")  # POST /v1/weights; the A
 PositiveLR = Annotated[float, Field(gt=0, le=1e3)]
 Policy = Literal["triangular", "triangular2", "exp_range", "one_cycle", "constant"]
 RecipeField = Literal["step_size", "epochs"]
-WebhookEvent = Literal["queued", "started", "range_test_done", "progress", "succeeded", "failed", "cancelled"]
-# Progress is opt-in: a receiver asks for it by name (it arrives throttled, CLR_WEBHOOK_PROGRESS_INTERVAL).
+WebhookEvent = Literal["queued", "started", "range_test_done", "progress", "succeeded", "failed", "cancelled",
+                       "deleted"]
+# Opt-in, asked for by name: progress (throttled, CLR_WEBHOOK_PROGRESS_INTERVAL) and deleted (the job's
+# record removed, by its owner or by retention: a receiver that mirrors jobs drops it).
 DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("queued", "started", "range_test_done", "succeeded", "failed",
                                            "cancelled")
 
@@ -94,7 +96,7 @@ class NotifySpec(StrictModel):
     url: str = Field(..., max_length=2048, description="http(s) URL, no credentials in it")
     events: list[WebhookEvent] = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS), min_length=1,
-        description="default: every event but `progress` (opt-in, throttled)",
+        description="default: every event but `progress` (opt-in, throttled) and `deleted` (opt-in)",
     )
 
     @field_validator("url")

@@ -3,6 +3,10 @@
 Every transition is one atomic Lua script (`jobs.scripts`), so the API and the workers, racing, never
 break a rule: which transitions exist, that final states never change, that a job's run time is counted
 once in the durations histogram.
+
+Every transition also announces itself here, to the job's webhook when it asked for one (`notices`, a
+`jobs.webhooks.JobNotices` given by whoever builds the store): the API, a training worker, a lease
+keeper or a sweeper, none of them can change a job's state and forget to tell its receiver.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import builtins
 import json
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -31,6 +35,9 @@ from jobs.states import (
     LeaseFenced,
 )
 
+if TYPE_CHECKING:
+    from jobs.webhooks import JobNotices
+
 # Upper bounds (seconds) of the job-duration histogram kept in Redis (`{p}:durations`); +Inf is the count.
 DURATION_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600)
 
@@ -38,8 +45,17 @@ _JSON_FIELDS = ("spec", "progress", "metrics", "result")
 _ARTIFACT = "artifact:"
 
 
+# The webhook's `reason` when a sweeper finds a job's lease lapsed (queued again, or a cancel honoured).
+LAPSED = "lease lapsed: its worker died or hung"
+
+
 class InvalidCursor(ValueError):
     """A list cursor that this store did not hand out."""
+
+
+def _pairs(flat: builtins.list[str]) -> dict[str, str]:
+    """A hash as a Lua script returns it (HGETALL: field, value, field, value, ...)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _encode_cursor(seq: float) -> str:
@@ -60,8 +76,8 @@ def _decode_cursor(cursor: str) -> int:
 class JobRecords:
     """The job hash, its owner and state indexes, and the transitions between states."""
 
-    def __init__(self, client: redis.Redis, keys: JobKeys) -> None:
-        self.redis, self.keys = client, keys
+    def __init__(self, client: redis.Redis, keys: JobKeys, notices: JobNotices | None = None) -> None:
+        self.redis, self.keys, self.notices = client, keys, notices
         self._transition_script = client.register_script(scripts.TRANSITION_LUA)
         self._delete_script = client.register_script(scripts.DELETE_LUA)
         self._add_artifact_script = client.register_script(scripts.ADD_ARTIFACT_LUA)
@@ -92,6 +108,7 @@ class JobRecords:
             "deliveries": 0,
             "cancel_requested": 0,
             "queue": queue or "",
+            "notice_seq": 1,  # the `queued` webhook's sequence; each transition counts it up
         }
         event = json.dumps({"state": JobState.QUEUED.value, "previous": None, "at": now})
         pipe = self.redis.pipeline(transaction=True)
@@ -106,13 +123,13 @@ class JobRecords:
             pipe.hset(reservation, "job_id", job_id)
             pipe.expire(reservation, idempotency_ttl)
         pipe.execute()
-        return self._decode(record)
+        return self.decode(record)
 
     @unavailable_on_redis_errors
     def get(self, job_id: str) -> dict | None:
         """The full job record, or None. Timestamps are Unix seconds (float) or None."""
         raw = self.redis.hgetall(self.keys.job(job_id))
-        return self._decode(raw) if raw else None
+        return self.decode(raw) if raw else None
 
     def _require(self, job_id: str) -> dict:
         record = self.get(job_id)
@@ -121,7 +138,8 @@ class JobRecords:
         return record
 
     @staticmethod
-    def _decode(raw: dict[str, Any]) -> dict:
+    def decode(raw: dict[str, Any]) -> dict:
+        """A record from its Redis hash (strings), as `get` returns it."""
         def number(name: str) -> float | None:
             value = raw.get(name)
             return float(value) if value not in (None, "") else None
@@ -140,6 +158,7 @@ class JobRecords:
             "crashes": int(raw.get("crashes") or 0),
             "run_seconds": float(raw.get("run_seconds") or 0.0),
             "cancel_requested": str(raw.get("cancel_requested", "0")) == "1",
+            "notice_seq": int(raw.get("notice_seq") or 0),
             "artifacts": {},
         }
         for name in _JSON_FIELDS:
@@ -181,7 +200,7 @@ class JobRecords:
                 pipe.hgetall(self.keys.job(job_id))
             for (_, seq), raw in zip(rows, pipe.execute(), strict=True):
                 if raw and (state is None or raw["state"] == state):
-                    found.append((seq, self._decode(raw)))
+                    found.append((seq, self.decode(raw)))
             if len(rows) < batch:
                 break
             upper = f"({int(rows[-1][1])}"
@@ -192,8 +211,9 @@ class JobRecords:
 
     def _run_transition(
         self, job_id: str, mapping: dict[str, str], fields: dict[str, Any], *, require_no_lease: bool = False,
-        holder: str | None = None,
+        holder: str | None = None, why: str | None = None,
     ) -> tuple[str, str, str]:
+        """Run TRANSITION_LUA; a step that changed the state is announced (`notices`) before returning."""
         owner = self.redis.hget(self.keys.job(job_id), "owner") or ""  # never changes: safe to read first
         keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.lease(job_id), *self.keys.states(),
                 self.keys.durations(), self.keys.finished(), self.keys.active(owner)]
@@ -208,21 +228,24 @@ class JobRecords:
             json.dumps(DURATION_BUCKETS),
             holder or "",
         ]
-        status, current, target = self._transition_script(keys=keys, args=args)
+        status, current, target, *changed = self._transition_script(keys=keys, args=args)
         if status == "missing":
             raise JobNotFound(job_id)
+        if changed and self.notices is not None:
+            flat = changed[0]
+            self.notices.changed(self.decode(_pairs(flat)), current, why)
         return status, current, target
 
     @unavailable_on_redis_errors
     def transition(
         self, job_id: str, to: JobState, *, error: str | None = None, result: dict | None = None,
-        holder: str | None = None,
+        holder: str | None = None, why: str | None = None,
     ) -> dict:
         """Move the job to `to` if the state machine allows it from its current state (atomic).
 
         A worker passes `holder` (its worker id): the step is then refused with LeaseFenced when the
         lease names another worker, or nobody holds it and the job is back in the queue (checked in the
-        same atomic script).
+        same atomic script). `why`: a one-line cause for the webhook when `error` is not it (a hand-back).
         """
         to = JobState(to)
         mapping = {s.value: to.value for s, targets in TRANSITIONS.items() if to in targets}
@@ -231,7 +254,7 @@ class JobRecords:
             fields["error"] = error.strip().splitlines()[0][:500] if error.strip() else "error"
         if result is not None:
             fields["result"] = json.dumps(result)
-        status, current, _ = self._run_transition(job_id, mapping, fields, holder=holder)
+        status, current, _ = self._run_transition(job_id, mapping, fields, holder=holder, why=why)
         if status == "fenced":
             raise LeaseFenced(job_id, current, to.value, holder or "")
         if status != "ok":
@@ -263,11 +286,20 @@ class JobRecords:
         keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.lease(job_id),
                 self.keys.owner(job["owner"]), self.keys.owner(job["owner"], job["kind"]), self.keys.finished(),
                 *self.keys.states()]
-        status, current = self._delete_script(keys=keys, args=[job_id, json.dumps([s.value for s in FINAL_STATES])])
+        status, current, *gone = self._delete_script(keys=keys,
+                                                     args=[job_id, json.dumps([s.value for s in FINAL_STATES])])
         if status == "missing":
             raise JobNotFound(job_id)
         if status != "ok":
             raise JobNotFinished(job_id, current, leased=status == "leased")
+        if gone and self.notices is not None:  # API delete and retention alike
+            self.notices.deleted(self.decode(_pairs(gone[0])))
+
+    def notify(self, record: dict, event: str, recommendation: dict | None = None) -> None:
+        """Announce what is no transition: a job just sent to its queue (`queued`), `progress`, a train job's
+        own range test done. Never raises; a store built without notices announces nothing."""
+        if self.notices is not None:
+            self.notices.noticed(record, event, recommendation)
 
     @unavailable_on_redis_errors
     def active_count(self, owner: str) -> int:
@@ -302,7 +334,7 @@ class JobRecords:
             JobState.CANCELLING.value: JobState.CANCELLED.value,
         }
         try:
-            status, _, target = self._run_transition(job_id, mapping, {}, require_no_lease=True)
+            status, _, target = self._run_transition(job_id, mapping, {}, require_no_lease=True, why=LAPSED)
         except JobNotFound:
             return None
         return target if status == "ok" else None

@@ -12,7 +12,9 @@ workers never race. `jobs.store.JobStore` registers them; each comment says its 
 # holds it and the job was handed back to the queue, so a worker woken after its lease lapsed cannot end
 # a job another worker runs or is about to run. (A lapsed lease on a job still running is no refusal: a
 # worker starved of CPU for a lease period still finishes what nobody else took over.)
-# Returns {status, current, target}; status is ok | missing | invalid | leased | fenced.
+# A change of state also counts up the job's `notice_seq` (its webhooks' `sequence`), and an 'ok' that
+# changed the state returns the whole record as the step left it (the webhook's snapshot, no second read).
+# Returns {status, current, target[, record fields]}; status is ok | missing | invalid | leased | fenced.
 TRANSITION_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing', '', ''} end
@@ -32,6 +34,7 @@ for i, s in ipairs(states) do
   if s == to then redis.call('SADD', KEYS[3 + i], ARGV[1]) end
 end
 redis.call('HSET', KEYS[1], 'state', to)
+redis.call('HINCRBY', KEYS[1], 'notice_seq', 1)
 if to == 'running' and redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[3])
 end
@@ -56,7 +59,24 @@ end
 local data = {state = to, previous = cur, at = tonumber(ARGV[3])}
 if fields['error'] then data['error'] = fields['error'] end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'event', 'state', 'data', cjson.encode(data))
-return {'ok', cur, to}
+return {'ok', cur, to, redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: the due set. ARGV: delivery id, cutoff, now. Of several webhooks workers sweeping at once, only
+# the one that moves a due entry still older than the cutoff to `now` sends it again.
+RESTAMP_DUE_LUA = """
+local due = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '')
+if not due or due >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+# KEYS: job. A notice that is no change of state (progress, a train job's range test done) takes the next
+# `notice_seq` and a snapshot of the record in one step; nil when the job is gone (never recreated).
+NEXT_NOTICE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HINCRBY', KEYS[1], 'notice_seq', 1)
+return redis.call('HGETALL', KEYS[1])
 """
 
 # KEYS: lease, job. ARGV: worker id, lease ms. A delivery after one that left no clean-release
@@ -157,7 +177,7 @@ return 0
 
 # KEYS: job, events, lease, owner index, owner-kind index, finished index, then every state set. ARGV: job id, final
 # states JSON. Deletes only a finished job whose worker has let go (released its lease): nothing that
-# may still write to it.
+# may still write to it. 'ok' returns the record as it was (the `deleted` webhook's snapshot).
 DELETE_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing', ''} end
@@ -165,10 +185,11 @@ local finished = false
 for _, s in ipairs(cjson.decode(ARGV[2])) do if s == state then finished = true end end
 if not finished then return {'active', state} end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'leased', state} end
+local record = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 for i = 7, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
-return {'ok', state}
+return {'ok', state, record}
 """

@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     webhook_progress_interval: float = Field(10.0, gt=0, description="seconds between `progress` webhooks")
     webhook_record_ttl: int = Field(7 * 86400, ge=60, description="seconds delivery records are kept")
     webhook_concurrency: int = Field(16, ge=1, description="deliveries in flight per webhooks worker")
+    webhook_resend_after: float = Field(
+        60.0, gt=0, description="seconds after which the webhooks workers send again a delivery whose "
+                                "attempt is due but never came (its send failed, or its worker died)")
 
     @field_validator("webhook_defaults")
     @classmethod

@@ -10,6 +10,10 @@ own module and object:
     store.leases       jobs.leases       one worker at a time per job
     store.sends        jobs.sends        the sweeper's re-sends, queue depths
     store.idempotency  jobs.idempotency  Idempotency-Key reservations and stored answers
+    store.webhooks     jobs.webhooks     webhook deliveries (with settings), announced by every transition
+
+A store built with `send_webhook` (the API's and the workers') announces each transition to the job's
+webhook from `store.records` itself; one built without (tests, scripts) announces nothing.
 
 Key layout (every key starts with the configured prefix, so tests can share one Redis):
 
@@ -28,7 +32,7 @@ Key layout (every key starts with the configured prefix, so tests can share one 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -41,28 +45,33 @@ from jobs.leases import Leases
 from jobs.records import JobRecords
 from jobs.redis_errors import require_text_client, unavailable_on_redis_errors
 from jobs.sends import Sends
-
-if TYPE_CHECKING:
-    from jobs.settings import Settings
+from jobs.settings import Settings
+from jobs.webhooks import JobNotices, WebhookDeliveries
 
 
 class JobStore:
     """The parts of the job layer on one Redis client; it holds no job logic of its own."""
 
-    def __init__(self, redis: redis.Redis, prefix: str = "clr") -> None:
+    def __init__(self, redis: redis.Redis, prefix: str = "clr", *, settings: Settings | None = None,
+                 send_webhook: Callable[[str], None] | None = None) -> None:
         require_text_client(redis, "JobStore")
         self.redis = redis
         self.prefix = prefix
         self.keys = JobKeys(prefix)
-        self.records = JobRecords(redis, self.keys)
+        self.webhooks = WebhookDeliveries(redis, prefix, settings) if settings is not None else None
+        notices = JobNotices(self.webhooks, send_webhook) if self.webhooks and send_webhook else None
+        self.records = JobRecords(redis, self.keys, notices)
         self.events = JobEvents(redis, self.keys)
         self.leases = Leases(redis, self.keys)
         self.sends = Sends(redis, self.keys)
         self.idempotency = IdempotencyKeys(redis, self.keys)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> JobStore:
-        """A store on its own connection pool; short timeouts and retries so an outage is a fast 503."""
+    def from_settings(cls, settings: Settings, send_webhook: Callable[[str], None] | None = None) -> JobStore:
+        """A store on its own connection pool; short timeouts and retries so an outage is a fast 503.
+
+        `send_webhook(delivery_id)` sends `clr.deliver_webhook` by name (the caller's Celery app): with
+        it, every transition made through this store announces itself to the job's webhook."""
         client = redis.Redis.from_url(
             settings.redis_url,
             decode_responses=True,
@@ -71,7 +80,7 @@ class JobStore:
             health_check_interval=15,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         )
-        return cls(client, settings.key_prefix)
+        return cls(client, settings.key_prefix, settings=settings, send_webhook=send_webhook)
 
     def ping(self) -> bool:
         """True when Redis answers; never raises."""

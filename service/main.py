@@ -23,7 +23,7 @@ from jobs.datasets import DatasetStore
 from jobs.settings import Settings, get_settings
 from jobs.storage import store_for
 from jobs.store import JobStore
-from jobs.webhooks import WebhookDeliveries, webhook_secrets
+from jobs.webhooks import webhook_secrets
 from jobs.weights import WeightStore
 from jobs.workers import WorkerRegistry
 from service import errors, object_files
@@ -109,15 +109,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         max_body_size=settings.max_body_bytes,
     )
-    store = JobStore.from_settings(settings)
+    queue = JobQueue(settings)
+    store = JobStore.from_settings(settings, send_webhook=queue.send_webhook)  # transitions announce themselves
     app.state.settings = settings
     app.state.store = store
     app.state.workers = WorkerRegistry(store.redis, settings.key_prefix)
     app.state.uploads = DatasetStore(store.redis, settings.key_prefix, settings.data_dir, store_for(settings))
     app.state.weights = WeightStore(store.redis, settings.key_prefix, settings.data_dir, store_for(settings))
-    app.state.queue = JobQueue(settings)
+    app.state.queue = queue
     webhook_secrets(settings.webhook_secrets)  # a malformed secret is a start-up error, not a 500 per submit
-    app.state.webhooks = WebhookDeliveries(store.redis, settings.key_prefix, settings)
+    app.state.webhooks = store.webhooks
     app.state.keys = KeyRing.from_setting(settings.api_keys, open_mode=settings.open_mode)
     token = settings.metrics_token
     app.state.scrape_keys = KeyRing.from_setting(f"prometheus:{token}") if token else None

@@ -31,7 +31,6 @@ from jobs.run_removal import remove_run_files
 from jobs.settings import get_settings
 from jobs.states import FINAL_STATES, InvalidTransition, JobState
 from jobs.store import JobStore
-from jobs.webhooks import WebhookDeliveries, announce_quietly
 from jobs.workers import WorkerRegistry
 from worker.artifact_sync import job_files, start_delete_sweeper
 from worker.celery_app import app
@@ -43,7 +42,6 @@ settings = get_settings()
 _store: JobStore | None = None
 _workers: WorkerRegistry | None = None
 _monitor: WorkerMonitor | None = None
-_webhooks: WebhookDeliveries | None = None
 _current_job: str | None = None
 _shutting_down = threading.Event()
 
@@ -53,6 +51,7 @@ CANCEL_POLL_S = 0.2  # should_stop runs every batch; the record is read at most 
 T = TypeVar("T")
 _TIME_LIMIT = f"time limit of {settings.job_time_limit:g} s exceeded"
 FINAL = {s.value for s in FINAL_STATES}
+HANDED_BACK = "its worker shut down; the next one resumes it from its last checkpoint"  # the webhook's reason
 
 CONTENT_TYPES = {
     ".png": "image/png",
@@ -66,7 +65,7 @@ CONTENT_TYPES = {
 def store() -> JobStore:
     global _store
     if _store is None:
-        _store = JobStore.from_settings(settings)
+        _store = JobStore.from_settings(settings, send_webhook=_send_webhook)  # transitions announce themselves
     return _store
 
 
@@ -78,16 +77,12 @@ def workers() -> WorkerRegistry:
     return _workers
 
 
-def announce(record: dict, event: str, recommendation: dict | None = None) -> None:
-    """The job's webhook for `event`, if it asked for one: recorded and sent to the webhooks queue,
-    whose own workers deliver it; never waited on, never raised (`jobs.webhooks`)."""
-    global _webhooks
-    if _webhooks is None:
-        _webhooks = WebhookDeliveries(store().redis, settings.key_prefix, settings)
-    announce_quietly(_webhooks, record["id"], event, _send_webhook, record=record, recommendation=recommendation)
-
-
 def _send_webhook(delivery_id: str) -> None:
+    """The store's webhook sender: `clr.deliver_webhook` by name to the webhooks workers, never waited on.
+
+    Every transition made through `store()` (this task, the lease keeper, the sweeper) announces itself
+    with it (`jobs.webhooks.JobNotices`); `progress` and a train job's `range_test_done` are announced
+    below with `store().records.notify`."""
     app.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
 
 
@@ -182,13 +177,10 @@ def _patiently(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def _finish(job_id: str, to: JobState, **kwargs: Any) -> bool:
     """Move the job to a final state; False (logged) if the state machine says it already moved on."""
     try:
-        record = _patiently(store().records.transition, job_id, to, holder=worker_id(), **kwargs)
+        _patiently(store().records.transition, job_id, to, holder=worker_id(), **kwargs)
     except InvalidTransition as exc:
         log.warning("job %s: %s", job_id, exc)
         return False
-    if record["kind"] == "range_test" and to == JobState.SUCCEEDED:
-        announce(record, "range_test_done", recommendation=record["result"])
-    announce(record, to.value)
     return True
 
 
@@ -240,7 +232,7 @@ def _run_claimed(job_id: str, keeper: LeaseKeeper) -> str:
         return "time_limit"
     if state == JobState.QUEUED:
         try:
-            announce(_patiently(db.records.transition, job_id, JobState.RUNNING, holder=worker_id()), "started")
+            _patiently(db.records.transition, job_id, JobState.RUNNING, holder=worker_id())
         except InvalidTransition:  # cancelled between our reads
             return "final"
     # state running: a redelivery after its worker died; we hold the lease now, so we resume it
@@ -323,7 +315,7 @@ class ProgressWriter:
             log.warning("job %s: no range_test_done webhook: %s", self.job_id, exc)
             return
         if record is not None:
-            announce(record, "range_test_done", recommendation=recommendation)
+            store().records.notify(record, "range_test_done", recommendation)
 
     def flush(self) -> None:
         """Write the newest unwritten progress now (the caller ends the run, or the interval passed)."""
@@ -347,7 +339,7 @@ class ProgressWriter:
                                            holder=worker_id()):
                 log.warning("job %s: progress not written: the lease is no longer ours", self.job_id)
             elif (record := store().records.get(self.job_id)) is not None:
-                announce(record, "progress")  # throttled per job (CLR_WEBHOOK_PROGRESS_INTERVAL)
+                store().records.notify(record, "progress")  # throttled per job (CLR_WEBHOOK_PROGRESS_INTERVAL)
         except StoreUnavailable as exc:
             log.warning("job %s: progress not written: %s", self.job_id, exc)
 
@@ -447,7 +439,7 @@ def _stopped(job_id: str, reason: str | None, run_dir: Path) -> str:
         return "lease_lost"  # another worker or the sweeper owns the job now; write nothing
     if reason == "shutdown":
         try:
-            _patiently(store().records.transition, job_id, JobState.QUEUED, holder=worker_id())
+            _patiently(store().records.transition, job_id, JobState.QUEUED, holder=worker_id(), why=HANDED_BACK)
             resend(job_id, (store().records.get(job_id) or {}).get("queue") or settings.queue)
             log.info("job %s: handed back to the queue at shutdown", job_id)
             return "handed_back"

@@ -5,16 +5,24 @@ then connects to the checked address itself (Host header and TLS SNI set to the 
 DNS answer that changes between check and connect cannot take it inside. Redirects are not followed.
 A 2xx answer delivers; anything else is retried after an exponential, jittered delay while the
 attempt cap and the retry window allow. A refused address is not retried: it will not become public.
+
+A delivery owes an attempt while it sits in the due set (`WebhookDeliveries.due`): put there when it is
+announced, moved to its retry's time before the retry is sent, taken out once delivered or given up.
+Each webhooks worker sweeps it every few seconds and sends again what is overdue by
+`CLR_WEBHOOK_RESEND_AFTER`: a notice whose send failed (the API's broker blip, a worker that died between
+recording and sending) or whose worker died mid-attempt still reaches its receiver.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from celery import signals
 
 from jobs.queues import DELIVER_WEBHOOK, WEBHOOKS_QUEUE
 from jobs.settings import Settings, get_settings
@@ -43,10 +51,43 @@ def deliveries() -> WebhookDeliveries:
 def deliver_webhook(delivery_id: str) -> str:
     """One attempt; on a retryable failure the task is sent again with a countdown."""
     outcome, retry_in = attempt(deliveries(), delivery_id, settings)
+    deliveries().due(delivery_id, None if retry_in is None else time.time() + retry_in)
     if retry_in is not None:
         app.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS_QUEUE, countdown=retry_in)
     log.info("webhook %s: %s%s", delivery_id, outcome, f", retry in {retry_in:.1f} s" if retry_in else "")
     return outcome
+
+
+def resend_overdue() -> list[str]:
+    """Send again every delivery whose attempt is overdue (see the module docstring)."""
+    overdue = deliveries().overdue(settings.webhook_resend_after)
+    for delivery_id in overdue:
+        log.warning("webhook %s: due for over %g s and not attempted; sent again", delivery_id,
+                    settings.webhook_resend_after)
+        app.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
+    return overdue
+
+
+def _sweep_forever(stop: threading.Event) -> None:
+    interval = min(5.0, settings.webhook_resend_after / 2)
+    while not stop.wait(interval):
+        try:
+            resend_overdue()
+        except Exception:  # a Redis or broker blip: the next round tries again
+            log.exception("webhooks sweep failed a round")
+
+
+_stop_sweeping = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**_: object) -> None:
+    threading.Thread(target=_sweep_forever, args=(_stop_sweeping,), name="webhooks-due-sweeper", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_sweeper(**_: object) -> None:
+    _stop_sweeping.set()
 
 
 def attempt(store: WebhookDeliveries, delivery_id: str, settings: Settings) -> tuple[str, float | None]:

@@ -27,8 +27,8 @@ from jobs.settings import Settings
 from jobs.states import FINAL_STATES, JobState
 from jobs.store import JobStore
 from jobs.webhook_addresses import allowed_networks, literal_address_problem
-from jobs.webhooks import WebhookDeliveries, announce_quietly, webhook_secrets
-from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep, WebhooksDep
+from jobs.webhooks import webhook_secrets
+from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
 from service.errors import field_error, unavailable
 from service.event_reader import EventReader
 from service.run_files import job_links
@@ -171,7 +171,7 @@ def _notify_errors(spec: RangeTestSpec | TrainSpec, owner: str, settings: Settin
 
 
 def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, store: JobStore,
-            queue: QueueDep, settings: Settings, webhooks: WebhookDeliveries) -> JSONResponse:
+            queue: QueueDep, settings: Settings) -> JSONResponse:
     """Validate limits, honour the idempotency key, store the job, then enqueue its id by task name."""
     if errors := (_limit_errors(spec, settings) + _notify_errors(spec, owner, settings)
                   + upload_errors(spec, owner, store, settings) + weights_errors(spec, owner, store, settings)):
@@ -219,6 +219,7 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
         queue.send(record["id"], target)
     except (kombu.exceptions.OperationalError, redis.exceptions.RedisError, OSError) as exc:
         logger.warning("job %s could not be queued: %s", record["id"], exc)
+        # its `failed` webhook (with this reason) is announced by the transition, sent by name like any
         store.records.transition(record["id"], JobState.FAILED, error=f"could not be queued: {exc}")
         if key is not None:
             _abort_quietly(store, owner, key, fingerprint)
@@ -227,7 +228,7 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
         store.sends.mark_sent(record["id"])
     except StoreUnavailable as exc:  # the job is queued; without the stamp a sweeper may re-send it once
         logger.warning("job %s: send not stamped: %s", record["id"], exc)
-    announce_quietly(webhooks, record["id"], "queued", queue.send_webhook, record=record)
+    store.records.notify(record, "queued")  # a transition announces itself; the first `queued` is no transition
     answer = json.loads(Job.model_validate(job_out(record, settings)).model_dump_json())
     if key is not None:
         store.idempotency.finish(owner, key, fingerprint, answer)
@@ -274,23 +275,21 @@ _SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post("/jobs/range-test", status_code=202, response_model=Job, responses=_SUBMIT_RESPONSES)
 def submit_range_test(
     spec: Annotated[RangeTestSpec, Body(openapi_examples=_RANGE_TEST_EXAMPLES)],
-    owner: Owner, store: StoreDep, queue: QueueDep, settings: SettingsDep, webhooks: WebhooksDep,
+    owner: Owner, store: StoreDep, queue: QueueDep, settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Queue an LR range test: the sweep, its plot, and suggested bounds for the chosen policy."""
-    return _submit(spec, owner=owner, key=idempotency_key, store=store, queue=queue, settings=settings,
-                   webhooks=webhooks)
+    return _submit(spec, owner=owner, key=idempotency_key, store=store, queue=queue, settings=settings)
 
 
 @router.post("/jobs/train", status_code=202, response_model=Job, responses=_SUBMIT_RESPONSES)
 def submit_train(
     spec: Annotated[TrainSpec, Body(openapi_examples=_TRAIN_EXAMPLES)],
-    owner: Owner, store: StoreDep, queue: QueueDep, settings: SettingsDep, webhooks: WebhooksDep,
+    owner: Owner, store: StoreDep, queue: QueueDep, settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Queue a cyclical-LR training run; `max_lr: "auto"` runs a range test inside the job first."""
-    return _submit(spec, owner=owner, key=idempotency_key, store=store, queue=queue, settings=settings,
-                   webhooks=webhooks)
+    return _submit(spec, owner=owner, key=idempotency_key, store=store, queue=queue, settings=settings)
 
 
 # ------------------------------------------------------------------------------------------ read
@@ -329,12 +328,9 @@ async def get_job(job: OwnedJob, settings: SettingsDep) -> dict:
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=Job,
              responses={404: {"description": "no such job for this key"},
                         409: {"description": "the job already finished"}})
-def cancel_job(job: OwnedJob, store: StoreDep, queue: QueueDep, settings: SettingsDep,
-               webhooks: WebhooksDep) -> dict:
+def cancel_job(job: OwnedJob, store: StoreDep, settings: SettingsDep) -> dict:
     """Ask a job to stop: a queued job is cancelled at once, a running one stops within a few batches."""
-    record = store.records.request_cancel(job["id"])
-    if record["state"] == JobState.CANCELLED and job["state"] != JobState.CANCELLED:
-        announce_quietly(webhooks, job["id"], "cancelled", queue.send_webhook, record=record)
+    record = store.records.request_cancel(job["id"])  # a queued job's `cancelled` webhook is announced there
     logger.info("job %s: cancel requested (now %s)", job["id"], record["state"])
     return job_out(record, settings)
 

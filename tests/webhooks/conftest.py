@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def hook_settings(settings: Settings) -> Settings:
         "webhook_allow_networks": WEBHOOK_ENV["CLR_WEBHOOK_ALLOW_NETWORKS"],
         "webhook_retry_base": float(WEBHOOK_ENV["CLR_WEBHOOK_RETRY_BASE"]),
         "webhook_timeout": float(WEBHOOK_ENV["CLR_WEBHOOK_TIMEOUT"]),
+        "webhook_resend_after": float(WEBHOOK_ENV["CLR_WEBHOOK_RESEND_AFTER"]),
     })
 
 
@@ -39,24 +41,31 @@ def hook_client(hook_settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.fixture(scope="session")
-def webhook_worker(hook_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A real webhooks worker process; yields its log file."""
-    log_path = tmp_path_factory.mktemp("webhook-worker") / "worker.log"
+@contextmanager
+def webhooks_worker(settings: Settings, log_path: Path) -> Iterator[Path]:
+    """A real webhooks worker process on `settings`' key prefix, ready; yields its log file."""
     command = [sys.executable, "-m", "celery", "-A", "worker.webhook_app", "worker", "-Q", "webhooks",
                "-P", "threads", "-c", "8", "--without-mingle", "--without-gossip", "-l", "INFO"]
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=settings_env(hook_settings, **WEBHOOK_ENV),
+        proc = subprocess.Popen(command, cwd=ROOT, env=settings_env(settings, **WEBHOOK_ENV),
                                 stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while b" ready." not in log_path.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"webhooks worker did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield log_path
-        proc.terminate()
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            deadline = time.monotonic() + 60
+            while b" ready." not in log_path.read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"webhooks worker did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.1)
+            yield log_path
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="session")
+def webhook_worker(hook_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's webhooks worker; yields its log file."""
+    with webhooks_worker(hook_settings, tmp_path_factory.mktemp("webhook-worker") / "worker.log") as log_path:
+        yield log_path

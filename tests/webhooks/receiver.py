@@ -19,6 +19,7 @@ WEBHOOK_ENV = {  # the webhooks worker's settings (the API's are the same, in `h
     "CLR_WEBHOOK_RETRY_BASE": "0.3",
     "CLR_WEBHOOK_TIMEOUT": "1",
     "CLR_WEBHOOK_MAX_ATTEMPTS": "8",
+    "CLR_WEBHOOK_RESEND_AFTER": "1",
 }
 
 

@@ -98,6 +98,12 @@ def test_a_job_s_life_arrives_signed_with_its_status_object(
     assert 1 <= progress <= 2, receiver.events()
     assert sorted(e for e in receiver.events() if e != "job.progress") == [
         "job.queued", "job.range_test_done", "job.started", "job.succeeded"]
+    # ... and each carries the job's sequence, counted with the change itself: sorting by it gives the life
+    payloads = sorted((json.loads(r["body"]) for r in requests), key=lambda p: p["sequence"])
+    assert len({p["sequence"] for p in payloads}) == len(payloads)
+    assert [p["type"] for p in payloads if p["type"] != "job.progress"] == [
+        "job.queued", "job.started", "job.range_test_done", "job.succeeded"]
+    assert payloads[0]["sequence"] == 1 and payloads[-1]["previous"] == "running"
     done = next(json.loads(r["body"]) for r in requests if b"job.range_test_done" in r["body"])
     assert done["recommendation"]["recommendation"] is not None or done["recommendation"]["warnings"]
     for request in requests:  # rotation: signed with both secrets, each verifies alone
