@@ -172,3 +172,61 @@ redis.call('ZREM', KEYS[6], ARGV[1])
 for i = 7, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
 return {'ok', state}
 """
+
+# Fair turns across keys (`jobs.turns`). KEYS: the owner's waiting list, the queue's ring of owners.
+# ARGV: job id, owner. Called inside `JobRecords.create`'s MULTI, so a stored job always waits its turn.
+TURN_PUSH_LUA = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+if not redis.call('LPOS', KEYS[2], ARGV[2]) then redis.call('RPUSH', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+# KEYS: the queue's ring of owners, the Celery queue (a kombu list), the workers' last-seen sorted set.
+# ARGV: key prefix, queue, now, seconds a worker counts as live, running cap per key (0: none), every
+# queue name JSON. Moves one job per owner in turn, round the ring, while the Celery queue holds fewer
+# messages than live workers consume that queue (at least one), so the queue never holds more than the
+# next turns and one key's hundreds of jobs wait in its own list. Each moved job is stamped `sent_at`
+# (the stale sweep re-sends it if the caller dies before sending). Ids no longer queued (cancelled)
+# are dropped. An owner with `cap` jobs dispatched and not finished keeps its place and waits. The
+# per-owner and per-job keys are built here from the prefix (one Redis, no cluster), like kombu's.
+# Returns the ids to send, in order.
+TURN_DISPATCH_LUA = """
+local p, queue, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local cap = tonumber(ARGV[5])
+local slots = 0
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], now - tonumber(ARGV[4]), '+inf')) do
+  if redis.call('HGET', p .. ':worker:' .. w, 'queue') == queue then slots = slots + 1 end
+end
+if slots < 1 then slots = 1 end
+local out = {}
+local waiting = redis.call('LLEN', KEYS[2])
+local passed = 0
+while waiting + #out < slots do
+  local n = redis.call('LLEN', KEYS[1])
+  if n == 0 or passed >= n then break end
+  local owner = redis.call('LPOP', KEYS[1])
+  local list = p .. ':waiting:' .. queue .. ':' .. owner
+  local capped = false
+  if cap > 0 then
+    local dispatched = redis.call('SCARD', p .. ':active:' .. owner)
+    for _, q in ipairs(cjson.decode(ARGV[6])) do
+      dispatched = dispatched - redis.call('LLEN', p .. ':waiting:' .. q .. ':' .. owner)
+    end
+    capped = dispatched >= cap
+  end
+  if capped then
+    redis.call('RPUSH', KEYS[1], owner)
+    passed = passed + 1
+  else
+    local id = redis.call('LPOP', list)
+    while id and redis.call('HGET', p .. ':job:' .. id, 'state') ~= 'queued' do id = redis.call('LPOP', list) end
+    if id then
+      redis.call('HSET', p .. ':job:' .. id, 'sent_at', ARGV[3])
+      out[#out + 1] = id
+      passed = 0
+    end
+    if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[1], owner) end
+  end
+end
+return out
+"""

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     max_active_jobs_per_key: int = Field(
         100, ge=1, description="queued plus running jobs one key may have; more answer 429 with Retry-After"
     )
+    max_running_jobs_per_key: int = Field(
+        0, ge=0, description="jobs of one key sent to the workers and not finished; its other jobs wait their "
+                             "turn (0: no cap beyond CLR_MAX_ACTIVE_JOBS_PER_KEY)"
+    )
     sse_max_streams_per_key: int = Field(16, ge=1, description="open event streams per key (per API process)")
     sse_max_streams: int = Field(
         256, ge=1, description="event streams reading Redis at once, one connection each; more wait their turn"

@@ -9,6 +9,7 @@ own module and object:
     store.events       jobs.events       the event log and the latest progress
     store.leases       jobs.leases       one worker at a time per job
     store.sends        jobs.sends        the sweeper's re-sends, queue depths
+    store.turns        jobs.turns        fair turns across keys: waiting lists, the ring, dispatch
     store.idempotency  jobs.idempotency  Idempotency-Key reservations and stored answers
 
 Key layout (every key starts with the configured prefix, so tests can share one Redis):
@@ -19,6 +20,9 @@ Key layout (every key starts with the configured prefix, so tests can share one 
     {p}:owner:{owner}            sorted set: the owner's job ids by creation sequence
     {p}:owner:{owner}:{kind}     sorted set: the same, one kind only
     {p}:state:{state}            set: job ids in that state (counts, the sweeper)
+    {p}:active:{owner}           set: the owner's jobs not final yet (the per-key caps)
+    {p}:waiting:{queue}:{owner}  list: the owner's submitted jobs waiting their turn (`jobs.turns`)
+    {p}:turns:{queue}            list: the ring of owners with jobs waiting for that queue
     {p}:idem:{owner-hash}:{key}  hash: an idempotency key's body hash, status and stored response
     {p}:worker:{id}, {p}:workers worker liveness (hash per worker, sorted set by last seen): `jobs.workers`
     {p}:canary:{token}           a worker's reply to a readiness canary task: `jobs.workers`
@@ -41,6 +45,7 @@ from jobs.leases import Leases
 from jobs.records import JobRecords
 from jobs.redis_errors import require_text_client, unavailable_on_redis_errors
 from jobs.sends import Sends
+from jobs.turns import Turns
 
 if TYPE_CHECKING:
     from jobs.settings import Settings
@@ -54,10 +59,11 @@ class JobStore:
         self.redis = redis
         self.prefix = prefix
         self.keys = JobKeys(prefix)
-        self.records = JobRecords(redis, self.keys)
+        self.turns = Turns(redis, self.keys)
+        self.records = JobRecords(redis, self.keys, self.turns)
         self.events = JobEvents(redis, self.keys)
         self.leases = Leases(redis, self.keys)
-        self.sends = Sends(redis, self.keys)
+        self.sends = Sends(redis, self.keys, self.turns)
         self.idempotency = IdempotencyKeys(redis, self.keys)
 
     @classmethod

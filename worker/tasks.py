@@ -115,6 +115,14 @@ def resend(job_id: str, queue: str) -> None:
     store().sends.mark_sent(job_id)
 
 
+def dispatch_turns() -> list[str]:
+    """Send this queue's next turns (`jobs.turns`): one job per key in turn, while the queue is short."""
+    sent = store().turns.dispatch_by(settings, settings.queue)
+    for job_id in sent:
+        resend(job_id, settings.queue)
+    return sent
+
+
 # ---------------------------------------------------------------- worker signals
 
 
@@ -137,6 +145,7 @@ def _on_worker_ready(**_: Any) -> None:
         requeue_after=max(settings.requeue_after_seconds, 2 * settings.lease_seconds),
         retention_seconds=settings.retention_days * 86400,
         remove_files=lambda job_id: remove_run_files(settings, job_id, store().redis),
+        dispatch=dispatch_turns,
     )
     _monitor.start()
     start_delete_sweeper(store().redis, settings)  # store mode: object deletes that failed, retried
@@ -159,8 +168,9 @@ def _on_shutdown(**_: Any) -> None:
 def _on_task_taken(**_: Any) -> None:
     try:
         workers().record_heartbeat(worker_id(), settings.queue, job_id=_current_job, took_task=True)
+        dispatch_turns()  # this message left the queue: the next turn takes its place at once
     except StoreUnavailable as exc:
-        log.warning("cannot record heartbeat: %s", exc)
+        log.warning("cannot record heartbeat or dispatch: %s", exc)
 
 
 # ---------------------------------------------------------------- one delivery
