@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -74,9 +74,16 @@ def archive_ext(content_type: str | None) -> str:
 # ------------------------------------------------------------------------------------------ intake
 
 
-async def write_stream(chunks: AsyncIterator[bytes], path: Path, limit: int, refusal: UploadRefused) -> int:
+RESERVE_STEP = 8 * 1024 * 1024  # a body of unknown length reserves quota this far ahead of what it wrote
+
+
+async def write_stream(chunks: AsyncIterator[bytes], path: Path, limit: int, refusal: UploadRefused,
+                       reserve: Callable[[int], Awaitable[None]] | None = None, reserved: int = 0) -> int:
     """Copy the body to `path` chunk by chunk and return its size; raise `refusal` (the limit it names)
     the moment the byte count passes `limit`, without reading further. Memory holds one chunk at a time.
+
+    `reserve(total)` is awaited before a chunk would pass the `reserved` bytes, for up to `RESERVE_STEP`
+    more (it raises when the key's quota, counting the other uploads in progress, has no room left).
 
     Writes are synchronous: each chunk (about 64 KiB) lands in the page cache in microseconds, far less
     than a thread hop would cost.
@@ -88,6 +95,9 @@ async def write_stream(chunks: AsyncIterator[bytes], path: Path, limit: int, ref
                 written += len(chunk)
                 if written > limit:
                     raise refusal
+                if reserve is not None and written > reserved:
+                    reserved = min(limit, written + RESERVE_STEP)
+                    await reserve(reserved)
                 out.write(chunk)
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):

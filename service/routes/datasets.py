@@ -5,14 +5,16 @@
 streamed to a temp file and counted as it arrives, so a large archive never sits in memory and one
 over the limit is refused mid-stream. Both byte limits answer 413, with `problem` saying which:
 `too_large` (CLR_MAX_UPLOAD_BYTES) or `quota_exceeded` (CLR_UPLOAD_QUOTA_BYTES, the sum of the key's
-stored archives). Every other refusal is a 4xx with `detail` naming the member and the problem;
-nothing is stored unless the whole archive passed.
+stored archives and its uploads in progress: each upload reserves its bytes before writing them, so
+parallel uploads cannot together pass the quota on disk). Every other refusal is a 4xx with `detail`
+naming the member and the problem; nothing is stored unless the whole archive passed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -35,6 +37,7 @@ from service.deps import Owner, SettingsDep, StoreDep
 from service.schemas import DatasetOut
 from service.uploads import (
     ARCHIVE_TYPES,
+    RESERVE_STEP,
     ArchiveSummary,
     UploadRefused,
     archive_ext,
@@ -221,17 +224,39 @@ async def _intake(request: Request, owner: str, name: str | None, uploads: Datas
     declared = request.headers.get("content-length", "")
     if limit <= 0 or (declared.isdigit() and int(declared) > limit):
         raise refusal
+    upload_id = uuid.uuid4().hex
+
+    async def reserve(total: int) -> None:
+        granted, room = await anyio.to_thread.run_sync(uploads.reserve, owner, upload_id, total, quota)
+        if not granted:
+            raise UploadRefused(413, "quota_exceeded", f"storage quota exceeded: this key's stored datasets and "
+                                f"its uploads in progress leave {max(room, 0)} of its {quota} bytes for "
+                                f"this one, which needs {total} (delete a dataset or wait for an upload)")
+
     temp = uploads.incoming_path(ext)
     try:
-        size = await write_stream(request.stream(), temp, limit, refusal)
+        # Reserved before the first byte is written: parallel uploads cannot together pass the quota
+        # on disk. A declared length is reserved whole; a chunked body step by step as it arrives.
+        reserved = int(declared) if declared.isdigit() else min(limit, RESERVE_STEP)
+        await reserve(reserved)
+        size = await write_stream(request.stream(), temp, limit, refusal, reserve, reserved)
         await anyio.to_thread.run_sync(check_magic, temp, ext)
         summary = await _validate(request, temp, settings)
         return await anyio.to_thread.run_sync(
-            partial(uploads.commit, owner, name or "", temp, ext, size, summary, quota))
+            partial(uploads.commit, owner, name or "", temp, ext, size, summary, quota, upload_id))
     except QuotaExceeded as exceeded:  # a concurrent upload spent the quota meanwhile
         raise UploadRefused(413, "quota_exceeded", str(exceeded)) from None
     finally:
         temp.unlink(missing_ok=True)
+        await anyio.to_thread.run_sync(_release_quietly, uploads, owner, upload_id)
+
+
+def _release_quietly(uploads: DatasetStore, owner: str, upload_id: str) -> None:
+    """Give the reservation back (a no-op after a commit); if Redis is away it expires by itself."""
+    try:
+        uploads.release(owner, upload_id)
+    except Exception as exc:
+        logger.warning("upload reservation %s not released: %s", upload_id, exc)
 
 
 DISCONNECT_POLL_S = 0.25
