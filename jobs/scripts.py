@@ -96,13 +96,18 @@ return 0
 """
 
 # KEYS: lease, job. ARGV: holder (or empty: unfenced), field, value. Fenced like TRANSITION_LUA: refused
-# when the lease names another worker, or nobody holds it and the job is back in the queue.
+# when the lease names another worker, or nobody holds it and the job is back in the queue; also once the
+# job is final (a worker registers its files before its final transition, so a late one is a superseded
+# worker's, woken after the job's new holder finished and let go).
 ADD_ARTIFACT_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[1])
   if holder and holder ~= ARGV[1] then return 0 end
-  if not holder and redis.call('HGET', KEYS[2], 'state') == 'queued' then return 0 end
+  local state = redis.call('HGET', KEYS[2], 'state')
+  if not holder and (state == 'queued' or state == 'succeeded' or state == 'failed' or state == 'cancelled') then
+    return 0
+  end
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 return 1
