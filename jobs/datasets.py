@@ -11,6 +11,8 @@ Key layout (under the configured prefix):
     {p}:datasets:{owner-hash}:bytes  integer: bytes of the owner's archives and their decode caches
                                      (the quota's measure)
     {p}:datasets:{owner-hash}:reserved  hash: upload id -> "bytes:expires_at", uploads in progress
+    {p}:datasets:last_used           sorted set: dataset ids by upload or last submitted job naming them
+                                     (retention removes those unused for CLR_RETENTION_DAYS)
 
 Files: `{data_dir}/uploads/{owner-hash}/{id}.{ext}`; temp files in `{data_dir}/uploads/.incoming/`
 (the same file system, so the final move is an atomic rename). With an object store
@@ -20,6 +22,7 @@ the record exists, and the record keeps that `key` and the archive's `sha256` (t
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -36,7 +39,9 @@ import redis
 from clrcore.cache_names import CACHE_DIR_NAME, cache_files
 from clrcore.specs import UPLOADED_DATASET
 from jobs.pending_deletes import PendingDeletes, delete_or_defer
+from jobs.states import JobState
 from jobs.storage import DATASETS, ObjectStore
+from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +104,8 @@ local function reserved_by_others(hash, me, now)
 end
 """
 
-# KEYS: record, owner's set, owner's bytes, owner's reservations. ARGV: id, record JSON, bytes charged,
-# quota, upload id (its reservation is replaced by the charge), now.
+# KEYS: record, owner's set, owner's bytes, owner's reservations, last-used index. ARGV: id, record JSON,
+# bytes charged, quota, upload id (its reservation is replaced by the charge), now.
 _COMMIT_LUA = _OTHERS_RESERVED + """
 local used = tonumber(redis.call('GET', KEYS[3]) or '0')
 local others = reserved_by_others(KEYS[4], ARGV[5], tonumber(ARGV[6]))
@@ -109,6 +114,7 @@ if used + others + size > tonumber(ARGV[4]) then return {0, used + others} end
 redis.call('HDEL', KEYS[4], ARGV[5])
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 return {1, redis.call('INCRBY', KEYS[3], size)}
 """
 
@@ -126,9 +132,11 @@ return {1, tonumber(ARGV[3]) - taken - want}
 RESERVATION_TTL_S = 3600  # as long as an abandoned temp file lives (`sweep_incoming`); renewed by each step
 
 
+# KEYS: record, owner's set, owner's bytes, last-used index. ARGV: id, bytes charged.
 _DELETE_LUA = """
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('DECRBY', KEYS[3], ARGV[2])
 return 1
 """
@@ -148,7 +156,13 @@ class DatasetStore:
 
     def _keys(self, owner: str, dataset_id: str) -> list[str]:
         owned = f"{self.prefix}:datasets:{owner_hash(owner)}"
-        return [f"{self.prefix}:dataset:{dataset_id}", owned, f"{owned}:bytes", f"{owned}:reserved"]
+        return [f"{self.prefix}:dataset:{dataset_id}", owned, f"{owned}:bytes", f"{owned}:reserved",
+                self._last_used]
+
+    @property
+    def _last_used(self) -> str:
+        """Sorted set: every uploaded dataset by when it was uploaded or last named by a submitted job."""
+        return f"{self.prefix}:datasets:last_used"
 
     @property
     def uploads_dir(self) -> Path:
@@ -206,13 +220,34 @@ class DatasetStore:
         owner's stored bytes plus every other upload's reservation leave room; returns (granted, bytes
         left for this upload beyond `total`, or short of it when refused). Atomic, so N uploads started
         at once cannot together write more than the quota before their commits."""
-        ok, left = self._reserve(keys=self._keys(owner, "")[2:], args=[upload_id, total, quota, repr(time.time()),
+        ok, left = self._reserve(keys=self._keys(owner, "")[2:4], args=[upload_id, total, quota, repr(time.time()),
                                                                       RESERVATION_TTL_S])
         return bool(ok), int(left)
 
     def release(self, owner: str, upload_id: str) -> None:
         """Give an upload's reservation back (it failed, or its commit already turned it into a charge)."""
         self.redis.hdel(self._keys(owner, "")[3], upload_id)
+
+    def touch(self, dataset_id: str) -> None:
+        """A job was submitted naming the dataset: its retention period starts again."""
+        self.redis.zadd(self._last_used, {dataset_id: time.time()}, xx=True)
+
+    def expire_unused(self, jobs: JobStore, older_than: float, limit: int = 100) -> builtins.list[str]:
+        """Delete datasets neither uploaded nor named by a submitted job for `older_than` seconds (the
+        retention period), archive and caches with them; one a job not yet finished names is kept (its
+        clock starts again). Several sweepers may race: a dataset already gone is skipped."""
+        removed = []
+        cutoff = time.time() - older_than
+        for dataset_id in self.redis.zrangebyscore(self._last_used, "-inf", f"({cutoff}", start=0, num=limit):
+            record = self.get(dataset_id)
+            if record is None:
+                self.redis.zrem(self._last_used, dataset_id)
+            elif job_naming(jobs, record["owner"], dataset_id) is not None:
+                self.touch(dataset_id)
+            else:
+                self.delete(record)
+                removed.append(dataset_id)
+        return removed
 
     def commit(self, owner: str, name: str, temp: Path, ext: str, size: int, summary: ArchiveSummary,
                quota: int, upload_id: str = "") -> dict:
@@ -267,7 +302,8 @@ class DatasetStore:
         """Remove the record (atomically with the byte count), then the file and its decode caches, or
         the object; an object the store cannot delete now is left to the sweeper (nothing lists it)."""
         charged = record["bytes"] + record.get("cache_bytes", 0)
-        if not self._delete(keys=self._keys(record["owner"], record["id"])[:3], args=[record["id"], charged]):
+        keys = self._keys(record["owner"], record["id"])
+        if not self._delete(keys=[*keys[:3], self._last_used], args=[record["id"], charged]):
             return
         if "key" in record:
             if self.objects is None:
@@ -284,6 +320,16 @@ class DatasetStore:
                 except OSError as exc:  # the record is gone, so nothing points at the file any more
                     log.warning("dataset %s: file %s not removed: %s", record["id"], file.name, exc)
         log.info("dataset %s deleted", record["id"])
+
+
+def job_naming(jobs: JobStore, owner: str, dataset_id: str) -> dict | None:
+    """A not yet final job of `owner` whose spec names the dataset, if any (the in-flight sets are small)."""
+    for state in (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING):
+        for job_id in sorted(jobs.redis.smembers(jobs.keys.state(state.value))):
+            record = jobs.records.get(job_id)
+            if record and record["owner"] == owner and (record["spec"] or {}).get("dataset") == dataset_id:
+                return record
+    return None
 
 
 def file_sha256(path: Path) -> str:

@@ -237,6 +237,12 @@ def _check_layout(counts: dict[str, dict[str, int]]) -> tuple[list[str], str]:
 # ------------------------------------------------------------------------------------------ job specs
 
 
+def touch_uploaded(spec: RangeTestSpec | TrainSpec, store: JobStore, settings: Settings) -> None:
+    """A submitted job names an uploaded dataset: its retention period starts again."""
+    if UPLOADED_DATASET.match(spec.dataset):
+        DatasetStore(store.redis, store.prefix, settings.data_dir).touch(spec.dataset)
+
+
 def upload_errors(spec: RangeTestSpec | TrainSpec, owner: str, store: JobStore, settings: Settings) -> list[dict]:
     """Submit-time check: an uploaded dataset a spec names must exist and be the caller's (422 otherwise).
 

@@ -148,6 +148,7 @@ class WorkerMonitor(threading.Thread):
         retention_seconds: float | None = None,
         remove_files: Callable[[str], None] | None = None,
         dispatch: Callable[[], object] | None = None,
+        expire_datasets: Callable[[], list[str]] | None = None,
     ) -> None:
         super().__init__(name="worker-monitor", daemon=True)
         self.store, self.workers, self.queue = store, workers, queue
@@ -155,7 +156,7 @@ class WorkerMonitor(threading.Thread):
         self.resend, self.current_job = resend, current_job
         self.requeue_after = requeue_after
         self.retention_seconds, self.remove_files = retention_seconds, remove_files
-        self.dispatch = dispatch
+        self.dispatch, self.expire_datasets = dispatch, expire_datasets
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -194,6 +195,10 @@ class WorkerMonitor(threading.Thread):
             elif new_state is not None:
                 log.warning("job %s: lease lapsed while cancelling; now %s", job_id, new_state)
         self.expire_finished()
+        if self.expire_datasets is not None:
+            removed = self.expire_datasets()
+            if removed:
+                log.info("retention: removed %d unused uploaded dataset(s)", len(removed))
         return requeued + self.resend_stale()
 
     def expire_finished(self, batch: int = 100) -> list[str]:

@@ -25,11 +25,13 @@ from typing import Any, TypeVar
 from celery import signals
 
 from clrcore.json_safe import json_safe
+from jobs.datasets import DatasetStore
 from jobs.queues import DELIVER_WEBHOOK, PING, RUN_JOB, WEBHOOKS_QUEUE
 from jobs.redis_errors import StoreUnavailable
 from jobs.run_removal import remove_run_files
 from jobs.settings import get_settings
 from jobs.states import FINAL_STATES, InvalidTransition, JobState
+from jobs.storage import store_for
 from jobs.store import JobStore
 from jobs.webhooks import WebhookDeliveries, announce_quietly
 from jobs.workers import WorkerRegistry
@@ -133,6 +135,8 @@ def _on_worker_ready(**_: Any) -> None:
     import clrcore.runs  # noqa: F401  (preload torch and the core; the API process never imports them)
     import clrcore.trainer  # noqa: F401
 
+    retention = settings.retention_days * 86400
+    uploads = DatasetStore(store().redis, settings.key_prefix, settings.data_dir, store_for(settings))
     _monitor = WorkerMonitor(
         store(),
         workers(),
@@ -143,9 +147,10 @@ def _on_worker_ready(**_: Any) -> None:
         current_job=lambda: _current_job,
         # a job just sent may take a moment to show in the queue; never race a claim about to happen
         requeue_after=max(settings.requeue_after_seconds, 2 * settings.lease_seconds),
-        retention_seconds=settings.retention_days * 86400,
+        retention_seconds=retention,
         remove_files=lambda job_id: remove_run_files(settings, job_id, store().redis),
         dispatch=dispatch_turns,
+        expire_datasets=lambda: uploads.expire_unused(store(), retention),
     )
     _monitor.start()
     start_delete_sweeper(store().redis, settings)  # store mode: object deletes that failed, retried

@@ -29,10 +29,8 @@ from starlette.requests import ClientDisconnect
 
 from clrcore import catalog
 from clrcore.capped_reader import ReadStopped
-from jobs.datasets import DatasetStore, QuotaExceeded
+from jobs.datasets import DatasetStore, QuotaExceeded, job_naming
 from jobs.settings import Settings
-from jobs.states import JobState
-from jobs.store import JobStore
 from service.deps import Owner, SettingsDep, StoreDep
 from service.schemas import DatasetOut
 from service.uploads import (
@@ -49,8 +47,6 @@ from service.uploads import (
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
-
-IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
 
 
 async def get_uploads(request: Request) -> DatasetStore:
@@ -129,16 +125,6 @@ def _list_item(record: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ checks
-
-
-def _job_naming(store: JobStore, owner: str, dataset_id: str) -> dict | None:
-    """A not yet final job of `owner` whose spec names the dataset, if any (the in-flight sets are small)."""
-    for state in IN_FLIGHT:
-        for job_id in sorted(store.redis.smembers(f"{store.prefix}:state:{state.value}")):
-            record = store.records.get(job_id)
-            if record and record["owner"] == owner and (record["spec"] or {}).get("dataset") == dataset_id:
-                return record
-    return None
 
 
 def _owned(uploads: DatasetStore, owner: str, dataset_id: str) -> dict:
@@ -309,7 +295,7 @@ def get_dataset(dataset_id: str, owner: Owner, uploads: UploadsDep) -> dict:
 def delete_dataset(dataset_id: str, owner: Owner, uploads: UploadsDep, store: StoreDep) -> Response:
     """Remove the archive and its record, unless a job that has not finished yet names it."""
     record = _owned(uploads, owner, dataset_id)
-    job = _job_naming(store, owner, dataset_id)
+    job = job_naming(store, owner, dataset_id)
     if job is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"dataset {dataset_id} is in use by job {job['id']} "
                             f"({job['state']}); cancel it or wait until it ends")

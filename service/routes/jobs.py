@@ -32,7 +32,7 @@ from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep, Webho
 from service.errors import field_error
 from service.event_reader import EventReader
 from service.run_files import job_links
-from service.uploads import upload_errors
+from service.uploads import touch_uploaded, upload_errors
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +215,7 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
         if key is not None:
             _abort_quietly(store, owner, key, fingerprint)
         raise
+    touch_uploaded(spec, store, settings)
     _dispatch_quietly(store, queue, settings, target)
     announce_quietly(webhooks, record["id"], "queued", queue.send_webhook, record=record)
     answer = json.loads(Job.model_validate(job_out(record, settings)).model_dump_json())
