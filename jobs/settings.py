@@ -73,8 +73,9 @@ class Settings(BaseSettings):
     http_limit_concurrency: int = Field(512, ge=1, description="connections and tasks at once; then 503")
     http_keep_alive_seconds: int = Field(5, ge=1, description="an idle keep-alive connection is closed after")
     http_header_timeout_seconds: float = Field(
-        10.0, gt=0, description="a request head (request line and headers) must arrive within this, counted from "
-                                "the connection's start or the head's first byte; else the connection is closed"
+        30.0, gt=0, description="a request head (request line and headers) must arrive within this, counted from "
+                                "the connection's start or the head's first byte; else the connection is closed "
+                                "(10 s cut off legitimate but CPU-starved clients in the 30-minute soak)"
     )
     http_max_header_bytes: int = Field(
         16 * 1024, ge=1024, description="h11's cap on an incomplete request head (headers trickled or huge)"

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class HeadDeadlineProtocol(H11Protocol):
     """H11Protocol that closes a connection whose request head is not complete within `head_timeout`."""
 
-    head_timeout: float = 10.0
+    head_timeout: float = 30.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
