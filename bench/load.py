@@ -149,11 +149,14 @@ async def rss_timeline(pid: int, until: float, samples: list[float], loads: list
 async def keep_training(client: httpx.AsyncClient, running: list[str], until: float, tally: Tally) -> None:
     """A training job always in flight: when the current one is final, send the next."""
     while time.monotonic() < until:
-        state = (await client.get(f"/v1/jobs/{running[-1]}", headers=HEADERS)).json()["state"]
-        if state in ("succeeded", "failed", "cancelled"):
-            tally.jobs_run += 1
-            response = await client.post("/v1/jobs/train", json=TRAIN, headers=HEADERS)
-            running.append(response.json()["id"])
+        try:
+            state = (await client.get(f"/v1/jobs/{running[-1]}", headers=HEADERS)).json()["state"]
+            if state in ("succeeded", "failed", "cancelled"):
+                tally.jobs_run += 1
+                response = await client.post("/v1/jobs/train", json=TRAIN, headers=HEADERS)
+                running.append(response.json()["id"])
+        except httpx.HTTPError as exc:  # counted like any other client's; the run goes on
+            tally.error(f"train {type(exc).__name__}")
         await asyncio.sleep(1)
 
 
