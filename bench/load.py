@@ -40,6 +40,7 @@ from tests.helpers import WorkerProcess  # noqa: E402
 from tests.reliability.api_server import ApiServer  # noqa: E402
 
 MAX_SECONDS = 3600
+KEEPALIVE_EXPIRY_S = 3.0  # below CLR_HTTP_KEEP_ALIVE_SECONDS (5)
 KEY = "load-secret"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 TRAIN = {"dataset": "digits", "model": "tiny_cnn", "device": "cpu", "epochs": 200, "train_subset": 1000,
@@ -161,7 +162,11 @@ async def keep_training(client: httpx.AsyncClient, running: list[str], until: fl
 
 
 async def run_load(api: ApiServer, args: argparse.Namespace) -> dict:
-    limits = httpx.Limits(max_connections=args.pollers + args.streams + 20, max_keepalive_connections=None)
+    # Idle connections are dropped here before the server's keep-alive timeout (5 s) drops them: with equal
+    # timeouts a request sent on a connection the server is just closing fails ("Server disconnected"),
+    # a client-side race that a starved client (the first soak) hits dozens of times.
+    limits = httpx.Limits(max_connections=args.pollers + args.streams + 20, max_keepalive_connections=None,
+                          keepalive_expiry=KEEPALIVE_EXPIRY_S)
     async with httpx.AsyncClient(base_url=api.url, limits=limits, timeout=30) as client:
         running = [(await client.post("/v1/jobs/train", json=TRAIN, headers=HEADERS)).json()["id"]]
         parked = [(await client.post("/v1/jobs/range-test", json={**PARKED, "device": "auto"}, headers=HEADERS)
