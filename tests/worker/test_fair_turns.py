@@ -61,10 +61,13 @@ def test_a_keys_one_job_runs_among_the_first_while_another_key_has_600_queued(
         single = _submit(client, quiet)
         record = _wait(store, single, lambda r: r["state"] in FINAL, one_worker.log_tail)
         assert record["state"] == JobState.SUCCEEDED.value, record
-        started = [r for r in map(store.records.get, flood) if r and r["started_at"] is not None]
-        # one worker, one job at a time: the quiet key's job comes within a few turns, not 601st
-        assert len(started) <= 5, f"{len(started)} of the busy key's jobs started first"
-        assert all(r["started_at"] < record["started_at"] for r in started[:1])
+        # One worker, one job at a time. While the 600 were being submitted the worker ran some of them;
+        # from the quiet key's submit on, only the busy job already in the Celery queue and one more turn
+        # of the busy key may start before it (three allows one extra message from racing dispatchers).
+        window = (record["created_at"], record["started_at"])
+        cut_in = [r for r in map(store.records.get, flood)
+                  if r and r["started_at"] is not None and window[0] < r["started_at"] < window[1]]
+        assert len(cut_in) <= 3, f"{len(cut_in)} of the busy key's jobs started after the quiet key's was submitted"
         assert client.get(f"/v1/jobs/{flood[-1]}", headers=busy).json()["state"] == "queued"
         listed = client.get("/v1/jobs", params={"state": "queued", "limit": 5}, headers=busy).json()
         assert len(listed["items"]) == 5  # waiting jobs are listed as queued, as before
