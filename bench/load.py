@@ -39,7 +39,8 @@ from jobs.store import JobStore  # noqa: E402
 from tests.helpers import WorkerProcess  # noqa: E402
 from tests.reliability.api_server import ApiServer  # noqa: E402
 
-MAX_SECONDS = 600
+MAX_SECONDS = 3600
+KEEPALIVE_EXPIRY_S = 3.0  # below CLR_HTTP_KEEP_ALIVE_SECONDS (5)
 KEY = "load-secret"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 TRAIN = {"dataset": "digits", "model": "tiny_cnn", "device": "cpu", "epochs": 200, "train_subset": 1000,
@@ -116,10 +117,33 @@ async def loop_lag(until: float, lags: list[float]) -> None:
         lags.append(time.perf_counter() - asked - 0.05)
 
 
-async def rss_timeline(pid: int, until: float, samples: list[float]) -> None:
-    """The API's RSS (MB) every 10 s: a leak climbs steadily, caches and arenas level off."""
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def flatness(samples: list[float], every: float, window: float) -> dict:
+    """RSS over the last `window` seconds of 10 s samples: first, last, min, max, and the spread (max - min)
+    and growth (last - first) as percentages of the first: "flat within 5 %" reads off these."""
+    tail = samples[-max(1, int(window / every)):]
+    if not tail:
+        return {}
+    first = tail[0]
+    return {"window_s": round(len(tail) * every), "first_mb": first, "last_mb": tail[-1], "min_mb": min(tail),
+            "max_mb": max(tail), "spread_pct": round(100 * (max(tail) - min(tail)) / first, 1),
+            "growth_pct": round(100 * (tail[-1] - first) / first, 1)}
+
+
+async def rss_timeline(pid: int, until: float, samples: list[float], loads: list[float], tally: Tally) -> None:
+    """The API's RSS (MB) and the machine's load average every 10 s: a leak climbs steadily, caches and
+    arenas level off. A progress line a minute goes to stderr, so a run cut short still says what it saw."""
+    start = time.monotonic()
     while time.monotonic() < until:
         samples.append(round(rss_bytes(pid) / 2**20, 1))
+        loads.append(load_average())
+        if len(samples) % 6 == 0:
+            print(json.dumps({"at_s": round(time.monotonic() - start), "rss_mb": samples[-1], "load1": loads[-1],
+                              "status_ok": len(tally.latencies), "errors": sum(tally.errors.values())}),
+                  file=sys.stderr, flush=True)
         await asyncio.sleep(min(10.0, max(0.0, until - time.monotonic())))
 
 
@@ -133,13 +157,17 @@ async def keep_training(client: httpx.AsyncClient, running: list[str], until: fl
                 tally.jobs_run += 1
                 response = await client.post("/v1/jobs/train", json=TRAIN, headers=HEADERS)
                 running.append(response.json()["id"])
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
+        except (httpx.HTTPError, ValueError, KeyError) as exc:  # counted like any other client's; the run goes on
             tally.error(f"trainer {type(exc).__name__}")
         await asyncio.sleep(1)
 
 
 async def run_load(api: ApiServer, args: argparse.Namespace) -> dict:
-    limits = httpx.Limits(max_connections=args.pollers + args.streams + 20, max_keepalive_connections=None)
+    # Idle connections are dropped here before the server's keep-alive timeout (5 s) drops them: with equal
+    # timeouts a request sent on a connection the server is just closing fails ("Server disconnected"),
+    # a client-side race that a starved client (the first soak) hits dozens of times.
+    limits = httpx.Limits(max_connections=args.pollers + args.streams + 20, max_keepalive_connections=None,
+                          keepalive_expiry=KEEPALIVE_EXPIRY_S)
     async with httpx.AsyncClient(base_url=api.url, limits=limits, timeout=30) as client:
         running = [(await client.post("/v1/jobs/train", json=TRAIN, headers=HEADERS)).json()["id"]]
         parked = [(await client.post("/v1/jobs/range-test", json={**PARKED, "device": "auto"}, headers=HEADERS)
@@ -159,7 +187,8 @@ async def run_load(api: ApiServer, args: argparse.Namespace) -> dict:
         lags: list[float] = []
         tasks.append(asyncio.create_task(loop_lag(until, lags)))
         timeline: list[float] = []
-        tasks.append(asyncio.create_task(rss_timeline(api.proc.pid, until, timeline)))
+        loads: list[float] = []
+        tasks.append(asyncio.create_task(rss_timeline(api.proc.pid, until, timeline, loads, tally)))
         await asyncio.sleep(args.warmup)
         rss_warm = rss_bytes(api.proc.pid)
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=args.seconds + 60)
@@ -181,6 +210,10 @@ async def run_load(api: ApiServer, args: argparse.Namespace) -> dict:
         "rss_mb_end": round(rss_end / 2**20, 1),
         "rss_growth_pct_from_warm": round(100 * (rss_end - rss_warm) / rss_warm, 1),
         "rss_mb_every_10s": timeline,
+        "rss_last_20_min": flatness(timeline, 10.0, 1200.0) if args.seconds >= 1500 else None,
+        "load1_every_10s": loads,
+        "load1_min_median_max": [min(loads), statistics.median(loads), max(loads)] if loads else None,
+        "entry_point": "python -m service.main" if args.entry_point else "python -m uvicorn service.main:app",
     }
 
 
@@ -191,6 +224,9 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between one client's GETs")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before the 'warm' RSS")
+    parser.add_argument("--entry-point", action="store_true",
+                        help="run the API as `python -m service.main` (the image's command: HTTP limits, head "
+                             "deadline, access log) instead of bare uvicorn")
     parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the API process, e.g. MALLOC_ARENA_MAX=2")
     args = parser.parse_args()
@@ -202,7 +238,9 @@ def main() -> int:
                         default_queue="parked", rate_limit_per_minute=10_000_000, progress_interval=0.25)
     store = JobStore.from_settings(settings)
     worker = WorkerProcess(settings, tmp / "worker.log")
-    api = ApiServer(settings, tmp / "api.log", **dict(item.split("=", 1) for item in args.api_env))
+    api_env = {"CLR_SSE_MAX_STREAMS_PER_KEY": str(args.streams + 10),  # one key holds every stream here
+               **dict(item.split("=", 1) for item in args.api_env)}
+    api = ApiServer(settings, tmp / "api.log", entry_point=args.entry_point, **api_env)
     try:
         worker.wait_ready(store)
         api.start()

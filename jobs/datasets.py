@@ -10,6 +10,9 @@ Key layout (under the configured prefix):
     {p}:datasets:{owner-hash}        set: the owner's dataset ids
     {p}:datasets:{owner-hash}:bytes  integer: bytes of the owner's archives and their decode caches,
                                      and of its uploaded weights (`jobs.weights`): the quota's measure
+    {p}:datasets:{owner-hash}:reserved  hash: upload id -> "bytes:expires_at", uploads in progress
+    {p}:datasets:last_used           sorted set: dataset ids by upload or last submitted job naming them
+                                     (retention removes those unused for CLR_RETENTION_DAYS)
 
 Files: `{data_dir}/uploads/{owner-hash}/{id}.{ext}`; temp files in `{data_dir}/uploads/.incoming/`
 (the same file system, so the final move is an atomic rename). With an object store
@@ -19,6 +22,7 @@ the record exists, and the record keeps that `key` and the archive's `sha256` (t
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -35,7 +39,9 @@ import redis
 from clrcore.cache_names import CACHE_DIR_NAME, cache_files
 from clrcore.specs import UPLOADED_DATASET
 from jobs.pending_deletes import PendingDeletes, delete_or_defer
+from jobs.states import JobState
 from jobs.storage import DATASETS, ObjectStore
+from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -85,24 +91,64 @@ class ArchiveSummary:
     grayscale_converted: int = 0  # grayscale files the loader will make RGB (a set of both modes)
 
 
-COMMIT_LUA = """
+# Uploads in progress reserve their bytes (`reserve`), so parallel uploads cannot together write more
+# than the quota to disk (or the store) before their commits. Each reservation is `bytes:expires_at`
+# under the upload's id in the owner's `reserved` hash; an expired one (an API that died mid-upload) is
+# dropped by the next script that sums them.
+_OTHERS_RESERVED = """
+local function reserved_by_others(hash, me, now)
+  local sum, flat = 0, redis.call('HGETALL', hash)
+  for i = 1, #flat, 2 do
+    if flat[i] ~= me then
+      local bytes, expires = string.match(flat[i + 1], '^(%d+):([%d.]+)$')
+      if not bytes or tonumber(expires) < now then redis.call('HDEL', hash, flat[i])
+      else sum = sum + tonumber(bytes) end
+    end
+  end
+  return sum
+end
+"""
+
+# KEYS: record, owner's set, owner's bytes, owner's reservations, last-used index. ARGV: id, record JSON,
+# bytes charged, quota, upload id (its reservation is replaced by the charge), now.
+COMMIT_LUA = _OTHERS_RESERVED + """
 local used = tonumber(redis.call('GET', KEYS[3]) or '0')
+local others = reserved_by_others(KEYS[4], ARGV[5], tonumber(ARGV[6]))
 local size = tonumber(ARGV[3])
-if used + size > tonumber(ARGV[4]) then return {0, used} end
+if used + others + size > tonumber(ARGV[4]) then return {0, used + others} end
+redis.call('HDEL', KEYS[4], ARGV[5])
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 return {1, redis.call('INCRBY', KEYS[3], size)}
 """
 
+# KEYS: owner's bytes, owner's reservations. ARGV: upload id, bytes wanted in all, quota, now, ttl.
+# Returns {1, bytes left} when the upload may hold that many bytes, {0, bytes left} otherwise.
+_RESERVE_LUA = _OTHERS_RESERVED + """
+local now = tonumber(ARGV[4])
+local taken = tonumber(redis.call('GET', KEYS[1]) or '0') + reserved_by_others(KEYS[2], ARGV[1], now)
+local want = tonumber(ARGV[2])
+if taken + want > tonumber(ARGV[3]) then return {0, tonumber(ARGV[3]) - taken} end
+redis.call('HSET', KEYS[2], ARGV[1], string.format('%d:%.3f', want, now + tonumber(ARGV[5])))
+return {1, tonumber(ARGV[3]) - taken - want}
+"""
+
+RESERVATION_TTL_S = 3600  # as long as an abandoned temp file lives (`sweep_incoming`); renewed by each step
+
+
+# KEYS: record, owner's set, owner's bytes, last-used index. ARGV: id. The charge given back is what the
+# record says, read here: a decode cache charged since the caller read the record is included.
 DELETE_LUA = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local record = cjson.decode(raw)
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('DECRBY', KEYS[3], (tonumber(record['bytes']) or 0) + (tonumber(record['cache_bytes']) or 0))
 return 1
-"""  # what the record says it was charged, read here: a cache charged since the caller read it is included
+"""
 
 
 class DatasetStore:
@@ -114,11 +160,18 @@ class DatasetStore:
         self.objects = objects if objects is not None and objects.remote else None  # None: local folder
         self.pending_deletes = PendingDeletes(client, prefix)
         self._commit = client.register_script(COMMIT_LUA)
+        self._reserve = client.register_script(_RESERVE_LUA)
         self._delete = client.register_script(DELETE_LUA)
 
     def _keys(self, owner: str, dataset_id: str) -> list[str]:
         owned = f"{self.prefix}:datasets:{owner_hash(owner)}"
-        return [f"{self.prefix}:dataset:{dataset_id}", owned, bytes_key(self.prefix, owner)]
+        return [f"{self.prefix}:dataset:{dataset_id}", owned, bytes_key(self.prefix, owner), f"{owned}:reserved",
+                self._last_used]
+
+    @property
+    def _last_used(self) -> str:
+        """Sorted set: every uploaded dataset by when it was uploaded or last named by a submitted job."""
+        return f"{self.prefix}:datasets:last_used"
 
     @property
     def uploads_dir(self) -> Path:
@@ -171,13 +224,48 @@ class DatasetStore:
     def bytes_used(self, owner: str) -> int:
         return int(self.redis.get(self._keys(owner, "")[2]) or 0)
 
+    def reserve(self, owner: str, upload_id: str, total: int, quota: int) -> tuple[bool, int]:
+        """Let upload `upload_id` hold `total` bytes in all (its earlier reservation is replaced), if the
+        owner's stored bytes plus every other upload's reservation leave room; returns (granted, bytes
+        left for this upload beyond `total`, or short of it when refused). Atomic, so N uploads started
+        at once cannot together write more than the quota before their commits."""
+        ok, left = self._reserve(keys=self._keys(owner, "")[2:4], args=[upload_id, total, quota, repr(time.time()),
+                                                                      RESERVATION_TTL_S])
+        return bool(ok), int(left)
+
+    def release(self, owner: str, upload_id: str) -> None:
+        """Give an upload's reservation back (it failed, or its commit already turned it into a charge)."""
+        self.redis.hdel(self._keys(owner, "")[3], upload_id)
+
+    def touch(self, dataset_id: str) -> None:
+        """A job was submitted naming the dataset: its retention period starts again."""
+        self.redis.zadd(self._last_used, {dataset_id: time.time()}, xx=True)
+
+    def expire_unused(self, jobs: JobStore, older_than: float, limit: int = 100) -> builtins.list[str]:
+        """Delete datasets neither uploaded nor named by a submitted job for `older_than` seconds (the
+        retention period), archive and caches with them; one a job not yet finished names is kept (its
+        clock starts again). Several sweepers may race: a dataset already gone is skipped."""
+        removed = []
+        cutoff = time.time() - older_than
+        for dataset_id in self.redis.zrangebyscore(self._last_used, "-inf", f"({cutoff}", start=0, num=limit):
+            record = self.get(dataset_id)
+            if record is None:
+                self.redis.zrem(self._last_used, dataset_id)
+            elif job_naming(jobs, record["owner"], dataset_id) is not None:
+                self.touch(dataset_id)
+            else:
+                self.delete(record)
+                removed.append(dataset_id)
+        return removed
+
     def commit(self, owner: str, name: str, temp: Path, ext: str, size: int, summary: ArchiveSummary,
-               quota: int) -> dict:
+               quota: int, upload_id: str = "") -> dict:
         """Move the validated archive into place and record it, or refuse (413) if the quota was spent
-        meanwhile by a concurrent upload (`QuotaExceeded`); in that case the file is removed again."""
+        meanwhile by a concurrent upload (`QuotaExceeded`); in that case the file is removed again.
+        The upload's reservation (`upload_id`) becomes the charge in the same atomic step."""
         dataset_id = new_dataset_id()
         if self.objects is not None:
-            return self._commit_to_store(owner, name, dataset_id, temp, ext, size, summary, quota)
+            return self._commit_to_store(owner, name, dataset_id, temp, ext, size, summary, quota, upload_id)
         relative = Path(UPLOADS_DIR) / owner_hash(owner) / f"{dataset_id}.{ext}"
         final = self.data_dir / relative
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +274,7 @@ class DatasetStore:
         charged = size + summary.cache_bytes
         try:
             ok, used = self._commit(keys=self._keys(owner, dataset_id),
-                                    args=[dataset_id, json.dumps(record), charged, quota])
+                                    args=[dataset_id, json.dumps(record), charged, quota, upload_id, repr(time.time())])
         except BaseException:
             final.unlink(missing_ok=True)
             raise
@@ -198,7 +286,7 @@ class DatasetStore:
         return record
 
     def _commit_to_store(self, owner: str, name: str, dataset_id: str, temp: Path, ext: str, size: int,
-                         summary: ArchiveSummary, quota: int) -> dict:
+                         summary: ArchiveSummary, quota: int, upload_id: str) -> dict:
         """Upload the validated archive (multipart), then record it: the dataset is listed only once
         its object exists. `StorageUnavailable` leaves no record (API: 503)."""
         assert self.objects is not None
@@ -208,7 +296,8 @@ class DatasetStore:
         self.objects.put_file(temp, key)
         try:
             ok, used = self._commit(keys=self._keys(owner, dataset_id),
-                                    args=[dataset_id, json.dumps(record), size + summary.cache_bytes, quota])
+                                    args=[dataset_id, json.dumps(record), size + summary.cache_bytes, quota,
+                                          upload_id, repr(time.time())])
         except BaseException:
             delete_or_defer(self.objects, self.pending_deletes, key)
             raise
@@ -245,7 +334,8 @@ class DatasetStore:
     def delete(self, record: dict) -> None:
         """Remove the record (atomically with the byte count), then the file and its decode caches, or
         the object; an object the store cannot delete now is left to the sweeper (nothing lists it)."""
-        if not self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"]]):
+        keys = self._keys(record["owner"], record["id"])
+        if not self._delete(keys=[*keys[:3], self._last_used], args=[record["id"]]):
             return
         if "key" in record:
             if self.objects is None:
@@ -262,6 +352,16 @@ class DatasetStore:
                 except OSError as exc:  # the record is gone, so nothing points at the file any more
                     log.warning("dataset %s: file %s not removed: %s", record["id"], file.name, exc)
         log.info("dataset %s deleted", record["id"])
+
+
+def job_naming(jobs: JobStore, owner: str, dataset_id: str) -> dict | None:
+    """A not yet final job of `owner` whose spec names the dataset, if any (the in-flight sets are small)."""
+    for state in (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING):
+        for job_id in sorted(jobs.redis.smembers(jobs.keys.state(state.value))):
+            record = jobs.records.get(job_id)
+            if record and record["owner"] == owner and (record["spec"] or {}).get("dataset") == dataset_id:
+                return record
+    return None
 
 
 def file_sha256(path: Path) -> str:

@@ -50,5 +50,13 @@ class JobKeys:
         """Sorted set: finished job ids by finish time (retention removes the oldest)."""
         return self.k("finished")
 
+    def waiting(self, queue: str, owner: str) -> str:
+        """List: the owner's jobs of `queue` waiting their turn, oldest first (`jobs.turns`)."""
+        return self.k("waiting", queue, owner)
+
+    def turns(self, queue: str) -> str:
+        """List: the ring of owners with jobs waiting for `queue`; the next turn is at the head."""
+        return self.k("turns", queue)
+
     def seq(self) -> str:
         return self.k("seq")

@@ -34,6 +34,7 @@ from jobs.states import (
     JobState,
     LeaseFenced,
 )
+from jobs.turns import Turns
 
 if TYPE_CHECKING:
     from jobs.webhooks import JobNotices
@@ -76,20 +77,24 @@ def _decode_cursor(cursor: str) -> int:
 class JobRecords:
     """The job hash, its owner and state indexes, and the transitions between states."""
 
-    def __init__(self, client: redis.Redis, keys: JobKeys, notices: JobNotices | None = None) -> None:
+    def __init__(self, client: redis.Redis, keys: JobKeys, notices: JobNotices | None = None,
+                 turns: Turns | None = None) -> None:
         self.redis, self.keys, self.notices = client, keys, notices
         self._transition_script = client.register_script(scripts.TRANSITION_LUA)
         self._delete_script = client.register_script(scripts.DELETE_LUA)
         self._add_artifact_script = client.register_script(scripts.ADD_ARTIFACT_LUA)
+        self.turns = turns or Turns(client, keys)
 
     @unavailable_on_redis_errors
     def create(
         self, kind: str, spec: dict, owner: str, *, queue: str | None = None,
-        idempotency_key: str | None = None, idempotency_ttl: int = 86400,
+        idempotency_key: str | None = None, idempotency_ttl: int = 86400, wait_turn: bool = False,
     ) -> dict:
         """Store a new queued job; the caller then sends the task (by name) with the returned id.
 
         `queue` (the Celery queue it is sent to) lets a sweeper re-send a recovered job to the same queue.
+        `wait_turn` (the API's submits) puts the job in its owner's waiting list in the same transaction,
+        instead of the caller sending it: `jobs.turns` dispatches it when its owner's turn comes.
         `idempotency_key` (reserved by `IdempotencyKeys.begin`) records the job id under the key in the
         same transaction, so an API that dies right after this step cannot make a retry create a second
         job (the retry answers with this one; the sweeper sends it if it was never sent).
@@ -122,6 +127,8 @@ class JobRecords:
             reservation = self.keys.idempotency(owner, idempotency_key)
             pipe.hset(reservation, "job_id", job_id)
             pipe.expire(reservation, idempotency_ttl)
+        if wait_turn:
+            self.turns.push(pipe, job_id, owner, queue or "")
         pipe.execute()
         return self.decode(record)
 
@@ -276,7 +283,10 @@ class JobRecords:
         status, current, _ = self._run_transition(job_id, mapping, {"cancel_requested": 1})
         if status != "ok":
             raise InvalidTransition(job_id, current, JobState.CANCELLED.value)
-        return self._require(job_id)
+        record = self._require(job_id)
+        if current == JobState.QUEUED.value and record["queue"]:  # no longer waiting its turn
+            self.turns.forget(job_id, record["owner"], record["queue"])
+        return record
 
     @unavailable_on_redis_errors
     def delete(self, job: dict) -> None:

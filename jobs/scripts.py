@@ -116,13 +116,18 @@ return 0
 """
 
 # KEYS: lease, job. ARGV: holder (or empty: unfenced), field, value. Fenced like TRANSITION_LUA: refused
-# when the lease names another worker, or nobody holds it and the job is back in the queue.
+# when the lease names another worker, or nobody holds it and the job is back in the queue; also once the
+# job is final (a worker registers its files before its final transition, so a late one is a superseded
+# worker's, woken after the job's new holder finished and let go).
 ADD_ARTIFACT_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[1])
   if holder and holder ~= ARGV[1] then return 0 end
-  if not holder and redis.call('HGET', KEYS[2], 'state') == 'queued' then return 0 end
+  local state = redis.call('HGET', KEYS[2], 'state')
+  if not holder and (state == 'queued' or state == 'succeeded' or state == 'failed' or state == 'cancelled') then
+    return 0
+  end
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 return 1
@@ -192,4 +197,62 @@ redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 for i = 7, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
 return {'ok', state, record}
+"""
+
+# Fair turns across keys (`jobs.turns`). KEYS: the owner's waiting list, the queue's ring of owners.
+# ARGV: job id, owner. Called inside `JobRecords.create`'s MULTI, so a stored job always waits its turn.
+TURN_PUSH_LUA = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+if not redis.call('LPOS', KEYS[2], ARGV[2]) then redis.call('RPUSH', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+# KEYS: the queue's ring of owners, the Celery queue (a kombu list), the workers' last-seen sorted set.
+# ARGV: key prefix, queue, now, seconds a worker counts as live, running cap per key (0: none), every
+# queue name JSON. Moves one job per owner in turn, round the ring, while the Celery queue holds fewer
+# messages than live workers consume that queue (at least one), so the queue never holds more than the
+# next turns and one key's hundreds of jobs wait in its own list. Each moved job is stamped `sent_at`
+# (the stale sweep re-sends it if the caller dies before sending). Ids no longer queued (cancelled)
+# are dropped. An owner with `cap` jobs dispatched and not finished keeps its place and waits. The
+# per-owner and per-job keys are built here from the prefix (one Redis, no cluster), like kombu's.
+# Returns the ids to send, in order.
+TURN_DISPATCH_LUA = """
+local p, queue, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local cap = tonumber(ARGV[5])
+local slots = 0
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], now - tonumber(ARGV[4]), '+inf')) do
+  if redis.call('HGET', p .. ':worker:' .. w, 'queue') == queue then slots = slots + 1 end
+end
+if slots < 1 then slots = 1 end
+local out = {}
+local waiting = redis.call('LLEN', KEYS[2])
+local passed = 0
+while waiting + #out < slots do
+  local n = redis.call('LLEN', KEYS[1])
+  if n == 0 or passed >= n then break end
+  local owner = redis.call('LPOP', KEYS[1])
+  local list = p .. ':waiting:' .. queue .. ':' .. owner
+  local capped = false
+  if cap > 0 then
+    local dispatched = redis.call('SCARD', p .. ':active:' .. owner)
+    for _, q in ipairs(cjson.decode(ARGV[6])) do
+      dispatched = dispatched - redis.call('LLEN', p .. ':waiting:' .. q .. ':' .. owner)
+    end
+    capped = dispatched >= cap
+  end
+  if capped then
+    redis.call('RPUSH', KEYS[1], owner)
+    passed = passed + 1
+  else
+    local id = redis.call('LPOP', list)
+    while id and redis.call('HGET', p .. ':job:' .. id, 'state') ~= 'queued' do id = redis.call('LPOP', list) end
+    if id then
+      redis.call('HSET', p .. ':job:' .. id, 'sent_at', ARGV[3])
+      out[#out + 1] = id
+      passed = 0
+    end
+    if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[1], owner) end
+  end
+end
+return out
 """

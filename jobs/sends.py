@@ -13,6 +13,7 @@ from jobs.keys import JobKeys
 from jobs.queues import broker_key_prefix
 from jobs.redis_errors import unavailable_on_redis_errors
 from jobs.states import JobState
+from jobs.turns import Turns
 
 JOB_ID = re.compile(r"job_[0-9a-f]{16}")  # `JobRecords.create` makes ids of this shape
 
@@ -20,8 +21,9 @@ JOB_ID = re.compile(r"job_[0-9a-f]{16}")  # `JobRecords.create` makes ids of thi
 class Sends:
     """When each job was last sent, which queued jobs no queue holds, and how deep each queue is."""
 
-    def __init__(self, client: redis.Redis, keys: JobKeys) -> None:
+    def __init__(self, client: redis.Redis, keys: JobKeys, turns: Turns | None = None) -> None:
         self.redis, self.keys = client, keys
+        self.turns = turns or Turns(client, keys)
         self._restamp_stale = client.register_script(scripts.RESTAMP_STALE_LUA)
 
     @unavailable_on_redis_errors
@@ -55,7 +57,8 @@ class Sends:
         return [job_id for job_id in candidates if job_id not in waiting]
 
     def ids_in_queue(self, queue: str) -> set[str]:
-        """Job ids named by the messages of `queue` and of the broker's unacknowledged set.
+        """Job ids named by the messages of `queue` and of the broker's unacknowledged set, and the ids
+        waiting their owner's turn for `queue` (they are sent by `jobs.turns`, not by the sweep).
 
         Parsed once into a set (each message's `argsrepr` names its job id): the sweep runs every few
         seconds on every worker, and a substring search per queued job through the joined queue cost
@@ -65,7 +68,7 @@ class Sends:
         found: set[str] = set()
         for message in (*self.redis.lrange(broker + queue, 0, -1), *self.redis.hvals(broker + "unacked")):
             found.update(JOB_ID.findall(message))
-        return found
+        return found | self.turns.waiting_ids(queue)
 
     @unavailable_on_redis_errors
     def restamp_stale(self, job_id: str, older_than: float) -> bool:
@@ -75,5 +78,6 @@ class Sends:
 
     @unavailable_on_redis_errors
     def queue_depth(self, queue: str) -> int:
-        """Messages waiting in a Celery queue (kombu keeps each queue as a Redis list)."""
-        return int(self.redis.llen(broker_key_prefix(self.keys.prefix) + queue))
+        """Jobs waiting for a worker of `queue`: messages in the Celery queue (kombu keeps each queue as a
+        Redis list) plus jobs still waiting their owner's turn (`jobs.turns`)."""
+        return int(self.redis.llen(broker_key_prefix(self.keys.prefix) + queue)) + self.turns.depth(queue)

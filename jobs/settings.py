@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     max_active_jobs_per_key: int = Field(
         100, ge=1, description="queued plus running jobs one key may have; more answer 429 with Retry-After"
     )
+    max_running_jobs_per_key: int = Field(
+        0, ge=0, description="jobs of one key sent to the workers and not finished; its other jobs wait their "
+                             "turn (0: no cap beyond CLR_MAX_ACTIVE_JOBS_PER_KEY)"
+    )
     sse_max_streams_per_key: int = Field(16, ge=1, description="open event streams per key (per API process)")
     sse_max_streams: int = Field(
         256, ge=1, description="event streams reading Redis at once, one connection each; more wait their turn"
@@ -68,6 +72,11 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=1, le=65535)
     http_limit_concurrency: int = Field(512, ge=1, description="connections and tasks at once; then 503")
     http_keep_alive_seconds: int = Field(5, ge=1, description="an idle keep-alive connection is closed after")
+    http_header_timeout_seconds: float = Field(
+        30.0, gt=0, description="a request head (request line and headers) must arrive within this, counted from "
+                                "the connection's start or the head's first byte; else the connection is closed "
+                                "(10 s cut off legitimate but CPU-starved clients in the 30-minute soak)"
+    )
     http_max_header_bytes: int = Field(
         16 * 1024, ge=1024, description="h11's cap on an incomplete request head (headers trickled or huge)"
     )

@@ -9,6 +9,7 @@ own module and object:
     store.events       jobs.events       the event log and the latest progress
     store.leases       jobs.leases       one worker at a time per job
     store.sends        jobs.sends        the sweeper's re-sends, queue depths
+    store.turns        jobs.turns        fair turns across keys: waiting lists, the ring, dispatch
     store.idempotency  jobs.idempotency  Idempotency-Key reservations and stored answers
     store.webhooks     jobs.webhooks     webhook deliveries (with settings), announced by every transition
 
@@ -23,6 +24,9 @@ Key layout (every key starts with the configured prefix, so tests can share one 
     {p}:owner:{owner}            sorted set: the owner's job ids by creation sequence
     {p}:owner:{owner}:{kind}     sorted set: the same, one kind only
     {p}:state:{state}            set: job ids in that state (counts, the sweeper)
+    {p}:active:{owner}           set: the owner's jobs not final yet (the per-key caps)
+    {p}:waiting:{queue}:{owner}  list: the owner's submitted jobs waiting their turn (`jobs.turns`)
+    {p}:turns:{queue}            list: the ring of owners with jobs waiting for that queue
     {p}:idem:{owner-hash}:{key}  hash: an idempotency key's body hash, status and stored response
     {p}:worker:{id}, {p}:workers worker liveness (hash per worker, sorted set by last seen): `jobs.workers`
     {p}:canary:{token}           a worker's reply to a readiness canary task: `jobs.workers`
@@ -46,6 +50,7 @@ from jobs.records import JobRecords
 from jobs.redis_errors import require_text_client, unavailable_on_redis_errors
 from jobs.sends import Sends
 from jobs.settings import Settings
+from jobs.turns import Turns
 from jobs.webhooks import JobNotices, WebhookDeliveries
 
 
@@ -60,10 +65,11 @@ class JobStore:
         self.keys = JobKeys(prefix)
         self.webhooks = WebhookDeliveries(redis, prefix, settings) if settings is not None else None
         notices = JobNotices(self.webhooks, send_webhook) if self.webhooks and send_webhook else None
-        self.records = JobRecords(redis, self.keys, notices)
+        self.turns = Turns(redis, self.keys)
+        self.records = JobRecords(redis, self.keys, notices, self.turns)
         self.events = JobEvents(redis, self.keys)
         self.leases = Leases(redis, self.keys)
-        self.sends = Sends(redis, self.keys)
+        self.sends = Sends(redis, self.keys, self.turns)
         self.idempotency = IdempotencyKeys(redis, self.keys)
 
     @classmethod

@@ -76,8 +76,11 @@ class WeightStore:
         self._delete = client.register_script(DELETE_LUA)
 
     def _keys(self, owner: str, weights_id: str) -> list[str]:
+        """The datasets' scripts' keys: record, owner's set, the shared byte count, the shared
+        reservations of uploads in progress, and the weights' own upload-time index."""
         return [f"{self.prefix}:weights:{weights_id}", f"{self.prefix}:weights-of:{owner_hash(owner)}",
-                bytes_key(self.prefix, owner)]
+                bytes_key(self.prefix, owner), f"{self.prefix}:datasets:{owner_hash(owner)}:reserved",
+                f"{self.prefix}:weights:uploaded"]
 
     def get(self, weights_id: str) -> dict | None:
         if not UPLOADED_WEIGHTS.match(weights_id):
@@ -96,7 +99,8 @@ class WeightStore:
         raws = self.redis.mget([f"{self.prefix}:weights:{i}" for i in ids]) if ids else []
         return sorted((json.loads(r) for r in raws if r), key=lambda r: r["created_at"], reverse=True)
 
-    def commit(self, owner: str, name: str, temp: Path, size: int, summary: WeightsSummary, quota: int) -> dict:
+    def commit(self, owner: str, name: str, temp: Path, size: int, summary: WeightsSummary, quota: int,
+               upload_id: str = "") -> dict:
         """Move the validated file into place (or the store) and record it; `QuotaExceeded` (the file
         removed again) when a concurrent upload spent the quota meanwhile."""
         weights_id = new_weights_id()
@@ -125,7 +129,8 @@ class WeightStore:
                 final.unlink(missing_ok=True)
         try:
             ok, used = self._commit(keys=self._keys(owner, weights_id),
-                                    args=[weights_id, json.dumps(record), size, quota])
+                                    args=[weights_id, json.dumps(record), size, quota, upload_id,
+                                          repr(time.time())])
         except BaseException:
             undo()
             raise
@@ -138,7 +143,8 @@ class WeightStore:
     def delete(self, record: dict) -> None:
         """Remove the record (atomically with the byte count), then the file or the object; an object
         the store cannot delete now is left to the sweeper (nothing lists it any more)."""
-        if not self._delete(keys=self._keys(record["owner"], record["id"]), args=[record["id"]]):
+        keys = self._keys(record["owner"], record["id"])
+        if not self._delete(keys=[*keys[:3], keys[4]], args=[record["id"]]):
             return
         if "key" in record:
             if self.objects is None:

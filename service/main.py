@@ -29,6 +29,7 @@ from jobs.workers import WorkerRegistry
 from service import errors, object_files
 from service.auth import KeyRing
 from service.event_reader import EventReader
+from service.http_protocol import header_timeout_protocol
 from service.metrics import ServiceMetrics
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
@@ -157,11 +158,12 @@ def main() -> None:
 
 
 def server_options(settings: Settings) -> dict:
-    """uvicorn's keyword arguments from the settings (h11: its head-size cap applies)."""
+    """uvicorn's keyword arguments from the settings: h11 (its head-size cap applies) with a deadline for
+    each request head (`service.http_protocol`), the connection limit and the keep-alive timeout."""
     return {
         "host": settings.http_host,
         "port": settings.http_port,
-        "http": "h11",
+        "http": header_timeout_protocol(settings.http_header_timeout_seconds),
         "limit_concurrency": settings.http_limit_concurrency,
         "timeout_keep_alive": settings.http_keep_alive_seconds,
         "h11_max_incomplete_event_size": settings.http_max_header_bytes,

@@ -45,7 +45,8 @@ class _StoreCollector(Collector):
         for state, count in counts.items():
             jobs.add_metric([state], count)
         yield jobs
-        depth = GaugeMetricFamily("clr_queue_depth", "messages waiting in each Celery queue",
+        depth = GaugeMetricFamily("clr_queue_depth", "jobs waiting for a worker of each queue (Celery messages "
+                                  "plus jobs waiting their key's turn)",
                                   labels=["queue"])
         for queue, count in depths.items():
             depth.add_metric([queue], count)

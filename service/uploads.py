@@ -20,9 +20,11 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import anyio
 from PIL import Image, UnidentifiedImageError
 
 from clrcore.archives import MAX_RATIO, ArchiveError, iter_image_members
@@ -74,9 +76,48 @@ def archive_ext(content_type: str | None) -> str:
 # ------------------------------------------------------------------------------------------ intake
 
 
-async def write_stream(chunks: AsyncIterator[bytes], path: Path, limit: int, refusal: UploadRefused) -> int:
+RESERVE_STEP = 8 * 1024 * 1024  # a body of unknown length reserves quota this far ahead of what it wrote
+
+
+class QuotaReservation:
+    """An upload's claim on its key's quota while it streams: datasets and weights share one count.
+
+    Reserved before the first byte is written, so parallel uploads cannot together pass the quota on
+    disk: a declared length whole, a chunked body `RESERVE_STEP` ahead of what it wrote. The commit
+    turns the reservation into the charge; `release` gives back what was not committed (a no-op after a
+    commit; a reservation an API process could not release expires by itself).
+    """
+
+    def __init__(self, uploads: DatasetStore, owner: str, quota: int, what: str) -> None:
+        self.uploads, self.owner, self.quota, self.what = uploads, owner, quota, what
+        self.upload_id = uuid.uuid4().hex
+        self.reserved = 0
+
+    async def reserve(self, total: int) -> None:
+        """Hold `total` bytes in all for this upload; `UploadRefused` (413) when the quota has no room."""
+        granted, room = await anyio.to_thread.run_sync(self.uploads.reserve, self.owner, self.upload_id,
+                                                       total, self.quota)
+        if not granted:
+            raise UploadRefused(413, "quota_exceeded", f"storage quota exceeded: this key's stored files and "
+                                f"its uploads in progress leave {max(room, 0)} of its {self.quota} bytes for "
+                                f"this {self.what}, which needs {total} (delete something or wait for an upload)")
+        self.reserved = total
+
+    async def release(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.uploads.release, self.owner, self.upload_id)
+        except Exception as exc:  # Redis away: the reservation expires by itself
+            log.warning("upload reservation %s not released: %s", self.upload_id, exc)
+
+
+async def write_stream(chunks: AsyncIterator[bytes], path: Path, limit: int, refusal: UploadRefused,
+                       reservation: QuotaReservation | None = None) -> int:
     """Copy the body to `path` chunk by chunk and return its size; raise `refusal` (the limit it names)
     the moment the byte count passes `limit`, without reading further. Memory holds one chunk at a time.
+
+    With a `reservation`, more quota is reserved before a chunk would pass what it holds, for up to
+    `RESERVE_STEP` more (it raises when the key's quota, counting the other uploads in progress, has no
+    room left).
 
     Writes are synchronous: each chunk (about 64 KiB) lands in the page cache in microseconds, far less
     than a thread hop would cost.
@@ -88,6 +129,8 @@ async def write_stream(chunks: AsyncIterator[bytes], path: Path, limit: int, ref
                 written += len(chunk)
                 if written > limit:
                     raise refusal
+                if reservation is not None and written > reservation.reserved:
+                    await reservation.reserve(min(limit, written + RESERVE_STEP))
                 out.write(chunk)
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -244,6 +287,12 @@ def _cache_over_quota(record: dict, image_size: int, uploads: DatasetStore, sett
         return None
     return (f"a decode cache of {record['id']} at {image_size}px takes about {needed} bytes, and this key has "
             f"{max(left, 0)} of its {quota}-byte storage quota left (delete a dataset or weights first)")
+
+
+def touch_uploaded(spec: RangeTestSpec | TrainSpec, store: JobStore, settings: Settings) -> None:
+    """A submitted job names an uploaded dataset: its retention period starts again."""
+    if UPLOADED_DATASET.match(spec.dataset):
+        DatasetStore(store.redis, store.prefix, settings.data_dir).touch(spec.dataset)
 
 
 def upload_errors(spec: RangeTestSpec | TrainSpec, owner: str, store: JobStore, settings: Settings) -> list[dict]:

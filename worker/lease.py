@@ -127,7 +127,8 @@ class LeaseKeeper(threading.Thread):
 
 
 class WorkerMonitor(threading.Thread):
-    """Every `heartbeat_seconds` records this worker as alive; every `sweep_interval` recovers lapsed jobs.
+    """Every `heartbeat_seconds` records this worker as alive and sends the queue's next turns
+    (`dispatch`); every `sweep_interval` recovers lapsed jobs.
 
     `resend(job_id, queue)` puts a recovered job back on its queue (by task name). Several workers
     sweep at once safely: `JobStore.records.recover_lapsed` is atomic, and only its winner re-sends.
@@ -146,6 +147,8 @@ class WorkerMonitor(threading.Thread):
         requeue_after: float = 60.0,
         retention_seconds: float | None = None,
         remove_files: Callable[[str], None] | None = None,
+        dispatch: Callable[[], object] | None = None,
+        expire_datasets: Callable[[], list[str]] | None = None,
     ) -> None:
         super().__init__(name="worker-monitor", daemon=True)
         self.store, self.workers, self.queue = store, workers, queue
@@ -153,6 +156,7 @@ class WorkerMonitor(threading.Thread):
         self.resend, self.current_job = resend, current_job
         self.requeue_after = requeue_after
         self.retention_seconds, self.remove_files = retention_seconds, remove_files
+        self.dispatch, self.expire_datasets = dispatch, expire_datasets
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -161,6 +165,8 @@ class WorkerMonitor(threading.Thread):
         while True:
             try:
                 self.workers.record_heartbeat(worker_id(), self.queue, job_id=self.current_job())
+                if self.dispatch is not None:  # the queue's next turns, as it drains (`jobs.turns`)
+                    self.dispatch()
                 if since_sweep >= self.sweep_interval:
                     since_sweep = 0.0
                     self.sweep()
@@ -189,6 +195,10 @@ class WorkerMonitor(threading.Thread):
             elif new_state is not None:
                 log.warning("job %s: lease lapsed while cancelling; now %s", job_id, new_state)
         self.expire_finished()
+        if self.expire_datasets is not None:
+            removed = self.expire_datasets()
+            if removed:
+                log.info("retention: removed %d unused uploaded dataset(s)", len(removed))
         return requeued + self.resend_stale()
 
     def expire_finished(self, batch: int = 100) -> list[str]:

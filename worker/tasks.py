@@ -25,11 +25,13 @@ from typing import Any, TypeVar
 from celery import signals
 
 from clrcore.json_safe import json_safe
+from jobs.datasets import DatasetStore
 from jobs.queues import DELIVER_WEBHOOK, PING, RUN_JOB, WEBHOOKS_QUEUE
 from jobs.redis_errors import StoreUnavailable
 from jobs.run_removal import remove_run_files
 from jobs.settings import get_settings
 from jobs.states import FINAL_STATES, InvalidTransition, JobState
+from jobs.storage import store_for
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
 from worker.artifact_sync import job_files, start_delete_sweeper
@@ -110,6 +112,14 @@ def resend(job_id: str, queue: str) -> None:
     store().sends.mark_sent(job_id)
 
 
+def dispatch_turns() -> list[str]:
+    """Send this queue's next turns (`jobs.turns`): one job per key in turn, while the queue is short."""
+    sent = store().turns.dispatch_by(settings, settings.queue)
+    for job_id in sent:
+        resend(job_id, settings.queue)
+    return sent
+
+
 # ---------------------------------------------------------------- worker signals
 
 
@@ -120,6 +130,8 @@ def _on_worker_ready(**_: Any) -> None:
     import clrcore.runs  # noqa: F401  (preload torch and the core; the API process never imports them)
     import clrcore.trainer  # noqa: F401
 
+    retention = settings.retention_days * 86400
+    uploads = DatasetStore(store().redis, settings.key_prefix, settings.data_dir, store_for(settings))
     _monitor = WorkerMonitor(
         store(),
         workers(),
@@ -130,8 +142,10 @@ def _on_worker_ready(**_: Any) -> None:
         current_job=lambda: _current_job,
         # a job just sent may take a moment to show in the queue; never race a claim about to happen
         requeue_after=max(settings.requeue_after_seconds, 2 * settings.lease_seconds),
-        retention_seconds=settings.retention_days * 86400,
+        retention_seconds=retention,
         remove_files=lambda job_id: remove_run_files(settings, job_id, store().redis),
+        dispatch=dispatch_turns,
+        expire_datasets=lambda: uploads.expire_unused(store(), retention),
     )
     _monitor.start()
     start_delete_sweeper(store().redis, settings)  # store mode: object deletes that failed, retried
@@ -154,8 +168,9 @@ def _on_shutdown(**_: Any) -> None:
 def _on_task_taken(**_: Any) -> None:
     try:
         workers().record_heartbeat(worker_id(), settings.queue, job_id=_current_job, took_task=True)
+        dispatch_turns()  # this message left the queue: the next turn takes its place at once
     except StoreUnavailable as exc:
-        log.warning("cannot record heartbeat: %s", exc)
+        log.warning("cannot record heartbeat or dispatch: %s", exc)
 
 
 # ---------------------------------------------------------------- one delivery

@@ -5,8 +5,9 @@
 streamed to a temp file and counted as it arrives, so a large archive never sits in memory and one
 over the limit is refused mid-stream. Both byte limits answer 413, with `problem` saying which:
 `too_large` (CLR_MAX_UPLOAD_BYTES) or `quota_exceeded` (CLR_UPLOAD_QUOTA_BYTES, the sum of the key's
-stored archives). Every other refusal is a 4xx with `detail` naming the member and the problem;
-nothing is stored unless the whole archive passed.
+stored archives and its uploads in progress: each upload reserves its bytes before writing them, so
+parallel uploads cannot together pass the quota on disk). Every other refusal is a 4xx with `detail`
+naming the member and the problem; nothing is stored unless the whole archive passed.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from starlette.requests import ClientDisconnect
 
 from clrcore import catalog
 from clrcore.capped_reader import ReadStopped
-from jobs.datasets import DatasetStore, QuotaExceeded
+from jobs.datasets import DatasetStore, QuotaExceeded, job_naming
 from jobs.settings import Settings
-from jobs.states import JobState
-from jobs.store import JobStore
 from service.deps import Owner, SettingsDep, StoreDep
 from service.schemas import DatasetOut
 from service.uploads import (
     ARCHIVE_TYPES,
+    RESERVE_STEP,
     ArchiveSummary,
+    QuotaReservation,
     UploadRefused,
     archive_ext,
     check_magic,
@@ -46,8 +47,6 @@ from service.uploads import (
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
-
-IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
 
 
 async def get_uploads(request: Request) -> DatasetStore:
@@ -126,16 +125,6 @@ def _list_item(record: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ checks
-
-
-def _job_naming(store: JobStore, owner: str, dataset_id: str) -> dict | None:
-    """A not yet final job of `owner` whose spec names the dataset, if any (the in-flight sets are small)."""
-    for state in IN_FLIGHT:
-        for job_id in sorted(store.redis.smembers(f"{store.prefix}:state:{state.value}")):
-            record = store.records.get(job_id)
-            if record and record["owner"] == owner and (record["spec"] or {}).get("dataset") == dataset_id:
-                return record
-    return None
 
 
 def _owned(uploads: DatasetStore, owner: str, dataset_id: str) -> dict:
@@ -221,17 +210,20 @@ async def _intake(request: Request, owner: str, name: str | None, uploads: Datas
     declared = request.headers.get("content-length", "")
     if limit <= 0 or (declared.isdigit() and int(declared) > limit):
         raise refusal
+    reservation = QuotaReservation(uploads, owner, quota, "archive")
     temp = uploads.incoming_path(ext)
     try:
-        size = await write_stream(request.stream(), temp, limit, refusal)
+        await reservation.reserve(int(declared) if declared.isdigit() else min(limit, RESERVE_STEP))
+        size = await write_stream(request.stream(), temp, limit, refusal, reservation)
         await anyio.to_thread.run_sync(check_magic, temp, ext)
         summary = await _validate(request, temp, settings)
         return await anyio.to_thread.run_sync(
-            partial(uploads.commit, owner, name or "", temp, ext, size, summary, quota))
+            partial(uploads.commit, owner, name or "", temp, ext, size, summary, quota, reservation.upload_id))
     except QuotaExceeded as exceeded:  # a concurrent upload spent the quota meanwhile
         raise UploadRefused(413, "quota_exceeded", str(exceeded)) from None
     finally:
         temp.unlink(missing_ok=True)
+        await reservation.release()
 
 
 DISCONNECT_POLL_S = 0.25
@@ -284,7 +276,7 @@ def get_dataset(dataset_id: str, owner: Owner, uploads: UploadsDep) -> dict:
 def delete_dataset(dataset_id: str, owner: Owner, uploads: UploadsDep, store: StoreDep) -> Response:
     """Remove the archive and its record, unless a job that has not finished yet names it."""
     record = _owned(uploads, owner, dataset_id)
-    job = _job_naming(store, owner, dataset_id)
+    job = job_naming(store, owner, dataset_id)
     if job is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"dataset {dataset_id} is in use by job {job['id']} "
                             f"({job['state']}); cancel it or wait until it ends")

@@ -29,10 +29,10 @@ from jobs.store import JobStore
 from jobs.webhook_addresses import allowed_networks, literal_address_problem
 from jobs.webhooks import webhook_secrets
 from service.deps import OwnedJob, Owner, QueueDep, SettingsDep, StoreDep
-from service.errors import field_error, unavailable
+from service.errors import field_error
 from service.event_reader import EventReader
 from service.run_files import job_links
-from service.uploads import upload_errors
+from service.uploads import touch_uploaded, upload_errors
 from service.weight_uploads import weights_errors
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,8 @@ def _notify_errors(spec: RangeTestSpec | TrainSpec, owner: str, settings: Settin
 
 def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, store: JobStore,
             queue: QueueDep, settings: Settings) -> JSONResponse:
-    """Validate limits, honour the idempotency key, store the job, then enqueue its id by task name."""
+    """Validate limits, honour the idempotency key, store the job waiting its key's turn, then send the
+    queue's next turns (`jobs.turns`) by task name."""
     if errors := (_limit_errors(spec, settings) + _notify_errors(spec, owner, settings)
                   + upload_errors(spec, owner, store, settings) + weights_errors(spec, owner, store, settings)):
         raise RequestValidationError(errors)
@@ -210,24 +211,13 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
                        f"(CLR_MAX_ACTIVE_JOBS_PER_KEY); retry once some have finished"},
             status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(ACTIVE_CAP_RETRY_S)})
     try:
-        record = store.records.create(spec.kind, body, owner, queue=target, idempotency_key=key)
+        record = store.records.create(spec.kind, body, owner, queue=target, idempotency_key=key, wait_turn=True)
     except Exception:
         if key is not None:
             _abort_quietly(store, owner, key, fingerprint)
         raise
-    try:
-        queue.send(record["id"], target)
-    except (kombu.exceptions.OperationalError, redis.exceptions.RedisError, OSError) as exc:
-        logger.warning("job %s could not be queued: %s", record["id"], exc)
-        # its `failed` webhook (with this reason) is announced by the transition, sent by name like any
-        store.records.transition(record["id"], JobState.FAILED, error=f"could not be queued: {exc}")
-        if key is not None:
-            _abort_quietly(store, owner, key, fingerprint)
-        return unavailable(f"broker: {exc}")
-    try:
-        store.sends.mark_sent(record["id"])
-    except StoreUnavailable as exc:  # the job is queued; without the stamp a sweeper may re-send it once
-        logger.warning("job %s: send not stamped: %s", record["id"], exc)
+    touch_uploaded(spec, store, settings)
+    _dispatch_quietly(store, queue, settings, target)
     store.records.notify(record, "queued")  # a transition announces itself; the first `queued` is no transition
     answer = json.loads(Job.model_validate(job_out(record, settings)).model_dump_json())
     if key is not None:
@@ -236,10 +226,25 @@ def _submit(spec: RangeTestSpec | TrainSpec, *, owner: str, key: str | None, sto
     return _accepted(answer)
 
 
+def _dispatch_quietly(store: JobStore, queue: QueueDep, settings: Settings, target: str) -> None:
+    """Send the next turns of `target` (this job's, if its key is next and a worker is free).
+
+    The job is stored and waiting its turn whatever happens here: a broker or Redis error only delays
+    it to the workers' next dispatch, and a job taken from its list but not sent is re-sent by the
+    stale-queued sweep.
+    """
+    try:
+        for job_id in store.turns.dispatch_by(settings, target):
+            queue.send(job_id, target)
+    except (StoreUnavailable, kombu.exceptions.OperationalError, redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("queue %s: dispatch left to the workers: %s", target, exc)
+
+
 def _answer_stored(job_id: str, owner: str, key: str, fingerprint: str, store: JobStore,
                    settings: Settings) -> JSONResponse:
     """Answer a retry whose first request stored the job but never answered (the API died between the
-    steps). If the job was never sent, the sweeper's stale-queued re-send sends it."""
+    steps). The job waits its turn like any other (stored in the same step), or, if it was taken from its
+    list but never sent, the sweeper's stale-queued re-send sends it."""
     record = store.records.get(job_id)
     if record is None:  # deleted since: its answer is gone with it
         return JSONResponse({"detail": f"the job of this Idempotency-Key ({job_id}) was deleted"},

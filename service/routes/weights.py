@@ -27,7 +27,7 @@ from jobs.states import JobState
 from jobs.store import JobStore
 from jobs.weights import EXT, WeightStore
 from service.deps import Owner, SettingsDep, StoreDep
-from service.uploads import UploadRefused, write_stream
+from service.uploads import RESERVE_STEP, QuotaReservation, UploadRefused, write_stream
 from service.weight_uploads import WeightsRefused, check_architecture, check_content_type, inspect_weights
 
 logger = logging.getLogger(__name__)
@@ -153,15 +153,19 @@ async def _intake(request: Request, owner: str, architecture: str, name: str | N
     declared = request.headers.get("content-length", "")
     if limit <= 0 or (declared.isdigit() and int(declared) > limit):
         raise refusal
+    reservation = QuotaReservation(request.app.state.uploads, owner, quota, "weights file")
     temp = request.app.state.uploads.incoming_path(EXT)
     try:
-        size = await write_stream(request.stream(), temp, limit, refusal)
+        await reservation.reserve(int(declared) if declared.isdigit() else min(limit, RESERVE_STEP))
+        size = await write_stream(request.stream(), temp, limit, refusal, reservation)
         summary = await anyio.to_thread.run_sync(inspect_weights, temp, architecture)
-        return await anyio.to_thread.run_sync(partial(weights.commit, owner, name or "", temp, size, summary, quota))
+        return await anyio.to_thread.run_sync(partial(weights.commit, owner, name or "", temp, size, summary, quota,
+                                                      reservation.upload_id))
     except QuotaExceeded as exceeded:  # a concurrent upload spent the quota meanwhile
         raise UploadRefused(413, "quota_exceeded", str(exceeded)) from None
     finally:
         temp.unlink(missing_ok=True)
+        await reservation.release()
 
 
 _NO_WEIGHTS: dict[int | str, dict[str, Any]] = {404: {"description": "no such weights for this key"}}

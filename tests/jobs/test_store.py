@@ -298,6 +298,14 @@ def test_artifacts_are_registered_only_by_the_lease_holder(store: JobStore) -> N
     assert set(store.records.get(job_id)["artifacts"]) == {"model.pt"}
 
 
+def test_a_finished_job_takes_no_artifact_from_a_worker_whose_lease_is_gone(store: JobStore) -> None:
+    """Worker B finished and let go; worker A, frozen since before B took over, wakes and registers."""
+    job_id = job_in(store, JobState.SUCCEEDED)
+    assert not store.records.add_artifact(job_id, "model.pt", "model.pt", "application/octet-stream", 3,
+                                          holder="worker-a")
+    assert store.records.get(job_id)["artifacts"] == {}
+
+
 def test_stale_queued_skips_jobs_named_by_a_waiting_or_unacked_message(store: JobStore) -> None:
     """Issue 14 item 12: the queue's ids are parsed into a set once (timing: scripts/reliability/stale_sweep.py)."""
     from jobs.queues import broker_key_prefix

@@ -21,8 +21,11 @@ START_TIMEOUT_S = 30.0
 class ApiServer:
     """`python -m uvicorn service.main:app` with the given settings (as environment variables)."""
 
-    def __init__(self, settings: Settings, log_path: Path, port: int | None = None, **env: str) -> None:
-        self.settings, self.log_path, self.env = settings, log_path, env
+    def __init__(self, settings: Settings, log_path: Path, port: int | None = None, *, entry_point: bool = False,
+                 **env: str) -> None:
+        """`entry_point`: run `python -m service.main` instead (the image's command: the settings' HTTP
+        limits and head deadline, our access log at INFO)."""
+        self.settings, self.log_path, self.env, self.entry_point = settings, log_path, env, entry_point
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -30,7 +33,9 @@ class ApiServer:
     def start(self) -> None:
         command = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
                    "--port", str(self.port), "--no-access-log", "--log-level", "warning"]
-        env = settings_env(self.settings, CLR_API_KEYS=self.settings.api_keys,
+        if self.entry_point:
+            command = [sys.executable, "-m", "service.main"]
+        env = settings_env(self.settings, CLR_API_KEYS=self.settings.api_keys, CLR_HTTP_PORT=str(self.port),
                            CLR_DEFAULT_QUEUE=self.settings.default_queue,
                            CLR_RATE_LIMIT_PER_MINUTE=str(self.settings.rate_limit_per_minute), **self.env)
         self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log_path.open("ab"),
