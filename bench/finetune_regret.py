@@ -39,18 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.lr_regret import (
-    GRID_DECADES,
-    SGD,
-    Task,
-    best_lr,
-    regrets,
-    spec_for,
-    sweep,
-    task_data,
-    train_at,
-    trained,
-)
+from bench.lr_regret import SGD, Task, spec_for, task_data
+from bench.regret_interp import GRID_DECADES, best_lr, regrets, sweep, train_at, trained
 from clrcore import finetune
 from clrcore.datasets import Dataset, Split, load_dataset, make_dataset
 from clrcore.runs import fresh_model
@@ -101,10 +91,13 @@ def tasks(setup: Setup) -> dict[str, Task]:
     """lr_regret Tasks for the kinds of run: pretraining, fine-tuning, from scratch, and `plain` (the
     pretrained weights with a fresh head, every layer at one LR, nothing frozen: the weights without
     the fine-tuning recipe)."""
-    pre = Task("pretrain", "cifar", setup.model, SGD, setup.batch_size, setup.pretrain_epochs, setup.sweep,
-               setup.pretrain_images, setup.pretrain_test, setup.size)
-    tune = Task("finetune", "cifar", setup.model, SGD, setup.batch_size, setup.epochs, setup.sweep,
-                setup.train_images, setup.test_images, setup.size, {"finetune": setup.finetune})
+    # lr_regret's fixed `grid` is unused here: this grid comes from the sweeps (`grid_lrs` below)
+    pre = Task("pretrain", "cifar", setup.model, SGD, setup.batch_size, setup.pretrain_epochs, grid=(0.0, 0.0),
+               sweep=setup.sweep, train_images=setup.pretrain_images, test_images=setup.pretrain_test,
+               size=setup.size)
+    tune = Task("finetune", "cifar", setup.model, SGD, setup.batch_size, setup.epochs, grid=(0.0, 0.0),
+                sweep=setup.sweep, train_images=setup.train_images, test_images=setup.test_images,
+                size=setup.size, extra={"finetune": setup.finetune})
     plain = {"finetune": {"freeze_epochs": 0, "groups": 1, "body_lr_divisor": 1.0}}
     return {"pretrain": pre, "finetune": tune, "scratch": replace(tune, name="scratch", extra={}),
             "plain": replace(tune, name="plain", extra=plain)}

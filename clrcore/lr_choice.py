@@ -9,6 +9,7 @@ could pick, a training run's choice carries the documented safe recommendation i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,10 @@ class RangeTestChoice:
     # a fine-tuned model's bounds per layer group (`finetune.group_bounds`); None for other models
     group_bounds: list[dict[str, Any]] | None = None
     source: ChoiceSource = "range_test"
+    # several seeds in one job: each seed's stop, steps and picks (curves stay in range_test.json's
+    # `seeds`), and the max/min spread of their picks; empty and None for a one-seed sweep
+    seeds: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    seed_spread: float | None = None
 
     @property
     def base_lr(self) -> float | None:
@@ -66,7 +71,7 @@ class RangeTestChoice:
         rec = result.recommendation
         source: ChoiceSource = "range_test"
         if rec is None and fallback is not None:
-            reason = next((w for w in result.warnings if w.startswith("no suggestion")), "no suggestion")
+            reason = next((w for w in result.warnings if "no suggestion" in w), "no suggestion")
             rec, source = fallback(reason), "safe_fallback"
         return cls(
             stop_reason=result.stop_reason,
@@ -81,6 +86,8 @@ class RangeTestChoice:
             warnings=list(result.warnings),
             restored=result.restored,
             source=source,
+            seeds=[{k: v for k, v in seed.items() if k not in ("lrs", "losses")} for seed in result.seeds],
+            seed_spread=result.seed_spread,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -98,6 +105,7 @@ class RangeTestChoice:
             "restored": self.restored,
             **({} if self.group_bounds is None else {"group_bounds": self.group_bounds}),
             "source": self.source,
+            **({"seeds": self.seeds, "seed_spread": self.seed_spread} if self.seeds else {}),
         })
 
     @classmethod
@@ -116,6 +124,8 @@ class RangeTestChoice:
             restored=bool(data.get("restored", True)),
             group_bounds=data.get("group_bounds"),
             source="safe_fallback" if data.get("source") == "safe_fallback" else "range_test",
+            seeds=list(data.get("seeds", [])),
+            seed_spread=data.get("seed_spread"),
         )
 
     def lr_info(self) -> dict[str, Any]:
@@ -124,6 +134,7 @@ class RangeTestChoice:
         return {"source": self.source, "rule": None if rec is None else rec.rule,
                 "low_confidence": self.low_confidence if rec is None else rec.low_confidence,
                 "suggestions": self.suggestions, "warnings": self.warnings,
+                **({"seeds": self.seeds, "seed_spread": self.seed_spread} if self.seeds else {}),
                 "recommendation": None if rec is None else json_safe(rec.to_dict())}
 
 
@@ -131,6 +142,8 @@ def write_range_test(path: Path, result: RangeTestResult, choice: RangeTestChoic
     """range_test.json: the sweep's raw log and settings once, and the choice as `summary`."""
     sweep = result.to_dict()
     data = {key: sweep[key] for key in ("log", "val_log", "settings", "checksum")}
+    if result.seeds:  # every seed's curve, so a multi-seed job can be re-read
+        data["seed_curves"] = [{k: seed[k] for k in ("seed", "lrs", "losses")} for seed in sweep["seeds"]]
     summary = choice.summary()
     write_text(path, json.dumps({**data, "summary": summary}, indent=1, default=str))
     return summary

@@ -28,7 +28,16 @@ from torch import nn
 
 from clrcore.checkpoint import capture_rng_state, restore_rng_state
 from clrcore.json_safe import json_safe
-from clrcore.suggest import Recommendation, picks_from_reading, read_curve, recommend, warnings_for
+from clrcore.suggest import (
+    SEED_SPREAD_WARN,
+    Recommendation,
+    aggregate_seeds,
+    picks_from_reading,
+    read_curve,
+    recommend,
+    seed_warnings,
+    warnings_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,17 @@ class RangeTestResult:
     restored: bool
     checksum: str
     settings: dict[str, Any] = field(default_factory=dict)
+    # several seeds in one job (`combine_seeds`): each seed's curve, stop and picks; the spread of ours
+    seeds: list[dict[str, Any]] = field(default_factory=list)
+    seed_spread: float | None = None
+
+    def read_points(self) -> tuple[list[float], list[float]]:
+        """(lr, raw loss) the rules read: the steps really taken, or the validation points when the
+        sweep was set to read those."""
+        if self.settings.get("read") == "validation" and self.val_log:
+            return [v["lr"] for v in self.val_log], [v["val_loss"] for v in self.val_log]
+        taken = [r for r in self.log if not r["skipped"]]
+        return [r["lr"] for r in taken], [r["loss"] for r in taken]
 
     def curve(self) -> tuple[list[float], list[float]]:
         """(lr, smoothed loss) over the steps that were really taken; the curve the plot draws."""
@@ -91,6 +111,7 @@ class RangeTestResult:
                 "restored": self.restored,
                 "checksum": self.checksum,
                 "settings": self.settings,
+                **({"seeds": self.seeds, "seed_spread": self.seed_spread} if self.seeds else {}),
             }
         )
 
@@ -385,6 +406,42 @@ def range_test(
             "accumulation_steps": accumulation_steps, "policy": policy, "read": read,
         },
     )  # fmt: skip
+
+
+def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str = "triangular") -> RangeTestResult:
+    """Several sweeps of one job (one per seed) as one result: the picks are the seeds' aggregate
+    (`suggest.aggregate_seeds`), the log and state checks are the first seed's, and `seeds` holds
+    each seed's curve, stop reason, picks and warnings. One result is returned as it is."""
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    curves = [r.read_points() for r in results]
+    agg = aggregate_seeds(curves, diverge_factor=first.settings.get("diverge_factor", 4.0))
+    try:
+        rec: Recommendation | None = recommend(agg.suggestions, policy)
+    except ValueError:
+        rec = None
+    warnings: list[str] = []
+    for seed, result in zip(seeds, results, strict=True):  # the seeds' own, once each with their seeds
+        for text in result.warnings:
+            if not text.startswith("no suggestion"):  # said once per seed by seed_warnings
+                warnings.append(text if len(results) == 1 else f"seed {seed}: {text}")
+    warnings += seed_warnings(agg, seeds)
+    wide = agg.spread is not None and agg.spread > SEED_SPREAD_WARN
+    per_seed = [
+        {"seed": seed, "stop_reason": r.stop_reason, "steps": len(lrs), "lrs": lrs, "losses": losses,
+         "suggestions": picks, "problem": None if problem is None else problem.reason}
+        for seed, r, (lrs, losses), picks, problem in zip(seeds, results, curves, agg.per_seed, agg.problems,
+                                                          strict=True)
+    ]
+    return RangeTestResult(
+        log=first.log, val_log=first.val_log, stop_reason=first.stop_reason, stopped_at=first.stopped_at,
+        suggestions=agg.suggestions, recommendation=rec,
+        spread_decades=None if rec is None else rec.spread_decades,
+        low_confidence=True if rec is None else (rec.low_confidence or wide),
+        warnings=warnings, restored=all(r.restored for r in results), checksum=first.checksum,
+        settings={**first.settings, "seeds": len(results)}, seeds=per_seed, seed_spread=agg.spread,
+    )
 
 
 def _sweep(

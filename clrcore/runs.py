@@ -21,14 +21,14 @@ import torch
 from torch import nn
 
 from clrcore import finetune, plots, reports
-from clrcore.checkpoint import load_checkpoint
+from clrcore.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from clrcore.cycle_fit import fit_cycles
 from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
 from clrcore.hooks import Hooks, Progress, StopRequested, check_may_write
 from clrcore.loaders import make_loader, normalised_images, normalization
 from clrcore.lr_choice import RangeTestChoice, read_range_test, write_range_test
-from clrcore.lr_range import RangeTestResult, range_test
+from clrcore.lr_range import RangeTestResult, combine_seeds, range_test
 from clrcore.models import build_model, fit_image_count, fit_to_data, has_data_init
 from clrcore.optim import build_optimizer
 from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_spec
@@ -119,7 +119,8 @@ def _load_file(model: nn.Module, spec: JobSpecBase, weights_file: Path) -> list[
 
 def _sweep_config(spec: JobSpecBase, options: RangeTestOptions, device: torch.device) -> TrainConfig:
     """Optimizer settings of the job, at the sweep's first LR (the sweep sets the LR each step)."""
-    flat = build_schedule("constant", base_lr=options.start_lr, max_lr=options.start_lr, step_size=1,
+    start = options.first_lr(spec.optimizer.name)
+    flat = build_schedule("constant", base_lr=start, max_lr=start, step_size=1,
                           total_steps=1)
     return TrainConfig(epochs=1, batch_size=spec.batch_size, schedule=flat, optimizer=spec.optimizer.name,
                        momentum=spec.optimizer.momentum, nesterov=spec.optimizer.nesterov,
@@ -148,6 +149,32 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
            device: torch.device, hooks: Hooks, label_smoothing: float = 0.0) -> RangeTestResult:
     """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data.
 
+    With `options.seeds` k > 1 the sweep runs k times in this job: the first on `model`, the others on
+    fresh models and batch orders seeded spec.seed + 1 .. + k-1; the result's picks are the seeds'
+    aggregate (`lr_range.combine_seeds`). A sweep stopped by request stops the whole job's sweeps.
+    """
+    seeds = [spec.seed + i for i in range(options.seeds)]
+    results = [_sweep_one(spec, options, policy, ds, model, device, hooks, label_smoothing, (0, len(seeds)))]
+    if len(seeds) == 1 or results[0].stop_reason == "stopped":
+        return results[0]
+    rng = capture_rng_state()  # the other seeds' models reseed the global RNG: put it back after them
+    try:
+        for i, seed in enumerate(seeds[1:], start=1):
+            seeded = spec.model_copy(update={"seed": seed})
+            results.append(_sweep_one(seeded, options, policy, ds, fresh_model(seeded, ds, device), device, hooks,
+                                      label_smoothing, (i, len(seeds))))
+            if results[-1].stop_reason == "stopped":
+                break
+    finally:
+        restore_rng_state(rng)
+    return combine_seeds(results, seeds[: len(results)], policy)
+
+
+def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
+               device: torch.device, hooks: Hooks, label_smoothing: float = 0.0,
+               part: tuple[int, int] = (0, 1)) -> RangeTestResult:
+    """One sweep with the spec's seed; `part` (i, k): the i-th of k seeds, for the progress count.
+
     A fine-tuned model is swept as its first epoch trains (body frozen if it starts frozen); the ladder
     is the head's LR, the other layer groups keep their ratios to it.
     """
@@ -170,11 +197,11 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
 
     def on_step(record: dict[str, Any]) -> None:
         # "iteration" is already 1-based: the ladder position of this optimizer step
-        progress = Progress("range_test", 0, 0, record["iteration"], num_iter,
+        progress = Progress("range_test", 0, 0, part[0] * num_iter + record["iteration"], part[1] * num_iter,
                             {"lr": record["lr"], "loss": record["loss"],
                              "smoothed_loss": record["smoothed"] or float("nan")})
         now = time.monotonic()
-        last_rung = record["iteration"] == num_iter and not record["skipped"]
+        last_rung = record["iteration"] == num_iter and not record["skipped"] and part[0] == part[1] - 1
         if hooks.on_progress and (last_rung or now - emitted["at"] >= hooks.progress_interval):
             emitted["at"], emitted["pending"] = now, None
             hooks.on_progress(progress)
@@ -183,7 +210,7 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
 
     result = range_test(
         model, optimizer, nn.CrossEntropyLoss(label_smoothing=label_smoothing), batches,
-        start_lr=options.start_lr, end_lr=options.end_lr, num_iter=num_iter, mode=options.mode,
+        start_lr=options.first_lr(spec.optimizer.name), end_lr=options.end_lr, num_iter=num_iter, mode=options.mode,
         smooth=options.smooth, diverge_factor=options.diverge_factor, val_batches=val,
         val_every=options.val_every, accumulation_steps=options.accumulation_steps,
         autocast_dtype=torch.bfloat16 if bf16 else None, device=device,

@@ -206,18 +206,47 @@ class JobSpecBase(StrictModel):
         return self
 
 
+# The default sweep, sized in the data rather than a fixed 100 steps (issue 12: 100 steps were a fifth
+# of an epoch, and the curve saw almost no learning): one epoch, but at least 100 steps, so a small
+# dataset still gives ~20 points a decade, and at most 400, so a large one does not sweep for long.
+DEFAULT_SWEEP_EPOCHS = 1.0
+MIN_SWEEP_STEPS = 100
+MAX_SWEEP_STEPS = 400
+MAX_SWEEP_SEEDS = 5
+# Where the sweep starts by default: where the loss of the catalog models starts to move (issue 12: from
+# 1e-7 seven of nine decades were flat; the bench's sweeps from 1e-4 for SGD and 1e-6 for AdamW fall
+# within their first decade), so the points go where the curve has shape: 5-6 decades to end_lr 10.
+DEFAULT_START_LR = {"sgd": 1e-4, "adamw": 1e-6}
+
+
+def default_sweep_steps(iters_per_epoch: int) -> int:
+    """The default sweep length for a dataset of `iters_per_epoch` optimizer steps an epoch."""
+    return int(min(MAX_SWEEP_STEPS, max(MIN_SWEEP_STEPS, round(DEFAULT_SWEEP_EPOCHS * iters_per_epoch))))
+
+
 class RangeTestOptions(StrictModel):
     """How the LR sweep runs; used alone (range-test job) or inside a training job with max_lr='auto'."""
 
-    # 1e-5, not 1e-7: below it the loss of every catalog model stays flat, and those decades only
-    # thin out the sweep where the curve has shape (issue 12: seven of nine decades were flat)
-    start_lr: PositiveLR = 1e-5
+    start_lr: PositiveLR | None = Field(
+        None, description="the sweep's first LR; by default where the loss starts to move for the optimizer "
+        f"({', '.join(f'{k} {v:g}' for k, v in DEFAULT_START_LR.items())})",
+    )
     end_lr: PositiveLR = 10.0
-    num_iter: int = Field(100, ge=5, le=100_000)
+    num_iter: int | None = Field(
+        None, ge=5, le=100_000,
+        description="the sweep's length in optimizer steps; by default it is sized in epochs (see `epochs`)",
+    )
     epochs: float | None = Field(
         None, gt=0, le=100,
         description="size the sweep in epochs of the training data instead of num_iter steps, so it "
-        "sees as much learning on a large dataset as on a small one (at least 5 steps)",
+        f"sees as much learning on a large dataset as on a small one (at least 5 steps); with neither "
+        f"given: {DEFAULT_SWEEP_EPOCHS:g} epoch, at least {MIN_SWEEP_STEPS} and at most {MAX_SWEEP_STEPS} steps",
+    )
+    seeds: int = Field(
+        1, ge=1, le=MAX_SWEEP_SEEDS,
+        description="run the sweep this many times (seeds seed, seed+1, ...) in one job and pick from their "
+        "aggregate (the geometric mean of the seeds' picks); the result reports each seed's pick and the "
+        "spread. Each seed costs one more sweep",
     )
     mode: Literal["exp", "linear"] = "exp"
     smooth: float = Field(0.98, ge=0, lt=1, description="EMA beta of the smoothed loss")
@@ -233,16 +262,23 @@ class RangeTestOptions(StrictModel):
         1, ge=1, le=64, description="micro-batches per optimizer step; the sweep counts optimizer steps"
     )
 
+    def first_lr(self, optimizer: str) -> float:
+        """start_lr, or the default start for `optimizer` when none was given."""
+        return self.start_lr if self.start_lr is not None else DEFAULT_START_LR[optimizer]
+
     def steps(self, iters_per_epoch: int) -> int:
-        """The sweep's length in optimizer steps: `epochs` of the data when given, else num_iter."""
-        if self.epochs is None:
+        """The sweep's length in optimizer steps: num_iter when given, else `epochs` of the data, else
+        DEFAULT_SWEEP_EPOCHS of it held between MIN_SWEEP_STEPS and MAX_SWEEP_STEPS."""
+        if self.num_iter is not None:
             return self.num_iter
-        return max(5, round(self.epochs * iters_per_epoch))
+        if self.epochs is not None:
+            return max(5, round(self.epochs * iters_per_epoch))
+        return default_sweep_steps(iters_per_epoch)
 
     @field_validator("end_lr")
     @classmethod
     def _above_start(cls, value: float, info: ValidationInfo) -> float:
-        start = info.data.get("start_lr")
+        start = info.data.get("start_lr") or max(DEFAULT_START_LR.values())
         if start is not None and start >= value:
             raise ValueError("start_lr must be below end_lr")
         return value

@@ -11,6 +11,7 @@ ladder. Numpy only: the API and the CLI re-read a stored curve without loading t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,11 +34,10 @@ PEER_RULES = {
 }
 
 # Ours: max_lr = the cliff / CLIFF_MARGIN, the cliff being where the zero-lag curve turned up (its
-# last point when it never did). Learned on the grids of bench/lr_regret.py (docs/benchmarks.md): the
-# geometric mean over its five tasks of (the cliff / the grid's best max_lr) was 2.16; leaving each task
-# out in turn gave 1.3-1.9 for the zero-lag minimum and a lower mean regret for the cliff (1.5 against
-# 2.0 points), so the anchor is the cliff.
-CLIFF_MARGIN = 2.2
+# last point when it never did). Learned on the grids of bench/lr_regret.py (docs/benchmarks.md, issue 12,
+# third run): the geometric mean over its five tasks of (the sweeps' cliff / the best max_lr of a smooth
+# fit to the trained grid) was 2.8; leaving each task out in turn gave 2.3-3.6.
+CLIFF_MARGIN = 2.8
 
 DIVERGE_FACTOR = 4.0  # the sweep's stop for runaway loss: smoothed loss above 4x its best so far
 MIN_POINTS = 10  # fewer usable points than this: no rule can read the curve
@@ -328,12 +328,79 @@ def picks_from_reading(reading: CurveReading, cliff_margin: float | None = None)
     return out
 
 
-def aggregate_picks(picks: list[float | None]) -> tuple[float | None, float | None]:
+def aggregate_picks(picks: Sequence[float | None]) -> tuple[float | None, float | None]:
     """Several seeds' picks as one: (geometric mean, max/min spread); None where none picked."""
     values = [p for p in picks if p]
     if not values:
         return None, None
     return float(np.exp(np.mean(np.log(values)))), float(max(values) / min(values))
+
+
+# Several seeds in one job: their picks spread by more than this factor (max/min) and the job warns.
+SEED_SPREAD_WARN = 1.5
+
+
+@dataclass(frozen=True)
+class SeedAggregate:
+    """Several sweeps (seeds) of one job read as one: each rule's geometric mean over the seeds that
+    picked, each seed's own picks, and the spread of ours. `source` says what the aggregate read:
+    "seeds" (the seeds' picks), "mean_curve" (no seed could pick alone, so their mean loss curve,
+    sqrt(k) less noisy, was read) or "none" (neither could)."""
+
+    suggestions: dict[str, float | None]
+    per_seed: list[dict[str, float | None]]
+    problems: list[NoSuggestion | None]
+    spread: float | None  # max/min of the seeds' `ours` picks; None with fewer than two picks
+    source: str
+
+    @property
+    def picked(self) -> int:
+        return sum(1 for picks in self.per_seed if picks.get("ours"))
+
+
+def mean_curve(curves: list[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """The seeds' raw losses averaged step by step over the steps every seed took (same ladder)."""
+    n = min(len(lrs) for lrs, _ in curves)
+    lrs = np.asarray(curves[0][0][:n], dtype=float)
+    return lrs, np.mean([np.asarray(losses[:n], dtype=float) for _, losses in curves], axis=0)
+
+
+def aggregate_seeds(
+    curves: list[tuple[Any, Any]], *, diverge_factor: float = DIVERGE_FACTOR, cliff_margin: float | None = None
+) -> SeedAggregate:
+    """Read each seed's curve (lrs, raw losses) and combine: per rule, the geometric mean of the picks.
+
+    When no seed's curve gives a pick (each too noisy alone), the mean of the curves is read instead.
+    """
+    if not curves:
+        raise ValueError("aggregate_seeds needs at least one curve")
+    readings = [read_curve(lrs, losses, diverge_factor=diverge_factor) for lrs, losses in curves]
+    per_seed = [picks_from_reading(r, cliff_margin) for r in readings]
+    problems = [r.problem for r in readings]
+    out: dict[str, float | None] = {}
+    for rule in ALL_RULES:
+        out[rule], _ = aggregate_picks([picks[rule] for picks in per_seed])
+    _, spread = aggregate_picks([picks["ours"] for picks in per_seed])
+    if len([p for p in per_seed if p["ours"]]) < 2:
+        spread = None
+    source = "seeds" if out["ours"] else "none"
+    if out["ours"] is None and len(curves) > 1:
+        lrs, losses = mean_curve(curves)
+        mean_picks = picks_from_reading(read_curve(lrs, losses, diverge_factor=diverge_factor), cliff_margin)
+        if mean_picks["ours"]:
+            out, source = mean_picks, "mean_curve"
+    return SeedAggregate(out, per_seed, problems, spread, source)
+
+
+def seed_warnings(agg: SeedAggregate, seeds: list[int]) -> list[str]:
+    """What a multi-seed job says about its seeds: ones that could not pick, and a wide spread."""
+    out = [f"seed {seed}: {problem}" for seed, problem in zip(seeds, agg.problems, strict=True) if problem]
+    if agg.source == "mean_curve":
+        out.append(f"no seed's curve could be read alone; the pick reads the mean of the {len(seeds)} curves")
+    if agg.spread is not None and agg.spread > SEED_SPREAD_WARN:
+        out.append(f"the seeds' picks spread {agg.spread:.2f}x (max/min, over {SEED_SPREAD_WARN:g}x): the "
+                   "pick is their geometric mean; read the curves or add seeds")
+    return out
 
 
 def spread_decades(suggestions: dict[str, float | None]) -> float | None:

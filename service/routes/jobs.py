@@ -143,14 +143,14 @@ def _limit_errors(spec: RangeTestSpec | TrainSpec, settings: Settings) -> list[d
         errors.append(field_error("batch_size", f"must be at most {settings.max_batch_size} on this server",
                                   spec.batch_size, "less_than_equal"))
     if isinstance(spec, RangeTestSpec):
-        if spec.num_iter > settings.max_range_test_iter:
+        if spec.num_iter is not None and spec.num_iter > settings.max_range_test_iter:
             errors.append(field_error("num_iter", f"must be at most {settings.max_range_test_iter} on this "
                                       "server", spec.num_iter, "less_than_equal"))
         return errors
     if spec.epochs > settings.max_epochs:
         errors.append(field_error("epochs", f"must be at most {settings.max_epochs} on this server",
                                   spec.epochs, "less_than_equal"))
-    if spec.range_test.num_iter > settings.max_range_test_iter:
+    if spec.range_test.num_iter is not None and spec.range_test.num_iter > settings.max_range_test_iter:
         errors.append(field_error(("range_test", "num_iter"),
                                   f"must be at most {settings.max_range_test_iter} on this server",
                                   spec.range_test.num_iter, "less_than_equal"))

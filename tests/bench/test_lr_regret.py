@@ -1,45 +1,88 @@
-"""bench/lr_regret.py's scoring, on a synthetic grid and curves (no training)."""
+"""bench/lr_regret.py's scoring (bench/regret_fit.py, bench/regret_report.py) on synthetic grids and curves:
+no training."""
 
 import math
 
 import numpy as np
 import pytest
 
-from bench.lr_regret import best_lr, interpolate, learned_margin, regrets, table
+from bench.regret_fit import GridFit, basin, bootstrap_fits, interval, local_quadratic
+from bench.regret_report import learned_margin, score, table
 
 LRS = 1e-4 * (1e5) ** (np.arange(120) / 119)
+
+
+def noisy_grid(best: float, sd: float, seeds: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """7 LRs over two decades around `best`; accuracy a parabola in log LR peaking at 0.6, plus seed noise."""
+    lrs = best * np.logspace(-1, 1, 7)
+    clean = 0.6 - 0.08 * np.log10(lrs / best) ** 2
+    noise = sd * np.random.default_rng(seed).standard_normal((seeds, 7))
+    return lrs, clean[None, :] + noise
+
+
+def test_the_local_quadratic_is_exact_on_a_parabola():
+    x = np.linspace(-1, 1, 9)
+    assert local_quadratic(x, 3 - 2 * (x - 0.2) ** 2, 0.35) == pytest.approx(3 - 2 * 0.15**2)
+
+
+def test_the_basin_stops_where_the_mean_drops_ten_points_below_the_best():
+    assert basin(np.array([0.1, 0.46, 0.5, 0.55, 0.3, 0.5])) == (1, 3)  # 0.3 breaks the run; 0.5 after it is out
+
+
+def test_the_fit_finds_the_peak_and_reads_less_noise_than_the_noisiest_grid_point():
+    errors_fit, errors_max = [], []
+    for seed in range(20):
+        lrs, acc = noisy_grid(0.1, sd=0.02, seed=seed)
+        fit = GridFit(lrs, acc)
+        errors_fit.append(fit.best - 0.6)
+        errors_max.append(acc.mean(axis=0).max() - 0.6)
+        assert 0.1 / 2.5 < fit.best_lr < 0.1 * 2.5
+    # the max of noisy means is biased up (that bias inflated every regret); the fit much less so
+    assert abs(np.mean(errors_fit)) < np.mean(errors_max) / 2
+    lrs, acc = noisy_grid(0.1, sd=0.0)
+    fit = GridFit(lrs, acc)
+    assert fit.regret(0.1)[0] == pytest.approx(0.0, abs=1e-4)
+    assert fit.regret(1.0)[0] == pytest.approx(0.08, abs=2e-3) and not fit.regret(1.0)[1]
+    assert fit.regret(100.0)[1]  # off the grid: read at the edge and flagged
+    assert fit.seed_noise() == pytest.approx(0.0) and fit.fit_residual() < 1e-6
+
+
+def test_the_bootstrap_interval_covers_the_regret_and_widens_with_noise():
+    lrs, acc = noisy_grid(0.1, sd=0.01)
+    quiet = interval(bootstrap_fits(list(lrs), acc.tolist(), draws=60), [0.5])
+    lrs, acc = noisy_grid(0.1, sd=0.04)
+    loud = interval(bootstrap_fits(list(lrs), acc.tolist(), draws=60), [0.5])
+    true = 100 * 0.08 * math.log10(5) ** 2 / 100
+    assert quiet[0] <= true + 0.01 and quiet[1] >= true - 0.01
+    assert loud[1] - loud[0] > quiet[1] - quiet[0]
 
 
 def curve(cliff: float, seed: int) -> dict:
     x = np.log10(LRS)
     loss = 2.3 - 1.8 / (1 + np.exp(-(x - math.log10(cliff) + 1.5) / 0.3))
     loss = loss + 16 * np.clip(x - math.log10(cliff), 0, None) ** 1.5
-    return {"lrs": LRS.tolist(), "losses": (loss + 0.02 * np.random.default_rng(seed).standard_normal(120)).tolist()}
+    return {"seed": seed, "lrs": LRS.tolist(),
+            "losses": (loss + 0.02 * np.random.default_rng(seed).standard_normal(120)).tolist()}
 
 
 def task(name: str, best: float) -> dict:
-    grid = [best * 10**e for e in np.linspace(-1, 1, 7)]
-    acc = [0.9 - 0.05 * abs(math.log10(lr / best)) for lr in grid]
-    return {"task": name, "grid_lrs": grid, "grid_acc": acc, "grid_acc_by_seed": [acc, acc],
-            "curves": [curve(best * 2, s) for s in range(3)],
-            "auto": {"max_lrs": [best, best], "acc": [0.9, 0.9], "regret": 0.0}}
+    lrs, acc = noisy_grid(best, sd=0.0)
+    return {"task": name, "grid_lrs": lrs.tolist(), "grid_acc_by_seed": acc.tolist(),
+            "jobs": [{"curves": [curve(best * 2, s) for s in range(3)]},
+                     {"curves": [curve(best * 2, s) for s in range(3, 6)]}]}
 
 
-def test_interpolation_and_the_grids_best_in_log_lr():
-    assert interpolate([0.01, 0.1], [0.5, 0.7], 10**-1.5) == (pytest.approx(0.6), False)
-    assert interpolate([0.01, 0.1], [0.5, 0.7], 1.0) == (pytest.approx(0.7), True)  # outside: the edge
-    t = task("a", 0.1)
-    assert best_lr(t["grid_lrs"], t["grid_acc"]) == pytest.approx(0.1, rel=0.05)
-
-
-def test_a_margin_learned_from_the_grid_recovers_the_cliff_to_best_ratio():
+def test_a_margin_learned_from_the_grid_recovers_the_cliff_to_best_ratio_and_the_table_has_every_row():
     results = [task("a", 0.1), task("b", 0.003)]
     margin = learned_margin(results)
     assert 1.5 < margin < 3.5  # the curves' cliff sits at 2x the best max_lr, the turn a little past it
-    scored = regrets(results[0], margin)
-    assert scored["ours"]["regret"] < 1.0 and scored["ours"]["spread"] < 1.5
     for res in results:
-        res["regret"] = regrets(res)
-        res["regret_loo"] = regrets(res, learned_margin(results, leave_out=res["task"]))
+        fit = GridFit(np.asarray(res["grid_lrs"]), np.asarray(res["grid_acc_by_seed"]))
+        boots = bootstrap_fits(res["grid_lrs"], res["grid_acc_by_seed"], draws=10)
+        res["regret"] = score(res, fit, boots, margin)
+        res["regret_loo"] = score(res, fit, boots, margin)
+        res["fit"] = {"best": fit.best, "seed_sd": 0.0, "residual": 0.0}
+        res["auto_score"] = None
+        assert res["regret"]["ours"]["regret"] < 0.5 and res["regret"]["ours_job"]["spread"] < 1.2
     text = table(results, margin)
-    assert len(text.splitlines()) == 2 + 6 + 2 and "valley (fastai)" in text
+    assert len(text.splitlines()) == 2 + 7 + 1 + 1 and "valley (fastai)" in text and "3 seeds in one job" in text

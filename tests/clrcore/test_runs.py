@@ -1,6 +1,7 @@
 """A spec in, a run folder out: the path both the `clr` command and the worker take."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,17 @@ def test_the_sweeps_cuda_speed_settings_leave_a_cpu_sweep_as_it_was() -> None:
     model = build_model("tiny_cnn", 1, 10, 16)
     assert sweep_speed(torch.device("cpu"), model) == {"channels_last": False, "sync_every": 1}
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_range_test_with_seeds_sweeps_each_in_one_job_and_recommends_their_aggregate(tmp_path: Path) -> None:
+    seen: list[Progress] = []
+    spec = RangeTestSpec(**FAST, start_lr=1e-5, num_iter=30, seeds=2)
+    summary = run_job(spec, tmp_path, data_dir=tmp_path, hooks=Hooks(on_progress=seen.append, progress_interval=0))
+    assert [s["seed"] for s in summary["seeds"]] == [spec.seed, spec.seed + 1]
+    assert seen[-1].step == seen[-1].steps == 60  # progress counts both seeds' steps
+    picks = [s["suggestions"]["ours"] for s in summary["seeds"]]
+    if all(picks):
+        assert summary["recommendation"]["max_lr"] == pytest.approx(math.sqrt(picks[0] * picks[1]))
+        assert summary["seed_spread"] == pytest.approx(max(picks) / min(picks))
+    saved = json.loads((tmp_path / "range_test.json").read_text())
+    assert [len(c["lrs"]) for c in saved["seed_curves"]] == [s["steps"] for s in summary["seeds"]]

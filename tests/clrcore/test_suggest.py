@@ -19,11 +19,14 @@ from clrcore.suggest import (
     SAFE_MAX_LR,
     TRIANGULAR_BASE_DIVISOR,
     aggregate_picks,
+    aggregate_seeds,
     debiased_ema,
+    mean_curve,
     read_curve,
     recipe,
     recommend,
     safe_recommendation,
+    seed_warnings,
     suggest_lrs,
     usable_curve,
     warnings_for,
@@ -233,3 +236,47 @@ def test_one_cycle_recipe_and_policy_mismatch():
 def test_suggest_imports_without_torch():
     code = "import sys, clrcore.suggest, clrcore.curve_file; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------ several seeds in one job
+
+
+def test_seeds_aggregate_by_geometric_mean_and_report_each_pick_and_the_spread():
+    cliffs = [math.log10(0.2), math.log10(0.3), math.log10(0.45)]
+    curves = [(LRS, sweep_curve(0.01, seed=s, cliff=c)) for s, c in enumerate(cliffs)]
+    agg = aggregate_seeds(curves)
+    singles = [suggest_lrs(lrs, losses)["ours"] for lrs, losses in curves]
+    assert agg.per_seed[1]["ours"] == pytest.approx(singles[1])
+    assert agg.suggestions["ours"] == pytest.approx(math.exp(np.mean(np.log(singles))))
+    assert agg.spread == pytest.approx(max(singles) / min(singles))
+    assert 1.8 < agg.spread < 2.8 and agg.source == "seeds" and agg.picked == 3
+    warned = seed_warnings(agg, [0, 1, 2])
+    assert len(warned) == 1 and f"{agg.spread:.2f}x" in warned[0] and "geometric mean" in warned[0]
+
+
+def test_seeds_that_agree_give_no_warning_and_a_seed_without_a_pick_is_named():
+    good = [(LRS, sweep_curve(0.01, seed=s)) for s in range(2)]
+    flat = (LRS, np.full(240, 2.3) + 0.001 * np.random.default_rng(5).standard_normal(240))
+    agg = aggregate_seeds([*good, flat])
+    assert agg.picked == 2 and agg.spread is not None and agg.spread < 1.2
+    assert agg.suggestions["ours"] == pytest.approx(aggregate_picks([p["ours"] for p in agg.per_seed])[0])
+    warned = seed_warnings(agg, [7, 8, 9])
+    assert warned == [f"seed 9: {agg.problems[2]}"] and agg.problems[2].reason in ("flat", "never_fell")
+
+
+def test_seeds_each_too_noisy_alone_are_read_through_their_mean_curve():
+    curves = [(LRS, sweep_curve(0.0, cliff=math.log10(0.3)) * 0.5 + 1.2
+               + 0.45 * np.random.default_rng(s).standard_normal(240)) for s in range(5)]
+    alone = aggregate_seeds(curves[:1])
+    assert alone.suggestions["ours"] is None and alone.problems[0].reason == "noisy" and alone.source == "none"
+    agg = aggregate_seeds(curves)
+    assert all(p is not None and p.reason == "noisy" for p in agg.problems)
+    assert agg.source == "mean_curve" and agg.spread is None
+    assert 0.3 / 3 < agg.suggestions["ours"] < 0.3 * 1.5  # the cliff read on the mean, stepped back
+    assert any("mean of the 5 curves" in w for w in seed_warnings(agg, list(range(5))))
+
+
+def test_the_mean_curve_averages_the_steps_every_seed_took():
+    lrs, losses = mean_curve([([1.0, 2.0, 3.0], [4.0, 2.0, 9.0]), ([1.0, 2.0], [2.0, 4.0])])
+    np.testing.assert_allclose(lrs, [1.0, 2.0])
+    np.testing.assert_allclose(losses, [3.0, 3.0])

@@ -1,0 +1,79 @@
+"""The default sweep's length and start, and several seeds in one job combined (no training here)."""
+
+import math
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from clrcore.lr_range import RangeTestResult, combine_seeds
+from clrcore.specs import (
+    DEFAULT_START_LR,
+    MAX_SWEEP_STEPS,
+    MIN_SWEEP_STEPS,
+    RangeTestOptions,
+    RangeTestSpec,
+    TrainSpec,
+    default_sweep_steps,
+)
+from clrcore.suggest import picks_from_reading, read_curve
+
+LRS = 1e-4 * (10 / 1e-4) ** (np.arange(150) / 149)
+
+
+def test_the_default_sweep_is_an_epoch_held_between_its_minimum_and_maximum_steps():
+    assert default_sweep_steps(20) == MIN_SWEEP_STEPS  # a small dataset: more than an epoch
+    assert default_sweep_steps(230) == 230
+    assert default_sweep_steps(469) == MAX_SWEEP_STEPS  # 60,000 images at batch 128: capped
+    options = RangeTestOptions()
+    assert options.steps(230) == 230
+    assert RangeTestOptions(num_iter=60).steps(230) == 60  # an explicit length wins
+    assert RangeTestOptions(epochs=0.5).steps(230) == 115
+
+
+def test_the_default_start_is_where_the_optimizers_loss_moves_and_a_given_start_wins():
+    assert RangeTestOptions().first_lr("sgd") == DEFAULT_START_LR["sgd"] == 1e-4
+    assert RangeTestOptions().first_lr("adamw") == DEFAULT_START_LR["adamw"] == 1e-6
+    assert RangeTestOptions(start_lr=1e-7).first_lr("sgd") == 1e-7
+    with pytest.raises(ValidationError, match="start_lr must be below end_lr"):
+        RangeTestOptions(end_lr=1e-5)  # below the default start of SGD
+
+
+@pytest.mark.parametrize("seeds", [0, 6, 2.5])
+def test_seeds_out_of_range_are_refused_naming_the_field(seeds: float) -> None:
+    with pytest.raises(ValidationError) as raised:
+        TrainSpec.model_validate({"dataset": "digits", "range_test": {"seeds": seeds}})
+    assert raised.value.errors()[0]["loc"] == ("range_test", "seeds")
+    assert RangeTestSpec(dataset="digits", seeds=3).seeds == 3
+
+
+def _result(losses: np.ndarray, checksum: str = "c") -> RangeTestResult:
+    """A finished sweep's result as range_test() would return it, for a synthetic curve."""
+    log = [{"step": i + 1, "iteration": i + 1, "lr": float(lr), "loss": float(v), "smoothed": float(v),
+            "skipped": False} for i, (lr, v) in enumerate(zip(LRS, losses, strict=True))]
+    picks = picks_from_reading(read_curve(LRS, losses))
+    return RangeTestResult(log=log, val_log=[], stop_reason="end_lr", stopped_at=None, suggestions=picks,
+                           recommendation=None, spread_decades=None, low_confidence=False, warnings=["own"],
+                           restored=True, checksum=checksum, settings={"diverge_factor": 4.0, "read": "train"})
+
+
+def _curve(cliff: float, seed: int) -> np.ndarray:
+    x = np.log10(LRS)
+    fall = 2.3 - 1.8 / (1 + np.exp(-(x - math.log10(cliff) + 1.5) / 0.3))
+    return fall + 16 * np.clip(x - math.log10(cliff), 0, None) ** 1.5 + 0.01 * np.random.default_rng(seed).normal(
+        size=len(x))
+
+
+def test_combined_seeds_recommend_the_geometric_mean_and_keep_each_seeds_curve():
+    results = [_result(_curve(c, s), checksum=f"c{s}") for s, c in enumerate((0.2, 0.5, 0.9))]
+    combined = combine_seeds(results, [4, 5, 6])
+    singles = [r.suggestions["ours"] for r in results]
+    assert combined.recommendation is not None
+    assert combined.recommendation.max_lr == pytest.approx(math.exp(np.mean(np.log(singles))))
+    assert combined.seed_spread == pytest.approx(max(singles) / min(singles)) and combined.seed_spread > 1.5
+    assert [s["seed"] for s in combined.seeds] == [4, 5, 6] and combined.seeds[2]["lrs"][0] == LRS[0]
+    assert combined.low_confidence and any("spread" in w for w in combined.warnings)
+    assert "seed 5: own" in combined.warnings and combined.checksum == "c0" and combined.settings["seeds"] == 3
+    data = combined.to_dict()
+    assert data["seed_spread"] == combined.seed_spread and len(data["seeds"]) == 3
+    assert combine_seeds(results[:1], [0]) is results[0]  # one seed: the result as it is
