@@ -132,8 +132,13 @@ def object_store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
 
 
 @pytest.fixture(scope="module")
-def private_object_store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStoreServer]:
-    """A `weed mini` of the module's own on free ports: for tests that stop and restart the store."""
+def private_object_store_server(object_store_server: StoreEndpoint,
+                                tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStoreServer]:
+    """A store no other session uses, for tests that stop and restart it: the session's own `weed mini`
+    when it has one (plain `pytest`), else (the shared store of `make test`) one for the module."""
+    if isinstance(object_store_server, ObjectStoreServer):
+        yield object_store_server
+        return
     server = ObjectStoreServer(tmp_path_factory.mktemp("weed-private"))
     server.start()
     yield server

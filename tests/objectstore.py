@@ -105,11 +105,11 @@ class SharedStore(StoreEndpoint):
 class ObjectStoreServer(StoreEndpoint):
     """`weed mini` as a subprocess; `stop()` and `start()` again (same ports and data) for outage tests."""
 
-    def __init__(self, data_dir: Path, bucket: str = "clr-test") -> None:
-        self.data_dir, self.bucket = data_dir, bucket
+    def __init__(self, data_dir: Path, bucket: str = "clr-test", host: str = "127.0.0.1") -> None:
+        self.data_dir, self.bucket, self.host = data_dir, bucket, host
         self.port = _free_port_block()
         self.access_key, self.secret_key = "test-" + secrets.token_hex(4), secrets.token_hex(16)
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"http://{host}:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -121,7 +121,7 @@ class ObjectStoreServer(StoreEndpoint):
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         log = (self.data_dir / "weed.log").open("ab")
         self.proc = subprocess.Popen(
-            [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            [weed, "mini", f"-dir={self.data_dir}", f"-ip={self.host}", f"-ip.bind={self.host}",
              f"-bucket={self.bucket}", f"-s3.port={p}", f"-master.port={p + 1}", f"-volume.port={p + 2}",
              f"-filer.port={p + 3}", f"-webdav.port={p + 4}", f"-admin.port={p + 5}", "-admin.ui=false",
              "-s3.port.iceberg=0", "-s3.port.lance=0"],
