@@ -102,7 +102,8 @@ def _job_row(client: httpx.Client, spec: dict) -> dict:
     job = client.get("/v1/jobs", params={"limit": 1}).json()["items"][0]
     storage = job["result"].get("storage") or {}
     uploads = storage.get("checkpoint_upload_s") or []
-    row.update({"epochs": spec["epochs"], "upload_wait_s": storage.get("upload_wait_s", 0.0),
+    row.update({"epochs": spec["epochs"], "resumed_from": job["result"].get("resumed_from") or 0,
+                "upload_wait_s": storage.get("upload_wait_s", 0.0),
                 "checkpoint_uploads": storage.get("checkpoint_uploads", 0),
                 "checkpoint_bytes": storage.get("checkpoint_bytes", 0),
                 "upload_median_s": statistics.median(uploads) if uploads else 0.0,
@@ -111,11 +112,13 @@ def _job_row(client: httpx.Client, spec: dict) -> dict:
 
 
 @contextmanager
-def deployment(work: Path, store: bool, upload: str = "background") -> Iterator[httpx.Client]:
+def deployment(work: Path, store: bool, upload: str = "background",
+               lease_seconds: float = 30.0) -> Iterator[httpx.Client]:
     """API + one worker; with `store`, a SeaweedFS between them and no folder shared."""
     port = _free_port()
     env = {**os.environ, "CLR_OPEN_MODE": "true", "CLR_KEY_PREFIX": f"bench-{secrets.token_hex(4)}",
-           "CLR_QUEUE": "cpu", "CLR_DEFAULT_QUEUE": "cpu", "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+           "CLR_QUEUE": "cpu", "CLR_DEFAULT_QUEUE": "cpu", "OMP_NUM_THREADS": str(os.cpu_count() or 1),
+           "CLR_LEASE_SECONDS": str(lease_seconds)}
     procs: list[subprocess.Popen] = []
     api_env, worker_env = dict(env), dict(env)
     if store:
@@ -153,7 +156,11 @@ def deployment(work: Path, store: bool, upload: str = "background") -> Iterator[
         for proc in procs:
             proc.terminate()
         for proc in procs:
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a worker slow to shut down on a loaded machine
+                proc.kill()
+                proc.wait(timeout=10)
         if store:
             pid = (work / "weed" / "weed.pid").read_text().strip()
             subprocess.run(["kill", pid], check=False)
@@ -169,6 +176,10 @@ def main() -> None:
     parser.add_argument("--cifar", type=Path, default=None, help="cifar10-jpg.tar.gz (without it: digits only)")
     parser.add_argument("--cifar-per-class", type=int, default=250, help="training JPEGs per class")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--data", default="digits,cifar", help="which jobs: digits, cifar (needs --cifar)")
+    parser.add_argument("--lease-seconds", type=float, default=600.0,
+                        help="the workers' job lease; long, so a loaded machine starving the lease keeper "
+                             "does not hand a job over mid-run (a redelivered job's times mean nothing)")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     cifar = cifar_subset(args.cifar, args.cifar_per_class) if args.cifar else None
@@ -180,9 +191,10 @@ def main() -> None:
             order = modes[repeat % len(modes):] + modes[:repeat % len(modes)]
             for mode in order:
                 store, upload = mode != "local", "epoch" if mode == "store-epoch" else "background"
-                with deployment(work / f"{mode}-{repeat}", store=store, upload=upload) as client:
-                    jobs = [("digits", _spec(args.epochs), _spec(1))]
-                    if cifar is not None:
+                with deployment(work / f"{mode}-{repeat}", store=store, upload=upload,
+                                lease_seconds=args.lease_seconds) as client:
+                    jobs = [("digits", _spec(args.epochs), _spec(1))] if "digits" in args.data else []
+                    if cifar is not None and "cifar" in args.data:
                         dataset = client.post("/v1/datasets", params={"name": "cifar-subset"}, content=cifar,
                                               headers={"Content-Type": "application/zip"}).raise_for_status().json()
                         jobs.append(("cifar", _cifar_spec(dataset["id"], args.epochs), _cifar_spec(dataset["id"], 1)))
