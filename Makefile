@@ -16,8 +16,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+# `make test` starts (or reuses) one object store for the tests on a known port, data in
+# runs/objectstore-test; every test session makes a bucket of its own there. Plain `pytest` without
+# CLR_TEST_S3_ENDPOINT starts a store of its own on free ports instead. Loopback-only test credentials.
+TEST_S3_PORT ?= 8433
+TEST_S3_KEY ?= clr-test
+TEST_S3_SECRET ?= clr-test-secret
+export CLR_TEST_S3_ENDPOINT ?= http://127.0.0.1:$(TEST_S3_PORT)
+export CLR_TEST_S3_ACCESS_KEY ?= $(TEST_S3_KEY)
+export CLR_TEST_S3_SECRET_KEY ?= $(TEST_S3_SECRET)
+
 test: $(STAMP)
 	scripts/redis.sh
+	S3_PORT=$(TEST_S3_PORT) S3_DIR=runs/objectstore-test S3_BUCKET=clr-test \
+	  AWS_ACCESS_KEY_ID=$(TEST_S3_KEY) AWS_SECRET_ACCESS_KEY=$(TEST_S3_SECRET) scripts/objectstore.sh
 	@# pytest exits 5 when it collected no tests: that is a failure, not a green run.
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +42,10 @@ class Settings(BaseSettings):
                                                              "the dataset cache (store mode only)")
     cache_max_bytes: int = Field(10 * 1024**3, ge=0, description="a worker's dataset cache; least recently "
                                                                  "used archives go first")
+    checkpoint_upload: Literal["background", "epoch"] = Field(
+        "background", description="store mode: background = a thread uploads the epoch checkpoint while the "
+        "next epoch trains; epoch = training waits at each epoch end until it is stored (a killed worker then "
+        "never loses a finished epoch, at the cost of the upload time per epoch)")
 
     # Access. Keys are given as `name:secret` pairs, comma separated; only their hashes are kept.
     api_keys: str = Field("", description="comma-separated name:secret pairs")

@@ -156,7 +156,9 @@ class S3Store:
         config = Config(connect_timeout=settings.storage_timeout, read_timeout=settings.storage_timeout,
                         retries={"mode": "standard", "max_attempts": 3},
                         s3={"addressing_style": "path"}, signature_version="s3v4")
-        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None, config=config)
+        # A session of its own: boto3's default session resolves the AWS_* credentials once per process
+        # and keeps them, so a second store (other credentials) would sign with the first one's.
+        client = boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint_url or None, config=config)
         return cls(client, url.netloc, url.path)
 
     def _key(self, key: str) -> str:

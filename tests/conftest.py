@@ -19,7 +19,7 @@ from jobs.settings import Settings
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
 from tests.helpers import WorkerProcess
-from tests.objectstore import ObjectStoreServer
+from tests.objectstore import ObjectStoreServer, SharedStore, StoreEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,38 @@ def celery_sender(settings: Settings):
 
 
 @pytest.fixture(scope="session")
-def object_store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStoreServer]:
-    """A real SeaweedFS S3 gateway on free ports for the session, with its own credentials."""
-    server = ObjectStoreServer(tmp_path_factory.mktemp("weed"))
+def object_store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreEndpoint]:
+    """A real SeaweedFS S3 bucket for the session: on the store `make test` started (`CLR_TEST_S3_ENDPOINT`),
+    a bucket of the session's own; otherwise a `weed mini` of its own on free ports. Tests that stop
+    the store take `private_object_store_server` instead."""
+    shared = SharedStore.from_env()
+    if shared is None:
+        server = ObjectStoreServer(tmp_path_factory.mktemp("weed"))
+        server.start()
+        yield server
+        server.stop()
+        return
+    try:
+        shared.open()
+    except Exception as exc:
+        pytest.exit(f"no object store at CLR_TEST_S3_ENDPOINT={shared.endpoint} with the CLR_TEST_S3_* "
+                    f"credentials (start one with scripts/objectstore.sh, or unset it): {exc}", returncode=2)
+    yield shared
+    try:
+        shared.close()
+    except Exception as exc:  # the bucket outlives the session; never fail a finished run for it
+        log.warning("session bucket %s not removed: %s", shared.bucket, exc)
+
+
+@pytest.fixture(scope="module")
+def private_object_store_server(object_store_server: StoreEndpoint,
+                                tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStoreServer]:
+    """A store no other session uses, for tests that stop and restart it: the session's own `weed mini`
+    when it has one (plain `pytest`), else (the shared store of `make test`) one for the module."""
+    if isinstance(object_store_server, ObjectStoreServer):
+        yield object_store_server
+        return
+    server = ObjectStoreServer(tmp_path_factory.mktemp("weed-private"))
     server.start()
     yield server
     server.stop()

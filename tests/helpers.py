@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,11 +49,12 @@ def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
 class WorkerProcess:
     """A real `celery worker` subprocess with this session's settings; its log goes to a file."""
 
-    def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
+    def __init__(self, settings: Settings, log_path: Path, wrap: Sequence[str] = (), **env: str) -> None:
+        """`wrap`: a command prefix (e.g. `ip netns exec NS`) that must exec the worker, keeping its pid."""
         self.log_path = log_path
         self.queue = env.get("CLR_QUEUE", settings.queue)
         name = f"w{secrets.token_hex(3)}@%h"
-        command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "solo",
+        command = [*wrap, sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "solo",
                    "-c", "1", "-Q", self.queue, "-n", name, "--without-mingle", "--without-gossip",
                    "-l", "INFO"]
         self._log = log_path.open("wb")

@@ -1,6 +1,15 @@
-"""A real S3-compatible store for the tests: SeaweedFS's single `weed` binary (`weed mini`), on free
-ports in a temp folder, with credentials of its own (started by the `object_store_server` session
-fixture in conftest.py)."""
+"""A real S3-compatible store for the tests: SeaweedFS's single `weed` binary (`weed mini`).
+
+Two ways to get one (the `object_store_server` session fixture in conftest.py picks):
+
+- `CLR_TEST_S3_ENDPOINT` set (`make test` starts the store with scripts/objectstore.sh and sets it,
+  with `CLR_TEST_S3_ACCESS_KEY` / `CLR_TEST_S3_SECRET_KEY`): `SharedStore`, a bucket of this session's
+  own on that running store, emptied and removed at the end, so sessions sharing the store never meet;
+- unset (plain `pytest`): `ObjectStoreServer`, a `weed mini` of the session's own on free ports in a
+  temp folder, with credentials of its own.
+
+Tests that stop the store mid-job always start an `ObjectStoreServer` of their own.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60.0
@@ -43,23 +53,64 @@ def weed_binary() -> str | None:
     return str(local) if local.exists() else shutil.which("weed")
 
 
-class ObjectStoreServer:
-    """`weed mini` as a subprocess; `stop()` and `start()` again (same ports and data) for outage tests."""
+class StoreEndpoint:
+    """Where a test's bucket is and the credentials to reach it."""
 
-    def __init__(self, data_dir: Path, bucket: str = "clr-test") -> None:
-        self.data_dir, self.bucket = data_dir, bucket
-        self.port = _free_port_block()
-        self.access_key, self.secret_key = "test-" + secrets.token_hex(4), secrets.token_hex(16)
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    endpoint: str
+    bucket: str
+    access_key: str
+    secret_key: str
 
     def env(self) -> dict[str, str]:
         """What a process needs to reach this store (besides CLR_STORAGE_URL)."""
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                 "AWS_DEFAULT_REGION": "us-east-1", "CLR_S3_ENDPOINT_URL": self.endpoint}
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1")
+
+
+class SharedStore(StoreEndpoint):
+    """A bucket of this session's own on a store that runs already (`CLR_TEST_S3_ENDPOINT`)."""
+
+    def __init__(self, endpoint: str, access_key: str, secret_key: str) -> None:
+        self.endpoint, self.access_key, self.secret_key = endpoint.rstrip("/"), access_key, secret_key
+        self.bucket = f"clr-test-{secrets.token_hex(6)}"
+
+    @classmethod
+    def from_env(cls) -> SharedStore | None:
+        endpoint = os.environ.get("CLR_TEST_S3_ENDPOINT")
+        if not endpoint:
+            return None
+        return cls(endpoint, os.environ.get("CLR_TEST_S3_ACCESS_KEY", "clr-test"),
+                   os.environ.get("CLR_TEST_S3_SECRET_KEY", "clr-test-secret"))
+
+    def open(self) -> None:
+        """Create the session's bucket (raises if the store does not answer or refuses the credentials)."""
+        self.client().create_bucket(Bucket=self.bucket)
+
+    def close(self) -> None:
+        """Empty the session's bucket and remove it."""
+        client = self.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+        client.delete_bucket(Bucket=self.bucket)
+
+
+class ObjectStoreServer(StoreEndpoint):
+    """`weed mini` as a subprocess; `stop()` and `start()` again (same ports and data) for outage tests."""
+
+    def __init__(self, data_dir: Path, bucket: str = "clr-test", host: str = "127.0.0.1") -> None:
+        self.data_dir, self.bucket, self.host = data_dir, bucket, host
+        self.port = _free_port_block()
+        self.access_key, self.secret_key = "test-" + secrets.token_hex(4), secrets.token_hex(16)
+        self.endpoint = f"http://{host}:{self.port}"
+        self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         weed = weed_binary()
@@ -70,7 +121,7 @@ class ObjectStoreServer:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         log = (self.data_dir / "weed.log").open("ab")
         self.proc = subprocess.Popen(
-            [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            [weed, "mini", f"-dir={self.data_dir}", f"-ip={self.host}", f"-ip.bind={self.host}",
              f"-bucket={self.bucket}", f"-s3.port={p}", f"-master.port={p + 1}", f"-volume.port={p + 2}",
              f"-filer.port={p + 3}", f"-webdav.port={p + 4}", f"-admin.port={p + 5}", "-admin.ui=false",
              "-s3.port.iceberg=0", "-s3.port.lance=0"],
@@ -78,10 +129,7 @@ class ObjectStoreServer:
         self._wait_bucket()
 
     def _wait_bucket(self) -> None:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                              aws_secret_access_key=self.secret_key, region_name="us-east-1")
+        client = self.client()
         deadline = time.monotonic() + START_TIMEOUT_S
         last: Exception | None = None
         while time.monotonic() < deadline:

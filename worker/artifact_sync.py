@@ -7,7 +7,9 @@ The worker trains into a private scratch folder (`CLR_WORKER_DIR/runs/<job>`), n
   worker finished, on any machine;
 - while training, a background thread uploads every file that changed, about twice a second: the
   epoch checkpoint (`checkpoints/last.pt`, always the same key, so only the latest is kept) reaches
-  the store without the training loop waiting for it;
+  the store without the training loop waiting for it. With `CLR_CHECKPOINT_UPLOAD=epoch` there is no
+  thread: the first progress report after a new checkpoint uploads every changed file before training
+  goes on (the store then always holds the last finished epoch; the loop waits for the upload);
 - at the end, what is left is uploaded before the job's final state is written.
 
 Uploads happen only while the job's lease is ours (the same fence clrcore asks before each checkpoint
@@ -53,9 +55,12 @@ class RunSync:
     """Mirror of one job's scratch run folder in the store."""
 
     def __init__(self, objects: ObjectStore, job_id: str, local_dir: Path, *, patience_s: float,
-                 may_write: Callable[[], bool] = lambda: True, interval: float = SYNC_INTERVAL_S) -> None:
+                 may_write: Callable[[], bool] = lambda: True, interval: float = SYNC_INTERVAL_S,
+                 blocking: bool = False) -> None:
         self.objects, self.job_id, self.local_dir = objects, job_id, local_dir
         self.patience_s, self.may_write, self.interval = patience_s, may_write, interval
+        self.blocking = blocking  # upload in the training thread at each new checkpoint, no background thread
+        self.waited_s = 0.0  # blocking mode: how long training waited for uploads
         self._sent: dict[str, tuple[int, int]] = {}  # relative path -> (mtime_ns, size) last uploaded
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -67,7 +72,8 @@ class RunSync:
     def for_job(cls, objects: ObjectStore, settings: Settings, job_id: str,
                 may_write: Callable[[], bool]) -> RunSync:
         return cls(objects, job_id, Path(settings.worker_dir) / "runs" / job_id,
-                   patience_s=settings.storage_retry_seconds, may_write=may_write)
+                   patience_s=settings.storage_retry_seconds, may_write=may_write,
+                   blocking=settings.checkpoint_upload == "epoch")
 
     def restore(self) -> list[str]:
         """Empty the scratch folder and fill it with the job's stored files (a redelivery resumes)."""
@@ -88,6 +94,8 @@ class RunSync:
         return self.restored
 
     def start(self) -> None:
+        if self.blocking:
+            return
         self._thread = threading.Thread(target=self._loop, name=f"sync-{self.job_id}", daemon=True)
         self._thread.start()
 
@@ -126,6 +134,22 @@ class RunSync:
                                                     "bytes": stat.st_size})
         return sent
 
+    def after_progress(self) -> None:
+        """Blocking mode, called by the training thread at every progress report: once the epoch
+        checkpoint changed, upload every changed file before training goes on (retried for the patience;
+        then `StorageUnavailable` fails the job)."""
+        if not self.blocking:
+            return
+        try:
+            stat = (self.local_dir / CHECKPOINT).stat()
+        except FileNotFoundError:
+            return
+        if self._sent.get(CHECKPOINT) == (stat.st_mtime_ns, stat.st_size):
+            return
+        started = time.perf_counter()
+        with_retry(self.upload_changed, self.patience_s, f"job {self.job_id}: upload the epoch checkpoint")
+        self.waited_s += time.perf_counter() - started
+
     def finish(self, *, strict: bool = True) -> None:
         """Stop the background thread and upload what is left; `strict`: raise `StorageUnavailable`
         once the store stayed unreachable for the patience (the job then fails), else only log."""
@@ -143,6 +167,8 @@ class RunSync:
         """For the job's result: what was restored, and the checkpoint uploads (time and bytes)."""
         uploads = self.checkpoint_uploads
         return {
+            "checkpoint_upload": "epoch" if self.blocking else "background",
+            "upload_wait_s": round(self.waited_s, 4),
             "restored_files": len(self.restored),
             "checkpoint_uploads": len(uploads),
             "checkpoint_upload_s": [round(u["seconds"], 4) for u in uploads],
@@ -181,6 +207,17 @@ class JobFiles:
         resolved, self.fetched = resolve_from_store(spec, owner, store, self.cache, keep)
         self.sync.start()
         return resolved
+
+    def progress_hook(self, inner: Callable[[Any], None]) -> Callable[[Any], None]:
+        """`inner` as the `on_progress` hook, followed in blocking upload mode by the checkpoint upload."""
+        if self.sync is None or not self.sync.blocking:
+            return inner
+        sync = self.sync
+
+        def report(progress: Any) -> None:
+            inner(progress)
+            sync.after_progress()
+        return report
 
     def finish(self, *, strict: bool = True) -> None:
         """Upload what is left (store mode); `strict` raises if the store stays unreachable."""

@@ -13,10 +13,10 @@ from jobs.pending_deletes import PendingDeletes, delete_or_defer
 from jobs.settings import Settings
 from jobs.storage import S3Store, open_store, run_key
 from jobs.store import JobStore
-from tests.objectstore import ObjectStoreServer
+from tests.objectstore import StoreEndpoint
 
 
-def _store(server: ObjectStoreServer, monkeypatch: pytest.MonkeyPatch, endpoint: str, prefix: str) -> S3Store:
+def _store(server: StoreEndpoint, monkeypatch: pytest.MonkeyPatch, endpoint: str, prefix: str) -> S3Store:
     for name, value in server.env().items():
         monkeypatch.setenv(name, value)
     store = open_store(Settings(storage_url=f"s3://{server.bucket}/{prefix}", s3_endpoint_url=endpoint,
@@ -26,7 +26,7 @@ def _store(server: ObjectStoreServer, monkeypatch: pytest.MonkeyPatch, endpoint:
 
 
 def test_failed_delete_is_retried_by_the_sweeper_until_done(
-        object_store_server: ObjectStoreServer, store: JobStore, tmp_path: Path,
+        object_store_server: StoreEndpoint, store: JobStore, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     prefix = f"pd-{secrets.token_hex(4)}"
     up = _store(object_store_server, monkeypatch, object_store_server.endpoint, prefix)

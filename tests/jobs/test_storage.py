@@ -9,10 +9,10 @@ import pytest
 
 from jobs.settings import Settings
 from jobs.storage import LocalStore, ObjectStore, S3Store, StorageUnavailable, open_store, run_key
-from tests.objectstore import ObjectStoreServer
+from tests.objectstore import StoreEndpoint
 
 
-def _s3(server: ObjectStoreServer, monkeypatch: pytest.MonkeyPatch, prefix: str) -> S3Store:
+def _s3(server: StoreEndpoint, monkeypatch: pytest.MonkeyPatch, prefix: str) -> S3Store:
     for name, value in server.env().items():
         monkeypatch.setenv(name, value)
     settings = Settings(storage_url=f"s3://{server.bucket}/{prefix}", storage_timeout=3)
@@ -72,11 +72,11 @@ def test_local_store_is_todays_folders(tmp_path: Path) -> None:
     assert (tmp_path / "d" / "uploads" / "owner" / "ds_x.zip").read_text() == "x"
 
 
-def test_presigned_url_serves_the_object(object_store_server: ObjectStoreServer, tmp_path: Path,
+def test_presigned_url_serves_the_object(object_store_server: StoreEndpoint, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import urllib.request
 
-    store = _s3(object_store_server, monkeypatch, "presign")
+    store = _s3(object_store_server, monkeypatch, f"presign-{secrets.token_hex(4)}")
     (tmp_path / "m").write_bytes(b"weights")
     store.put_file(tmp_path / "m", run_key("j", "model.pt"))
     url = store.presign(run_key("j", "model.pt"), 60)
@@ -103,3 +103,15 @@ def test_unreachable_store_is_one_exception(tmp_path: Path, monkeypatch: pytest.
                  lambda: store.delete_prefix("runs/j")):
         with pytest.raises(StorageUnavailable, match="object store unavailable"):
             call()
+
+
+def test_each_store_signs_with_the_credentials_of_its_own_time(
+        object_store_server: StoreEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto3's default session keeps the first AWS_* credentials it read for the whole process; a store
+    opened later with other credentials (another store, rotated keys) must not sign with those."""
+    good = _s3(object_store_server, monkeypatch, f"creds-{secrets.token_hex(4)}")
+    assert good.list(run_key("j")) == []
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-" + object_store_server.access_key)
+    stale = open_store(Settings(storage_url=f"s3://{object_store_server.bucket}/x", storage_timeout=3))
+    with pytest.raises(StorageUnavailable):
+        stale.list(run_key("j"))

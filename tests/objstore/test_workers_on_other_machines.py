@@ -3,6 +3,9 @@ SeaweedFS between them, real Celery workers and Redis.
 
 The jobs here live under their own key prefix (so the session's local-mode workers never take them)
 and their own queue keys; every folder is a fresh temp dir, so any hidden use of a shared disk fails.
+The first two tests use the session's store (`object_store_server`: under `make test` the one store
+scripts/objectstore.sh started, a bucket of the session's own); the outage test stops its store, so it
+has a private one (`private_object_store_server`) with its own prefix, API and workers.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import os
 import secrets
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,34 +31,72 @@ from jobs.storage import run_key, store_for
 from jobs.store import JobStore
 from service.main import create_app
 from tests.helpers import WorkerProcess, write_range_test_log
-from tests.objectstore import SHAPES, ObjectStoreServer, shapes_archive
+from tests.objectstore import SHAPES, ObjectStoreServer, StoreEndpoint, shapes_archive
 
 pytestmark = pytest.mark.slow
 FINAL = ("succeeded", "failed", "cancelled")
 
 
-@pytest.fixture(scope="module")
-def s3_settings(settings: Settings, object_store_server: ObjectStoreServer,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Store-mode settings of the API: own key prefix, own private folders, the store's credentials."""
-    saved = {k: os.environ.get(k) for k in object_store_server.env()}
-    os.environ.update(object_store_server.env())
-    api_dir = tmp_path_factory.mktemp("api")
-    s3 = settings.model_copy(update={
-        "key_prefix": f"{settings.key_prefix}-s3",
-        "storage_url": f"s3://{object_store_server.bucket}/{secrets.token_hex(4)}",
-        "s3_endpoint_url": object_store_server.endpoint,
+@contextmanager
+def _store_env(server: StoreEndpoint) -> Iterator[None]:
+    """The store's credentials in os.environ (the in-process API's boto3 client reads them), restored after."""
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _store_settings(settings: Settings, server: StoreEndpoint, api_dir: Path, tag: str) -> Settings:
+    """Store-mode settings of the API: own key prefix and store prefix, own private folders."""
+    return settings.model_copy(update={
+        "key_prefix": f"{settings.key_prefix}-{tag}",
+        "storage_url": f"s3://{server.bucket}/{tag}-{secrets.token_hex(4)}",
+        "s3_endpoint_url": server.endpoint,
         "storage_timeout": 2.0,
         "storage_retry_seconds": 60.0,
         "artifact_dir": api_dir / "artifacts", "data_dir": api_dir / "data", "worker_dir": api_dir / "worker",
     })
-    yield s3
-    JobStore.from_settings(s3).delete_all()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+
+
+@contextmanager
+def _worker_factory(s3: Settings, server: StoreEndpoint, job_store: JobStore,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], WorkerProcess]]:
+    """Factory: a worker on a private, empty disk of its own (no path shared with the API or others);
+    the workers stop when the block ends, so the next test's jobs go to its own."""
+    started: list[WorkerProcess] = []
+
+    def start() -> WorkerProcess:
+        home = tmp_path_factory.mktemp("worker-host")
+        env = {**server.env(), "CLR_STORAGE_URL": s3.storage_url,
+               "CLR_STORAGE_TIMEOUT": "2", "CLR_STORAGE_RETRY_SECONDS": "60",
+               "CLR_ARTIFACT_DIR": str(home / "artifacts"), "CLR_DATA_DIR": str(home / "data"),
+               "CLR_WORKER_DIR": str(home / "scratch")}
+        worker = WorkerProcess(s3, home / "worker.log", **env)
+        started.append(worker)
+        worker.wait_ready(job_store)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_settings(settings: Settings, object_store_server: StoreEndpoint,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The session store's settings for this module's API and workers."""
+    with _store_env(object_store_server):
+        s3 = _store_settings(settings, object_store_server, tmp_path_factory.mktemp("api"), "s3")
+        yield s3
+        JobStore.from_settings(s3).delete_all()
 
 
 @pytest.fixture(scope="module")
@@ -69,26 +111,10 @@ def job_store(s3_settings: Settings) -> JobStore:
 
 
 @pytest.fixture
-def start_s3_worker(s3_settings: Settings, object_store_server: ObjectStoreServer, job_store: JobStore,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Factory: a worker on a private, empty disk of its own (no path shared with the API or others);
-    the test's workers stop when it ends, so the next test's jobs go to its own."""
-    started: list[WorkerProcess] = []
-
-    def start() -> WorkerProcess:
-        home = tmp_path_factory.mktemp("worker-host")
-        env = {**object_store_server.env(), "CLR_STORAGE_URL": s3_settings.storage_url,
-               "CLR_STORAGE_TIMEOUT": "2", "CLR_STORAGE_RETRY_SECONDS": "60",
-               "CLR_ARTIFACT_DIR": str(home / "artifacts"), "CLR_DATA_DIR": str(home / "data"),
-               "CLR_WORKER_DIR": str(home / "scratch")}
-        worker = WorkerProcess(s3_settings, home / "worker.log", **env)
-        started.append(worker)
-        worker.wait_ready(job_store)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
+def start_s3_worker(s3_settings: Settings, object_store_server: StoreEndpoint, job_store: JobStore,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], WorkerProcess]]:
+    with _worker_factory(s3_settings, object_store_server, job_store, tmp_path_factory) as start:
+        yield start
 
 
 def _wait(client: TestClient, job_id: str, worker: WorkerProcess, timeout: float = 120.0) -> dict:
@@ -106,7 +132,8 @@ def _digits(epochs: int) -> dict:
 
 
 def test_uploaded_dataset_trains_on_a_worker_that_shares_no_disk(
-        client: TestClient, s3_settings: Settings, start_s3_worker, tmp_path: Path) -> None:
+        client: TestClient, s3_settings: Settings, start_s3_worker: Callable[[], WorkerProcess],
+        tmp_path: Path) -> None:
     worker = start_s3_worker()
     upload = client.post("/v1/datasets", params={"name": "shapes"}, content=shapes_archive(),
                          headers={"Content-Type": "application/zip"})
@@ -190,7 +217,7 @@ def test_uploaded_weights_live_in_the_store_and_a_worker_without_them_on_disk_fi
 
 
 def test_killed_worker_job_resumes_from_the_stored_checkpoint_on_an_empty_disk(
-        client: TestClient, s3_settings: Settings, start_s3_worker) -> None:
+        client: TestClient, s3_settings: Settings, start_s3_worker: Callable[[], WorkerProcess]) -> None:
     first = start_s3_worker()
     epochs = 8
     job_id = client.post("/v1/jobs/train", json=_digits(epochs)).json()["id"]
@@ -220,8 +247,25 @@ def test_killed_worker_job_resumes_from_the_stored_checkpoint_on_an_empty_disk(
     assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
 
 
+@pytest.fixture
+def outage(settings: Settings, private_object_store_server: ObjectStoreServer,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Callable[[], WorkerProcess]]]:
+    """An API and a worker factory on a store of their own, which the test may stop."""
+    server = private_object_store_server
+    with _store_env(server):
+        s3 = _store_settings(settings, server, tmp_path_factory.mktemp("api-outage"), "outage")
+        job_store = JobStore.from_settings(s3)
+        try:
+            with TestClient(create_app(s3)) as api, _worker_factory(s3, server, job_store, tmp_path_factory) as start:
+                yield api, start
+        finally:
+            job_store.delete_all()
+
+
 def test_store_outage_mid_job_never_leaves_it_running_and_reads_answer_503(
-        client: TestClient, object_store_server: ObjectStoreServer, start_s3_worker) -> None:
+        outage: tuple[TestClient, Callable[[], WorkerProcess]], private_object_store_server: ObjectStoreServer) -> None:
+    client, start_s3_worker = outage
+    object_store_server = private_object_store_server
     worker = start_s3_worker()
     job_id = client.post("/v1/jobs/train", json=_digits(10)).json()["id"]
     deadline = time.monotonic() + 120

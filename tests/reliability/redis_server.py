@@ -27,23 +27,26 @@ def free_port() -> int:
 class RedisServer:
     """`start()`, `stop()` (SHUTDOWN, as a restart does: the AOF is flushed) and `restart()` on one port."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, binary: str = "redis-server") -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, binary: str = "redis-server",
+                 host: str = "127.0.0.1") -> None:
         if shutil.which(binary) is None:
             raise RuntimeError(f"{binary} is not installed")
         self.binary = binary
         self.data_dir = data_dir
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.host, self.port = host, port or free_port()
+        self.url = f"redis://{host}:{self.port}/0"
         self.proc: subprocess.Popen | None = None
         data_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
+        command = [self.binary, "--port", str(self.port), "--bind", self.host, "--appendonly", "yes",
                    "--appendfsync", "everysec", "--save", "", "--dir", str(self.data_dir),
-                   "--maxmemory-policy", "noeviction", "--daemonize", "no"]
+                   "--maxmemory-policy", "noeviction", "--daemonize", "no",
+                   # bound to one non-loopback address (a veth pair's host end): no password, so say so
+                   "--protected-mode", "yes" if self.host == "127.0.0.1" else "no"]
         self.proc = subprocess.Popen(command, stdout=(self.data_dir / "redis.log").open("ab"),
                                      stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             try:
@@ -57,7 +60,7 @@ class RedisServer:
         if self.proc is None or self.proc.poll() is not None:
             return
         with contextlib.suppress(redis.RedisError):  # SHUTDOWN closes the connection: that is its answer
-            redis.Redis(port=self.port, socket_connect_timeout=1).shutdown()
+            redis.Redis(host=self.host, port=self.port, socket_connect_timeout=1).shutdown()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

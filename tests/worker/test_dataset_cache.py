@@ -11,12 +11,12 @@ import pytest
 
 from jobs.settings import Settings
 from jobs.storage import open_store
-from tests.objectstore import ObjectStoreServer
+from tests.objectstore import StoreEndpoint
 from worker.dataset_cache import DatasetCache
 
 
 def test_fetch_once_then_hit_and_evict_least_recently_used(
-        object_store_server: ObjectStoreServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        object_store_server: StoreEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in object_store_server.env().items():
         monkeypatch.setenv(name, value)
     objects = open_store(Settings(storage_url=f"s3://{object_store_server.bucket}/dc-{secrets.token_hex(4)}"))
