@@ -102,7 +102,13 @@ def _job_naming(store: JobStore, owner: str, weights_id: str) -> dict | None:
 
 
 _BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}, "examples": {
+        "resnet18": {"summary": "a resnet18 state_dict saved with safetensors",
+                     "description": "Send the file itself as the body, e.g. `curl --data-binary @resnet18.safetensors "
+                                    "-H 'Content-Type: application/octet-stream' "
+                                    "'.../v1/weights?architecture=resnet18&name=my-pretrain'`; in Python, "
+                                    "`safetensors.torch.save_file(model.state_dict(), 'resnet18.safetensors')`.",
+                     "externalValue": "resnet18.safetensors"}}}}}}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": UploadedWeights, "description": "stored; `Location` names the weights"},
     413: {"model": WeightsRefusal, "description": "over CLR_MAX_UPLOAD_BYTES (`too_large`) or the key's quota "

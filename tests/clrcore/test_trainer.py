@@ -326,7 +326,7 @@ def test_checkpoint_is_a_plain_dict_loadable_with_weights_only(small: Dataset, t
     assert {"model", "optimizer", "epoch", "step", "schedule", "rng", "history", "config"} <= state.keys()
     assert state["epoch"] == 1 and state["step"] == steps_per_epoch(len(small.train), BATCH)
     assert state["schedule"]["policy"] == "triangular"
-    assert set(state["rng"]) == {"torch", "cuda", "numpy", "python", "loader"}
+    assert set(state["rng"]) == {"torch", "cuda", "numpy", "python", "loader", "crop"}
     assert_same_weights(model, _loaded(state["model"]))
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp files left behind
 

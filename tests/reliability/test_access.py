@@ -30,12 +30,18 @@ from tests.helpers import (
     WRONG,
     body_for,
 )
+from tests.weight_files import architecture_file
 
 DATASET_ENDPOINTS = [
     ("GET", "/v1/datasets/{dataset_id}"),
     ("DELETE", "/v1/datasets/{dataset_id}"),
 ]
+WEIGHTS_ENDPOINTS = [
+    ("GET", "/v1/weights/{weights_id}"),
+    ("DELETE", "/v1/weights/{weights_id}"),
+]
 ARCHIVE = {"Content-Type": "application/zip"}
+SAFETENSORS = {"Content-Type": "application/octet-stream"}
 SECRETS = ("alice-secret", "bob-secret", "not-a-key")
 
 
@@ -71,10 +77,10 @@ def alice_dataset(client: TestClient) -> str:
 
 
 def test_every_v1_route_is_in_an_access_matrix(client: TestClient) -> None:
-    concrete = [(m, p.format(id="job_0123456789abcdef", dataset_id="ds_x").split("?")[0])
+    concrete = [(m, p.format(id="job_0123456789abcdef", dataset_id="ds_x", weights_id="wt_x").split("?")[0])
                 for m, p in JOB_ENDPOINTS + JOB_PART_ENDPOINTS + OTHER_ENDPOINTS + REMOVING_JOB_ENDPOINTS
-                + DATASET_ENDPOINTS
-                + [("POST", "/v1/datasets")]]
+                + DATASET_ENDPOINTS + WEIGHTS_ENDPOINTS
+                + [("POST", "/v1/datasets"), ("GET", "/v1/weights"), ("POST", "/v1/weights")]]
     operations = v1_operations(client)
     assert len(operations) >= len(OTHER_ENDPOINTS)
     uncovered = [f"{method} {path}" for method, path in operations
@@ -99,6 +105,34 @@ def test_another_tenants_dataset_is_404(client: TestClient, alice_dataset: str, 
     response = client.request(method, path.format(dataset_id=alice_dataset), headers=BOB)
     assert response.status_code == 404, response.text
     assert client.get(f"/v1/datasets/{alice_dataset}", headers=ALICE).status_code == 200  # still there
+
+
+@pytest.fixture(scope="module")
+def alice_weights(client: TestClient) -> str:
+    response = client.post("/v1/weights?architecture=tiny_cnn", content=architecture_file("tiny_cnn"),
+                           headers={**ALICE, **SAFETENSORS})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+@pytest.mark.parametrize("method, path", [*WEIGHTS_ENDPOINTS, ("GET", "/v1/weights"),
+                                          ("POST", "/v1/weights?architecture=tiny_cnn")])
+@pytest.mark.parametrize("who", ["no key", "wrong key"])
+def test_weights_endpoints_refuse_a_missing_or_wrong_key(client: TestClient, alice_weights: str,
+                                                         method: str, path: str, who: str) -> None:
+    headers = {**({} if who == "no key" else WRONG), **SAFETENSORS}
+    body = architecture_file("tiny_cnn") if method == "POST" else None
+    response = client.request(method, path.format(weights_id=alice_weights), content=body, headers=headers)
+    assert response.status_code == 401, response.text
+    assert alice_weights not in response.text
+
+
+@pytest.mark.parametrize("method, path", WEIGHTS_ENDPOINTS)
+def test_another_tenants_weights_are_404(client: TestClient, alice_weights: str, method: str, path: str) -> None:
+    response = client.request(method, path.format(weights_id=alice_weights), headers=BOB)
+    assert response.status_code == 404, response.text
+    assert alice_weights not in client.get("/v1/weights", headers=BOB).text
+    assert client.get(f"/v1/weights/{alice_weights}", headers=ALICE).status_code == 200  # still there
 
 
 def test_no_log_line_anywhere_carries_a_key_and_each_request_line_has_an_id(

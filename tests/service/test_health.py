@@ -112,7 +112,7 @@ def test_openapi_has_examples_on_every_request_body(client: TestClient) -> None:
     bodies = [(path, op) for path, item in schema["paths"].items() for op in item.values()
               if isinstance(op, dict) and "requestBody" in op]
     assert {p for p, _ in bodies} == {"/v1/jobs/range-test", "/v1/jobs/train", "/v1/datasets",
-                                      "/v1/jobs/{job_id}/suggest"}
+                                      "/v1/jobs/{job_id}/suggest", "/v1/weights"}
     for path, op in bodies:
         content = op["requestBody"]["content"]
         if path == "/v1/datasets":  # the raw archive, not JSON
