@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from clrcore.specs import parse_spec
 from jobs.queues import RUN_JOB
 from jobs.settings import Settings
@@ -97,6 +99,11 @@ class WorkerProcess:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-chars:]
 
+
+# A whole benchmark script run end to end takes minutes on 2 cores: opt-in, so `make test` stays near ten
+# minutes. `CLR_SLOW_TESTS=1 make test` runs them too (and the 60,000-JPEG decode).
+BENCH_SCRIPT_RUN = pytest.mark.skipif(os.environ.get("CLR_SLOW_TESTS") != "1",
+                                      reason="set CLR_SLOW_TESTS=1 (runs a whole benchmark script)")
 
 ALICE = {"Authorization": "Bearer alice-secret"}
 BOB = {"Authorization": "Bearer bob-secret"}

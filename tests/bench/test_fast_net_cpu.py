@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from clrcore import catalog
+from tests.helpers import BENCH_SCRIPT_RUN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +34,7 @@ def tiny_cifar_archive(path: Path, train: int = 6, test: int = 2) -> Path:
     return path
 
 
+@BENCH_SCRIPT_RUN
 def test_fast_net_cpu_prints_a_line_per_variant_and_the_range_test(tmp_path: Path) -> None:
     archive = tiny_cifar_archive(tmp_path / "cifar10-jpg.tar.gz")
     done = subprocess.run(

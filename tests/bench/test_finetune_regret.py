@@ -19,6 +19,7 @@ from bench.finetune_regret import (
 )
 from clrcore.datasets import synthetic_dataset
 from clrcore.weights import check_file
+from tests.helpers import BENCH_SCRIPT_RUN
 
 TINY = Setup(pretrain_images=160, pretrain_test=60, pretrain_epochs=1, train_images=120, test_images=60, epochs=2,
              batch_size=32, sweep={"start_lr": 1e-3, "end_lr": 10.0, "epochs": 4}, sweep_seeds=(0, 1),
@@ -44,6 +45,7 @@ def test_the_full_modes_upscaling_gives_the_model_image_size_crops():
 
 
 @pytest.mark.slow
+@BENCH_SCRIPT_RUN
 def test_a_tiny_run_writes_weights_a_table_with_numbers_and_the_figure(tmp_path):
     torch.set_num_threads(1)
     data = synthetic_dataset(n_train=600, n_test=200, num_classes=10, image_size=32)

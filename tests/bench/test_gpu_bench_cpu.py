@@ -13,9 +13,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from tests.helpers import BENCH_SCRIPT_RUN
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@BENCH_SCRIPT_RUN
 def test_cpu_half_of_the_gpu_benchmark_writes_results_and_plot(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "bench/gpu_bench.py", "--cpu", "--out", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=280)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import BENCH_SCRIPT_RUN
 from tests.reliability.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,7 @@ def _path_with_redis_server() -> str:
     return path
 
 
+@BENCH_SCRIPT_RUN
 def test_service_item_runs_a_preset_through_api_and_worker(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "PATH": _path_with_redis_server(), "OUT": str(tmp_path), "KIT": str(tmp_path / "no-kit"),
