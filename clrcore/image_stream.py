@@ -15,8 +15,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,29 +33,38 @@ STREAM_CHUNK = 256  # images per decode task: small, so the bytes in flight stay
 MEMMAP_ARRAYS = ("train_images", "test_images")
 
 
-def _header(where: str, data: bytes) -> tuple[tuple[int, int], bool]:
-    """The image's (width, height) and whether it is grayscale, from its header only."""
-    from clrcore.image_tree import GRAY_MODES, MAX_IMAGE_PIXELS
+@dataclass
+class Decoder:
+    """image_tree's decoding, handed in (this module does not import image_tree: no import circle)."""
 
+    chunk: Callable[[list[tuple[str, bytes]], int], list[tuple[np.ndarray, tuple[int, int]]]]
+    pool: Callable[[int], Executor | None]
+    parallel_min: int  # images submitted before a process pool is started
+    gray_modes: set[str]
+    max_pixels: int
+
+
+def _header(where: str, data: bytes, decoder: Decoder) -> tuple[tuple[int, int], bool]:
+    """The image's (width, height) and whether it is grayscale, from its header only."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
+            if width * height > decoder.max_pixels:
                 raise DatasetError("imagefolder", f"{where}: {width}x{height} is over the "
-                                   f"{MAX_IMAGE_PIXELS}-pixel limit for one image")
-            return (width, height), image.mode in GRAY_MODES
+                                   f"{decoder.max_pixels}-pixel limit for one image")
+            return (width, height), image.mode in decoder.gray_modes
     except UnidentifiedImageError:
         raise DatasetError("imagefolder", f"{where}: not a readable image (unknown format)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError("imagefolder", f"{where}: not a readable image ({err})") from None
 
 
-def scan_tree(name: str, path: Path) -> dict[str, dict[str, list[list]]]:
+def scan_tree(name: str, path: Path, decoder: Decoder) -> dict[str, dict[str, list[list]]]:
     """{split: {class: [[file name, is grayscale, (width, height)], ...]}} from the headers alone."""
     tree: dict[str, dict[str, list[list]]] = {}
     try:
         for split, cls, file_name, data in iter_image_members(path):
-            size, gray = _header(f"{split}/{cls}/{file_name}", data)
+            size, gray = _header(f"{split}/{cls}/{file_name}", data, decoder)
             tree.setdefault(split, {}).setdefault(cls, []).append([file_name, gray, size])
     except ArchiveError as err:
         raise DatasetError(name, f"{path.name}: {err}") from err
@@ -123,11 +133,10 @@ class _Writer:
             temp.unlink(missing_ok=True)
 
 
-def _decoded(path: Path, wanted: set[str], keep: int, workers: int) -> Iterator[tuple[str, str, str, np.ndarray]]:
+def _decoded(path: Path, wanted: set[str], keep: int, workers: int,
+             decoder: Decoder) -> Iterator[tuple[str, str, str, np.ndarray]]:
     """(split, class, file name, decoded array) for members of the `wanted` splits, at most a few chunks
     of them in memory: chunks go to worker processes with 2 per worker outstanding."""
-    from clrcore.image_tree import PARALLEL_MIN_IMAGES, _decode_chunk, _decode_pool
-
     pool: Executor | None = None
     pool_tried = False
     submitted = 0
@@ -151,14 +160,14 @@ def _decoded(path: Path, wanted: set[str], keep: int, workers: int) -> Iterator[
             if len(pending) < STREAM_CHUNK:
                 continue
             submitted += len(pending)
-            if not pool_tried and submitted >= PARALLEL_MIN_IMAGES:
-                pool, pool_tried = _decode_pool(workers), True
-            chunks.append((pool.submit(_decode_chunk, pending, keep) if pool is not None
-                           else _decode_chunk(pending, keep), names))
+            if not pool_tried and submitted >= decoder.parallel_min:
+                pool, pool_tried = decoder.pool(workers), True
+            chunks.append((pool.submit(decoder.chunk, pending, keep) if pool is not None
+                           else decoder.chunk(pending, keep), names))
             pending, names = [], []
             yield from drain(2 * workers if pool is not None else 0)
         if pending:
-            chunks.append((_decode_chunk(pending, keep), names))
+            chunks.append((decoder.chunk(pending, keep), names))
         yield from drain(0)
     finally:
         if pool is not None:
@@ -166,7 +175,7 @@ def _decoded(path: Path, wanted: set[str], keep: int, workers: int) -> Iterator[
 
 
 def stream_arrays(name: str, path: Path, tree: dict, train_key: str, test_key: str, classes: list[str],
-                  image_size: int | None, keep: int, workers: int, files: dict[str, Path]) -> dict:
+                  image_size: int | None, keep: int, workers: int, files: dict[str, Path], decoder: Decoder) -> dict:
     """Decode the `train_key` and `test_key` splits of the scanned `tree` into `files` (.npy, by array
     name) and return the small arrays of the cache (labels, classes, sizes, statistics)."""
     train, test = tree[train_key], tree[test_key]
@@ -184,7 +193,7 @@ def stream_arrays(name: str, path: Path, tree: dict, train_key: str, test_key: s
     which = {train_key: "train_images", test_key: "test_images"}
     writer = _Writer(name, path, files, {k: len(v) for k, v in places.items()}, 1 if gray else 3)
     try:
-        for split, cls, file_name, array in _decoded(path, set(which), keep, workers):
+        for split, cls, file_name, array in _decoded(path, set(which), keep, workers, decoder):
             if side and array.shape[:2] != (side, side):
                 array = np.asarray(resize_shorter_and_centre_crop(Image.fromarray(array), side))
             key = which[split]

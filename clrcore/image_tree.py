@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from clrcore.archives import ArchiveError, iter_image_members
 from clrcore.cache_names import cache_stem as _cache_stem
 from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats
-from clrcore.image_stream import MEMMAP_ARRAYS
+from clrcore.image_stream import MEMMAP_ARRAYS, Decoder, decoded_bytes, scan_tree, stream_arrays
 from clrcore.transforms import default_image_size, resize_shorter_and_centre_crop, size_distribution, stored_size
 
 log = logging.getLogger(__name__)
@@ -339,10 +339,10 @@ def _streamed_arrays(name: str, path: Path, classes: list[str] | None, workers: 
     """Decode into memmapped .npy files next to `cache_file` if the set is at least `memmap_min_bytes`
     decoded; None (decode in memory) if smaller. Writes the .npz of small arrays last: its presence
     means the .npy files are complete."""
-    from clrcore.image_stream import decoded_bytes, scan_tree, stream_arrays
-
+    # read at call time, so the limits and hooks set on this module apply
+    decoder = Decoder(_decode_chunk, _decode_pool, PARALLEL_MIN_IMAGES, GRAY_MODES, MAX_IMAGE_PIXELS)
     keep = stored_size(image_size) if image_size else KEEP_SHORTER_SIDE
-    tree = scan_tree(name, path)
+    tree = scan_tree(name, path, decoder)
     train, test = _pick_splits(name, path, tree)
     classes = _check_classes(name, path, train, test, classes)
     test_key = "test" if "test" in tree else "val"
@@ -352,7 +352,7 @@ def _streamed_arrays(name: str, path: Path, classes: list[str] | None, workers: 
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     files = memmap_files(cache_file)
     small = stream_arrays(name, path, tree, "train", test_key, classes, image_size, keep,
-                          decode_workers(workers), files)
+                          decode_workers(workers), files, decoder)
     _write_cache(cache_file, small)
     _prune_cache(cache_file)
     log.info("dataset %s: %d bytes decoded to memmapped %s", name, estimate, files["train_images"].name)
