@@ -14,7 +14,7 @@ import torch
 
 from clrcore.cache_names import cache_files
 from clrcore.image_tree import load_image_tree
-from clrcore.loaders import HostLoader, make_loader
+from clrcore.loaders import DeviceLoader, HostLoader, make_loader
 from clrcore.models import build_model
 from clrcore.schedules import build_schedule
 from clrcore.train_setup import TrainConfig
@@ -63,6 +63,9 @@ def test_memmapped_batches_match_the_device_loader(tmp_path):
     assert isinstance(disk.loader, HostLoader)
     for (xa, ya), (xb, yb) in zip(fast, disk, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # a memmap that fits the device is copied there a chunk at a time (on CUDA); the same tensor results
+    copied = DeviceLoader(mapped.test, 8, device="cpu", mean=memory.mean, std=memory.std, train=False)
+    assert not isinstance(copied.images, np.memmap) and torch.equal(copied.images, torch.from_numpy(memory.test.images))
 
 
 def test_training_on_the_memmap_gives_the_in_memory_losses(tmp_path):
