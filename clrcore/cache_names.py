@@ -20,4 +20,5 @@ def cache_stem(name: str, path: Path) -> str:
 def cache_files(cache_dir: Path, name: str, path: Path) -> list[Path]:
     """Every decode cache of the source `path` loaded as dataset `name`, finished or being written."""
     stem = cache_stem(name, path)
-    return sorted(Path(cache_dir).glob(f"{stem}-*.npz")) + sorted(Path(cache_dir).glob(f"{stem}-*.tmp"))
+    # .npz: a cache (for a streamed one, its small arrays); .npy: a streamed cache's images; .tmp: being written
+    return [file for pattern in ("npz", "npy", "tmp") for file in sorted(Path(cache_dir).glob(f"{stem}-*.{pattern}"))]

@@ -136,7 +136,8 @@ def _load_cifar10(data_dir: Path, path: str | None, download: bool, cache_dir: P
 
 
 def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None,
-                      max_decoded: int | None = None, image_size: int | None = None) -> Dataset:
+                      max_decoded: int | None = None, image_size: int | None = None,
+                      memmap_min_bytes: int | None = None) -> Dataset:
     from clrcore.image_tree import load_image_tree
 
     if path is None:
@@ -144,7 +145,8 @@ def _load_imagefolder(data_dir: Path, path: str | None, cache_dir: Path | None,
     root = _resolve(data_dir, path)
     if root is None:
         raise DatasetError("imagefolder", "needs dataset_path (a directory or archive)")
-    return load_image_tree(root, cache_dir=cache_dir, max_decoded_bytes=max_decoded, image_size=image_size)
+    return load_image_tree(root, cache_dir=cache_dir, max_decoded_bytes=max_decoded, image_size=image_size,
+                           memmap_min_bytes=memmap_min_bytes)
 
 
 def load_digits_dataset() -> Dataset:
@@ -226,6 +228,7 @@ def load_dataset(
     cache_dir: Path | None = None,
     max_decoded_bytes: int | None = None,
     image_size: int | None = None,
+    memmap_min_bytes: int | None = None,
 ) -> Dataset:
     """Load a catalog dataset as uint8 NCHW arrays with int64 labels and train-set statistics.
 
@@ -235,14 +238,15 @@ def load_dataset(
     `path` (relative to `data_dir`, or absolute) names the tree or archive for `imagefolder`, or the
     JPEG archive for `cifar10`. Decoded images are cached under `cache_dir` (default data_dir/.cache).
     `max_decoded_bytes` caps a tree's decoded pixels (default: `image_tree.MAX_DECODED_BYTES`); a
-    worker sets it to what its memory holds.
+    worker sets it to what its memory holds. `memmap_min_bytes`: an `imagefolder` whose decoded pixels
+    reach it is streamed to memmapped files and read a batch at a time (image_stream.py); None: never.
     """
     if name not in LOADERS:
         raise DatasetError(name, f"unknown dataset; known: {', '.join(dataset_names())}")
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / CACHE_DIR_NAME
-    if image_size is not None and name == "imagefolder":
-        dataset = _load_imagefolder(data_dir, path, cache_dir, max_decoded_bytes, image_size)
+    if name == "imagefolder":
+        dataset = _load_imagefolder(data_dir, path, cache_dir, max_decoded_bytes, image_size, memmap_min_bytes)
     elif image_size is not None and name == "cifar10" and (path is not None or (data_dir / CIFAR10_ARCHIVE).exists()):
         dataset = _load_cifar10(data_dir, path, download, cache_dir, max_decoded_bytes, image_size)
     else:

@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from clrcore.archives import ArchiveError, iter_image_members
 from clrcore.cache_names import cache_stem as _cache_stem
 from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats
+from clrcore.image_stream import MEMMAP_ARRAYS, Decoder, decoded_bytes, scan_tree, stream_arrays
 from clrcore.transforms import default_image_size, resize_shorter_and_centre_crop, size_distribution, stored_size
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,22 @@ def _pick_splits(name: str, path: Path, tree: dict) -> tuple[dict, dict]:
     return tree["train"], tree[held_out]
 
 
+def _check_classes(name: str, path: Path, train: dict, test: dict, classes: list[str] | None) -> list[str]:
+    if classes is None:
+        classes = sorted(train)
+    elif set(train) != set(classes):
+        raise DatasetError(name, f"{path.name}: train classes {sorted(train)} are not {classes}")
+    if len(classes) < 2:
+        raise DatasetError(name, f"{path.name}: needs at least 2 classes in train, found {len(classes)}")
+    missing = [c for c in classes if c not in test]
+    if missing:
+        raise DatasetError(name, f"{path.name}: class {missing[0]!r} is in train but not in the test split")
+    extra = [c for c in test if c not in classes]
+    if extra:
+        raise DatasetError(name, f"{path.name}: class {extra[0]!r} is in the test split but not in train")
+    return classes
+
+
 def _stack_split(name: str, path: Path, split_name: str, by_class: dict, classes: list[str],
                  size: tuple[int, int], gray: bool) -> Split:
     index = {c: i for i, c in enumerate(classes)}
@@ -224,18 +241,7 @@ def _imagefolder_arrays(name: str, path: Path, classes: list[str] | None, worker
     keep = stored_size(image_size) if image_size else KEEP_SHORTER_SIDE
     tree = _read_tree(name, path, workers, keep, max_decoded_bytes)
     train, test = _pick_splits(name, path, tree)
-    if classes is None:
-        classes = sorted(train)
-    elif set(train) != set(classes):
-        raise DatasetError(name, f"{path.name}: train classes {sorted(train)} are not {classes}")
-    if len(classes) < 2:
-        raise DatasetError(name, f"{path.name}: needs at least 2 classes in train, found {len(classes)}")
-    missing = [c for c in classes if c not in test]
-    if missing:
-        raise DatasetError(name, f"{path.name}: class {missing[0]!r} is in train but not in the test split")
-    extra = [c for c in test if c not in classes]
-    if extra:
-        raise DatasetError(name, f"{path.name}: class {extra[0]!r} is in the test split but not in train")
+    classes = _check_classes(name, path, train, test, classes)
     source_sizes = [e[2] for split in (train, test) for entries in split.values() for e in entries]
     # sizes of the files themselves (before any shrinking while decoding) decide uniform or mixed
     crop = _fit_sizes({"train": train, "test": test}, image_size)
@@ -280,16 +286,27 @@ def cache_key(name: str, path: Path, image_size: int | None = None) -> str:
 def _prune_cache(current: Path) -> None:
     """Remove older caches of the same source at the same training size (other sizes stay useful)."""
     stem = current.name.rsplit("-", 1)[0]
-    for old in current.parent.glob(f"{stem}-*.npz"):
-        if old != current and old.name.rsplit("-", 1)[0] == stem:
+    olds = [*current.parent.glob(f"{stem}-*.npz"), *current.parent.glob(f"{stem}-*.npy")]
+    for old in olds:
+        if old.name.split(".", 1)[0] != current.stem and old.name.rsplit("-", 1)[0] == stem:
             old.unlink(missing_ok=True)
             log.info("removed stale decode cache %s", old.name)
 
 
+def memmap_files(cache_file: Path) -> dict[str, Path]:
+    """The .npy files of a streamed cache (image_stream), next to its .npz of small arrays."""
+    return {key: cache_file.with_name(f"{cache_file.stem}.{key}.npy") for key in MEMMAP_ARRAYS}
+
+
 def _read_cache(file: Path) -> dict | None:
+    """The cache's arrays; a streamed cache's images opened with mmap_mode="r" (read a batch at a time)."""
     try:
         with np.load(file, allow_pickle=False) as cached:
-            return {key: cached[key] for key in cached.files}
+            arrays = {key: cached[key] for key in cached.files}
+        if "memmap" in arrays:
+            for key, npy in memmap_files(file).items():
+                arrays[key] = np.load(npy, mmap_mode="r", allow_pickle=False)
+        return arrays
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
@@ -317,6 +334,31 @@ def _write_cache(file: Path, arrays: dict) -> None:
         raise
 
 
+def _streamed_arrays(name: str, path: Path, classes: list[str] | None, workers: int | None,
+                     image_size: int | None, memmap_min_bytes: int, cache_file: Path) -> dict | None:
+    """Decode into memmapped .npy files next to `cache_file` if the set is at least `memmap_min_bytes`
+    decoded; None (decode in memory) if smaller. Writes the .npz of small arrays last: its presence
+    means the .npy files are complete."""
+    # read at call time, so the limits and hooks set on this module apply
+    decoder = Decoder(_decode_chunk, _decode_pool, PARALLEL_MIN_IMAGES, GRAY_MODES, MAX_IMAGE_PIXELS)
+    keep = stored_size(image_size) if image_size else KEEP_SHORTER_SIDE
+    tree = scan_tree(name, path, decoder)
+    train, test = _pick_splits(name, path, tree)
+    classes = _check_classes(name, path, train, test, classes)
+    test_key = "test" if "test" in tree else "val"
+    estimate = decoded_bytes({"train": train, "test": test}, image_size, keep)
+    if estimate < memmap_min_bytes:
+        return None
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    files = memmap_files(cache_file)
+    small = stream_arrays(name, path, tree, "train", test_key, classes, image_size, keep,
+                          decode_workers(workers), files, decoder)
+    _write_cache(cache_file, small)
+    _prune_cache(cache_file)
+    log.info("dataset %s: %d bytes decoded to memmapped %s", name, estimate, files["train_images"].name)
+    return _read_cache(cache_file)
+
+
 def load_image_tree(
     path: Path,
     *,
@@ -326,6 +368,7 @@ def load_image_tree(
     workers: int | None = None,
     image_size: int | None = None,
     max_decoded_bytes: int | None = None,
+    memmap_min_bytes: int | None = None,
 ) -> Dataset:
     """Load a directory or archive laid out split/class/image (train plus test or val), cached.
 
@@ -335,6 +378,9 @@ def load_image_tree(
     splits carry `crop=size`: the loaders cut the training size from them (see transforms.py).
     Grayscale files in a colour set become RGB; `Dataset.source_info` counts them and reports sizes.
     `max_decoded_bytes` (default `MAX_DECODED_BYTES`) refuses a tree whose pixels would not fit.
+    `memmap_min_bytes` (with a `cache_dir`): a tree whose decoded pixels would reach it is decoded
+    image by image into .npy files and its splits are read-only memmaps (image_stream.py); disk, not
+    memory, then bounds it. None (the default) always decodes into memory.
     """
     path = Path(path)
     if not path.exists():
@@ -348,6 +394,8 @@ def load_image_tree(
         if arrays is not None and not arrays.keys() >= CACHE_FIELDS:
             log.warning("ignoring incomplete decode cache %s", cache_file)
             arrays = None
+    if arrays is None and cache_file is not None and memmap_min_bytes is not None:
+        arrays = _streamed_arrays(name, path, classes, workers, image_size, memmap_min_bytes, cache_file)
     if arrays is None:
         arrays = _imagefolder_arrays(name, path, classes, workers, image_size,
                                      MAX_DECODED_BYTES if max_decoded_bytes is None else max_decoded_bytes)

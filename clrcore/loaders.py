@@ -236,7 +236,7 @@ class DeviceLoader(_EpochLoader):
         super().__init__(len(split.labels), batch_size, device=device, mean=mean, std=std, train=train,
                          translate=translate, flip=flip, flip_mode=flip_mode, drop_last=drop_last,
                          generator=generator, channels_last=channels_last, pixel_mean=pixel_mean)
-        self.images = torch.from_numpy(np.ascontiguousarray(split.images)).to(self.device)
+        self.images = _on_device(split.images, self.device)
         self.labels = torch.from_numpy(np.ascontiguousarray(split.labels)).to(self.device)
 
     def batches(self, skip: int = 0) -> Iterator[Batch]:
@@ -245,18 +245,42 @@ class DeviceLoader(_EpochLoader):
             yield self.normalise(gather_batch(self.images, part)), self.labels[part.order]
 
 
+def is_mapped(images: np.ndarray) -> bool:
+    """A split read from disk a batch at a time (a memmapped decode cache, image_stream.py)."""
+    return isinstance(images, np.memmap)
+
+
+def _on_device(images: np.ndarray, device: torch.device, chunk: int = 4096) -> torch.Tensor:
+    """The images as one tensor on `device`; a memmap is copied a chunk at a time (no host copy of it all)."""
+    if not is_mapped(images):
+        return torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    for start in range(0, len(images), chunk):
+        out[start:start + chunk] = torch.from_numpy(np.array(images[start:start + chunk])).to(device)
+    return out
+
+
 class _PlannedBatches(TorchDataset):
-    """Host-side source for HostLoader: an item is one batch plan, the result its uint8 images."""
+    """Host-side source for HostLoader: an item is one batch plan, the result its uint8 images.
+
+    A memmapped split stays on disk: each item reads its batch's rows, then shifts and flips them.
+    """
 
     def __init__(self, split: Split) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(split.images))
+        self.mapped = split.images if is_mapped(split.images) else None
+        self.images = None if self.mapped is not None else torch.from_numpy(np.ascontiguousarray(split.images))
         self.labels = torch.from_numpy(np.ascontiguousarray(split.labels))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, plan: EpochPlan) -> Batch:
-        return gather_batch(self.images, plan), self.labels[plan.order]
+        if self.mapped is None:
+            assert self.images is not None
+            return gather_batch(self.images, plan), self.labels[plan.order]
+        rows = torch.from_numpy(np.asarray(self.mapped[plan.order.numpy()]))  # only this batch is read
+        local = EpochPlan(torch.arange(len(rows)), plan.shift_y, plan.shift_x, plan.flip)
+        return gather_batch(rows, local), self.labels[plan.order]
 
 
 class _PlanSampler:
@@ -328,6 +352,8 @@ def make_loader(split: Split, batch_size: int, *, device: torch.device | str, me
     """DeviceLoader if the split fits in `max_device_bytes` (default `device_budget`), else HostLoader.
 
     `max_device_bytes=0` forces the host path (the benchmark measures the device path against it).
+    A memmapped split (a streamed decode cache) on the CPU always takes the host path, reading one
+    batch at a time in this process; on CUDA it is copied to the device in chunks when it fits the budget.
     """
     device = torch.device(device)
     budget = max_device_bytes if max_device_bytes is not None else device_budget(device)
@@ -335,12 +361,17 @@ def make_loader(split: Split, batch_size: int, *, device: torch.device | str, me
                   drop_last=drop_last, generator=generator, channels_last=channels_last,
                   pixel_mean=pixel_mean, flip_mode=flip_mode)
     size = split_bytes(split)
-    if budget is None or size <= budget:
+    mapped_on_host = is_mapped(split.images) and device.type == "cpu"  # on the CPU a device copy is a host copy
+    if not mapped_on_host and (budget is None or size <= budget):
         loader: DeviceLoader | HostLoader = DeviceLoader(split, batch_size, **common)
     else:
-        log.info("split of %.1f MB over the %.1f MB device budget: loading from the host with %d workers",
-                 size / 2**20, budget / 2**20, num_workers)
-        loader = HostLoader(split, batch_size, num_workers=num_workers, **common)
+        why = "memmapped" if mapped_on_host else f"over the {(budget or 0) / 2**20:.1f} MB device budget"
+        log.info("split of %.1f MB %s: loading from the host with %d workers", size / 2**20, why,
+                 0 if mapped_on_host else num_workers)
+        # a memmap on the CPU is read in-process: each forked worker would copy-on-write a share of
+        # the parent (about 150 MB each with torch loaded), more than the batches it reads ahead
+        workers = 0 if mapped_on_host else num_workers
+        loader = HostLoader(split, batch_size, num_workers=workers, **common)
     if split.crop:  # stored squares of a resized dataset: cut the training size per batch
         from clrcore.transforms import CroppedLoader
 

@@ -51,9 +51,11 @@ def _write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=1, default=str))
 
 
-def _load_data(spec: JobSpecBase, data_dir: Path, download: bool, max_decoded_bytes: int | None) -> Dataset:
+def _load_data(spec: JobSpecBase, data_dir: Path, download: bool, max_decoded_bytes: int | None,
+               memmap_min_bytes: int | None = None) -> Dataset:
     ds = load_dataset(spec.dataset, Path(data_dir), path=spec.dataset_path, download=download,
-                      max_decoded_bytes=max_decoded_bytes, image_size=spec.image_size)
+                      max_decoded_bytes=max_decoded_bytes, image_size=spec.image_size,
+                      memmap_min_bytes=memmap_min_bytes)
     return with_train_subset(ds, spec.train_subset)
 
 
@@ -259,13 +261,13 @@ def _stopped(hooks: Hooks) -> bool:
 
 def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path, download: bool,
              max_decoded_bytes: int | None = None, weights_file: Path | None = None,
-             ) -> tuple[Path, torch.device, Dataset, nn.Module]:
+             memmap_min_bytes: int | None = None) -> tuple[Path, torch.device, Dataset, nn.Module]:
     """The run folder (with spec.json), the device, the data and a freshly seeded model."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "spec.json", spec.model_dump(mode="json"))
     device = resolve_device(spec.device)
-    ds = _load_data(spec, data_dir, download, max_decoded_bytes)
+    ds = _load_data(spec, data_dir, download, max_decoded_bytes, memmap_min_bytes)
     return out_dir, device, ds, fresh_model(spec, ds, device, weights_file)
 
 
@@ -285,10 +287,11 @@ def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, d
 
 def run_range_test(spec: RangeTestSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
                    hooks: Hooks | None = None, max_decoded_bytes: int | None = None,
-                   weights_file: Path | None = None) -> dict[str, Any]:
+                   weights_file: Path | None = None, memmap_min_bytes: int | None = None) -> dict[str, Any]:
     """Sweep the LR for the spec's model and data; write the result, log and plot; return the summary."""
     started = time.perf_counter()
-    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes, weights_file)
+    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes, weights_file,
+                                         memmap_min_bytes)
     choice = _sweep_and_save(spec, spec, spec.policy, ds, model, device, hooks or Hooks(), out_dir)
     return {"kind": "range_test", **choice.summary(), "seconds": round(time.perf_counter() - started, 3)}
 
@@ -377,7 +380,7 @@ def _cycle_warnings(spec: TrainSpec, schedule: Schedule, iters: int) -> list[str
 
 def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bool = False,
                  hooks: Hooks | None = None, max_decoded_bytes: int | None = None,
-                 weights_file: Path | None = None) -> dict[str, Any]:
+                 weights_file: Path | None = None, memmap_min_bytes: int | None = None) -> dict[str, Any]:
     """Train with a cyclical schedule; write history, report, plots, checkpoint; return the summary.
 
     Resumes from out_dir/checkpoints/last.pt when it exists. `weights_file`: the safetensors file of
@@ -385,7 +388,8 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     """
     hooks = hooks or Hooks()
     started = time.perf_counter()
-    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes, weights_file)
+    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes, weights_file,
+                                         memmap_min_bytes)
     choice = _range_test_choice(spec, ds, model, device, out_dir, hooks)
     base_lr, max_lr = _resolve_bounds(spec, choice)
     lr_info = {"source": "spec"} if choice is None else choice.lr_info()

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         description="one dataset's pixels once decoded; a worker needs at least twice this in memory "
                     "(the decoded arrays, their stacked copy, the training tensors): size it to the workers",
     )
+    memmap_min_bytes: int = Field(
+        0, ge=0,
+        description="an uploaded image set whose decoded pixels reach this many bytes is decoded image by image "
+                    "into memmapped files in the decode cache and trained from disk a batch at a time, in "
+                    "bounded memory; 0: off, every set is decoded into memory (the API still refuses uploads "
+                    "over max_decoded_bytes)",
+    )
     max_compression_ratio: float = Field(
         200.0, gt=1,
         description="decompressed / compressed bytes allowed for an archive and for each image in it",

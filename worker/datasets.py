@@ -63,7 +63,8 @@ def resolve_from_store(spec: dict, owner: str, store: JobStore, cache: DatasetCa
     return {**spec, "dataset": "imagefolder", "dataset_path": fetched.relative}, fetched
 
 
-SIZED_CACHE = re.compile(r"-(\d+px)-[0-9a-f]+\.npz$")  # image_tree's cache of a job's image_size
+# image_tree's cache of a job's image_size: one .npz, plus two .npy files when streamed (image_stream)
+SIZED_CACHE = re.compile(r"-(\d+px)-[0-9a-f]+(?:\.npz|\.\w+\.npy)$")
 
 
 def charge_decode_caches(spec: dict, owner: str, store: JobStore, data_dir: Path) -> int:
@@ -81,14 +82,15 @@ def charge_decode_caches(spec: dict, owner: str, store: JobStore, data_dir: Path
     record = uploads.owned(owner, dataset)
     if record is None or "path" not in record or "key" in record:
         return 0
-    added = 0
+    sizes: dict[str, int] = {}  # size tag -> bytes of its files (a streamed cache has three)
     for file in cache_files(Path(data_dir) / CACHE_DIR_NAME, "imagefolder", Path(data_dir) / record["path"]):
         match = SIZED_CACHE.search(file.name)
         if match is not None:
             try:
-                added += uploads.charge_cache(dataset, match.group(1), file.stat().st_size)
+                sizes[match.group(1)] = sizes.get(match.group(1), 0) + file.stat().st_size
             except FileNotFoundError:  # pruned meanwhile by a job at the same size
                 continue
+    added = sum(uploads.charge_cache(dataset, tag, nbytes) for tag, nbytes in sizes.items())
     if added:
         log.info("dataset %s: %d bytes of decode caches charged to its key", dataset, added)
     return added

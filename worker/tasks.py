@@ -409,6 +409,7 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
                 data_dir=Path(settings.data_dir),
                 download=settings.download,
                 max_decoded_bytes=settings.max_decoded_bytes,
+                memmap_min_bytes=settings.memmap_min_bytes or None,
                 hooks=Hooks(on_progress=files.progress_hook(progress), should_stop=stop, may_write=keeper.may_write),
                 weights_file=files.weights_file,
             )

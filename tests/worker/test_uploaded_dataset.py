@@ -92,3 +92,28 @@ def test_a_decode_cache_at_another_size_is_charged_once_and_given_back_on_delete
         assert uploads.bytes_used("local") - uploaded == sized[0].stat().st_size
     assert client.delete(f"/v1/datasets/{dataset_id}").status_code == 204
     assert not sized[0].exists() and uploads.bytes_used("local") == before
+
+
+def test_a_streamed_decode_cache_is_charged_in_full_and_deleted_with_the_dataset(
+        client: TestClient, settings: Settings, store: JobStore) -> None:
+    """A memmapped cache is three files (.npz and two .npy): all are charged at the size and all go."""
+    from clrcore.cache_names import CACHE_DIR_NAME
+    from clrcore.image_tree import load_image_tree
+    from worker.datasets import charge_decode_caches
+
+    uploads = client.app.state.uploads
+    before = uploads.bytes_used("local")
+    dataset_id = client.post("/v1/datasets", params={"name": "shapes"}, content=shapes_archive(),
+                             headers={"Content-Type": "application/zip"}).json()["id"]
+    data_dir = Path(settings.data_dir)
+    archive = data_dir / uploads.get(dataset_id)["path"]
+    load_image_tree(archive, cache_dir=data_dir / CACHE_DIR_NAME, image_size=16, memmap_min_bytes=0)
+    files = [f for f in (data_dir / CACHE_DIR_NAME).glob("imagefolder-*-16px-*") if f.suffix in (".npz", ".npy")]
+    assert sorted(f.suffix for f in files) == [".npy", ".npy", ".npz"]
+    total = sum(f.stat().st_size for f in files)
+    uploaded = uploads.bytes_used("local")
+    assert charge_decode_caches({"dataset": dataset_id}, "local", store, data_dir) == total
+    assert uploads.get(dataset_id)["extra_caches"] == {"16px": total}
+    assert uploads.bytes_used("local") - uploaded == total
+    assert client.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+    assert not any(f.exists() for f in files) and uploads.bytes_used("local") == before
