@@ -14,6 +14,7 @@ from jobs.records import InvalidCursor
 from jobs.redis_errors import StoreUnavailable
 from jobs.states import FINAL_STATES, TRANSITIONS, InvalidTransition, JobNotFound, JobState, LeaseFenced
 from jobs.store import JobStore
+from tests.helpers import mark_running
 
 # How to reach each state from queued, through allowed transitions only.
 PATHS: dict[JobState, list[JobState]] = {
@@ -300,7 +301,10 @@ def test_artifacts_are_registered_only_by_the_lease_holder(store: JobStore) -> N
 
 def test_a_finished_job_takes_no_artifact_from_a_worker_whose_lease_is_gone(store: JobStore) -> None:
     """Worker B finished and let go; worker A, frozen since before B took over, wakes and registers."""
-    job_id = job_in(store, JobState.SUCCEEDED)
+    job_id = store.records.create("train", {"epochs": 1}, owner(), queue="parked")["id"]
+    mark_running(store, job_id, holder="worker-b")  # leased while running, or a session sweeper hands it back
+    store.records.transition(job_id, JobState.SUCCEEDED)
+    store.leases.release(job_id, "worker-b")
     assert not store.records.add_artifact(job_id, "model.pt", "model.pt", "application/octet-stream", 3,
                                           holder="worker-a")
     assert store.records.get(job_id)["artifacts"] == {}
