@@ -31,6 +31,7 @@ import secrets
 import string
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -354,14 +355,19 @@ class DatasetStore:
         log.info("dataset %s deleted", record["id"])
 
 
-def job_naming(jobs: JobStore, owner: str, dataset_id: str) -> dict | None:
-    """A not yet final job of `owner` whose spec names the dataset, if any (the in-flight sets are small)."""
+def in_flight_job(jobs: JobStore, owner: str, names: Callable[[dict], bool]) -> dict | None:
+    """A not yet final job of `owner` whose spec `names` says yes to, if any (the in-flight sets are small)."""
     for state in (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING):
         for job_id in sorted(jobs.redis.smembers(jobs.keys.state(state.value))):
             record = jobs.records.get(job_id)
-            if record and record["owner"] == owner and (record["spec"] or {}).get("dataset") == dataset_id:
+            if record and record["owner"] == owner and names(record["spec"] or {}):
                 return record
     return None
+
+
+def job_naming(jobs: JobStore, owner: str, dataset_id: str) -> dict | None:
+    """A not yet final job of `owner` whose spec names the dataset, if any."""
+    return in_flight_job(jobs, owner, lambda spec: spec.get("dataset") == dataset_id)
 
 
 def file_sha256(path: Path) -> str:

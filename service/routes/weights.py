@@ -21,9 +21,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
-from jobs.datasets import QuotaExceeded
+from jobs.datasets import QuotaExceeded, in_flight_job
 from jobs.settings import Settings
-from jobs.states import JobState
 from jobs.store import JobStore
 from jobs.weights import EXT, WeightStore
 from service.deps import Owner, SettingsDep, StoreDep
@@ -34,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["weights"])
 
-IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
 
 
 async def get_weights(request: Request) -> WeightStore:
@@ -92,13 +90,7 @@ def _owned(weights: WeightStore, owner: str, weights_id: str) -> dict:
 
 def _job_naming(store: JobStore, owner: str, weights_id: str) -> dict | None:
     """A not yet final job of `owner` whose spec names the weights, if any."""
-    for state in IN_FLIGHT:
-        for job_id in sorted(store.redis.smembers(f"{store.prefix}:state:{state.value}")):
-            record = store.records.get(job_id)
-            tune = ((record or {}).get("spec") or {}).get("finetune") or {}
-            if record and record["owner"] == owner and tune.get("weights") == weights_id:
-                return record
-    return None
+    return in_flight_job(store, owner, lambda spec: (spec.get("finetune") or {}).get("weights") == weights_id)
 
 
 _BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
