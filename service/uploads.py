@@ -79,6 +79,17 @@ def archive_ext(content_type: str | None) -> str:
 RESERVE_STEP = 8 * 1024 * 1024  # a body of unknown length reserves quota this far ahead of what it wrote
 
 
+def upload_limit(quota: int, used: int, max_upload_bytes: int, what: str) -> tuple[int, UploadRefused]:
+    """The most bytes this upload may send and the refusal past it: the key's room left in its quota, or
+    the per-upload cap, whichever is smaller (datasets and weights share both)."""
+    left = quota - used
+    if left < max_upload_bytes:
+        return left, UploadRefused(413, "quota_exceeded", f"storage quota exceeded: this key has {max(left, 0)} "
+                                   f"of its {quota} bytes left (delete a dataset or weights first)")
+    return max_upload_bytes, UploadRefused(413, "too_large",
+                                           f"the {what} is over the {max_upload_bytes}-byte upload limit")
+
+
 class QuotaReservation:
     """An upload's claim on its key's quota while it streams: datasets and weights share one count.
 

@@ -41,6 +41,7 @@ from service.uploads import (
     archive_ext,
     check_magic,
     inspect_archive,
+    upload_limit,
     write_stream,
 )
 
@@ -200,13 +201,8 @@ async def _intake(request: Request, owner: str, name: str | None, uploads: Datas
     """Stream, check, validate, commit; the temp file is gone afterwards whatever happened."""
     ext = archive_ext(request.headers.get("content-type"))
     quota = settings.upload_quota_bytes
-    left = quota - await anyio.to_thread.run_sync(uploads.bytes_used, owner)
-    if left < settings.max_upload_bytes:
-        limit, refusal = left, UploadRefused(413, "quota_exceeded", f"storage quota exceeded: this key has "
-                                             f"{max(left, 0)} of its {quota} bytes left (delete a dataset first)")
-    else:
-        limit, refusal = settings.max_upload_bytes, UploadRefused(
-            413, "too_large", f"the archive is over the {settings.max_upload_bytes}-byte upload limit")
+    used = await anyio.to_thread.run_sync(uploads.bytes_used, owner)
+    limit, refusal = upload_limit(quota, used, settings.max_upload_bytes, "archive")
     declared = request.headers.get("content-length", "")
     if limit <= 0 or (declared.isdigit() and int(declared) > limit):
         raise refusal

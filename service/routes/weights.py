@@ -26,7 +26,7 @@ from jobs.settings import Settings
 from jobs.store import JobStore
 from jobs.weights import EXT, WeightStore
 from service.deps import Owner, SettingsDep, StoreDep
-from service.uploads import RESERVE_STEP, QuotaReservation, UploadRefused, write_stream
+from service.uploads import RESERVE_STEP, QuotaReservation, UploadRefused, upload_limit, write_stream
 from service.weight_uploads import WeightsRefused, check_architecture, check_content_type, inspect_weights
 
 logger = logging.getLogger(__name__)
@@ -140,14 +140,8 @@ async def _intake(request: Request, owner: str, architecture: str, name: str | N
     check_content_type(request.headers.get("content-type"))
     check_architecture(architecture)
     quota = settings.upload_quota_bytes
-    left = quota - await anyio.to_thread.run_sync(request.app.state.uploads.bytes_used, owner)
-    if left < settings.max_upload_bytes:
-        limit, refusal = left, UploadRefused(413, "quota_exceeded", f"storage quota exceeded: this key has "
-                                             f"{max(left, 0)} of its {quota} bytes left (delete a dataset "
-                                             "or weights first)")
-    else:
-        limit, refusal = settings.max_upload_bytes, UploadRefused(
-            413, "too_large", f"the file is over the {settings.max_upload_bytes}-byte upload limit")
+    used = await anyio.to_thread.run_sync(request.app.state.uploads.bytes_used, owner)
+    limit, refusal = upload_limit(quota, used, settings.max_upload_bytes, "file")
     declared = request.headers.get("content-length", "")
     if limit <= 0 or (declared.isdigit() and int(declared) > limit):
         raise refusal
