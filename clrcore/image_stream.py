@@ -81,17 +81,25 @@ def _places(by_class: dict, classes: list[str]) -> dict[tuple[str, str], int]:
     return {key: i for i, key in enumerate(ordered)}
 
 
+def image_decoded_bytes(width: int, height: int, keep: int) -> int:
+    """An upper bound on one image's decoded bytes (3 channels) once its shorter side is shrunk to `keep`."""
+    scale = min(1.0, keep / min(width, height)) if keep else 1.0
+    return 3 * int(width * scale + 1) * int(height * scale + 1)
+
+
 def decoded_bytes(tree: dict, crop: int | None, keep: int) -> int:
     """An upper bound on the decoded pixels of every image (3 channels), as stored."""
     if crop:
         return sum(len(e) for split in tree.values() for e in split.values()) * 3 * stored_size(crop) ** 2
-    total = 0
-    for split in tree.values():
-        for entries in split.values():
-            for _, _, (width, height) in entries:
-                scale = min(1.0, keep / min(width, height)) if keep else 1.0
-                total += 3 * int(width * scale + 1) * int(height * scale + 1)
-    return total
+    return sum(image_decoded_bytes(width, height, keep)
+               for split in tree.values() for entries in split.values() for _, _, (width, height) in entries)
+
+
+def streams(estimate: int, memmap_min_bytes: int | None, max_decoded_bytes: int) -> bool:
+    """Whether a set of `estimate` decoded bytes (`decoded_bytes`) is decoded to disk: streaming is on (a
+    threshold given) and the set reaches it or would not fit the in-memory cap. The API decides an
+    upload's limits by the same rule, so it accepts past `max_decoded_bytes` exactly what a worker streams."""
+    return memmap_min_bytes is not None and (estimate >= memmap_min_bytes or estimate > max_decoded_bytes)
 
 
 class _Writer:

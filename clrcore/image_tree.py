@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from clrcore.archives import ArchiveError, iter_image_members
 from clrcore.cache_names import cache_stem as _cache_stem
 from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats
-from clrcore.image_stream import MEMMAP_ARRAYS, Decoder, decoded_bytes, scan_tree, stream_arrays
+from clrcore.image_stream import MEMMAP_ARRAYS, Decoder, decoded_bytes, scan_tree, stream_arrays, streams
 from clrcore.transforms import default_image_size, resize_shorter_and_centre_crop, size_distribution, stored_size
 
 log = logging.getLogger(__name__)
@@ -335,10 +335,11 @@ def _write_cache(file: Path, arrays: dict) -> None:
 
 
 def _streamed_arrays(name: str, path: Path, classes: list[str] | None, workers: int | None,
-                     image_size: int | None, memmap_min_bytes: int, cache_file: Path) -> dict | None:
+                     image_size: int | None, memmap_min_bytes: int, max_decoded_bytes: int,
+                     cache_file: Path) -> dict | None:
     """Decode into memmapped .npy files next to `cache_file` if the set is at least `memmap_min_bytes`
-    decoded; None (decode in memory) if smaller. Writes the .npz of small arrays last: its presence
-    means the .npy files are complete."""
+    decoded or over `max_decoded_bytes` (`image_stream.streams`); None (decode in memory) otherwise.
+    Writes the .npz of small arrays last: its presence means the .npy files are complete."""
     # read at call time, so the limits and hooks set on this module apply
     decoder = Decoder(_decode_chunk, _decode_pool, PARALLEL_MIN_IMAGES, GRAY_MODES, MAX_IMAGE_PIXELS)
     keep = stored_size(image_size) if image_size else KEEP_SHORTER_SIDE
@@ -347,7 +348,7 @@ def _streamed_arrays(name: str, path: Path, classes: list[str] | None, workers: 
     classes = _check_classes(name, path, train, test, classes)
     test_key = "test" if "test" in tree else "val"
     estimate = decoded_bytes({"train": train, "test": test}, image_size, keep)
-    if estimate < memmap_min_bytes:
+    if not streams(estimate, memmap_min_bytes, max_decoded_bytes):
         return None
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     files = memmap_files(cache_file)
@@ -377,10 +378,10 @@ def load_image_tree(
     Mixed sizes (or any `image_size`) are stored as squares of `transforms.stored_size(size)` and the
     splits carry `crop=size`: the loaders cut the training size from them (see transforms.py).
     Grayscale files in a colour set become RGB; `Dataset.source_info` counts them and reports sizes.
-    `max_decoded_bytes` (default `MAX_DECODED_BYTES`) refuses a tree whose pixels would not fit.
-    `memmap_min_bytes` (with a `cache_dir`): a tree whose decoded pixels would reach it is decoded
-    image by image into .npy files and its splits are read-only memmaps (image_stream.py); disk, not
-    memory, then bounds it. None (the default) always decodes into memory.
+    `max_decoded_bytes` (default `MAX_DECODED_BYTES`) refuses a tree whose pixels would not fit in memory.
+    `memmap_min_bytes` (with a `cache_dir`): a tree whose decoded pixels would reach it, or pass
+    `max_decoded_bytes`, is decoded image by image into .npy files and its splits are read-only memmaps
+    (image_stream.py); disk, not memory, then bounds it. None (the default) always decodes into memory.
     """
     path = Path(path)
     if not path.exists():
@@ -394,11 +395,11 @@ def load_image_tree(
         if arrays is not None and not arrays.keys() >= CACHE_FIELDS:
             log.warning("ignoring incomplete decode cache %s", cache_file)
             arrays = None
+    cap = MAX_DECODED_BYTES if max_decoded_bytes is None else max_decoded_bytes
     if arrays is None and cache_file is not None and memmap_min_bytes is not None:
-        arrays = _streamed_arrays(name, path, classes, workers, image_size, memmap_min_bytes, cache_file)
+        arrays = _streamed_arrays(name, path, classes, workers, image_size, memmap_min_bytes, cap, cache_file)
     if arrays is None:
-        arrays = _imagefolder_arrays(name, path, classes, workers, image_size,
-                                     MAX_DECODED_BYTES if max_decoded_bytes is None else max_decoded_bytes)
+        arrays = _imagefolder_arrays(name, path, classes, workers, image_size, cap)
         arrays.update(zip(("mean", "std"), map(np.asarray, channel_stats(arrays["train_images"])),
                           strict=True))
         if cache_file is not None:

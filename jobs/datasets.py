@@ -50,6 +50,7 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_LENGTH = 16
 
 UPLOADS_DIR = "uploads"
+DEFAULT_CACHE = "default"  # charge_cache's tag for the decode cache at the default training size
 INCOMING_DIR = ".incoming"
 
 
@@ -90,6 +91,7 @@ class ArchiveSummary:
     cache_bytes: int = 0  # the worker's decode cache of this archive (uncompressed arrays): quota counts it
     sizes: dict = field(default_factory=dict)  # transforms.size_distribution of the files
     grayscale_converted: int = 0  # grayscale files the loader will make RGB (a set of both modes)
+    streamed: bool = False  # a worker decodes it to memmapped files on disk (CLR_MEMMAP_MIN_BYTES), not memory
 
 
 # Uploads in progress reserve their bytes (`reserve`), so parallel uploads cannot together write more
@@ -309,10 +311,12 @@ class DatasetStore:
         return record
 
     def charge_cache(self, dataset_id: str, size_tag: str, nbytes: int) -> int:
-        """Charge the owner's quota for a decode cache at another training size (`size_tag`, "128px"),
-        written by a worker for a job's `image_size`; returns the bytes added (0 when already charged
-        at this size). The record's `cache_bytes` grows with it, so delete gives it back. Optimistic:
-        WATCH the record, retry if another charge or a delete changed it meanwhile."""
+        """Charge the owner's quota for the real bytes of a decode cache a worker wrote: at a job's
+        `image_size` (`size_tag`, "128px") or at the default size (`DEFAULT_CACHE`, which the upload
+        charged as an estimate, now replaced by what was written). Returns the bytes added (0 when
+        already charged at that much; negative when the estimate was high). The record's `cache_bytes`
+        moves with it, so delete gives it back. Optimistic: WATCH the record, retry if another charge
+        or a delete changed it meanwhile."""
 
         def charge(pipe: redis.client.Pipeline) -> int:
             raw = pipe.get(f"{self.prefix}:dataset:{dataset_id}")
@@ -320,10 +324,17 @@ class DatasetStore:
                 return 0  # deleted meanwhile: its caches went with it
             record = json.loads(raw)
             extra = record.setdefault("extra_caches", {})
-            delta = nbytes - int(extra.get(size_tag, 0))
+            if size_tag == DEFAULT_CACHE:
+                charged = record.get("default_cache_bytes")
+                if charged is None:  # still the upload's estimate: what is not a sized cache's
+                    charged = int(record.get("cache_bytes", 0)) - sum(int(v) for v in extra.values())
+                delta = nbytes - int(charged)
+                record["default_cache_bytes"] = nbytes
+            else:
+                delta = nbytes - int(extra.get(size_tag, 0))
+                extra[size_tag] = nbytes
             if delta == 0:
                 return 0
-            extra[size_tag] = nbytes
             record["cache_bytes"] = record.get("cache_bytes", 0) + delta
             pipe.multi()
             pipe.set(f"{self.prefix}:dataset:{dataset_id}", json.dumps(record))

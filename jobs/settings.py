@@ -99,15 +99,19 @@ class Settings(BaseSettings):
     )
     max_decoded_bytes: int = Field(
         4 * 1024**3, ge=1,
-        description="one dataset's pixels once decoded; a worker needs at least twice this in memory "
-                    "(the decoded arrays, their stacked copy, the training tensors): size it to the workers",
+        description="one dataset's pixels once decoded into memory; a worker needs at least twice this in memory "
+                    "(the decoded arrays, their stacked copy, the training tensors): size it to the workers. "
+                    "Larger sets are streamed to disk (memmap_min_bytes) unless streaming is off",
     )
     memmap_min_bytes: int = Field(
-        0, ge=0,
-        description="an uploaded image set whose decoded pixels reach this many bytes is decoded image by image "
-                    "into memmapped files in the decode cache and trained from disk a batch at a time, in "
-                    "bounded memory; 0: off, every set is decoded into memory (the API still refuses uploads "
-                    "over max_decoded_bytes)",
+        1024**3, ge=0,
+        description="an uploaded image set whose decoded pixels (as cached, at the training size) reach this "
+                    "many bytes, or would pass max_decoded_bytes, is decoded image by image into memmapped .npy "
+                    "files in the decode cache and trained from disk a batch at a time, in bounded memory; the "
+                    "API then accepts it past max_decoded_bytes, bounded by the key's quota (the decode "
+                    "cache's size counts) and the data disk. 1 GiB by default: smaller sets (CIFAR-10 is "
+                    "180 MB) decode into memory as before. 0: off, every set is decoded into memory and "
+                    "max_decoded_bytes refuses larger uploads (422 too_large_decoded)",
     )
     max_compression_ratio: float = Field(
         200.0, gt=1,

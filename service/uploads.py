@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -30,7 +31,8 @@ from PIL import Image, UnidentifiedImageError
 from clrcore.archives import MAX_RATIO, ArchiveError, iter_image_members
 from clrcore.capped_reader import ReadStopped, over_ratio
 from clrcore.dataset_paths import dataset_path_problem
-from clrcore.image_tree import GRAY_MODES, MAX_DECODED_BYTES, MAX_IMAGE_PIXELS
+from clrcore.image_stream import image_decoded_bytes, streams
+from clrcore.image_tree import GRAY_MODES, KEEP_SHORTER_SIDE, MAX_DECODED_BYTES, MAX_IMAGE_PIXELS
 from clrcore.specs import UPLOADED_DATASET, RangeTestSpec, TrainSpec
 from clrcore.transforms import default_image_size, size_distribution, stored_size
 from jobs.datasets import UPLOADS_DIR, ArchiveSummary, DatasetStore
@@ -204,16 +206,24 @@ def _archive_refusal(err: ArchiveError, max_files: int) -> UploadRefused:
 
 
 def inspect_archive(path: Path, *, max_files: int, max_decoded_bytes: int = MAX_DECODED_BYTES,
-                    max_ratio: float = MAX_RATIO, stop: Callable[[], bool] | None = None) -> ArchiveSummary:
+                    max_ratio: float = MAX_RATIO, stop: Callable[[], bool] | None = None,
+                    memmap_min_bytes: int | None = None) -> ArchiveSummary:
     """Read every member once (no extraction) and check it the way the loader will read it.
 
     Runs in a worker thread: it decodes every image, which is CPU work. `stop` (the client hung up)
     ends it with `ReadStopped` at the next read.
+
+    `max_decoded_bytes` refuses (422 too_large_decoded) a set a worker would decode into memory:
+    every set when `memmap_min_bytes` is None (streaming off), checked as images are read. With
+    streaming on, a worker decodes a set it could not hold to disk (`image_stream.streams`, the same
+    estimate and rule), so nothing is refused for its decoded size here: the quota and the disk bound
+    it (`decode_cache_room`, and the commit's quota check, which counts the decode cache).
     """
     counts: dict[str, dict[str, int]] = {}
     sizes: list[tuple[int, int]] = []
     gray_count = 0
     decoded = 0
+    estimate = 0  # as a worker estimates it (image_stream.decoded_bytes), for streams()
     pixels = 0
     formats: set[str] = set()
     try:
@@ -225,7 +235,8 @@ def inspect_archive(path: Path, *, max_files: int, max_decoded_bytes: int = MAX_
             gray_count += is_gray
             pixels += image_size[0] * image_size[1]
             decoded += image_size[0] * image_size[1] * (1 if is_gray else 3)
-            if decoded > max_decoded_bytes:
+            estimate += image_decoded_bytes(*image_size, KEEP_SHORTER_SIDE)
+            if memmap_min_bytes is None and decoded > max_decoded_bytes:
                 raise UploadRefused(422, "too_large_decoded", f"more than {max_decoded_bytes} bytes of pixels "
                                     "once decoded (CLR_MAX_DECODED_BYTES, sized to the workers' memory)")
             formats.add(fmt)
@@ -251,7 +262,28 @@ def inspect_archive(path: Path, *, max_files: int, max_decoded_bytes: int = MAX_
     cache_bytes = cached_pixels * channels + 8 * images  # uint8 pixels plus int64 labels, as cached
     return ArchiveSummary(classes=classes, held_out=held_out, counts=counts, width=width, height=height,
                           channels=channels, formats=formats, cache_bytes=cache_bytes,
-                          sizes=size_distribution(sizes), grayscale_converted=0 if gray else gray_count)
+                          sizes=size_distribution(sizes), grayscale_converted=0 if gray else gray_count,
+                          streamed=streams(estimate, memmap_min_bytes, max_decoded_bytes))
+
+
+def decode_cache_room(summary: ArchiveSummary, size: int, uploads: DatasetStore, settings: Settings) -> None:
+    """A set a worker will decode to disk (`summary.streamed`) must fit where its decode cache goes; the
+    key's quota (which counts it) is checked by the commit. Local mode: the shared data disk (507
+    disk_full). Store mode: each worker's dataset cache holds the archive and its decode caches (422
+    too_large_decoded past CLR_CACHE_MAX_BYTES). Sets decoded into memory are bounded by max_decoded_bytes."""
+    if not summary.streamed:
+        return
+    need = summary.cache_bytes
+    if uploads.objects is not None:
+        if size + need > settings.cache_max_bytes:
+            raise UploadRefused(422, "too_large_decoded", f"this set decodes to about {need} bytes on a worker's "
+                                f"disk, which with the {size}-byte archive is more than a worker's dataset cache "
+                                f"holds ({settings.cache_max_bytes} bytes, CLR_CACHE_MAX_BYTES)")
+        return
+    free = shutil.disk_usage(uploads.data_dir).free
+    if need > free:
+        raise UploadRefused(507, "disk_full", f"this set decodes to about {need} bytes on the server's dataset "
+                            f"disk, which has {free} free; try again later")
 
 
 def _check_layout(counts: dict[str, dict[str, int]]) -> tuple[list[str], str]:
@@ -288,9 +320,10 @@ def sized_cache_bytes(record: dict, image_size: int) -> int:
 
 
 def _cache_over_quota(record: dict, image_size: int, uploads: DatasetStore, settings: Settings) -> str | None:
-    """Local mode: a job at a new `image_size` writes a decode cache the key is charged for; refuse it
-    up front when that would pass the quota (the worker charges the real size afterwards)."""
-    if "key" in record or f"{image_size}px" in record.get("extra_caches", {}):
+    """A job at a new `image_size` writes a decode cache the key is charged for (in both modes, see
+    `worker.datasets.charge_decode_caches`); refuse it up front when that would pass the quota (the
+    worker charges the real size afterwards)."""
+    if f"{image_size}px" in record.get("extra_caches", {}):
         return None
     needed, quota = sized_cache_bytes(record, image_size), settings.upload_quota_bytes
     left = quota - uploads.bytes_used(record["owner"])

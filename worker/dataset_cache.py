@@ -5,6 +5,10 @@ own data directory, where clrcore resolves `dataset_path`), and reused by every 
 cache holds at most `CLR_CACHE_MAX_BYTES`; when a download would pass it, the least recently used
 archives (by modification time, touched on every hit) are removed first. The archive a job is about to read
 is never evicted for itself.
+
+An archive's decode caches (`{data_dir}/.cache/imagefolder-...`: the .npz, and a streamed set's .npy
+files, which can be larger than memory) count in its footprint and are evicted with it, so a worker's
+disk holds at most the budget whatever its jobs decoded; `trim` applies the budget after a job wrote them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from clrcore.cache_names import CACHE_DIR_NAME, cache_files
 from jobs.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -65,12 +70,32 @@ class DatasetCache:
         files = [p for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")]
         return sorted(files, key=lambda p: p.stat().st_mtime)
 
+    def decode_caches(self, path: Path) -> list[Path]:
+        """The decode caches clrcore wrote for the cached archive `path` (loaded as `imagefolder`)."""
+        return cache_files(self.data_dir / CACHE_DIR_NAME, "imagefolder", path)
+
+    def footprint(self, path: Path) -> int:
+        """Bytes on this disk because `path` is cached: the file and its decode caches."""
+        total = 0
+        for file in (path, *self.decode_caches(path)):
+            try:
+                total += file.stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
+
+    def trim(self, keep: tuple[Path, ...] = ()) -> None:
+        """Evict least recently used entries until the cache, decode caches included, fits its budget
+        (after a job decoded one); `keep`: the job's own files."""
+        self._make_room(0, keep={p.name for p in keep})
+
     def _make_room(self, incoming: int, keep: set[str]) -> None:
         entries = [p for p in self.entries() if p.name not in keep]
-        used = sum(p.stat().st_size for p in entries)
+        used = sum(self.footprint(p) for p in entries)
         for path in entries:
             if used + incoming <= self.max_bytes:
                 break
-            used -= path.stat().st_size
-            path.unlink(missing_ok=True)
-            log.info("dataset cache: evicted %s (least recently used)", path.name)
+            used -= self.footprint(path)
+            for file in (*self.decode_caches(path), path):
+                file.unlink(missing_ok=True)
+            log.info("dataset cache: evicted %s and its decode caches (least recently used)", path.name)

@@ -16,7 +16,7 @@ from clrcore.cache_names import CACHE_DIR_NAME, cache_files
 from clrcore.dataset_paths import resolve_dataset_path
 from clrcore.datasets import DatasetError
 from clrcore.specs import UPLOADED_DATASET
-from jobs.datasets import UPLOADS_DIR, DatasetStore
+from jobs.datasets import DEFAULT_CACHE, UPLOADS_DIR, DatasetStore
 from jobs.store import JobStore
 from worker.dataset_cache import DatasetCache, Fetched
 
@@ -63,33 +63,53 @@ def resolve_from_store(spec: dict, owner: str, store: JobStore, cache: DatasetCa
     return {**spec, "dataset": "imagefolder", "dataset_path": fetched.relative}, fetched
 
 
-# image_tree's cache of a job's image_size: one .npz, plus two .npy files when streamed (image_stream)
+# image_tree's caches of a source: one .npz, plus two .npy files when streamed (image_stream); a job's
+# image_size adds "-{size}px" to the name, the default training size does not.
 SIZED_CACHE = re.compile(r"-(\d+px)-[0-9a-f]+(?:\.npz|\.\w+\.npy)$")
+DEFAULT_SIZE_CACHE = re.compile(r"^imagefolder-[0-9a-f]+-[0-9a-f]+(?:\.npz|\.\w+\.npy)$")
 
 
-def charge_decode_caches(spec: dict, owner: str, store: JobStore, data_dir: Path) -> int:
-    """Local mode: charge the owner's quota for decode caches of the uploaded dataset at training sizes
-    a spec's `image_size` asked for (the upload charged the default size's); returns the bytes added.
+def decode_cache_sizes(cache_dir: Path, archive: Path) -> dict[str, int]:
+    """Size tag ("128px", or `DEFAULT_CACHE`) -> bytes on disk of the finished decode caches of `archive`
+    (every file: a streamed cache's .npz and both .npy); files being written (.tmp) are not counted."""
+    sizes: dict[str, int] = {}
+    for file in cache_files(cache_dir, "imagefolder", archive):
+        match = SIZED_CACHE.search(file.name)
+        tag = match.group(1) if match else DEFAULT_CACHE if DEFAULT_SIZE_CACHE.match(file.name) else None
+        if tag is None:
+            continue
+        try:
+            sizes[tag] = sizes.get(tag, 0) + file.stat().st_size
+        except FileNotFoundError:  # pruned meanwhile by a job at the same size
+            continue
+    return sizes
 
-    They live next to the archive in the shared data directory and go when the dataset is deleted,
-    so they are the key's storage like the archive. (Store mode: a worker's caches are on its own
-    disk, bounded by CLR_CACHE_MAX_BYTES, and not the key's.)
+
+def charge_decode_caches(spec: dict, owner: str, store: JobStore, data_dir: Path,
+                         archive: Path | None = None) -> int:
+    """Charge the owner's quota for the real bytes of the uploaded dataset's decode caches, every file
+    of them (a streamed cache's .npy too): at each `image_size` a job asked for, and at the default
+    size (the upload charged an estimate of that one; this replaces it). Returns the bytes added.
+
+    Local mode: the caches live next to the archive in the shared data directory and go when the
+    dataset is deleted, so they are the key's storage like the archive. Store mode (`archive`: this
+    worker's fetched copy): each worker decodes into its own disk; the key is charged once per size for
+    what a worker wrote (every worker's copy is the same bytes), so the quota counts the decoded data
+    the key asked the service to hold, not how many workers hold it. Delete gives the charge back; the
+    copies go with their archive from the worker's bounded cache (`DatasetCache`, CLR_CACHE_MAX_BYTES).
     """
     dataset = spec.get("dataset")
     if not isinstance(dataset, str) or not UPLOADED_DATASET.match(dataset):
         return 0
     uploads = DatasetStore(store.redis, store.prefix, data_dir)
     record = uploads.owned(owner, dataset)
-    if record is None or "path" not in record or "key" in record:
+    if record is None:
         return 0
-    sizes: dict[str, int] = {}  # size tag -> bytes of its files (a streamed cache has three)
-    for file in cache_files(Path(data_dir) / CACHE_DIR_NAME, "imagefolder", Path(data_dir) / record["path"]):
-        match = SIZED_CACHE.search(file.name)
-        if match is not None:
-            try:
-                sizes[match.group(1)] = sizes.get(match.group(1), 0) + file.stat().st_size
-            except FileNotFoundError:  # pruned meanwhile by a job at the same size
-                continue
+    if archive is None:
+        if "key" in record:  # store mode, but no fetched copy named: nothing of it on this disk
+            return 0
+        archive = Path(data_dir) / record["path"]
+    sizes = decode_cache_sizes(Path(data_dir) / CACHE_DIR_NAME, archive)
     added = sum(uploads.charge_cache(dataset, tag, nbytes) for tag, nbytes in sizes.items())
     if added:
         log.info("dataset %s: %d bytes of decode caches charged to its key", dataset, added)

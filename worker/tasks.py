@@ -431,22 +431,31 @@ def _train(job_id: str, record: dict, keeper: LeaseKeeper) -> str:
         return "failed"
     finally:
         _current_job = None
-        if not files.remote:
-            _charge_caches(record)
+        _charge_caches(record, files)
     register_artifacts(job_id, run_dir)
     if _finish(job_id, JobState.SUCCEEDED, result=json_safe(summary)):
         return "succeeded"
     return "superseded"
 
 
-def _charge_caches(record: dict) -> None:
-    """Decode caches the job wrote at its image_size count in the owner's quota (local mode)."""
+def _charge_caches(record: dict, files: Any) -> None:
+    """Decode caches the job wrote count in the owner's quota at their real size, in both modes (see
+    `charge_decode_caches`); store mode: then this worker's cache is trimmed to its budget, decode
+    caches included, keeping the job's own archive."""
     from worker.datasets import charge_decode_caches
 
+    data_dir = Path(settings.data_dir)
+    archive = data_dir / files.fetched.relative if files.remote and files.fetched is not None else None
     try:
-        charge_decode_caches(record["spec"], record["owner"], store(), Path(settings.data_dir))
+        if not files.remote or archive is not None:
+            charge_decode_caches(record["spec"], record["owner"], store(), data_dir, archive)
     except Exception as exc:  # Redis down: the next job on the dataset charges them
         log.warning("decode caches not charged: %s", exc)
+    if files.remote and files.cache is not None:
+        try:
+            files.cache.trim(keep=tuple(p for p in (archive, files.weights_file) if p is not None))
+        except OSError as exc:
+            log.warning("dataset cache not trimmed: %s", exc)
 
 
 def _stopped(job_id: str, reason: str | None, run_dir: Path) -> str:

@@ -40,6 +40,7 @@ from service.uploads import (
     UploadRefused,
     archive_ext,
     check_magic,
+    decode_cache_room,
     inspect_archive,
     upload_limit,
     write_stream,
@@ -213,6 +214,7 @@ async def _intake(request: Request, owner: str, name: str | None, uploads: Datas
         size = await write_stream(request.stream(), temp, limit, refusal, reservation)
         await anyio.to_thread.run_sync(check_magic, temp, ext)
         summary = await _validate(request, temp, settings)
+        await anyio.to_thread.run_sync(decode_cache_room, summary, size, uploads, settings)
         return await anyio.to_thread.run_sync(
             partial(uploads.commit, owner, name or "", temp, ext, size, summary, quota, reservation.upload_id))
     except QuotaExceeded as exceeded:  # a concurrent upload spent the quota meanwhile
@@ -241,7 +243,7 @@ async def _validate(request: Request, temp: Path, settings: Settings) -> Archive
             outcome.append(await anyio.to_thread.run_sync(partial(
                 inspect_archive, temp, max_files=settings.max_upload_files,
                 max_decoded_bytes=settings.max_decoded_bytes, max_ratio=settings.max_compression_ratio,
-                stop=gone.is_set)))
+                stop=gone.is_set, memmap_min_bytes=settings.memmap_min_bytes or None)))
         except Exception as err:  # re-raised below, outside the task group (which would wrap it)
             outcome.append(err)
         finally:

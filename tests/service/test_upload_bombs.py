@@ -128,10 +128,24 @@ def test_a_pixel_bomb_is_refused_by_its_compression_ratio(make_env) -> None:
 
 
 def test_the_decoded_limit_is_a_setting(make_env) -> None:
-    env = make_env(max_decoded_bytes=1000)  # eight 8x8 RGB images are 1,536 bytes
+    env = make_env(max_decoded_bytes=1000, memmap_min_bytes=0)  # eight 8x8 RGB images are 1,536 bytes
     response = env.upload(zip_of(tree()))
     assert (response.status_code, response.json()["problem"]) == (422, "too_large_decoded"), response.text
     assert "CLR_MAX_DECODED_BYTES" in response.json()["detail"]
+
+
+def test_past_the_decoded_limit_a_streamed_set_is_bounded_by_the_quota(make_env) -> None:
+    """Streaming on (the default): a set over the in-memory cap is accepted, since a worker decodes it to
+    disk (tests/worker/test_streamed_uploads.py trains one); its decode cache must fit the quota."""
+    body = zip_of(tree())
+    cache = 8 * 8 * 8 * 3 + 8 * 8  # what the decode cache will hold: pixels plus labels
+    refused = make_env(max_decoded_bytes=1000, upload_quota_bytes=len(body) + cache - 1).upload(body)
+    assert (refused.status_code, refused.json()["problem"]) == (413, "quota_exceeded"), refused.text
+    assert f"plus {cache} once decoded" in refused.json()["detail"]
+    env = make_env(max_decoded_bytes=1000, upload_quota_bytes=len(body) + cache)
+    accepted = env.upload(body)
+    assert accepted.status_code == 201, accepted.text
+    assert env.uploads.bytes_used(env.owner) == len(body) + cache
 
 
 def test_the_worker_loads_with_the_decoded_limit_it_is_given(make_env, store: JobStore) -> None:
