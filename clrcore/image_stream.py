@@ -98,7 +98,9 @@ def decoded_bytes(tree: dict, crop: int | None, keep: int) -> int:
 def streams(estimate: int, memmap_min_bytes: int | None, max_decoded_bytes: int) -> bool:
     """Whether a set of `estimate` decoded bytes (`decoded_bytes`) is decoded to disk: streaming is on (a
     threshold given) and the set reaches it or would not fit the in-memory cap. The API decides an
-    upload's limits by the same rule, so it accepts past `max_decoded_bytes` exactly what a worker streams."""
+    upload's limits by it. A worker applies the same rule to the bytes it has decoded so far (never more
+    than the estimate, `image_tree.load_image_tree`), so a set the API accepts past `max_decoded_bytes`
+    is either streamed by the worker or fits its memory."""
     return memmap_min_bytes is not None and (estimate >= memmap_min_bytes or estimate > max_decoded_bytes)
 
 

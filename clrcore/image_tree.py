@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from clrcore.archives import ArchiveError, iter_image_members
 from clrcore.cache_names import cache_stem as _cache_stem
 from clrcore.dataset_types import Dataset, DatasetError, Split, channel_stats
-from clrcore.image_stream import MEMMAP_ARRAYS, Decoder, decoded_bytes, scan_tree, stream_arrays, streams
+from clrcore.image_stream import MEMMAP_ARRAYS, Decoder, decoded_bytes, scan_tree, stream_arrays
 from clrcore.transforms import default_image_size, resize_shorter_and_centre_crop, size_distribution, stored_size
 
 log = logging.getLogger(__name__)
@@ -102,13 +102,19 @@ def _decode_pool(workers: int) -> Executor | None:
 # imagefolder: a tree or archive laid out split/class/image
 
 
+class _StreamInstead(Exception):
+    """The in-memory decode reached the streaming threshold: the set is decoded to disk instead."""
+
+
 def _read_tree(name: str, path: Path, workers: int | None, keep: int = 0,
-               max_decoded_bytes: int = MAX_DECODED_BYTES) -> dict[str, dict[str, list[list]]]:
+               max_decoded_bytes: int = MAX_DECODED_BYTES,
+               stream_at: int | None = None) -> dict[str, dict[str, list[list]]]:
     """Read every member, decoding in chunks (in worker processes for big sets) while reading goes on.
 
     Returns {split: {class: [[file name, HxW or HxWx3 uint8 array, (width, height)], ...]}}. Images
     with a shorter side over `keep` (when not 0) are shrunk to it while decoding. Decoded bytes are
-    counted as chunks finish, so an archive that would not fit in memory fails early.
+    counted as chunks finish, so an archive that would not fit in memory fails early, or, once they
+    reach `stream_at` (streaming on), stops with `_StreamInstead`.
     """
     workers = decode_workers(workers)
     tree: dict[str, dict[str, list[list]]] = {}
@@ -129,6 +135,8 @@ def _read_tree(name: str, path: Path, workers: int | None, keep: int = 0,
             for entry, (array, source_size) in zip(entries, arrays, strict=True):
                 entry[1], entry[2] = array, source_size
                 decoded += array.nbytes
+            if stream_at is not None and decoded >= stream_at:
+                raise _StreamInstead()
             if decoded > max_decoded_bytes:
                 raise DatasetError(name, f"more than {max_decoded_bytes} bytes of decoded images "
                                    "(CLR_MAX_DECODED_BYTES)")
@@ -237,9 +245,10 @@ def _fit_sizes(tree: dict, image_size: int | None) -> int | None:
 
 
 def _imagefolder_arrays(name: str, path: Path, classes: list[str] | None, workers: int | None,
-                        image_size: int | None = None, max_decoded_bytes: int = MAX_DECODED_BYTES) -> dict:
+                        image_size: int | None = None, max_decoded_bytes: int = MAX_DECODED_BYTES,
+                        stream_at: int | None = None) -> dict:
     keep = stored_size(image_size) if image_size else KEEP_SHORTER_SIDE
-    tree = _read_tree(name, path, workers, keep, max_decoded_bytes)
+    tree = _read_tree(name, path, workers, keep, max_decoded_bytes, stream_at)
     train, test = _pick_splits(name, path, tree)
     classes = _check_classes(name, path, train, test, classes)
     source_sizes = [e[2] for split in (train, test) for entries in split.values() for e in entries]
@@ -334,12 +343,21 @@ def _write_cache(file: Path, arrays: dict) -> None:
         raise
 
 
+def _in_memory_arrays(name: str, path: Path, classes: list[str] | None, workers: int | None,
+                      image_size: int | None, cap: int, stream_at: int | None, cache_file: Path | None) -> dict:
+    """Decode into memory (`_StreamInstead` once `stream_at` bytes are decoded), then cache as one .npz."""
+    arrays = _imagefolder_arrays(name, path, classes, workers, image_size, cap, stream_at)
+    arrays.update(zip(("mean", "std"), map(np.asarray, channel_stats(arrays["train_images"])), strict=True))
+    if cache_file is not None:
+        _write_cache(cache_file, arrays)
+        _prune_cache(cache_file)
+    return arrays
+
+
 def _streamed_arrays(name: str, path: Path, classes: list[str] | None, workers: int | None,
-                     image_size: int | None, memmap_min_bytes: int, max_decoded_bytes: int,
-                     cache_file: Path) -> dict | None:
-    """Decode into memmapped .npy files next to `cache_file` if the set is at least `memmap_min_bytes`
-    decoded or over `max_decoded_bytes` (`image_stream.streams`); None (decode in memory) otherwise.
-    Writes the .npz of small arrays last: its presence means the .npy files are complete."""
+                     image_size: int | None, cache_file: Path) -> dict:
+    """Decode into memmapped .npy files next to `cache_file`. Writes the .npz of small arrays last: its
+    presence means the .npy files are complete."""
     # read at call time, so the limits and hooks set on this module apply
     decoder = Decoder(_decode_chunk, _decode_pool, PARALLEL_MIN_IMAGES, GRAY_MODES, MAX_IMAGE_PIXELS)
     keep = stored_size(image_size) if image_size else KEEP_SHORTER_SIDE
@@ -348,8 +366,6 @@ def _streamed_arrays(name: str, path: Path, classes: list[str] | None, workers: 
     classes = _check_classes(name, path, train, test, classes)
     test_key = "test" if "test" in tree else "val"
     estimate = decoded_bytes({"train": train, "test": test}, image_size, keep)
-    if not streams(estimate, memmap_min_bytes, max_decoded_bytes):
-        return None
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     files = memmap_files(cache_file)
     small = stream_arrays(name, path, tree, "train", test_key, classes, image_size, keep,
@@ -357,7 +373,10 @@ def _streamed_arrays(name: str, path: Path, classes: list[str] | None, workers: 
     _write_cache(cache_file, small)
     _prune_cache(cache_file)
     log.info("dataset %s: %d bytes decoded to memmapped %s", name, estimate, files["train_images"].name)
-    return _read_cache(cache_file)
+    arrays = _read_cache(cache_file)
+    if arrays is None:  # _write_cache could not write the small arrays (it logged why)
+        raise DatasetError(name, f"{path.name}: its decode cache on disk could not be written or read back")
+    return arrays
 
 
 def load_image_tree(
@@ -379,9 +398,15 @@ def load_image_tree(
     splits carry `crop=size`: the loaders cut the training size from them (see transforms.py).
     Grayscale files in a colour set become RGB; `Dataset.source_info` counts them and reports sizes.
     `max_decoded_bytes` (default `MAX_DECODED_BYTES`) refuses a tree whose pixels would not fit in memory.
-    `memmap_min_bytes` (with a `cache_dir`): a tree whose decoded pixels would reach it, or pass
+    `memmap_min_bytes` (with a `cache_dir`): a tree whose decoded pixels reach it, or would pass
     `max_decoded_bytes`, is decoded image by image into .npy files and its splits are read-only memmaps
     (image_stream.py); disk, not memory, then bounds it. None (the default) always decodes into memory.
+
+    With a threshold the decode starts in memory all the same and switches to disk once its decoded
+    bytes reach it (at most the threshold, plus the chunks in flight, is decoded twice): the header
+    pass that streaming needs first costs nearly a full decode on a tar.gz (51 s against 59 s for the
+    60,000 CIFAR-10 JPEGs, 2 decode workers, on a busy 2-core machine), which small sets, the common
+    case, then never pay.
     """
     path = Path(path)
     if not path.exists():
@@ -396,15 +421,17 @@ def load_image_tree(
             log.warning("ignoring incomplete decode cache %s", cache_file)
             arrays = None
     cap = MAX_DECODED_BYTES if max_decoded_bytes is None else max_decoded_bytes
-    if arrays is None and cache_file is not None and memmap_min_bytes is not None:
-        arrays = _streamed_arrays(name, path, classes, workers, image_size, memmap_min_bytes, cap, cache_file)
+    # streams() on the bytes decoded so far: at the threshold, or past the in-memory cap
+    stream_at = None if cache_file is None or memmap_min_bytes is None else min(memmap_min_bytes, cap + 1)
+    if arrays is None and cache_file is not None and stream_at == 0:
+        arrays = _streamed_arrays(name, path, classes, workers, image_size, cache_file)
     if arrays is None:
-        arrays = _imagefolder_arrays(name, path, classes, workers, image_size, cap)
-        arrays.update(zip(("mean", "std"), map(np.asarray, channel_stats(arrays["train_images"])),
-                          strict=True))
-        if cache_file is not None:
-            _write_cache(cache_file, arrays)
-            _prune_cache(cache_file)
+        try:
+            arrays = _in_memory_arrays(name, path, classes, workers, image_size, cap, stream_at, cache_file)
+        except _StreamInstead:
+            assert cache_file is not None
+            log.info("dataset %s: %s decoded bytes reached, decoding to disk instead", name, stream_at)
+            arrays = _streamed_arrays(name, path, classes, workers, image_size, cache_file)
     crop = int(arrays["crop"]) or None
     sizes = [(int(w), int(h)) for w, h in arrays["source_sizes"]]
     return Dataset(

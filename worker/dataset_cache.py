@@ -90,9 +90,10 @@ class DatasetCache:
         self._make_room(0, keep={p.name for p in keep})
 
     def _make_room(self, incoming: int, keep: set[str]) -> None:
-        entries = [p for p in self.entries() if p.name not in keep]
+        """Evict the least recently used entries (never those named in `keep`, which still count)."""
+        entries = self.entries()
         used = sum(self.footprint(p) for p in entries)
-        for path in entries:
+        for path in (p for p in entries if p.name not in keep):
             if used + incoming <= self.max_bytes:
                 break
             used -= self.footprint(path)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clrcore import image_tree
 from clrcore.cache_names import cache_files
 from clrcore.image_tree import load_image_tree
 from clrcore.loaders import DeviceLoader, HostLoader, make_loader
@@ -53,6 +54,27 @@ def test_below_the_threshold_decodes_in_memory(tmp_path):
     ds = load_image_tree(archive, cache_dir=tmp_path / "c", image_size=24, memmap_min_bytes=2**40)
     assert not isinstance(ds.train.images, np.memmap)
     assert [f.suffix for f in cache_files(tmp_path / "c", "imagefolder", archive)] == [".npz"]
+
+
+def test_a_small_set_never_pays_for_the_header_pass(tmp_path, monkeypatch):
+    """Streaming on: the decode starts in memory and the header pass (nearly a decode's cost) runs only
+    once the decoded bytes reach the threshold."""
+    archive = mixed_archive(tmp_path / "photos.tar.gz")
+    scans = []
+    real_scan = image_tree.scan_tree
+    monkeypatch.setattr(image_tree, "scan_tree", lambda *args: scans.append(1) or real_scan(*args))
+    small = load_image_tree(archive, cache_dir=tmp_path / "c", image_size=24, memmap_min_bytes=2**30)
+    assert not isinstance(small.train.images, np.memmap) and scans == []
+    monkeypatch.setattr(image_tree, "DECODE_CHUNK", 8)  # decoded bytes are counted chunk by chunk
+    # over the first chunk (at most 8 x 28 x 28 x 3 = 18,816 bytes), under the set's 48 images: a switch midway
+    switched = load_image_tree(archive, cache_dir=tmp_path / "d", image_size=24, memmap_min_bytes=20_000)
+    assert isinstance(switched.train.images, np.memmap) and scans == [1]
+    assert np.array_equal(switched.train.images, small.train.images) and switched.mean == small.mean
+    assert sorted(f.suffix for f in cache_files(tmp_path / "d", "imagefolder", archive)) == [".npy", ".npy", ".npz"]
+    # past the in-memory cap is the same switch, whatever the threshold
+    capped = load_image_tree(archive, cache_dir=tmp_path / "e", image_size=24, memmap_min_bytes=2**30,
+                             max_decoded_bytes=1000)
+    assert isinstance(capped.train.images, np.memmap) and np.array_equal(capped.test.images, small.test.images)
 
 
 def test_memmapped_batches_match_the_device_loader(tmp_path):

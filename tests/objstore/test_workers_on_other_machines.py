@@ -152,6 +152,11 @@ def test_uploaded_dataset_trains_on_a_worker_that_shares_no_disk(
     first, second = (j["result"]["storage"]["dataset_cache"] for j in results)
     assert first["hit"] is False and first["downloaded_bytes"] == upload.json()["bytes"]
     assert second == {"hit": True, "downloaded_bytes": 0}
+    # the key is charged, once, the real bytes of the decode cache the worker wrote on its own disk
+    record = client.app.state.uploads.get(dataset_id)
+    decoded = [f for f in (worker.log_path.parent / "data" / ".cache").glob("imagefolder-*")
+               if f.suffix in (".npz", ".npy")]
+    assert decoded and record["default_cache_bytes"] == record["cache_bytes"] == sum(f.stat().st_size for f in decoded)
 
     job_id = results[0]["id"]
     assert not (Path(s3_settings.artifact_dir) / job_id).exists()  # the API has no run folder
