@@ -255,7 +255,8 @@ def inspect_archive(path: Path, *, max_files: int, max_decoded_bytes: int = MAX_
     images = len(sizes)
     if len(set(sizes)) == 1:
         width, height = sizes[0]
-        cached_pixels = pixels  # a uniform set is cached at its own size (at most, see image_tree)
+        # a uniform set is cached at its own size, or shrunk to a square while decoding (image_tree._shrink)
+        cached_pixels = pixels if min(width, height) <= KEEP_SHORTER_SIDE else images * KEEP_SHORTER_SIDE**2
     else:  # the size jobs train at unless their spec sets image_size; cached as stored squares
         width = height = default_image_size(sizes)
         cached_pixels = images * stored_size(width) ** 2

@@ -183,6 +183,20 @@ def test_the_decode_cache_counts_in_the_quota_and_goes_with_the_dataset(make_env
     assert env.uploads.bytes_used(env.owner) == 0
 
 
+def test_a_uniform_set_of_large_images_is_charged_at_the_shrunk_size_it_is_cached_at(make_env, store) -> None:
+    """Images over the kept side (256) are cut to 256x256 squares while decoding: the estimate says so
+    (it used to charge the full 300x300 pixels), and the worker's real cache matches it."""
+    env = make_env()
+    body = env.upload(zip_of(tree(image(size=300)))).json()
+    record = env.uploads.get(body["id"])
+    assert record["cache_bytes"] == 8 * (256 * 256 * 3) + 8 * 8
+    data_dir = Path(env.settings.data_dir)
+    resolved = resolve_uploaded({"dataset": body["id"]}, env.owner, _store_of(env, store), data_dir)
+    load_dataset("imagefolder", data_dir, path=resolved["dataset_path"])
+    (cache,) = (data_dir / ".cache").glob("*.npz")
+    assert record["cache_bytes"] <= cache.stat().st_size < record["cache_bytes"] + 4096
+
+
 # ------------------------------------------------------------------------------------------ item 6
 
 
