@@ -40,8 +40,8 @@ class Settings(BaseSettings):
                              "URL valid this long; 0: the API streams them")
     worker_dir: Path = Field(Path("runs/worker"), description="a worker's private scratch: run folders and "
                                                              "the dataset cache (store mode only)")
-    cache_max_bytes: int = Field(10 * 1024**3, ge=0, description="a worker's dataset cache; least recently "
-                                                                 "used archives go first")
+    cache_max_bytes: int = Field(10 * 1024**3, ge=0, description="a worker's dataset cache, archives with their "
+                                                                 "decode caches; least recently used go first")
     checkpoint_upload: Literal["background", "epoch"] = Field(
         "background", description="store mode: background = a thread uploads the epoch checkpoint while the "
         "next epoch trains; epoch = training waits at each epoch end until it is stored (a killed worker then "
