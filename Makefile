@@ -26,12 +26,17 @@ export CLR_TEST_S3_ENDPOINT ?= http://127.0.0.1:$(TEST_S3_PORT)
 export CLR_TEST_S3_ACCESS_KEY ?= $(TEST_S3_KEY)
 export CLR_TEST_S3_SECRET_KEY ?= $(TEST_S3_SECRET)
 
+# The suite waits on workers, leases and restarts more than it computes, so `make test` runs it as
+# TEST_JOBS pytest sessions side by side (pytest-xdist, whole files per session): each session has
+# its own Redis key prefix, workers and bucket, as parallel sessions always could. TEST_JOBS=0: one.
+TEST_JOBS ?= 2
+
 test: $(STAMP)
 	scripts/redis.sh
 	S3_PORT=$(TEST_S3_PORT) S3_DIR=runs/objectstore-test S3_BUCKET=clr-test \
 	  AWS_ACCESS_KEY_ID=$(TEST_S3_KEY) AWS_SECRET_ACCESS_KEY=$(TEST_S3_SECRET) scripts/objectstore.sh
 	@# pytest exits 5 when it collected no tests: that is a failure, not a green run.
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)

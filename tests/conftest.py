@@ -23,6 +23,13 @@ from tests.objectstore import ObjectStoreServer, SharedStore, StoreEndpoint
 
 log = logging.getLogger(__name__)
 
+# `make test` runs several sessions side by side (pytest-xdist): each session's in-process torch gets
+# its share of the cores, not all of them (oversubscribed OpenMP threads spin and slow every session).
+# Read by torch at import, which comes later; the workers the tests start already run one thread each.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+
 
 
 def _redis_url() -> str:

@@ -131,7 +131,8 @@ def test_worker_in_its_own_network_namespace_trains_over_the_veth_only(
                 assert time.monotonic() < deadline, f"job still {job['state']}:\n{worker.log_tail()}"
                 time.sleep(0.3)
             assert job["state"] == "succeeded", f"{job['error']}\n{worker.log_tail()}"
-            assert job["result"]["storage"]["dataset_cache"]["downloaded_bytes"] == upload.json()["bytes"]
+            # downloaded over the veth (a redelivery under load finds it cached, so the worker's log says it)
+            assert f"downloaded ({upload.json()['bytes']} bytes)" in worker.log_path.read_text(errors="replace")
             report = client.get(f"/v1/jobs/{job_id}/report")
             assert report.status_code == 200 and report.json()["classes"] == list(SHAPES)
             plot = client.get(f"/v1/jobs/{job_id}/plots/history.png")

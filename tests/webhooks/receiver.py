@@ -66,6 +66,15 @@ class Receiver:
         assert len(self.requests) >= count, f"got {len(self.requests)} of {count}: {self.events()}"
         return self.requests
 
+    def wait_for_event(self, event: str, timeout: float = 30.0) -> list[dict]:
+        """Wait until an event of type `event` arrived (deliveries run in parallel: the final one can
+        come after any number of progress events)."""
+        deadline = time.monotonic() + timeout
+        while event not in self.events() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert event in self.events(), f"no {event} within {timeout} s: {self.events()}"
+        return self.requests
+
     def close(self) -> None:
         self._release.set()
         self.server.shutdown()

@@ -88,14 +88,16 @@ def test_a_job_s_life_arrives_signed_with_its_status_object(
         submitted = hook_client.post("/v1/jobs/train", json=body, headers=ALICE)
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["id"]
+        started = time.monotonic()
         job = _wait_job(hook_client, job_id)
         assert job["state"] == "succeeded", job
-        requests = receiver.wait_for(5)
+        requests = receiver.wait_for_event("job.succeeded")
+        ran = time.monotonic() - started
     finally:
         receiver.close()
     # Deliveries run in parallel, so they may arrive in any order (each carries its state and timestamp).
     progress = receiver.events().count("job.progress")  # opt-in, one per 10 s (the worker's default)
-    assert 1 <= progress <= 2, receiver.events()
+    assert 1 <= progress <= 2 + ran // 10, receiver.events()
     assert sorted(e for e in receiver.events() if e != "job.progress") == [
         "job.queued", "job.range_test_done", "job.started", "job.succeeded"]
     # ... and each carries the job's sequence, counted with the change itself: sorting by it gives the life
