@@ -1,12 +1,19 @@
-"""safetensors weights: a round trip into a new model, and files that do not fit the architecture refused."""
+"""safetensors weights: a round trip into a new model, files that do not fit the architecture refused, and a
+stem for other input channels converted as torchvision's own pretrained weights are."""
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytest
 import torch
+import torch.hub
+import torchvision
 from safetensors.torch import save_file
 
 from clrcore import state_shapes
+from clrcore.dataset_types import Split, make_dataset
 from clrcore.datasets import load_digits_dataset
 from clrcore.models import build_model
 from clrcore.runs import fresh_model, run_training
@@ -126,3 +133,31 @@ def test_a_run_from_rgb_weights_on_grey_data_reports_the_summed_stem(tmp_path):
     summary = run_training(spec, tmp_path / "run", data_dir=tmp_path, weights_file=tmp_path / "rgb.safetensors")
     assert summary["warnings"][0] == ("weights wt_0123456789abcdef: stem 0.weight converted, 3 input channels "
                                       "summed into 1")
+
+
+def test_torchvision_weights_and_the_same_tensors_uploaded_give_grey_data_the_same_summed_stem(tmp_path):
+    torch.manual_seed(6)
+    imagenet = torchvision.models.resnet18()  # RGB and 1000 classes, as ResNet18_Weights.IMAGENET1K_V1
+    enum = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(imagenet.state_dict(), tmp_path / "hub" / "checkpoints" / os.path.basename(enum.url))  # its cache
+    save_weights(imagenet, tmp_path / "imagenet.safetensors")
+    rng = np.random.default_rng(0)
+    grey = make_dataset("grey", *(Split(rng.integers(0, 256, (n, 1, 32, 32), dtype=np.uint8), np.arange(n) % 2)
+                                  for n in (8, 4)), ["a", "b"])
+    hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        named, uploaded = [], []
+        cached = fresh_model(TrainSpec(dataset="digits", model="resnet18", finetune={"weights": str(enum)}), grey,
+                             torch.device("cpu"), notes=named)
+    finally:
+        torch.hub.set_dir(hub)
+    spec = TrainSpec(dataset="digits", model="resnet18", finetune={"weights": "wt_0123456789abcdef"})
+    upload = fresh_model(spec, grey, torch.device("cpu"), tmp_path / "imagenet.safetensors", notes=uploaded)
+    summed = imagenet.state_dict()["conv1.weight"].sum(dim=1, keepdim=True)
+    assert torch.equal(cached.conv1.weight, summed) and torch.equal(upload.conv1.weight, summed)
+    assert named == [f"weights {enum}: the stem's pretrained filters converted, 3 input channels summed into 1"]
+    assert uploaded == ["weights wt_0123456789abcdef: stem conv1.weight converted, 3 input channels summed into 1"]
+    body = [n for n in imagenet.state_dict() if not n.startswith(("fc.", "conv1."))]
+    assert all(torch.equal(upload.state_dict()[n], cached.state_dict()[n]) for n in body)
