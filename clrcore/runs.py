@@ -36,7 +36,7 @@ from clrcore.specs import UPLOADED_WEIGHTS, JobSpecBase, RangeTestOptions, Range
 from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, Recommendation, safe_recommendation
 from clrcore.train_setup import TrainConfig, config_from_spec, resolve_device, seed_everything, steps_per_epoch
 from clrcore.trainer import train
-from clrcore.weights import WeightsError, load_weights
+from clrcore.weights import LoadedWeights, WeightsError, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def _load_data(spec: JobSpecBase, data_dir: Path, download: bool, max_decoded_by
     return with_train_subset(ds, spec.train_subset)
 
 
-def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device, weights_file: Path | None = None) -> nn.Module:
+def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device, weights_file: Path | None = None,
+                notes: list[str] | None = None) -> nn.Module:
     """A freshly seeded model, with its data-dependent initialisation done on training images drawn at
     random (image folders load class by class: the first few thousand would show one class).
 
@@ -67,6 +68,10 @@ def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device, weights_fi
     replaced, and the data-dependent initialisation is then skipped unless the file's stem did not fit
     (resnet_fast's whitening from other channels): the worker passes the file of the uploaded weights
     `finetune.weights: wt_...` names, the `clr` command a local `--weights-file`.
+
+    Pretrained RGB stem filters meeting grey data are summed into one channel (grey filters on RGB data
+    tiled), for torchvision's weights and uploaded ones alike; `notes`, when given, gets one line per
+    such conversion, for the job's summary.
     """
     seed_everything(spec.seed)
     _, channels, _, _ = ds.train.images.shape
@@ -82,9 +87,16 @@ def fresh_model(spec: JobSpecBase, ds: Dataset, device: torch.device, weights_fi
     model = build_model(spec.model, channels, len(ds.classes), size,
                         weights=None if uploaded else named).to(device)
     refit = has_data_init(model)
+    said = notes if notes is not None else []
+    if named is not None and not uploaded and channels != 3:  # torchvision's weights are RGB
+        from clrcore.zoo import stem_conversion
+
+        said.append(f"weights {named}: the stem's pretrained filters converted, {stem_conversion(3, channels)}")
     if weights_file is not None:
-        kept = set(_load_file(model, spec, weights_file))
-        refit = refit and bool(kept - _head_names(model))  # a tensor besides the head kept: the stem
+        loaded = _load_file(model, spec, weights_file)
+        source = named if uploaded else Path(weights_file).name
+        said += [f"weights {source}: stem {name} converted, {how}" for name, how in loaded.adapted.items()]
+        refit = refit and bool(set(loaded.kept) - _head_names(model))  # a tensor besides the head kept: the stem
     if tune is not None:
         finetune.prepare(model, len(ds.classes), groups=tune.groups, body_lr_divisor=tune.body_lr_divisor,
                          freeze_epochs=tune.freeze_epochs).to(device)  # the fresh head is built on the CPU
@@ -105,18 +117,20 @@ def _head_names(model: nn.Module) -> set[str]:
             for p, _ in module.named_parameters()}
 
 
-def _load_file(model: nn.Module, spec: JobSpecBase, weights_file: Path) -> list[str]:
-    """Load the file into `model`; returns the names the model kept its own of (shapes that differ)."""
+def _load_file(model: nn.Module, spec: JobSpecBase, weights_file: Path) -> LoadedWeights:
+    """Load the file into `model`: the names the model kept its own of (shapes that differ), and the
+    stem converted to the data's channels, if it was."""
     from clrcore.state_shapes import layout
 
     try:
         size_dependent = layout(spec.model)[1]  # e.g. a ViT's position embedding at another image size
     except KeyError:
         size_dependent = set()
-    kept = load_weights(model, weights_file, free=size_dependent)
-    log.info("weights %s loaded into %s; kept the model's own %s", Path(weights_file).name, spec.model,
-             ", ".join(kept) or "nothing")
-    return kept
+    loaded = load_weights(model, weights_file, free=size_dependent)
+    log.info("weights %s loaded into %s; kept the model's own %s%s", Path(weights_file).name, spec.model,
+             ", ".join(loaded.kept) or "nothing",
+             "".join(f"; {name}: {how}" for name, how in loaded.adapted.items()))
+    return loaded
 
 
 def _sweep_config(spec: JobSpecBase, options: RangeTestOptions, device: torch.device) -> TrainConfig:
@@ -261,14 +275,19 @@ def _stopped(hooks: Hooks) -> bool:
 
 def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path, download: bool,
              max_decoded_bytes: int | None = None, weights_file: Path | None = None,
-             memmap_min_bytes: int | None = None) -> tuple[Path, torch.device, Dataset, nn.Module]:
-    """The run folder (with spec.json), the device, the data and a freshly seeded model."""
+             memmap_min_bytes: int | None = None) -> tuple[Path, torch.device, Dataset, nn.Module, list[str]]:
+    """The run folder (with spec.json), the device, the data, a freshly seeded model and the notes of
+    its making (a pretrained stem converted to the data's channels) for the summary's warnings."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "spec.json", spec.model_dump(mode="json"))
     device = resolve_device(spec.device)
     ds = _load_data(spec, data_dir, download, max_decoded_bytes, memmap_min_bytes)
-    return out_dir, device, ds, fresh_model(spec, ds, device, weights_file)
+    notes: list[str] = []
+    model = fresh_model(spec, ds, device, weights_file, notes)
+    for note in notes:
+        log.info("%s", note)
+    return out_dir, device, ds, model, notes
 
 
 def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
@@ -290,10 +309,12 @@ def run_range_test(spec: RangeTestSpec, out_dir: Path, *, data_dir: Path, downlo
                    weights_file: Path | None = None, memmap_min_bytes: int | None = None) -> dict[str, Any]:
     """Sweep the LR for the spec's model and data; write the result, log and plot; return the summary."""
     started = time.perf_counter()
-    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes, weights_file,
-                                         memmap_min_bytes)
+    out_dir, device, ds, model, notes = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes,
+                                                weights_file, memmap_min_bytes)
     choice = _sweep_and_save(spec, spec, spec.policy, ds, model, device, hooks or Hooks(), out_dir)
-    return {"kind": "range_test", **choice.summary(), "seconds": round(time.perf_counter() - started, 3)}
+    summary = choice.summary()
+    return {"kind": "range_test", **summary, "warnings": [*notes, *summary["warnings"]],
+            "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _range_test_choice(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torch.device, out_dir: Path,
@@ -388,16 +409,16 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     """
     hooks = hooks or Hooks()
     started = time.perf_counter()
-    out_dir, device, ds, model = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes, weights_file,
-                                         memmap_min_bytes)
+    out_dir, device, ds, model, notes = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes,
+                                                weights_file, memmap_min_bytes)
     choice = _range_test_choice(spec, ds, model, device, out_dir, hooks)
     base_lr, max_lr = _resolve_bounds(spec, choice)
     lr_info = {"source": "spec"} if choice is None else choice.lr_info()
     iters = steps_per_epoch(len(ds.train), spec.batch_size)
     spec, from_recipe = _apply_recipe(spec, choice, iters)
     schedule = schedule_from_spec(spec, base_lr=base_lr, max_lr=max_lr, iters_per_epoch=iters)
-    run_warnings = _cycle_warnings(spec, schedule, iters)
-    for warning in run_warnings:
+    run_warnings = [*notes, *_cycle_warnings(spec, schedule, iters)]
+    for warning in run_warnings[len(notes):]:
         log.warning("%s", warning)
     planned = preview(schedule, spec.epochs * iters)
     plots.plot_lr_schedule(out_dir / "lr_schedule_preview.png", planned["step"], planned["lr"],

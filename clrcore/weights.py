@@ -3,12 +3,14 @@
 A safetensors file is an 8-byte header length, a JSON header (name -> dtype, shape, byte offsets) and
 raw bytes, so its names and shapes can be checked before any tensor is read, and reading it runs no
 code. `check_weights` compares them with the architecture built on the meta device (nothing
-allocated); the head and the stem may differ (other classes, other channels): those are replaced or
-adapted, not loaded.
+allocated); the head and the stem may differ (other classes, other channels): the head is replaced,
+a stem for other input channels adapted as torchvision's own weights are (RGB filters summed for grey
+data, grey filters tiled for RGB), any other misfit left as the model's own.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,8 @@ from torch import nn
 
 from clrcore.safetensors_header import WeightsError, compare, read_header
 
-__all__ = ["WeightsError", "read_header", "check_weights", "check_file", "load_weights", "save_weights",
-           "architecture_layout"]
+__all__ = ["WeightsError", "LoadedWeights", "read_header", "check_weights", "check_file", "load_weights",
+           "save_weights", "architecture_layout"]
 
 
 def expected_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -68,11 +70,53 @@ def save_weights(model: nn.Module, path: Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
-def load_weights(model: nn.Module, path: Path, free: set[str] | None = None) -> list[str]:
-    """Load a checked file into `model`; tensors whose shapes differ (head, stem) keep the model's own.
+@dataclass(frozen=True)
+class LoadedWeights:
+    """What `load_weights` did besides loading: `kept`, the names whose shape differs, left as the model's
+    own (head, size-dependent ones, a stem it cannot adapt); `adapted`, stem name -> how its filters were
+    converted to the model's input channels (as torchvision's own weights are, `zoo.adapt_stem_weight`)."""
 
-    Returns the names kept from the model. WeightsError if the file does not fit at all. The tensors
-    are read by safetensors (never `torch.load`): no code in the file runs.
+    kept: list[str]
+    adapted: dict[str, str] = field(default_factory=dict)
+
+
+def _stem_weight(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    from clrcore.zoo import _first_conv
+
+    try:
+        conv = _first_conv(model)[2]
+    except ValueError:
+        return None
+    name = next(full for full, module in model.named_modules() if module is conv)
+    return (f"{name}.weight" if name else "weight"), conv
+
+
+def _adapt_stem(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Convert the file's stem filters in `state` to the model's input channels where only those differ.
+
+    A stem with another filter count or kernel (resnet_fast's whitening stem has 2 * channels * k^2
+    filters) is left alone: the loader keeps the model's own, and resnet_fast refits it to the data.
+    """
+    from clrcore.zoo import adapt_stem_weight, stem_conversion
+
+    found = _stem_weight(model)
+    if found is None or found[0] not in state:
+        return {}
+    name, conv = found
+    have, want = tuple(state[name].shape), tuple(conv.weight.shape)
+    if conv.groups != 1 or len(have) != 4 or have == want or have[:1] + have[2:] != want[:1] + want[2:]:
+        return {}
+    state[name] = adapt_stem_weight(state[name], want[1])
+    return {name: stem_conversion(have[1], want[1])}
+
+
+def load_weights(model: nn.Module, path: Path, free: set[str] | None = None, adapt_stem: bool = True) -> LoadedWeights:
+    """Load a checked file into `model`; tensors whose shapes differ (head, stem) keep the model's own,
+    except a conv stem for other input channels (an RGB file on grey data), whose filters are summed or
+    tiled as torchvision's own pretrained weights are (`adapt_stem=False`: kept as the model's own too).
+
+    WeightsError if the file does not fit at all. The tensors are read by safetensors (never
+    `torch.load`): no code in the file runs.
     """
     from safetensors.torch import load_file
 
@@ -80,10 +124,11 @@ def load_weights(model: nn.Module, path: Path, free: set[str] | None = None) -> 
     if problems:
         raise WeightsError(f"{Path(path).name}: {problems[0]}")
     state = load_file(str(path))
+    adapted = _adapt_stem(model, state) if adapt_stem else {}
     own = model.state_dict()
     kept = sorted(n for n, t in state.items() if tuple(t.shape) != tuple(own[n].shape))
     model.load_state_dict({n: t for n, t in state.items() if n not in kept}, strict=False)
-    return kept
+    return LoadedWeights(kept, adapted)
 
 
 def architecture_layout(name: str) -> dict[str, Any]:

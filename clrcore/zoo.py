@@ -51,6 +51,24 @@ def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
     raise ValueError(f"{type(model).__name__}: no Conv2d stem to adapt to the input channels")
 
 
+def adapt_stem_weight(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A stem conv's (out, in, kH, kW) filters for `channels` inputs: summed over the inputs for one
+    channel (grey is the sum of what RGB filters see of R = G = B), else tiled and scaled by in/channels
+    (a grey file's filters on RGB: each channel gets a third, so the response to R = G = B is unchanged).
+    Shared by torchvision's own weights (`adapt_input_channels`) and uploaded ones (`weights.load_weights`)."""
+    have = weight.shape[1]
+    if channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    return weight.repeat(1, -(-channels // have), 1, 1)[:, :channels] * (have / channels)
+
+
+def stem_conversion(have: int, channels: int) -> str:
+    """How `adapt_stem_weight` turned `have` input channels into `channels`, in words for a job's summary."""
+    if channels == 1:
+        return f"{have} input channels summed into 1"
+    return f"{have} input channel{'s' if have > 1 else ''} tiled to {channels} and scaled by {have}/{channels}"
+
+
 def adapt_input_channels(model: nn.Module, channels: int) -> None:
     """Replace the stem conv for `channels` inputs; pretrained RGB filters are summed (grey) or tiled."""
     parent, attr, conv = _first_conv(model)
@@ -60,9 +78,7 @@ def adapt_input_channels(model: nn.Module, channels: int) -> None:
                     padding=conv.padding, dilation=conv.dilation,  # type: ignore[arg-type]
                     groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
     with torch.no_grad():
-        weight = conv.weight.sum(dim=1, keepdim=True) if channels == 1 else \
-            conv.weight.repeat(1, -(-channels // conv.in_channels), 1, 1)[:, :channels] * (conv.in_channels / channels)
-        new.weight.copy_(weight)
+        new.weight.copy_(adapt_stem_weight(conv.weight, channels))
         if conv.bias is not None and new.bias is not None:
             new.bias.copy_(conv.bias)
     setattr(parent, attr, new)

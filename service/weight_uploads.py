@@ -6,7 +6,8 @@ limit or the key's remaining quota), then its header is read and its byte ranges
 (`clrcore.safetensors_header`: a pickle or a truncated file is refused here, not in the worker), then
 every tensor's name and shape is compared with the architecture's state (`clrcore.state_shapes`,
 plain data, so this process never imports torch). A head or stem of another shape (another class count,
-other channels) is accepted and reported as `replaced`: fine-tuning puts a fresh head on anyway.
+other channels) is accepted and reported as `replaced`: fine-tuning puts a fresh head on anyway, and
+the worker converts a stem for other input channels to the data's (`clrcore.weights.load_weights`).
 
 `weights_errors` is the submit-time check of a spec whose `finetune.weights` names an upload.
 """

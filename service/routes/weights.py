@@ -54,7 +54,8 @@ class UploadedWeights(BaseModel):
     parameters: int = Field(description="elements over all tensors (buffers included)")
     dtypes: list[str]
     replaced: list[str] = Field(description="tensors of another shape than the architecture's at 10 classes "
-                                "and 3 channels (head, stem): a job keeps its own for those")
+                                "and 3 channels (head, stem): a job keeps its own for those, except a stem "
+                                "for other input channels, whose filters it sums or tiles to the data's")
     links: dict[str, str]
 
 

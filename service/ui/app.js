@@ -1,5 +1,5 @@
 // The shell: finds out whether the server needs a key, keeps the key form in the header, and
-// routes #/jobs, #/jobs/<id>, #/submit, #/datasets and #/compare to their views. A view is
+// routes #/jobs, #/jobs/<id>, #/submit, #/datasets, #/weights and #/compare to their views. A view is
 // render(main, params) returning a cleanup function (abort streams, stop timers, drop charts).
 
 import { auth, probeAuth, describe } from "./api.js";
@@ -8,6 +8,7 @@ import * as jobs from "./views/jobs.js";
 import * as job from "./views/job.js";
 import * as submit from "./views/submit.js";
 import * as datasets from "./views/datasets.js";
+import * as weights from "./views/weights.js";
 import * as compare from "./views/compare.js";
 
 const main = document.getElementById("view");
@@ -24,7 +25,7 @@ function route() {
   const parts = path.split("/").filter(Boolean);
   const params = Object.fromEntries(new URLSearchParams(query));
   if (parts[0] === "jobs" && parts[1]) return { view: job, name: "jobs", params: { ...params, id: parts[1] } };
-  const views = { jobs, submit, datasets, compare };
+  const views = { jobs, submit, datasets, weights, compare };
   return { view: views[parts[0]] || jobs, name: views[parts[0]] ? parts[0] : "jobs", params };
 }
 

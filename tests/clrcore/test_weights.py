@@ -1,14 +1,22 @@
-"""safetensors weights: a round trip into a new model, and files that do not fit the architecture refused."""
+"""safetensors weights: a round trip into a new model, files that do not fit the architecture refused, and a
+stem for other input channels converted as torchvision's own pretrained weights are."""
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytest
 import torch
+import torch.hub
+import torchvision
 from safetensors.torch import save_file
 
+from clrcore import state_shapes
+from clrcore.dataset_types import Split, make_dataset
 from clrcore.datasets import load_digits_dataset
 from clrcore.models import build_model
-from clrcore.runs import fresh_model
+from clrcore.runs import fresh_model, run_training
 from clrcore.specs import TrainSpec
 from clrcore.weights import WeightsError, check_file, load_weights, read_header, save_weights
 
@@ -19,8 +27,8 @@ def test_round_trip_loads_the_body_and_keeps_a_fresh_head_for_other_classes(tmp_
     save_weights(source, tmp_path / "r18.safetensors")
     assert check_file(tmp_path / "r18.safetensors", "resnet18") == []
     target = build_model("resnet18", 3, 4, 32)  # another class count: the head cannot be loaded
-    kept = load_weights(target, tmp_path / "r18.safetensors")
-    assert kept == ["fc.bias", "fc.weight"]
+    loaded_weights = load_weights(target, tmp_path / "r18.safetensors")
+    assert loaded_weights.kept == ["fc.bias", "fc.weight"] and loaded_weights.adapted == {}
     loaded, original = target.state_dict(), source.state_dict()
     assert all(torch.equal(loaded[n], original[n]) for n in original if not n.startswith("fc."))
     assert target.fc.weight.shape == (4, 512)
@@ -82,3 +90,74 @@ def test_resnet_fast_keeps_a_loaded_whitening_stem_and_refits_one_for_other_chan
     refitted = fresh_model(spec, digits, torch.device("cpu"), tmp_path / "rgb.safetensors")
     fitted = fresh_model(spec, digits, torch.device("cpu"))
     assert torch.equal(refitted.state_dict()["0.weight"], fitted.state_dict()["0.weight"])
+
+
+@pytest.mark.parametrize(("file_channels", "data_channels"), [(3, 1), (1, 3)], ids=["rgb-file-grey-data",
+                                                                                    "grey-file-rgb-data"])
+def test_a_stem_for_other_channels_is_converted_as_torchvisions_own_weights_are(tmp_path, file_channels,
+                                                                                 data_channels):
+    torch.manual_seed(11)
+    source = build_model("resnet18", file_channels, 10, 32)
+    save_weights(source, tmp_path / "r18.safetensors")
+    # the API's torch-free check (state_shapes' table) accepts the file for the architecture
+    assert state_shapes.check_header(read_header(tmp_path / "r18.safetensors"), "resnet18") == []
+    target = build_model("resnet18", data_channels, 10, 32)
+    loaded_weights = load_weights(target, tmp_path / "r18.safetensors")
+    assert loaded_weights.kept == []
+    how = ("3 input channels summed into 1" if data_channels == 1 else
+           "1 input channel tiled to 3 and scaled by 1/3")
+    assert loaded_weights.adapted == {"conv1.weight": how}
+    stem, loaded = source.state_dict()["conv1.weight"], target.state_dict()
+    assert loaded["conv1.weight"].shape == (64, data_channels, 7, 7)
+    if data_channels == 1:
+        assert torch.equal(loaded["conv1.weight"], stem.sum(dim=1, keepdim=True))
+    else:
+        assert torch.allclose(loaded["conv1.weight"], stem.expand(-1, 3, -1, -1) / 3, rtol=1e-6, atol=0)
+    original = source.state_dict()
+    assert all(torch.equal(loaded[n], original[n]) for n in original if n != "conv1.weight")
+    unadapted = build_model("resnet18", data_channels, 10, 32)
+    before = unadapted.conv1.weight.detach().clone()
+    assert load_weights(unadapted, tmp_path / "r18.safetensors", adapt_stem=False).kept == ["conv1.weight"]
+    assert torch.equal(unadapted.conv1.weight, before)  # the old behaviour, on request: a fresh stem
+
+
+def test_a_run_from_rgb_weights_on_grey_data_reports_the_summed_stem(tmp_path):
+    torch.manual_seed(4)
+    source = build_model("tiny_cnn", 3, 10, 16)
+    save_weights(source, tmp_path / "rgb.safetensors")
+    spec = TrainSpec(dataset="digits", model="tiny_cnn", device="cpu", epochs=1, batch_size=128, train_subset=256,
+                     policy="triangular", base_lr=0.01, max_lr=0.05, step_size=1,
+                     finetune={"weights": "wt_0123456789abcdef", "freeze_epochs": 1, "groups": 2})
+    model = fresh_model(spec, load_digits_dataset(), torch.device("cpu"), tmp_path / "rgb.safetensors")
+    assert torch.equal(model.state_dict()["0.weight"], source.state_dict()["0.weight"].sum(dim=1, keepdim=True))
+    summary = run_training(spec, tmp_path / "run", data_dir=tmp_path, weights_file=tmp_path / "rgb.safetensors")
+    assert summary["warnings"][0] == ("weights wt_0123456789abcdef: stem 0.weight converted, 3 input channels "
+                                      "summed into 1")
+
+
+def test_torchvision_weights_and_the_same_tensors_uploaded_give_grey_data_the_same_summed_stem(tmp_path):
+    torch.manual_seed(6)
+    imagenet = torchvision.models.resnet18()  # RGB and 1000 classes, as ResNet18_Weights.IMAGENET1K_V1
+    enum = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(imagenet.state_dict(), tmp_path / "hub" / "checkpoints" / os.path.basename(enum.url))  # its cache
+    save_weights(imagenet, tmp_path / "imagenet.safetensors")
+    rng = np.random.default_rng(0)
+    grey = make_dataset("grey", *(Split(rng.integers(0, 256, (n, 1, 32, 32), dtype=np.uint8), np.arange(n) % 2)
+                                  for n in (8, 4)), ["a", "b"])
+    hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        named, uploaded = [], []
+        cached = fresh_model(TrainSpec(dataset="digits", model="resnet18", finetune={"weights": str(enum)}), grey,
+                             torch.device("cpu"), notes=named)
+    finally:
+        torch.hub.set_dir(hub)
+    spec = TrainSpec(dataset="digits", model="resnet18", finetune={"weights": "wt_0123456789abcdef"})
+    upload = fresh_model(spec, grey, torch.device("cpu"), tmp_path / "imagenet.safetensors", notes=uploaded)
+    summed = imagenet.state_dict()["conv1.weight"].sum(dim=1, keepdim=True)
+    assert torch.equal(cached.conv1.weight, summed) and torch.equal(upload.conv1.weight, summed)
+    assert named == [f"weights {enum}: the stem's pretrained filters converted, 3 input channels summed into 1"]
+    assert uploaded == ["weights wt_0123456789abcdef: stem conv1.weight converted, 3 input channels summed into 1"]
+    body = [n for n in imagenet.state_dict() if not n.startswith(("fc.", "conv1."))]
+    assert all(torch.equal(upload.state_dict()[n], cached.state_dict()[n]) for n in body)

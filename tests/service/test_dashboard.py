@@ -1,8 +1,9 @@
 """The dashboard in a real browser: Debian's Chromium driven by Playwright, against a real uvicorn API
 and a real Celery worker (no mocks, no stubbed fetch).
 
-A digits job goes from the form to its report; an archive is uploaded; a bad field, a wrong key and a
-dataset named like markup are shown as text. Every page is screenshotted into runs/screenshots. The
+A digits job goes from the form to its report; an archive is uploaded; weights are uploaded, refused
+deletion while a job names them, then deleted; a bad field, a wrong key and a dataset (and weights)
+named like markup are shown as text. Every page is screenshotted into runs/screenshots. The
 performance figures (first paint, 1,000 SSE events) are measured and written to
 runs/screenshots/dashboard_perf.json; only loose sanity bounds are asserted (docs/benchmarks.md).
 """
@@ -26,6 +27,7 @@ from jobs.store import JobStore
 from tests.helpers import ROOT, WorkerProcess, mark_running
 from tests.reliability.api_server import ApiServer
 from tests.service.test_uploads import build_archive, image_tree
+from tests.weight_files import architecture_file, architecture_tensors, safetensors_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "runs" / "screenshots"
@@ -313,6 +315,55 @@ def test_a_dataset_named_like_markup_is_shown_as_text(server: ApiServer, page) -
         assert page.dialogs == []
     finally:
         httpx.delete(f"{server.url}/v1/datasets/{response.json()['id']}")
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+
+def test_upload_weights_see_them_listed_refused_while_a_job_names_them_then_delete(server: ApiServer, page) -> None:
+    base = server.url
+    grey = architecture_tensors("tiny_cnn")
+    grey["0.weight"] = ("F32", [grey["0.weight"][1][0], 1, *grey["0.weight"][1][2:]])  # a stem for grayscale
+    other = httpx.post(f"{base}/v1/weights", params={"architecture": "tiny_cnn", "name": XSS_NAME},
+                       content=safetensors_bytes(grey), headers={"Content-Type": "application/octet-stream"})
+    assert other.status_code == 201, other.text
+    try:
+        page.goto(f"{base}/ui/#/weights")
+        page.wait_for_selector("form[data-ready=true]")
+        chosen = {"name": "tiny.safetensors", "mimeType": "application/octet-stream",
+                  "buffer": architecture_file("tiny_cnn")}
+        page.set_input_files("#weights-file", files=[chosen])
+        page.select_option("#weights-architecture", "tiny_cnn")
+        page.fill("#weights-name", "digits-pretrain")
+        page.get_by_role("button", name="Upload").click()
+        row = page.locator("table.weights tbody tr", has_text="digits-pretrain")
+        row.wait_for()
+        weights_id = row.get_attribute("data-weights")
+        assert page.eval_on_selector("#weights-progress", "p => p.value") == 1
+        cells = row.locator("th, td").all_inner_texts()
+        assert cells[:4] == ["digits-pretrain", weights_id, "tiny_cnn", "80.5 KB"] and cells[5] == "none"
+        marked = page.locator(f'tr[data-weights="{other.json()["id"]}"]')
+        assert marked.locator("th").inner_text() == XSS_NAME and "0.weight" in marked.inner_text()
+        assert page.locator("img").count() == 0  # the name was set as text, never parsed
+        assert_labelled(page)
+        shot(page, "weights")
+
+        job = httpx.post(f"{base}/v1/jobs/train", json={"model": "tiny_cnn", "finetune": {"weights": weights_id}})
+        assert job.status_code == 202, job.text  # parked: queued until cancelled
+        page.confirming = True
+        delete = row.get_by_role("button", name="delete weights digits-pretrain")
+        delete.click()
+        refusal = page.locator("#view p.banner.error")
+        refusal.wait_for()
+        assert refusal.inner_text() == (f"Could not delete “digits-pretrain”: weights {weights_id} are in use by job "
+                                        f"{job.json()['id']} (queued); cancel it or wait until it ends")
+        assert httpx.post(f"{base}/v1/jobs/{job.json()['id']}/cancel").status_code == 202
+        delete.click()
+        row.wait_for(state="detached")
+        assert page.dialogs == [f"Delete the weights “digits-pretrain” ({weights_id})?"] * 2
+        assert httpx.get(f"{base}/v1/weights/{weights_id}").status_code == 404
+    finally:
+        httpx.delete(f"{base}/v1/weights/{other.json()['id']}")
 
 
 # ------------------------------------------------------------------------------------------ errors
