@@ -86,3 +86,14 @@ def test_a_margin_learned_from_the_grid_recovers_the_cliff_to_best_ratio_and_the
         assert res["regret"]["ours"]["regret"] < 0.5 and res["regret"]["ours_job"]["spread"] < 1.2
     text = table(results, margin)
     assert len(text.splitlines()) == 2 + 7 + 1 + 1 and "valley (fastai)" in text and "3 seeds in one job" in text
+
+
+def test_the_variant_search_reads_our_cliff_exactly_at_our_span_and_rise_and_later_with_a_larger_rise():
+    from bench.regret_variants import SHIPPED, cliff
+    from clrcore.suggest import read_curve
+
+    for seed in range(3):
+        c = curve(0.2, seed)
+        ours = read_curve(c["lrs"], c["losses"]).cliff_lr
+        assert cliff(c["lrs"], c["losses"], *SHIPPED) == ours  # the table's "(ours)" row is ours
+        assert cliff(c["lrs"], c["losses"], SHIPPED[0], 2.0) > ours  # further up the wall
