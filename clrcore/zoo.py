@@ -176,12 +176,15 @@ def trains_at(name: str, size: int, in_channels: int = 3, num_classes: int = 10,
     """Whether a batch of two `size`px images goes forward and backward in training mode.
 
     On the meta device by default: only shapes are computed, so even the 600M-parameter nets answer in
-    a second; the CPU test then takes a real step at the size found.
+    a second; the CPU test then takes a real step at the size found. A net that needs data to build
+    (RegNets) is built on the CPU and moved to the meta device for the step.
     """
+    where = device or "meta"
     try:
         with torch.device(device or shape_device(name)):
             model = build_zoo_model(name, in_channels, num_classes, size)
-            model.train()
+        model.to(where).train()
+        with torch.device(where):
             logits = model(torch.randn(2, in_channels, size, size))
             loss = nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
         loss.backward()
