@@ -36,7 +36,8 @@ PEER_RULES = {
 # Ours: max_lr = the cliff / CLIFF_MARGIN, the cliff being where the zero-lag curve turned up (its
 # last point when it never did). Learned on the grids of bench/lr_regret.py (docs/benchmarks.md, issue 12,
 # third run): the geometric mean over its five tasks of (the sweeps' cliff / the best max_lr of a smooth
-# fit to the trained grid) was 2.8; leaving each task out in turn gave 2.3-3.6.
+# fit to the trained grid) was 2.8; leaving each task out in turn gave 2.3-3.6. The fourth run's fresh
+# grids gave 2.78 (2.22-3.64 leaving each task out).
 CLIFF_MARGIN = 2.8
 
 DIVERGE_FACTOR = 4.0  # the sweep's stop for runaway loss: smoothed loss above 4x its best so far
