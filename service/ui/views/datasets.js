@@ -2,7 +2,8 @@
 // bar (XMLHttpRequest: fetch reports no upload progress), and delete. Names and class names are
 // whatever the uploader chose, so they are only ever set as text.
 
-import { api, upload } from "../api.js";
+import { api } from "../api.js";
+import { sendWithProgress, removeAfterConfirm } from "./upload_steps.js";
 import { h, fill, bytes, when, errorBox } from "../dom.js";
 
 const TYPES = [
@@ -34,37 +35,13 @@ export function render(main) {
     const type = TYPES.find(([pattern]) => pattern.test(chosen.name));
     if (!type) { fill(status, errorBox("The archive must be a .zip, .tar or .tar.gz file.")); return; }
     const query = name.value.trim() ? `?name=${encodeURIComponent(name.value.trim())}` : "";
-    bar.hidden = false;
-    bar.value = 0;
-    button.disabled = true;
-    status.replaceChildren();
-    try {
-      const record = await upload(`/v1/datasets${query}`, chosen, type[1], (loaded, total) => {
-        bar.value = loaded / total;
-        barText.textContent = `${bytes(loaded)} of ${bytes(total)}`;
-      });
-      bar.value = 1;
-      barText.textContent = "uploaded and checked";
-      fill(status, h("p.banner.ok", { text: `Uploaded “${record.name}” as ${record.id}: ${record.num_classes} classes.` }));
-      form.reset();
-      await load();
-    } catch (err) {
-      barText.textContent = "";
-      fill(status, errorBox(`Upload refused: ${err.message}`));
-    } finally {
-      button.disabled = false;
-    }
+    await sendWithProgress(`/v1/datasets${query}`, chosen, type[1], { bar, barText, button, status, form },
+      (record) => `Uploaded “${record.name}” as ${record.id}: ${record.num_classes} classes.`, load);
   });
 
   async function remove(record) {
-    if (!window.confirm(`Delete the dataset “${record.name}” (${record.id})?`)) return;
-    try {
-      await api(`/v1/datasets/${encodeURIComponent(record.id)}`, { method: "DELETE" });
-      fill(status, h("p.banner.ok", { text: `Deleted “${record.name}”.` }));
-    } catch (err) {
-      fill(status, errorBox(`Could not delete “${record.name}”: ${err.message}`));
-    }
-    await load();
+    await removeAfterConfirm(`/v1/datasets/${encodeURIComponent(record.id)}`,
+      `the dataset “${record.name}” (${record.id})`, record.name, status, load);
   }
 
   function card(record) {

@@ -3,7 +3,8 @@
 // not yet finished names them) shows the API's own message. Names are whatever the uploader chose,
 // so, as on the datasets page, every string is only ever set as text.
 
-import { api, upload } from "../api.js";
+import { api } from "../api.js";
+import { sendWithProgress, removeAfterConfirm } from "./upload_steps.js";
 import { h, fill, bytes, when, errorBox } from "../dom.js";
 
 const CONTENT_TYPE = "application/octet-stream";
@@ -35,38 +36,14 @@ export function render(main) {
     if (!architecture.value) { fill(status, errorBox("Choose the architecture the weights are for.")); return; }
     const query = new URLSearchParams({ architecture: architecture.value });
     if (name.value.trim()) query.set("name", name.value.trim());
-    bar.hidden = false;
-    bar.value = 0;
-    button.disabled = true;
-    status.replaceChildren();
-    try {
-      const record = await upload(`/v1/weights?${query}`, chosen, CONTENT_TYPE, (loaded, total) => {
-        bar.value = loaded / total;
-        barText.textContent = `${bytes(loaded)} of ${bytes(total)}`;
-      });
-      bar.value = 1;
-      barText.textContent = "uploaded and checked";
-      fill(status, h("p.banner.ok", { text: `Uploaded “${label(record)}” as ${record.id} for ${record.architecture}: `
-        + `${record.tensors} tensors checked.` }));
-      form.reset();
-      await load();
-    } catch (err) {
-      barText.textContent = "";
-      fill(status, errorBox(`Upload refused: ${err.message}`));
-    } finally {
-      button.disabled = false;
-    }
+    await sendWithProgress(`/v1/weights?${query}`, chosen, CONTENT_TYPE, { bar, barText, button, status, form },
+      (record) => `Uploaded “${label(record)}” as ${record.id} for ${record.architecture}: `
+        + `${record.tensors} tensors checked.`, load);
   });
 
   async function remove(record) {
-    if (!window.confirm(`Delete the weights “${label(record)}” (${record.id})?`)) return;
-    try {
-      await api(`/v1/weights/${encodeURIComponent(record.id)}`, { method: "DELETE" });
-      fill(status, h("p.banner.ok", { text: `Deleted “${label(record)}”.` }));
-    } catch (err) {
-      fill(status, errorBox(`Could not delete “${label(record)}”: ${err.message}`));
-    }
-    await load();
+    await removeAfterConfirm(`/v1/weights/${encodeURIComponent(record.id)}`,
+      `the weights “${label(record)}” (${record.id})`, label(record), status, load);
   }
 
   function row(record) {
