@@ -29,7 +29,7 @@ import argparse
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +281,7 @@ def run_in_parallel(tasks: list[Task], args: argparse.Namespace) -> None:
         cmd += ["--data", str(args.data)] if args.data else []
         cmd += ["--full"] if args.full else []
         cmd += ["--grid-only"] if args.grid_only else ["--stage", args.stage]
+        cmd += ["--sweep", json.dumps(args.sweep)] if args.sweep else []
         with (args.out / f"{task.name}.{'grid' if args.grid_only else args.stage}.log").open("w") as log:
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     for proc in procs:
@@ -300,11 +301,17 @@ def main() -> None:
                         help="sweeps: range tests + grids; auto: the auto jobs on stored sweeps (after the "
                         "margin was learned); analyse: the table and figures only")
     parser.add_argument("--figures", type=Path, default=None, help="also write the PNGs here (docs/img)")
+    parser.add_argument("--sweep", type=json.loads, default=None,
+                        help='range_test fields for every task\'s sweep, as JSON (e.g. \'{"read": "validation", '
+                        '"validation": true, "val_every": 2}\'): the grids are cached apart from the sweep, so a '
+                        'copy of --out\'s cache/ scores another sweep without training them again')
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = [full_size(t) for t in TASKS_CPU] if args.full else TASKS_CPU
     if args.tasks:
         tasks = [t for t in tasks if t.name in args.tasks.split(",")]
+    if args.sweep:
+        tasks = [replace(t, sweep={**t.sweep, **args.sweep}) for t in tasks]
     if args.parallel and args.stage != "analyse":
         run_in_parallel(tasks, args)
     elif args.stage != "analyse":
