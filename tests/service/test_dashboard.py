@@ -2,10 +2,10 @@
 and a real Celery worker (no mocks, no stubbed fetch).
 
 A digits job goes from the form to its report; an archive is uploaded; weights are uploaded, refused
-deletion while a job names them, then deleted; a bad field, a wrong key and a dataset (and weights)
-named like markup are shown as text. Every page is screenshotted into runs/screenshots. The
-performance figures (first paint, 1,000 SSE events) are measured and written to
-runs/screenshots/dashboard_perf.json; only loose sanity bounds are asserted (docs/benchmarks.md).
+deletion while a job names them, then deleted, and chosen in the form to start a job; a bad field, a
+wrong key and a dataset (and weights) named like markup are shown as text. Every page is screenshotted
+into runs/screenshots. The performance figures (first paint, 1,000 SSE events) are measured and written
+to runs/screenshots/dashboard_perf.json; only loose sanity bounds are asserted (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -364,6 +364,52 @@ def test_upload_weights_see_them_listed_refused_while_a_job_names_them_then_dele
         assert httpx.get(f"{base}/v1/weights/{weights_id}").status_code == 404
     finally:
         httpx.delete(f"{base}/v1/weights/{other.json()['id']}")
+
+
+def test_the_form_starts_a_job_from_uploaded_weights_of_its_model(server: ApiServer, page) -> None:
+    base = server.url
+
+    def upload(name: str) -> str:
+        response = httpx.post(f"{base}/v1/weights", params={"architecture": "tiny_cnn", "name": name},
+                              content=architecture_file("tiny_cnn"),
+                              headers={"Content-Type": "application/octet-stream"})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def offered() -> list[str]:
+        return page.eval_on_selector_all("#f-finetune-weights option", "os => os.map((o) => o.value)")
+
+    chosen, gone, job_id = upload("form-pretrain"), upload(XSS_NAME), None
+    try:
+        page.goto(f"{base}/ui/#/submit")
+        page.wait_for_selector("form[data-ready=true]")
+        assert offered()[0] == "" and {chosen, gone} <= set(offered())  # blank model: the default, tiny_cnn
+        assert f"{XSS_NAME} ({gone})" in page.locator("#f-finetune-weights option").all_inner_texts()
+        page.select_option("#f-model", "resnet18")
+        assert offered() == [""]  # only weights for the chosen model
+        page.select_option("#f-model", "tiny_cnn")
+        assert_labelled(page)
+
+        page.select_option("#f-finetune-weights", gone)  # deleted behind the form's back: the API's 422
+        assert httpx.delete(f"{base}/v1/weights/{gone}").status_code == 204
+        page.get_by_role("button", name="Submit job").click()
+        message = page.locator("#f-finetune-weights-error")
+        message.wait_for()
+        assert message.inner_text() == f"no uploaded weights {gone!r} for this key (see GET /v1/weights)"
+        assert page.get_attribute("#f-finetune-weights", "aria-invalid") == "true"
+        assert page.locator("img").count() == 0 and page.dialogs == []
+
+        page.select_option("#f-finetune-weights", chosen)
+        page.get_by_role("button", name="Submit job").click()
+        page.wait_for_url("**/ui/#/jobs/job_*")
+        job_id = page.url.rsplit("/", 1)[1]
+        spec = httpx.get(f"{base}/v1/jobs/{job_id}").json()["spec"]
+        assert spec["model"] == "tiny_cnn" and spec["finetune"]["weights"] == chosen
+    finally:
+        if job_id:
+            httpx.post(f"{base}/v1/jobs/{job_id}/cancel")
+        httpx.delete(f"{base}/v1/weights/{chosen}")
+        httpx.delete(f"{base}/v1/weights/{gone}")
 
 
 # ------------------------------------------------------------------------------------------ errors

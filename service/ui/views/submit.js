@@ -1,6 +1,8 @@
 // The submit form: presets, models and datasets (uploads included) come from the API; a blank field
 // means "the preset's value, or the server default", so only what the person typed is sent. A 422
-// is shown next to the field its `loc` names (range_test.num_iter, max_lr, ...).
+// is shown next to the field its `loc` names (range_test.num_iter, max_lr, ...). Uploaded weights
+// (GET /v1/weights) are offered only for the model the job will use, and named by their uploader, so
+// (as on the weights page) their names are only ever set as text.
 
 import { api, fieldName } from "../api.js";
 import { h, fill, errorBox } from "../dom.js";
@@ -49,6 +51,7 @@ export function render(main) {
   const policy = h("select", {}, h("option", { value: "", text: "(preset or default: triangular)" }),
     POLICIES.map((p) => h("option", { value: p, text: p })));
   const device = h("select", {}, ["auto", "cpu", "cuda"].map((d) => h("option", { value: d, text: d })));
+  const weights = h("select");
   const submitButton = h("button", { type: "submit", text: "Submit job" });
 
   const kindOf = () => (kindRange.checked ? "range_test" : "train");
@@ -58,6 +61,7 @@ export function render(main) {
     field("model", "Model", model),
     field("policy", "Policy", policy),
     field("device", "Device", device, "auto: the server's default queue"),
+    field("finetune.weights", "Start from uploaded weights", weights, "your uploads (Weights page) for this model"),
     ...FIELDS.map(([name, label, , attrs, hint]) => field(name, label, h("input", { ...attrs, autocomplete: "off" }), hint)),
   ];
   const kindsOf = { preset: ["train"], policy: ["train", "range_test"] };
@@ -73,6 +77,20 @@ export function render(main) {
   kindRange.addEventListener("change", applyKind);
 
   let presets = {};
+  let uploaded = []; // GET /v1/weights items
+
+  // The model a blank select means (the preset's, else the server's default) decides which weights fit.
+  function fillWeights() {
+    const arch = model.value || presets[preset.value]?.fields.model || "tiny_cnn";
+    const previous = weights.value;
+    const fitting = uploaded.filter((w) => w.architecture === arch);
+    fill(weights, h("option", { value: "", text: fitting.length ? "none: from scratch" : `none for ${arch}: from scratch` }),
+      fitting.map((w) => h("option", { value: w.id, text: w.name ? `${w.name} (${w.id})` : w.id })));
+    weights.value = fitting.some((w) => w.id === previous) ? previous : "";
+  }
+  model.addEventListener("change", fillWeights);
+  preset.addEventListener("change", fillWeights);
+
   preset.addEventListener("change", () => {
     const chosen = presets[preset.value];
     presetInfo.textContent = chosen ? chosen.description : "";
@@ -100,7 +118,8 @@ export function render(main) {
     const byField = new Map();
     const loose = [];
     for (const err of detail) {
-      const where = fieldName(err.loc);
+      const loc = fieldName(err.loc);
+      const where = loc === "finetune" ? "finetune.weights" : loc; // the only finetune field the form has
       const match = known.filter((name) => where === pathOf(name) || where.startsWith(`${pathOf(name)}.`))
         .sort((a, b) => pathOf(b).length - pathOf(a).length)[0];
       if (match && !inputs.get(match).closest("[hidden]")) {
@@ -138,6 +157,7 @@ export function render(main) {
       if (raw === "") continue;
       const value = NUMERIC.has(name) && raw !== "auto" && raw !== "" && !Number.isNaN(Number(raw)) ? Number(raw) : raw;
       if (name.startsWith("rt.")) range[name.slice(3)] = value;
+      else if (name.startsWith("finetune.")) spec.finetune = { ...spec.finetune, [name.slice(9)]: value };
       else spec[name] = value;
     }
     if (kind === "train" && Object.keys(range).length) spec.range_test = range;
@@ -163,13 +183,15 @@ export function render(main) {
 
   async function options() {
     try {
-      const [p, m, d] = await Promise.all(["/v1/presets", "/v1/models", "/v1/datasets"]
+      const [p, m, d, w] = await Promise.all(["/v1/presets", "/v1/models", "/v1/datasets", "/v1/weights"]
         .map((path) => api(path, { signal: controller.signal })));
       presets = Object.fromEntries(p.items.map((item) => [item.name, item]));
       preset.append(...p.items.map((item) => h("option", { value: item.name, text: item.name })));
       model.append(...m.items.map((item) => h("option", { value: item.name, text: `${item.name}: ${item.description}` })));
       dataset.append(...d.items.map((item) => h("option", { value: item.name,
         text: item.source === "upload" ? `${item.description} (${item.name})` : `${item.name}: ${item.description}` })));
+      uploaded = w.items;
+      fillWeights();
       form.setAttribute("data-ready", "true"); // not form.dataset: a form exposes its "dataset" field by that name
     } catch (err) {
       if (err.name !== "AbortError") fill(formError, errorBox(`Could not load the choices: ${err.message}`));
@@ -177,6 +199,7 @@ export function render(main) {
   }
 
   fill(main, h("h1", { text: "New job" }), form);
+  fillWeights();
   applyKind();
   options();
   return () => controller.abort();
