@@ -182,17 +182,20 @@ class AsyncClient:
 
     # ------------------------------------------------------------------------------------ datasets
 
-    async def upload_dataset(self, path: str | Path, *, name: str | None = None,
-                             progress: Progress | bool | None = None) -> UploadedDataset:
-        path = Path(path)
-        call = calls.upload(path, name)
+    async def _send_file(self, call: calls.Call, path: Path, progress: Progress | bool | None) -> httpx.Response:
+        """Send `call` with the file streamed from disk as its body, reporting `progress` (one upload
+        path for datasets and weights)."""
         total = path.stat().st_size
         callback, bar = upload_progress(progress, total, path.name)
         try:
-            response = await self.send(call, content=lambda: aiter_file(path, total, callback))
+            return await self.send(call, content=lambda: aiter_file(path, total, callback))
         finally:
             if bar is not None:
                 bar.close()
+
+    async def upload_dataset(self, path: str | Path, *, name: str | None = None,
+                             progress: Progress | bool | None = None) -> UploadedDataset:
+        response = await self._send_file(calls.upload(Path(path), name), Path(path), progress)
         return UploadedDataset.model_validate(response.json())
 
     async def get_dataset(self, dataset_id: str) -> UploadedDataset:
@@ -205,15 +208,7 @@ class AsyncClient:
                        progress: Progress | bool | None = None) -> UploadedWeights:
         """Upload pretrained weights (a .safetensors file) for a catalog `architecture`; a job then
         names `finetune.weights: <id>`. A misfit raises `InvalidRequest` naming the tensor."""
-        path = Path(path)
-        call = calls.upload_weights(path, architecture, name)
-        total = path.stat().st_size
-        callback, bar = upload_progress(progress, total, path.name)
-        try:
-            response = await self.send(call, content=lambda: aiter_file(path, total, callback))
-        finally:
-            if bar is not None:
-                bar.close()
+        response = await self._send_file(calls.upload_weights(Path(path), architecture, name), Path(path), progress)
         return UploadedWeights.model_validate(response.json())
 
     async def get_weights(self, weights_id: str) -> UploadedWeights:

@@ -7,7 +7,9 @@ drive their states through the store; end-to-end tests pass `device: "cpu"` to r
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from fastapi.testclient import TestClient
@@ -49,3 +51,36 @@ def job_id(client: TestClient) -> str:
     response = client.post("/v1/jobs/range-test", json=RANGE_TEST, headers=ALICE)
     assert response.status_code == 202, response.text
     return response.json()["id"]
+
+
+class KeyedApp(NamedTuple):
+    """An app of its own (own data dir) with two fresh keys: the owner's and another's."""
+
+    client: TestClient
+    me: dict[str, str]
+    other: dict[str, str]
+    owner: str
+    settings: Settings
+
+
+@pytest.fixture
+def keyed_app(api_settings: Settings, tmp_path: Path) -> Iterator[Callable[..., KeyedApp]]:
+    """Factory: `keyed_app(max_upload_files=5)` builds an app with those settings and two new keys;
+    every app built is closed at the end of the test."""
+    clients: list[TestClient] = []
+
+    def make(**overrides: object) -> KeyedApp:
+        owner, mine, theirs = f"k{secrets.token_hex(4)}", secrets.token_hex(8), secrets.token_hex(8)
+        settings = api_settings.model_copy(update={
+            "api_keys": f"{owner}:{mine},o{owner}:{theirs}", "data_dir": tmp_path / f"data{len(clients)}",
+            **overrides,
+        })
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return KeyedApp(client, {"Authorization": f"Bearer {mine}"}, {"Authorization": f"Bearer {theirs}"}, owner,
+                        settings)
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import socket
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from clrcore.datasets import DatasetError, load_dataset
 from jobs.datasets import INCOMING_DIR, UPLOADS_DIR, DatasetStore, owner_hash
 from jobs.settings import Settings
 from jobs.store import JobStore
-from service.main import create_app
 from tests.reliability.api_server import ApiServer
 from worker.datasets import resolve_uploaded
 
@@ -72,21 +70,12 @@ class Env:
 
 
 @pytest.fixture
-def make_env(api_settings: Settings, tmp_path: Path) -> Iterator:
-    clients: list[TestClient] = []
-
+def make_env(keyed_app) -> Callable[..., Env]:
     def make(**overrides: object) -> Env:
-        owner, secret = f"b{secrets.token_hex(4)}", secrets.token_hex(8)
-        settings = api_settings.model_copy(update={"api_keys": f"{owner}:{secret}",
-                                                   "data_dir": tmp_path / f"data{len(clients)}", **overrides})
-        client = TestClient(create_app(settings))
-        client.__enter__()
-        clients.append(client)
-        return Env(client, {"Authorization": f"Bearer {secret}"}, owner, settings)
+        app = keyed_app(**overrides)
+        return Env(app.client, app.me, app.owner, app.settings)
 
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    return make
 
 
 # ------------------------------------------------------------------------------------------ items 1-3

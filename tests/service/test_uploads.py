@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import stat
 import tarfile
 import time
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,25 +117,9 @@ class Env:
 
 
 @pytest.fixture
-def make_env(api_settings: Settings, tmp_path: Path) -> Iterator:
+def make_env(keyed_app) -> Callable[..., Env]:
     """Factory: an app with its own data dir and two fresh keys; `make_env(max_upload_files=5)` sets limits."""
-    clients: list[TestClient] = []
-
-    def make(**overrides) -> Env:
-        owner, mine, theirs = f"u{secrets.token_hex(4)}", secrets.token_hex(8), secrets.token_hex(8)
-        settings = api_settings.model_copy(update={
-            "api_keys": f"{owner}:{mine},o{owner}:{theirs}", "data_dir": tmp_path / f"data{len(clients)}",
-            **overrides,
-        })
-        client = TestClient(create_app(settings))
-        client.__enter__()
-        clients.append(client)
-        return Env(client, {"Authorization": f"Bearer {mine}"}, {"Authorization": f"Bearer {theirs}"}, owner,
-                   settings)
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    return lambda **overrides: Env(*keyed_app(**overrides))
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ The files are written from the stored state shapes (tests/weight_files.py), so n
 from __future__ import annotations
 
 import io
-import secrets
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from fastapi.testclient import TestClient
 from jobs.datasets import owner_hash
 from jobs.settings import Settings
 from jobs.weights import WeightStore
-from service.main import create_app
 from tests.weight_files import architecture_file, architecture_tensors, safetensors_bytes
 
 OCTETS = {"Content-Type": "application/octet-stream"}
@@ -52,24 +50,8 @@ class Env:
 
 
 @pytest.fixture
-def make_env(api_settings: Settings, tmp_path: Path) -> Iterator:
-    clients: list[TestClient] = []
-
-    def make(**overrides) -> Env:
-        owner, mine, theirs = f"w{secrets.token_hex(4)}", secrets.token_hex(8), secrets.token_hex(8)
-        settings = api_settings.model_copy(update={
-            "api_keys": f"{owner}:{mine},o{owner}:{theirs}", "data_dir": tmp_path / f"data{len(clients)}",
-            **overrides,
-        })
-        client = TestClient(create_app(settings))
-        client.__enter__()
-        clients.append(client)
-        return Env(client, {"Authorization": f"Bearer {mine}"}, {"Authorization": f"Bearer {theirs}"}, owner,
-                   settings)
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+def make_env(keyed_app) -> Callable[..., Env]:
+    return lambda **overrides: Env(*keyed_app(**overrides))
 
 
 @pytest.fixture
