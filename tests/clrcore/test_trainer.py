@@ -198,6 +198,17 @@ def test_digits_demo_reaches_95_percent_within_10_cpu_seconds(digits: Dataset) -
 # ---------------------------------------------------------------- resume and reproducibility
 
 
+def stop_after_first_epoch() -> Hooks:
+    """Hooks that stop a run once its first epoch's evaluation is done (a checkpoint at epoch 1)."""
+    epoch_done = {"value": 0}
+
+    def on_progress(p: Progress) -> None:
+        if p.phase == "eval" and p.step == p.steps and "val_acc" in p.metrics:
+            epoch_done["value"] = p.epoch
+
+    return Hooks(on_progress=on_progress, should_stop=lambda: epoch_done["value"] >= 1)
+
+
 @pytest.mark.parametrize("extra", [{}, {"bn_bias_lr_scale": 8.0}, {"lookahead": True}, {"flip_mode": "alternate"}],
                          ids=["plain", "scaled-shift-lr", "lookahead", "alternating-flips"])
 def test_resumed_run_equals_uninterrupted_run(small: Dataset, tmp_path: Path, extra: dict) -> None:
@@ -205,13 +216,7 @@ def test_resumed_run_equals_uninterrupted_run(small: Dataset, tmp_path: Path, ex
     straight = train(straight_model, small, make_config(epochs=3, flip=True, **extra))
 
     checkpoint = tmp_path / "last.pt"
-    epoch_done = {"value": 0}
-
-    def on_progress(p: Progress) -> None:
-        if p.phase == "eval" and p.step == p.steps and "val_acc" in p.metrics:
-            epoch_done["value"] = p.epoch
-
-    hooks = Hooks(on_progress=on_progress, should_stop=lambda: epoch_done["value"] >= 1)
+    hooks = stop_after_first_epoch()
     with pytest.raises(StopRequested):
         train(tiny_net(), small, make_config(epochs=3, flip=True, checkpoint_path=checkpoint, **extra), hooks=hooks)
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
@@ -234,13 +239,7 @@ def test_resumed_run_draws_the_same_random_resized_crops(small: Dataset, tmp_pat
     straight = train(straight_model, cropped, make_config(epochs=3, flip=True))
 
     checkpoint = tmp_path / "last.pt"
-    epoch_done = {"value": 0}
-
-    def on_progress(p: Progress) -> None:
-        if p.phase == "eval" and p.step == p.steps and "val_acc" in p.metrics:
-            epoch_done["value"] = p.epoch
-
-    hooks = Hooks(on_progress=on_progress, should_stop=lambda: epoch_done["value"] >= 1)
+    hooks = stop_after_first_epoch()
     with pytest.raises(StopRequested):
         train(tiny_net(), cropped, make_config(epochs=3, flip=True, checkpoint_path=checkpoint), hooks=hooks)
     assert torch.load(checkpoint, weights_only=True)["rng"]["crop"] is not None
