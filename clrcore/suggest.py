@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from clrcore.cycle_fit import fit_cycles
-from clrcore.smoothing import SPAN_DECADES, debiased_ema, residual_noise, smooth_curve, span_points
+from clrcore.smoothing import SPAN_DECADES, debiased_ema, smooth_curve, smoothing_gain, span_points, step_noise
 
 # The suggestion rules that read the curve independently; "min_loss_div10" is derived from
 # "min_loss" (always exactly one decade below), so it never counts towards the spread.
@@ -47,7 +47,12 @@ MIN_POINTS = 10  # fewer usable points than this: no rule can read the curve
 RISE_OF_FALL = 0.2
 RISE_RELATIVE = 0.03
 FLAT_FRACTION = 0.03  # a fall of less than 3 % of the starting loss: the sweep saw no learning
-NOISE_RATIO = 3.5  # pure noise, smoothed, fakes a dip of about 3x its step-to-step spread
+# Noisy: the fall is within NOISE_SIGMAS x the noise left after smoothing (the step-to-step noise x the
+# smoother's gain at the minimum). On pure white noise the fall read that way is 2.4-2.5 of those units at the median
+# and 5.3-5.7 at the 99th percentile, at 20 to 120 points a decade alike (2,000 curves each, seeded), so
+# one threshold serves a dense sweep and a sparse one. Scaled by the raw spread alone (as before), a
+# sparse sweep passed pure noise a fifth of the time and a dense one was called noisy while it learned.
+NOISE_SIGMAS = 6.0
 
 # Rules this many decades apart or more mean the curve has no clear shape. On a clean curve the
 # steepest descent sits up to about a decade below the minimum (1.1-1.4 on the anchor-shaped curves
@@ -173,7 +178,7 @@ class CurveReading:
     i_min: int  # of `smooth`
     turn: int | None  # first point after the minimum where `smooth` rose by the margin
     still_falling: bool  # no turn, and the minimum is at the end: the cliff lies beyond end_lr
-    noise: float
+    noise: float  # the step-to-step noise left after smoothing (step_noise x smoothing_gain)
     problem: NoSuggestion | None
 
     @property
@@ -237,16 +242,16 @@ def read_curve(
     # still falling: no turn, and the last `window` points still went down by a share of the minimum
     tail_drop = float(smooth[max(0, len(smooth) - 1 - window)] - smooth[-1])
     still_falling = turn is None and tail_drop > RISE_RELATIVE / 3 * abs(float(smooth[-1]))
-    noise = residual_noise(raw, smooth)
+    noise = step_noise(raw) * smoothing_gain(lrs, i_min, span_decades)  # what smoothing leaves of it there
     problem: NoSuggestion | None = None
     if i_min == 0:
         problem = NoSuggestion("never_fell", "the loss never fell below its first value: lower start_lr")
     elif fall < FLAT_FRACTION * abs(start):
         problem = NoSuggestion("flat", f"the loss fell only {fall:.3g} from {start:.3g} "
                                        f"(less than {FLAT_FRACTION:.0%}): lengthen the sweep or raise end_lr")
-    elif fall < NOISE_RATIO * noise:
-        problem = NoSuggestion("noisy", f"the loss fell {fall:.3g}, within {NOISE_RATIO:g}x its step-to-step "
-                                        f"noise ({noise:.3g}): use a larger batch or the validation mode")
+    elif fall < NOISE_SIGMAS * noise:
+        problem = NoSuggestion("noisy", f"the loss fell {fall:.3g}, within {NOISE_SIGMAS:g}x the noise left "
+                                        f"after smoothing ({noise:.3g}): use a larger batch or the validation mode")
     return CurveReading(lrs, raw, ema, smooth, i_min, turn, still_falling, noise, problem)
 
 
