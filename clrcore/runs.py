@@ -208,7 +208,7 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
                            channels_last=speed["channels_last"])
         val = [b for _, b in zip(range(options.val_batches), test, strict=False)]
     bf16 = device.type == "cuda" and spec.precision != "fp32"
-    num_iter = options.steps(steps_per_epoch(len(ds.train), spec.batch_size))
+    num_iter = options.steps(steps_per_epoch(len(ds.train), spec.batch_size), spec.optimizer.name)
     emitted: dict[str, Any] = {"at": -math.inf, "pending": None}  # the first step always shows
 
     def on_step(record: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ so a field means the same thing everywhere. Torch-free on purpose: the API impor
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -206,12 +207,13 @@ class JobSpecBase(StrictModel):
         return self
 
 
-# The default sweep, sized in the data rather than a fixed 100 steps (issue 12: 100 steps were a fifth
-# of an epoch, and the curve saw almost no learning): one epoch, but at least 100 steps, so a small
-# dataset still gives ~20 points a decade, and at most 400, so a large one does not sweep for long.
-DEFAULT_SWEEP_EPOCHS = 1.0
-MIN_SWEEP_STEPS = 100
-MAX_SWEEP_STEPS = 400
+# The default sweep's length: STEPS_PER_DECADE optimizer steps for every decade from its first LR to
+# end_lr (300 from 1e-4 to 10). How long the sweep dwells at each LR moves where the loss turns up: on
+# bench/lr_regret.py's resnet_fast the cliff sat 7x above the best trained max LR with 20 steps a decade
+# and 2x with 60, while tiny_cnn on gray images moved from 0.9x to 0.75x (docs/benchmarks.md). CLIFF_MARGIN
+# is learned at this density, so the default holds the density, not a share of an epoch (100-400 steps
+# before); `num_iter` or `epochs` still size a sweep by hand.
+STEPS_PER_DECADE = 60
 MAX_SWEEP_SEEDS = 5
 # Where the sweep starts by default: where the loss of the catalog models starts to move (issue 12: from
 # 1e-7 seven of nine decades were flat; the bench's sweeps from 1e-4 for SGD and 1e-6 for AdamW fall
@@ -219,9 +221,9 @@ MAX_SWEEP_SEEDS = 5
 DEFAULT_START_LR = {"sgd": 1e-4, "adamw": 1e-6}
 
 
-def default_sweep_steps(iters_per_epoch: int) -> int:
-    """The default sweep length for a dataset of `iters_per_epoch` optimizer steps an epoch."""
-    return int(min(MAX_SWEEP_STEPS, max(MIN_SWEEP_STEPS, round(DEFAULT_SWEEP_EPOCHS * iters_per_epoch))))
+def default_sweep_steps(first_lr: float, end_lr: float) -> int:
+    """The default sweep length from `first_lr` to `end_lr`: STEPS_PER_DECADE steps a decade."""
+    return max(5, round(STEPS_PER_DECADE * math.log10(end_lr / first_lr)))
 
 
 class RangeTestOptions(StrictModel):
@@ -238,9 +240,9 @@ class RangeTestOptions(StrictModel):
     )
     epochs: float | None = Field(
         None, gt=0, le=100,
-        description="size the sweep in epochs of the training data instead of num_iter steps, so it "
-        f"sees as much learning on a large dataset as on a small one (at least 5 steps); with neither "
-        f"given: {DEFAULT_SWEEP_EPOCHS:g} epoch, at least {MIN_SWEEP_STEPS} and at most {MAX_SWEEP_STEPS} steps",
+        description="size the sweep in epochs of the training data instead of num_iter steps (at least 5 "
+        f"steps); with neither given: {STEPS_PER_DECADE} steps a decade from the first LR to end_lr (300 from "
+        "1e-4 to 10), the density the pick's margin was measured at",
     )
     seeds: int = Field(
         1, ge=1, le=MAX_SWEEP_SEEDS,
@@ -266,14 +268,14 @@ class RangeTestOptions(StrictModel):
         """start_lr, or the default start for `optimizer` when none was given."""
         return self.start_lr if self.start_lr is not None else DEFAULT_START_LR[optimizer]
 
-    def steps(self, iters_per_epoch: int) -> int:
+    def steps(self, iters_per_epoch: int, optimizer: str) -> int:
         """The sweep's length in optimizer steps: num_iter when given, else `epochs` of the data, else
-        DEFAULT_SWEEP_EPOCHS of it held between MIN_SWEEP_STEPS and MAX_SWEEP_STEPS."""
+        STEPS_PER_DECADE a decade from the first LR for `optimizer` to end_lr."""
         if self.num_iter is not None:
             return self.num_iter
         if self.epochs is not None:
             return max(5, round(self.epochs * iters_per_epoch))
-        return default_sweep_steps(iters_per_epoch)
+        return default_sweep_steps(self.first_lr(optimizer), self.end_lr)
 
     @field_validator("end_lr")
     @classmethod

@@ -9,8 +9,7 @@ from pydantic import ValidationError
 from clrcore.lr_range import RangeTestResult, combine_seeds
 from clrcore.specs import (
     DEFAULT_START_LR,
-    MAX_SWEEP_STEPS,
-    MIN_SWEEP_STEPS,
+    STEPS_PER_DECADE,
     RangeTestOptions,
     RangeTestSpec,
     TrainSpec,
@@ -21,14 +20,16 @@ from clrcore.suggest import picks_from_reading, read_curve
 LRS = 1e-4 * (10 / 1e-4) ** (np.arange(150) / 149)
 
 
-def test_the_default_sweep_is_an_epoch_held_between_its_minimum_and_maximum_steps():
-    assert default_sweep_steps(20) == MIN_SWEEP_STEPS  # a small dataset: more than an epoch
-    assert default_sweep_steps(230) == 230
-    assert default_sweep_steps(469) == MAX_SWEEP_STEPS  # 60,000 images at batch 128: capped
+def test_the_default_sweep_holds_its_density_from_the_first_lr_to_end_lr():
+    assert STEPS_PER_DECADE == 60
+    assert default_sweep_steps(1e-4, 10.0) == 300  # SGD's default start to the default end: 5 decades
+    assert default_sweep_steps(1e-6, 1.0) == 360
     options = RangeTestOptions()
-    assert options.steps(230) == 230
-    assert RangeTestOptions(num_iter=60).steps(230) == 60  # an explicit length wins
-    assert RangeTestOptions(epochs=0.5).steps(230) == 115
+    assert options.steps(20, "sgd") == options.steps(469, "sgd") == 300  # whatever the dataset's size
+    assert options.steps(469, "adamw") == 420  # from AdamW's default start, 1e-6
+    assert RangeTestOptions(start_lr=1e-3, end_lr=1.0).steps(20, "sgd") == 180
+    assert RangeTestOptions(num_iter=60).steps(230, "sgd") == 60  # an explicit length wins
+    assert RangeTestOptions(epochs=0.5).steps(230, "sgd") == 115
 
 
 def test_the_default_start_is_where_the_optimizers_loss_moves_and_a_given_start_wins():
