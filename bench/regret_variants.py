@@ -75,7 +75,7 @@ def main() -> None:
 
     def regret(v: tuple[float, float], name: str, train: list[str]) -> float:
         margin = 10 ** np.mean([ratio(v, k) for k in train])
-        return 100 * float(np.mean([tasks[name][0].regret(p / margin)[0] for p in picks[v][name]]))
+        return 100 * float(np.mean([tasks[name][0].regret(float(p / margin))[0] for p in picks[v][name]]))
 
     def loto(v: tuple[float, float], among: list[str]) -> list[float]:
         return [regret(v, n, [k for k in among if k != n]) for n in among]
