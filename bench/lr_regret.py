@@ -247,13 +247,13 @@ def train_auto(task: Task, data: Dataset, res: dict[str, Any], cache: RunCache) 
     return out
 
 
-def run_task(task: Task, data: Dataset, cache: RunCache, out: Path, stage: str) -> None:
+def run_task(task: Task, data: Dataset, cache: RunCache, out: Path, stage: str, first_sweep_seed: int = 0) -> None:
     """`sweeps`: the range tests (no training); `auto`: the grid (cached) and the auto jobs, trained at what
     the stored sweeps pick under the current rule; `all`: both."""
     path = out / f"task_{task.name}.json"
     started = time.perf_counter()
     if stage in ("sweeps", "all"):
-        jobs = [sweep_job(task, data, seeds[0]) for seeds in JOB_SEEDS]
+        jobs = [sweep_job(task, data, first_sweep_seed + seeds[0]) for seeds in JOB_SEEDS]
         for job in jobs:
             print(json.dumps({k: job[k] for k in ("first_seed", "seed_spread", "warnings", "steps", "seconds")}),
                   flush=True)
@@ -282,6 +282,7 @@ def run_in_parallel(tasks: list[Task], args: argparse.Namespace) -> None:
         cmd += ["--full"] if args.full else []
         cmd += ["--grid-only"] if args.grid_only else ["--stage", args.stage]
         cmd += ["--sweep", json.dumps(args.sweep)] if args.sweep else []
+        cmd += ["--sweep-seeds-from", str(args.sweep_seeds_from)]
         with (args.out / f"{task.name}.{'grid' if args.grid_only else args.stage}.log").open("w") as log:
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     for proc in procs:
@@ -305,6 +306,9 @@ def main() -> None:
                         help='range_test fields for every task\'s sweep, as JSON (e.g. \'{"read": "validation", '
                         '"validation": true, "val_every": 2}\'): the grids are cached apart from the sweep, so a '
                         'copy of --out\'s cache/ scores another sweep without training them again')
+    parser.add_argument("--sweep-seeds-from", type=int, default=0,
+                        help="the first sweep seed (the two jobs sweep it to +2 and +3 to +5): fresh seeds score a "
+                        "margin learned on other sweeps out of sample")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = [full_size(t) for t in TASKS_CPU] if args.full else TASKS_CPU
@@ -324,7 +328,7 @@ def main() -> None:
             if args.grid_only:
                 run_grid(task, data, RunCache(args.out, task))
             else:
-                run_task(task, data, RunCache(args.out, task), args.out, args.stage)
+                run_task(task, data, RunCache(args.out, task), args.out, args.stage, args.sweep_seeds_from)
         if args.tasks and not args.parallel:  # one task of a parallel run: the parent analyses
             return
     if args.grid_only or args.stage == "sweeps" and not args.parallel:

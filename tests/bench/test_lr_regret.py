@@ -2,6 +2,7 @@
 no training."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +98,18 @@ def test_the_variant_search_reads_our_cliff_exactly_at_our_span_and_rise_and_lat
         ours = read_curve(c["lrs"], c["losses"]).cliff_lr
         assert cliff(c["lrs"], c["losses"], *SHIPPED) == ours  # the table's "(ours)" row is ours
         assert cliff(c["lrs"], c["losses"], SHIPPED[0], 2.0) > ours  # further up the wall
+
+
+def test_the_density_table_reads_the_stored_sweeps_as_the_docs_quote_them(capsys, monkeypatch):
+    # docs/benchmarks.md: resnet_fast's cliff 6.8x its best max LR at 20 steps a decade, 2.1x at 60
+    import sys
+
+    from bench import sweep_density
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the paths are the repository's, as the docs give them
+    monkeypatch.setattr(sys, "argv", ["sweep_density", "bench/data/lr_regret_density/100", "bench/data/lr_regret"])
+    sweep_density.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| bench/")]
+    assert len(rows) == 2 and "20-25 steps a decade" in rows[0] and "| bench/data/lr_regret: 60 steps" in rows[1]
+    resnet = [float(row.split(" | ")[2].split("x")[0]) for row in rows]  # the second task's column
+    assert resnet[0] > 5 and resnet[1] < 3
