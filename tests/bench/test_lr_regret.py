@@ -113,3 +113,13 @@ def test_the_density_table_reads_the_stored_sweeps_as_the_docs_quote_them(capsys
     assert len(rows) == 2 and "20-25 steps a decade" in rows[0] and "| bench/data/lr_regret: 60 steps" in rows[1]
     resnet = [float(row.split(" | ")[2].split("x")[0]) for row in rows]  # the second task's column
     assert resnet[0] > 5 and resnet[1] < 3
+
+
+def test_two_jobs_picks_ratio_is_read_from_disjoint_seeds():
+    from bench.seed_spread import pair_ratios
+
+    rng = np.random.default_rng(0)
+    assert np.allclose(pair_ratios(np.log([0.3, 0.3, 0.3, 0.3]), 2, rng), 1.0)
+    assert np.allclose(pair_ratios(np.log([1.0, 2.0]), 1, rng), 2.0)  # one seed each: always the two apart
+    three = pair_ratios(np.log([1.0, 1.0, 4.0, 4.0]), 2, rng)  # 1x when each job holds a 1 and a 4; 4x otherwise
+    assert set(np.round(three, 6)) <= {1.0, 4.0} and 1.0 in three

@@ -1,0 +1,55 @@
+"""How far apart do two range-test jobs land? Ours' pick across sweep seeds, pooled over stored runs.
+
+The regret table's spread is a worst case: max/min over 6 seeds. This script pools every stored sweep
+of a task (the fifth run's seeds 0-5 and the out-of-sample run's 6-11 by default), reads each as the
+product does (curves the noise check refuses are left out), and draws pairs of disjoint k-seed jobs
+(k = 1-5, each job's pick the geometric mean of its seeds' picks, as `range_test.seeds: k` aggregates
+them): the median max/min of such a pair and how often it is under 1.5x. No training.
+
+    .venv/bin/python -m bench.seed_spread bench/data/lr_regret bench/data/lr_regret_oos
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+
+from bench.regret_variants import load
+from clrcore.suggest import read_curve
+
+DRAWS = 2000
+
+
+def pair_ratios(log_picks: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """max/min of two disjoint k-seed jobs' picks, over DRAWS random draws of the seeds."""
+    out = np.empty(DRAWS)
+    for i in range(DRAWS):
+        order = rng.permutation(len(log_picks))
+        out[i] = math.exp(abs(log_picks[order[:k]].mean() - log_picks[order[k : 2 * k]].mean()))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="--out folders of bench.lr_regret (same tasks and grids)")
+    args = parser.parse_args()
+    runs = [load(run) for run in args.runs]
+    rng = np.random.default_rng(0)
+    ks = (1, 2, 3, 5)
+    print("| task | sweeps read | SD of ln(pick) | " + " | ".join(f"two {k}-seed jobs" for k in ks) + " |")
+    print("| --- | --- | --- |" + " --- |" * len(ks))
+    for name in runs[0]:
+        readings = [read_curve(c["lrs"], c["losses"]) for run in runs for c in run[name][1]]
+        picks = np.log([r.cliff_lr for r in readings if r.problem is None])  # ours = cliff / margin: same ratios
+        cells = []
+        for k in ks:
+            ratios = pair_ratios(picks, k, rng) if 2 * k <= len(picks) else None
+            cells.append("-" if ratios is None else f"{np.median(ratios):.2f}x, {np.mean(ratios < 1.5):.0%} under 1.5x")
+        print(f"| {name} | {len(picks)} of {len(readings)} | {picks.std(ddof=1):.2f} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
