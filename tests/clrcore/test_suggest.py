@@ -17,6 +17,7 @@ from clrcore.suggest import (
     CLIFF_MARGIN,
     LOW_CONFIDENCE_DECADES,
     SAFE_MAX_LR,
+    SEED_SPREAD_WARN,
     TRIANGULAR_BASE_DIVISOR,
     aggregate_picks,
     aggregate_seeds,
@@ -288,6 +289,10 @@ def test_seeds_aggregate_by_geometric_mean_and_report_each_pick_and_the_spread()
     assert agg.suggestions["ours"] == pytest.approx(math.exp(np.mean(np.log(singles))))
     assert agg.spread == pytest.approx(max(singles) / min(singles))
     assert 1.8 < agg.spread < 2.8 and agg.source == "seeds" and agg.picked == 3
+    assert seed_warnings(agg, [0, 1, 2]) == []  # as far apart as three sweeps' cliffs usually are: no warning
+    wide = [(LRS, sweep_curve(0.01, seed=s, cliff=math.log10(c))) for s, c in enumerate((0.1, 0.2, 0.5))]
+    agg = aggregate_seeds(wide)
+    assert agg.spread > SEED_SPREAD_WARN
     warned = seed_warnings(agg, [0, 1, 2])
     assert len(warned) == 1 and f"{agg.spread:.2f}x" in warned[0] and "geometric mean" in warned[0]
 
