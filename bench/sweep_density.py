@@ -22,13 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.regret_variants import load
+from clrcore.smoothing import span_points
 from clrcore.suggest import read_curve
-
-
-def density(curves: list[dict]) -> float:
-    """Steps a decade of the first curve (the sweep's steps over its decades, as asked, not as cut)."""
-    lrs = curves[0]["lrs"]
-    return (len(lrs) - 1) / math.log10(lrs[-1] / lrs[0]) if len(lrs) > 1 else math.nan
 
 
 def main() -> None:
@@ -43,16 +38,18 @@ def main() -> None:
     print("| --- |" + " --- |" * (len(grids) + 2))
     for run in args.runs:
         cliffs: dict[str, np.ndarray] = {}
+        log_ratio: dict[str, float] = {}  # log10(the seeds' mean cliff / the grid's best max LR)
         cells: list[str] = []
         steps: list[int] = []
         for name, (fit, _) in grids.items():
             path = run / f"task_{name}.json"
+            if not path.exists():
+                raise SystemExit(f"{path}: no sweeps of {name} (bench.lr_regret --stage sweeps --out {run})")
             curves = [c for job in json.loads(path.read_text())["jobs"] for c in job["curves"]]
             cliffs[name] = np.log10([read_curve(c["lrs"], c["losses"]).cliff_lr for c in curves])
-            steps.append(round(density(curves)))
-            ratio = 10 ** (cliffs[name].mean() - math.log10(fit.best_lr))
-            cells.append(f"{ratio:.2f}x, spread {10 ** np.ptp(cliffs[name]):.1f}x")
-        log_ratio = {n: cliffs[n].mean() - math.log10(grids[n][0].best_lr) for n in grids}
+            steps.append(round(span_points(curves[0]["lrs"], 1.0)))  # points in one decade: the density
+            log_ratio[name] = float(cliffs[name].mean() - math.log10(fit.best_lr))
+            cells.append(f"{10 ** log_ratio[name]:.2f}x, spread {10 ** np.ptp(cliffs[name]):.1f}x")
         regrets = []
         for name, (fit, _) in grids.items():
             margin = 10 ** np.mean([v for k, v in log_ratio.items() if k != name])
