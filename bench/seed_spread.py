@@ -44,13 +44,16 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="--out folders of bench.lr_regret (same tasks and grids)")
     args = parser.parse_args()
     runs = [load(run) for run in args.runs]
+    names = [name for name in runs[0] if all(name in run for run in runs)]
+    if not names:
+        raise SystemExit(f"no task has a grid and sweeps in every one of {', '.join(map(str, args.runs))}")
     rng = np.random.default_rng(0)
     ks = (1, 2, 3, 5)
     print("| task | sweeps read | SD of ln(pick) | " + " | ".join(f"two {k}-seed jobs" for k in ks)
           + " | one 3-seed job's own spread (median, 90th percentile) |")
     print("| --- | --- | --- |" + " --- |" * (len(ks) + 1))
     pooled = []
-    for name in runs[0]:
+    for name in names:
         readings = [read_curve(c["lrs"], c["losses"]) for run in runs for c in run[name][1]]
         picks = np.log([r.cliff_lr for r in readings if r.problem is None])  # ours = cliff / margin: same ratios
         cells = []

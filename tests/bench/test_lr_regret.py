@@ -123,3 +123,32 @@ def test_two_jobs_picks_ratio_is_read_from_disjoint_seeds():
     assert np.allclose(pair_ratios(np.log([1.0, 2.0]), 1, rng), 2.0)  # one seed each: always the two apart
     three = pair_ratios(np.log([1.0, 1.0, 4.0, 4.0]), 2, rng)  # 1x when each job holds a 1 and a 4; 4x otherwise
     assert set(np.round(three, 6)) <= {1.0, 4.0} and 1.0 in three
+
+
+def test_one_jobs_own_spread_is_max_over_min_of_its_seeds():
+    from bench.seed_spread import own_spreads
+
+    rng = np.random.default_rng(0)
+    spreads = own_spreads(np.log([1.0, 2.0, 8.0]), 3, rng)  # every draw holds all three seeds
+    assert np.allclose(spreads, 8.0)
+    assert set(np.round(own_spreads(np.log([1.0, 2.0, 8.0]), 2, rng), 6)) == {2.0, 4.0, 8.0}
+
+
+def test_fresh_sweep_seeds_shift_both_jobs(tmp_path, monkeypatch):
+    import json
+
+    from bench import lr_regret
+
+    seen = []
+
+    def fake_sweep(task, data, first_seed):  # the sweeps train; here only which seeds they are given counts
+        seen.append(first_seed)
+        return {"first_seed": first_seed, "curves": [], "seed_spread": None, "warnings": [], "steps": 0,
+                "seconds": 0.0}
+
+    monkeypatch.setattr(lr_regret, "sweep_job", fake_sweep)
+    task = lr_regret.TASKS_CPU[0]
+    lr_regret.run_task(task, None, None, tmp_path, "sweeps", first_sweep_seed=6)
+    assert seen == [6, 9]
+    stored = json.loads((tmp_path / f"task_{task.name}.json").read_text())
+    assert [job["first_seed"] for job in stored["jobs"]] == [6, 9]
