@@ -2,13 +2,15 @@
 
 Ours reads the cliff where the zero-lag curve (smoothed over SPAN_DECADES) rose RISE_OF_FALL of its
 fall above its minimum, then divides by a margin learned from the grids. This script re-reads the
-stored sweeps of bench/lr_regret.py with other spans and rises (no training) and scores each variant
-two ways, on the same grids as the regret table:
+stored sweeps of bench/lr_regret.py with other spans and rises, each alone or read together with the
+top (where the curve was back at its starting loss: the geometric mean of the two), no training, and
+scores each variant two ways, on the same grids as the regret table:
 - leave one task out: the margin learned on the other four tasks, the regret on the fifth;
 - nested: the variant itself also chosen on the other four (the lowest leave-one-out regret there),
   then scored on the fifth. Only this one says what choosing a variant from these data would be worth.
 
     .venv/bin/python -m bench.regret_variants --out runs/lr_regret   # after lr_regret's grid and sweeps
+    .venv/bin/python -m bench.regret_variants --out bench/data/lr_regret --out bench/data/lr_regret_oos  # pooled
 """
 
 from __future__ import annotations
@@ -21,19 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.lr_regret import GRID_SEEDS, TASKS_CPU, RunCache
+from bench.lr_regret import GRID_SEEDS, TASKS_CPU, TASKS_HELD_OUT, RunCache, Task
 from bench.regret_fit import GridFit
 from clrcore.smoothing import SPAN_DECADES, smooth_curve, span_points
 from clrcore.suggest import RISE_OF_FALL, RISE_RELATIVE, read_curve
 
 SPANS = (0.2, 0.3, 0.5)
 RISES = (0.2, 0.5, 1.0, 2.0)
-SHIPPED = (SPAN_DECADES, RISE_OF_FALL)
+SHIPPED = (SPAN_DECADES, RISE_OF_FALL, False)
 
 
-def cliff(lrs: list[float], losses: list[float], span: float, rise: float) -> float | None:
+def cliff(lrs: list[float], losses: list[float], span: float, rise: float, top: bool = False) -> float | None:
     """Where the curve smoothed over `span` decades first rose `rise` x its fall above its minimum (the
-    curve's last point when it never did); None where ours reads no suggestion (the same cut and checks)."""
+    curve's last point when it never did); with `top`, the geometric mean of that and where it first rose
+    by its whole fall (back at its start). None where ours reads no suggestion (the same cut and checks)."""
     reading = read_curve(lrs, losses)
     if reading.problem is not None:
         return None
@@ -43,51 +46,64 @@ def cliff(lrs: list[float], losses: list[float], span: float, rise: float) -> fl
     start = float(np.median(raw[: max(3, round(span_points(x, span)))]))
     margin = max(rise * (start - smooth[i_min]), RISE_RELATIVE * abs(float(smooth[i_min])))  # as read_curve
     after = np.nonzero(smooth[i_min:] > smooth[i_min] + margin)[0]
-    return float(x[i_min + after[0]]) if len(after) else float(x[-1])
+    if not len(after):
+        return float(x[-1])
+    turn = float(x[i_min + after[0]])
+    if not top:
+        return turn
+    back = np.nonzero(smooth[i_min:] >= smooth[i_min] + max(start - smooth[i_min], margin))[0]
+    return math.sqrt(turn * (float(x[i_min + back[0]]) if len(back) else float(x[-1])))
 
 
-def load(out: Path) -> dict[str, tuple[GridFit, list[dict]]]:
-    """Each task's grid fit (its whole cached seeds) and its stored sweep curves."""
+def load(out: Path, *more: Path, among: list[Task] = TASKS_CPU) -> dict[str, tuple[GridFit, list[dict]]]:
+    """Each task's grid fit (its whole cached seeds, read in `out`) and its stored sweep curves (those of
+    `out` and of every folder in `more`: other sweep seeds of the same tasks)."""
     tasks = {}
-    for task in TASKS_CPU:
-        path = out / f"task_{task.name}.json"
+    for task in among:
         cache = RunCache(out, task)
         rows = [[cache.get(lr, seed) for lr in task.grid_lrs()] for seed in GRID_SEEDS]
         rows = [row for row in rows if all(v is not None for v in row)]
-        if path.exists() and rows:
-            curves = [c for job in json.loads(path.read_text())["jobs"] for c in job["curves"]]
+        paths = [p for folder in (out, *more) if (p := folder / f"task_{task.name}.json").exists()]
+        if paths and rows:
+            curves = [c for p in paths for job in json.loads(p.read_text())["jobs"] for c in job["curves"]]
             tasks[task.name] = (GridFit(np.asarray(task.grid_lrs()), np.asarray(rows)), curves)
     return tasks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/lr_regret"))
+    parser.add_argument("--out", type=Path, action="append",
+                        help="a run's folder (repeat to pool other sweep seeds; the first holds the grid cache)")
+    parser.add_argument("--held-out", type=Path, default=None,
+                        help="a run of TASKS_HELD_OUT (grids and sweeps): each variant also scored there, its margin "
+                        "learned on all of --out's tasks")
     args = parser.parse_args()
-    tasks = load(args.out)
+    tasks = load(*(args.out or [Path("runs/lr_regret")]))
     names = list(tasks)
-    variants = list(itertools.product(SPANS, RISES))
+    variants = list(itertools.product(SPANS, RISES, (False, True)))
     picks = {v: {n: [p for c in tasks[n][1] if (p := cliff(c["lrs"], c["losses"], *v))] for n in names}
              for v in variants}
 
-    def ratio(v: tuple[float, float], name: str) -> float:  # log10(cliff / the grid's best), over the seeds
+    def ratio(v: tuple[float, float, bool], name: str) -> float:  # log10(cliff / the grid's best), over the seeds
         return float(np.mean(np.log10(picks[v][name])) - math.log10(tasks[name][0].best_lr))
 
-    def regret(v: tuple[float, float], name: str, train: list[str]) -> float:
+    def regret(v: tuple[float, float, bool], name: str, train: list[str]) -> float:
         margin = 10 ** np.mean([ratio(v, k) for k in train])
         return 100 * float(np.mean([tasks[name][0].regret(float(p / margin))[0] for p in picks[v][name]]))
 
-    def loto(v: tuple[float, float], among: list[str]) -> list[float]:
+    def loto(v: tuple[float, float, bool], among: list[str]) -> list[float]:
         return [regret(v, n, [k for k in among if k != n]) for n in among]
 
-    print(f"| span (decades), rise (x fall) | margin | {' | '.join(names)} | mean | worst | pick spread |")
+    print(f"| span (decades), rise (x fall), with the top | margin | {' | '.join(names)} | mean | worst | "
+          "pick spread |")
     print(f"| --- | --- |{' --- |' * len(names)} --- | --- | --- |")
     for v in variants:
         scores = loto(v, names)
         spread = max(max(p) / min(p) for p in picks[v].values())
         margin = 10 ** np.mean([ratio(v, n) for n in names])
         tag = " (ours)" if v == SHIPPED else ""
-        print(f"| {v[0]:g}, {v[1]:g}{tag} | {margin:.2f} | {' | '.join(f'{s:.1f}' for s in scores)} | "
+        cells = " | ".join(f"{s:.1f}" for s in scores)
+        print(f"| {v[0]:g}, {v[1]:g}, {'yes' if v[2] else 'no'}{tag} | {margin:.2f} | {cells} | "
               f"{np.mean(scores):.2f} | {max(scores):.1f} | {spread:.1f}x |")
     nested, shipped = [], []
     for held in names:
@@ -95,9 +111,23 @@ def main() -> None:
         chosen = min(variants, key=lambda v: float(np.mean(loto(v, train))))
         nested.append(regret(chosen, held, train))
         shipped.append(regret(SHIPPED, held, train))
-        print(f"held out {held}: chose span {chosen[0]:g}, rise {chosen[1]:g} -> {nested[-1]:.2f} "
+        print(f"held out {held}: chose span {chosen[0]:g}, rise {chosen[1]:g}, top {chosen[2]} -> {nested[-1]:.2f} "
               f"(ours {shipped[-1]:.2f})")
     print(f"nested mean regret {np.mean(nested):.2f} against ours {np.mean(shipped):.2f} (points, one seed)")
+    if args.held_out:
+        held = load(args.held_out, among=TASKS_HELD_OUT)
+        print(f"\n| span (decades), rise (x fall), with the top | margin | {' | '.join(held)} | mean |")
+        print(f"| --- | --- |{' --- |' * len(held)} --- |")
+        for v in variants:
+            margin = 10 ** np.mean([ratio(v, n) for n in names])
+            scores = []
+            for fit, curves in held.values():
+                held_picks = [p for c in curves if (p := cliff(c["lrs"], c["losses"], *v))]
+                scores.append(100 * float(np.mean([fit.regret(p / margin)[0] for p in held_picks])))
+            tag = " (ours)" if v == SHIPPED else ""
+            cells = " | ".join(f"{s:.2f}" for s in scores)
+            print(f"| {v[0]:g}, {v[1]:g}, {'yes' if v[2] else 'no'}{tag} | {margin:.2f} | {cells} | "
+                  f"{np.mean(scores):.2f} |")
 
 
 if __name__ == "__main__":
