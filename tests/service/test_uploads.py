@@ -254,6 +254,20 @@ def test_refusal_happens_mid_stream_without_reading_the_rest(tmp_path: Path) -> 
     assert (tmp_path / "part.zip").stat().st_size <= 200_000
 
 
+def test_every_byte_counted_is_on_disk_before_the_next_chunk_is_read(tmp_path: Path) -> None:
+    # small pieces, as a loaded socket delivers them: each must reach the file, not wait in a buffer
+    path, seen = tmp_path / "part.zip", []
+
+    async def body() -> AsyncIterator[bytes]:
+        for size in (100, 3000, 65536, 7):
+            yield b"\0" * size
+            seen.append(path.stat().st_size)  # the write of what was just yielded has happened
+
+    refusal = UploadRefused(413, "too_large", "over")
+    assert anyio.run(write_stream, body(), path, 1 << 20, refusal) == 68_643
+    assert seen == [100, 3100, 68_636, 68_643]
+
+
 @pytest.mark.parametrize("content_type, body, status, problem", [
     ("application/octet-stream", b"PK\x03\x04", 415, "unsupported_type"),
     ("application/json", b"{}", 415, "unsupported_type"),
