@@ -157,8 +157,8 @@ def test_fresh_sweep_seeds_shift_both_jobs(tmp_path, monkeypatch):
 
 
 def test_the_variant_search_scores_every_reading_on_the_held_out_tasks_as_the_docs_quote(capsys, monkeypatch):
-    # docs/benchmarks.md: on the three held-out tasks (margins learned on the five) ours stays among the
-    # best readings, and the readings that wait for a larger rise do far worse there
+    # docs/benchmarks.md: on the five held-out tasks (margins learned on the five tuning tasks) ours is
+    # within 0.1 point of the best of the 24 readings, and the readings that wait for a larger rise do worse
     import sys
 
     from bench import regret_variants
@@ -168,8 +168,10 @@ def test_the_variant_search_scores_every_reading_on_the_held_out_tasks_as_the_do
                                       "--held-out", "bench/data/lr_regret_heldout"])
     regret_variants.main()
     table = capsys.readouterr().out.split("\n\n")[-1].splitlines()
-    assert "digits_small_cnn_adamw | cifar_small_cnn | cifar_small_cnn_adamw" in table[0]
+    assert "digits_small_cnn_adamw | cifar_small_cnn | cifar_small_cnn_adamw | cifar_small_cnn_b128 | " \
+           "cifar_resnet_fast_adamw" in table[0]
     rows = {line.split(" | ")[0].lstrip("| "): float(line.rstrip(" |").split(" | ")[-1]) for line in table[2:]}
     assert len(rows) == len(regret_variants.SPANS) * len(regret_variants.RISES) * 2
     ours = rows["0.2, 0.2, no (ours)"]
-    assert ours < 0.6 and all(ours < mean for name, mean in rows.items() if ", 1, " in name or ", 2, " in name)
+    assert ours <= min(rows.values()) + 0.1
+    assert all(ours < mean for name, mean in rows.items() if ", 1, " in name or ", 2, " in name)
