@@ -113,6 +113,19 @@ TASKS_HELD_OUT = [
 ]
 
 
+def select_tasks(names: str | None, full: bool = False) -> list[Task]:
+    """The tasks `--tasks` names (comma-separated, from TASKS_CPU and TASKS_HELD_OUT; TASKS_CPU when
+    None), at full size with `full`. An unknown name stops the run with a one-line message."""
+    tasks = TASKS_CPU
+    if names:
+        known = {t.name: t for t in TASKS_CPU + TASKS_HELD_OUT}
+        unknown = [n for n in names.split(",") if n not in known]
+        if unknown:
+            raise SystemExit(f"unknown task {', '.join(unknown)}; known: {', '.join(known)}")
+        tasks = [known[n] for n in dict.fromkeys(names.split(","))]
+    return [full_size(t) for t in tasks] if full else tasks
+
+
 def full_size(task: Task) -> Task:
     """The same task at full size for a GPU: 32x32, the whole splits, five times the epochs."""
     return Task(task.name, task.data, task.model, task.optimizer, max(task.batch_size, 128), task.epochs * 5,
@@ -327,10 +340,7 @@ def main() -> None:
                         "margin learned on other sweeps out of sample")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    tasks = TASKS_CPU
-    if args.tasks:
-        tasks = [t for t in TASKS_CPU + TASKS_HELD_OUT if t.name in args.tasks.split(",")]
-    tasks = [full_size(t) for t in tasks] if args.full else tasks
+    tasks = select_tasks(args.tasks, args.full)
     if args.sweep:
         tasks = [replace(t, sweep={**t.sweep, **args.sweep}) for t in tasks]
     if args.parallel and args.stage != "analyse":

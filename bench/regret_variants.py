@@ -70,6 +70,11 @@ def load(out: Path, *more: Path, among: list[Task] = TASKS_CPU) -> dict[str, tup
     return tasks
 
 
+def mean_regret(fit: GridFit, picks: list[float], margin: float) -> float:
+    """Points of regret of the picks (cliffs) divided by `margin`, averaged."""
+    return 100 * float(np.mean([fit.regret(float(p / margin))[0] for p in picks]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, action="append",
@@ -78,8 +83,14 @@ def main() -> None:
                         help="a run of TASKS_HELD_OUT (grids and sweeps): each variant also scored there, its margin "
                         "learned on all of --out's tasks")
     args = parser.parse_args()
-    tasks = load(*(args.out or [Path("runs/lr_regret")]))
+    folders = args.out or [Path("runs/lr_regret")]
+    for folder in [*folders, *([args.held_out] if args.held_out else [])]:
+        if not folder.is_dir():
+            raise SystemExit(f"{folder}: no such folder (a --out of bench.lr_regret)")
+    tasks = load(*folders)
     names = list(tasks)
+    if not names:
+        raise SystemExit(f"{folders[0]}: no task has both a grid and sweeps there")
     variants = list(itertools.product(SPANS, RISES, (False, True)))
     picks = {v: {n: [p for c in tasks[n][1] if (p := cliff(c["lrs"], c["losses"], *v))] for n in names}
              for v in variants}
@@ -88,8 +99,7 @@ def main() -> None:
         return float(np.mean(np.log10(picks[v][name])) - math.log10(tasks[name][0].best_lr))
 
     def regret(v: tuple[float, float, bool], name: str, train: list[str]) -> float:
-        margin = 10 ** np.mean([ratio(v, k) for k in train])
-        return 100 * float(np.mean([tasks[name][0].regret(float(p / margin))[0] for p in picks[v][name]]))
+        return mean_regret(tasks[name][0], picks[v][name], 10 ** np.mean([ratio(v, k) for k in train]))
 
     def loto(v: tuple[float, float, bool], among: list[str]) -> list[float]:
         return [regret(v, n, [k for k in among if k != n]) for n in among]
@@ -116,14 +126,14 @@ def main() -> None:
     print(f"nested mean regret {np.mean(nested):.2f} against ours {np.mean(shipped):.2f} (points, one seed)")
     if args.held_out:
         held = load(args.held_out, among=TASKS_HELD_OUT)
+        if not held:
+            raise SystemExit(f"{args.held_out}: no held-out task has both a grid and sweeps there")
         print(f"\n| span (decades), rise (x fall), with the top | margin | {' | '.join(held)} | mean |")
         print(f"| --- | --- |{' --- |' * len(held)} --- |")
         for v in variants:
             margin = 10 ** np.mean([ratio(v, n) for n in names])
-            scores = []
-            for fit, curves in held.values():
-                held_picks = [p for c in curves if (p := cliff(c["lrs"], c["losses"], *v))]
-                scores.append(100 * float(np.mean([fit.regret(p / margin)[0] for p in held_picks])))
+            scores = [mean_regret(fit, [p for c in curves if (p := cliff(c["lrs"], c["losses"], *v))], margin)
+                      for fit, curves in held.values()]
             tag = " (ours)" if v == SHIPPED else ""
             cells = " | ".join(f"{s:.2f}" for s in scores)
             print(f"| {v[0]:g}, {v[1]:g}, {'yes' if v[2] else 'no'}{tag} | {margin:.2f} | {cells} | "

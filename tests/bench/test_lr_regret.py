@@ -175,3 +175,48 @@ def test_the_variant_search_scores_every_reading_on_the_held_out_tasks_as_the_do
     ours = rows["0.2, 0.2, no (ours)"]
     assert ours <= min(rows.values()) + 0.1
     assert all(ours < mean for name, mean in rows.items() if ", 1, " in name or ", 2, " in name)
+
+
+def test_tasks_are_chosen_by_name_from_both_lists_and_an_unknown_name_is_one_line():
+    from bench import lr_regret
+
+    assert lr_regret.select_tasks(None) == lr_regret.TASKS_CPU
+    held = lr_regret.select_tasks("cifar_small_cnn,digits_tiny_cnn,cifar_small_cnn")
+    assert [t.name for t in held] == ["cifar_small_cnn", "digits_tiny_cnn"]
+    assert held[0] in lr_regret.TASKS_HELD_OUT
+    full = lr_regret.select_tasks("cifar_small_cnn", full=True)[0]
+    assert (full.size, full.train_images, full.epochs) == (32, 50_000, 10)
+    with pytest.raises(SystemExit, match="unknown task no_such_task; known: digits_tiny_cnn"):
+        lr_regret.select_tasks("digits_tiny_cnn,no_such_task")
+
+
+def test_the_variant_search_pools_the_sweeps_of_several_runs_on_the_first_runs_grids():
+    from bench.regret_variants import load
+
+    root = Path(__file__).resolve().parents[2] / "bench/data"
+    one, other = load(root / "lr_regret"), load(root / "lr_regret_oos")
+    pooled = load(root / "lr_regret", root / "lr_regret_oos")
+    assert set(pooled) == set(one)
+    for name, (fit, curves) in pooled.items():
+        assert len(curves) == len(one[name][1]) + len(other[name][1])
+        assert fit.best_lr == one[name][0].best_lr
+
+
+def test_the_variant_search_names_a_missing_folder_in_one_line(monkeypatch, tmp_path):
+    import sys
+
+    from bench import regret_variants
+
+    monkeypatch.setattr(sys, "argv", ["regret_variants", "--out", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="nope: no such folder"):
+        regret_variants.main()
+    monkeypatch.setattr(sys, "argv", ["regret_variants", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no task has both a grid and sweeps there"):
+        regret_variants.main()
+
+
+def test_the_upload_write_bench_times_a_whole_body_and_leaves_nothing(tmp_path):
+    from bench import upload_write
+
+    assert upload_write.seconds(65536, tmp_path, repeats=1) > 0
+    assert not any(tmp_path.iterdir())
