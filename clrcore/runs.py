@@ -162,14 +162,20 @@ def sweep_speed(device: torch.device, model: nn.Module) -> dict[str, Any]:
 
 
 def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
-           device: torch.device, hooks: Hooks, label_smoothing: float = 0.0) -> RangeTestResult:
+           device: torch.device, hooks: Hooks, label_smoothing: float = 0.0,
+           train_epochs: int | None = None) -> RangeTestResult:
     """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data.
 
-    With `options.seeds` k > 1 the sweep runs k times in this job: the first on `model`, the others on
-    fresh models and batch orders seeded spec.seed + 1 .. + k-1; the result's picks are the seeds'
-    aggregate (`lr_range.combine_seeds`). A sweep stopped by request stops the whole job's sweeps.
+    With k seeds (`options.sweep_seeds`: as given, or by default 3 where 3 sweeps are cheap beside the
+    `train_epochs` of the training job that asked, else 1), the sweep runs k times in this job: the
+    first on `model`, the others on fresh models and batch orders seeded spec.seed + 1 .. + k-1; the
+    result's picks are the seeds' aggregate (`lr_range.combine_seeds`). A sweep stopped by request
+    stops the whole job's sweeps.
     """
-    seeds = [spec.seed + i for i in range(options.seeds)]
+    iters = steps_per_epoch(len(ds.train), spec.batch_size)
+    count = options.sweep_seeds(options.steps(iters, spec.optimizer.name),
+                                None if train_epochs is None else train_epochs * iters)
+    seeds = [spec.seed + i for i in range(count)]
     results = [_sweep_one(spec, options, policy, ds, model, device, hooks, label_smoothing, (0, len(seeds)))]
     if len(seeds) == 1 or results[0].stop_reason == "stopped":
         return results[0]
@@ -295,7 +301,7 @@ def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, d
                     label_smoothing: float = 0.0,
                     fallback: Callable[[str], Recommendation] | None = None) -> RangeTestChoice:
     """Run the sweep and write its artifacts; a sweep cut short by a stop request raises StopRequested."""
-    result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing)
+    result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing, train_epochs=epochs_hint)
     check_may_write(hooks.may_write, "range test result")
     choice = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint, model,
                          fallback)

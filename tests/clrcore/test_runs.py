@@ -92,6 +92,22 @@ def test_one_epoch_holds_no_whole_cycle_so_the_run_becomes_one_cycle(tmp_path: P
     assert summary["warnings"] == []
 
 
+def test_auto_run_sweeps_three_seeds_when_they_are_cheap_beside_the_run_and_one_otherwise(tmp_path: Path) -> None:
+    # 60 epochs of 2 batches: three 10-step sweeps are 30 batches, a quarter of 120 (DEFAULT_SWEEP_SEEDS)
+    sweep = {"start_lr": 1e-4, "num_iter": 10}
+    long = run_job(TrainSpec(**TINY, max_lr="auto", epochs=60, range_test=sweep), tmp_path / "long",
+                   data_dir=tmp_path)
+    assert [s["seed"] for s in long["lr_choice"]["seeds"]] == [0, 1, 2] and long["epochs_run"] == 60
+    saved = json.loads((tmp_path / "long" / "range_test.json").read_text())
+    assert [c["seed"] for c in saved["seed_curves"]] == [0, 1, 2]
+    given = run_job(TrainSpec(**TINY, max_lr="auto", epochs=60, range_test={**sweep, "seeds": 1}), tmp_path / "one",
+                    data_dir=tmp_path)
+    assert "seeds" not in given["lr_choice"]  # a given count wins: one sweep
+    short = run_job(TrainSpec(**TINY, max_lr="auto", epochs=59, range_test=sweep), tmp_path / "short",
+                    data_dir=tmp_path)
+    assert "seeds" not in short["lr_choice"]  # 30 batches are more than a quarter of 118
+
+
 def test_auto_run_without_a_pick_trains_with_the_safe_fallback(tmp_path: Path) -> None:
     # a sweep over LRs too small to move the loss: no rule can pick, so the documented safe recipe trains
     flat = {"start_lr": 1e-7, "end_lr": 2e-7, "num_iter": 20}

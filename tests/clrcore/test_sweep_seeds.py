@@ -9,6 +9,8 @@ from pydantic import ValidationError
 from clrcore.lr_range import RangeTestResult, combine_seeds
 from clrcore.specs import (
     DEFAULT_START_LR,
+    DEFAULT_SWEEP_SEEDS,
+    SEEDS_SHARE_OF_RUN,
     STEPS_PER_DECADE,
     RangeTestOptions,
     RangeTestSpec,
@@ -38,6 +40,22 @@ def test_the_default_start_is_where_the_optimizers_loss_moves_and_a_given_start_
     assert RangeTestOptions(start_lr=1e-7).first_lr("sgd") == 1e-7
     with pytest.raises(ValidationError, match="start_lr must be below end_lr"):
         RangeTestOptions(end_lr=1e-5)  # below the default start of SGD
+
+
+def test_a_training_job_sweeps_three_seeds_by_default_only_where_they_cost_a_quarter_of_its_steps():
+    assert (DEFAULT_SWEEP_SEEDS, SEEDS_SHARE_OF_RUN) == (3, 0.25)
+    options = RangeTestOptions()
+    assert options.seeds is None
+    # 10 epochs of CIFAR-10 at batch 128 (391 steps an epoch) against three 300-step sweeps: 900 <= 977
+    assert options.sweep_seeds(300, 10 * 391) == 3
+    assert options.sweep_seeds(300, 3600) == 3 and options.sweep_seeds(300, 3599) == 1  # the boundary
+    assert options.sweep_seeds(300, 4 * 391) == 1  # a short run keeps one sweep
+    assert options.sweep_seeds(300, None) == 1  # a range-test job: no run to weigh it against
+    # a sweep of accumulated micro-batches costs that many batches a step
+    assert RangeTestOptions(accumulation_steps=2).sweep_seeds(300, 7199) == 1
+    assert RangeTestOptions(accumulation_steps=2).sweep_seeds(300, 7200) == 3
+    assert RangeTestOptions(seeds=1).sweep_seeds(300, 10**6) == 1  # a given count always wins
+    assert RangeTestOptions(seeds=2).sweep_seeds(300, None) == 2
 
 
 @pytest.mark.parametrize("seeds", [0, 6, 2.5])
