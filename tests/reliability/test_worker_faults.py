@@ -54,7 +54,7 @@ def test_oom_and_time_limit_fail_the_job_with_reason_and_the_worker_takes_the_ne
         # minigooglenet on a 4096 batch needs several GB of activations: a genuine allocation failure.
         oom = submit(store, celery_sender, range_test_spec(model="minigooglenet", batch_size=4096,
                                                             train_subset=None, num_iter=5), queue=queue)
-        slow = submit(store, celery_sender, train_spec(epochs=200), queue=queue)
+        slow = submit(store, celery_sender, train_spec(epochs=5000), queue=queue)  # minutes: far past the limit
         after = submit(store, celery_sender, range_test_spec(num_iter=10), queue=queue)
 
         record = wait_for(store, oom, timeout=SLOW_S)
