@@ -11,6 +11,9 @@ scores each variant two ways, on the same grids as the regret table:
 
     .venv/bin/python -m bench.regret_variants --out runs/lr_regret   # after lr_regret's grid and sweeps
     .venv/bin/python -m bench.regret_variants --out bench/data/lr_regret --out bench/data/lr_regret_oos  # pooled
+
+`--heights` scores another family instead: the turn read at several rises at once (the geometric mean of
+where the curve first rose each of them), over more spans; one rise alone is the plain reading.
 """
 
 from __future__ import annotations
@@ -31,12 +34,28 @@ from clrcore.suggest import RISE_OF_FALL, RISE_RELATIVE, read_curve
 SPANS = (0.2, 0.3, 0.5)
 RISES = (0.2, 0.5, 1.0, 2.0)
 SHIPPED = (SPAN_DECADES, RISE_OF_FALL, False)
+# --heights: several rises read at once, around ours and above it
+HEIGHT_SPANS = (0.15, 0.2, 0.3, 0.4, 0.5)
+RISE_SETS: tuple[tuple[float, ...], ...] = ((0.2,), (0.3,), (0.5,), (0.05, 0.1, 0.2), (0.1, 0.2, 0.3), (0.2, 0.3, 0.4),
+                                            (0.1, 0.2, 0.3, 0.4, 0.5), (0.3, 0.5, 0.7))
+Variant = tuple[float, float | tuple[float, ...], bool]
 
 
-def cliff(lrs: list[float], losses: list[float], span: float, rise: float, top: bool = False) -> float | None:
+def is_shipped(v: Variant) -> bool:
+    return v[0] == SHIPPED[0] and v[2] == SHIPPED[2] and tuple(np.atleast_1d(v[1])) == (SHIPPED[1],)
+
+
+def label(v: Variant) -> str:
+    rises = "+".join(f"{r:g}" for r in np.atleast_1d(v[1]))
+    return f"{v[0]:g}, {rises}, {'yes' if v[2] else 'no'}{' (ours)' if is_shipped(v) else ''}"
+
+
+def cliff(lrs: list[float], losses: list[float], span: float, rise: float | tuple[float, ...],
+          top: bool = False) -> float | None:
     """Where the curve smoothed over `span` decades first rose `rise` x its fall above its minimum (the
-    curve's last point when it never did); with `top`, the geometric mean of that and where it first rose
-    by its whole fall (back at its start). None where ours reads no suggestion (the same cut and checks)."""
+    curve's last point when it never did); several rises: the geometric mean of those points; with `top`,
+    the geometric mean of that and where it first rose by its whole fall (back at its start). None where
+    ours reads no suggestion (the same cut and checks)."""
     reading = read_curve(lrs, losses)
     if reading.problem is not None:
         return None
@@ -44,13 +63,15 @@ def cliff(lrs: list[float], losses: list[float], span: float, rise: float, top: 
     smooth = smooth_curve(x, raw, span)
     i_min = int(np.argmin(smooth))
     start = float(np.median(raw[: max(3, round(span_points(x, span)))]))
-    margin = max(rise * (start - smooth[i_min]), RISE_RELATIVE * abs(float(smooth[i_min])))  # as read_curve
-    after = np.nonzero(smooth[i_min:] > smooth[i_min] + margin)[0]
-    if not len(after):
-        return float(x[-1])
-    turn = float(x[i_min + after[0]])
+    turns = []
+    for each in np.atleast_1d(rise):
+        margin = max(each * (start - smooth[i_min]), RISE_RELATIVE * abs(float(smooth[i_min])))  # as read_curve
+        after = np.nonzero(smooth[i_min:] > smooth[i_min] + margin)[0]
+        turns.append(float(x[i_min + after[0]]) if len(after) else float(x[-1]))
+    turn = float(np.exp(np.mean(np.log(turns))))
     if not top:
         return turn
+    margin = max(float(np.max(rise)) * (start - smooth[i_min]), RISE_RELATIVE * abs(float(smooth[i_min])))
     back = np.nonzero(smooth[i_min:] >= smooth[i_min] + max(start - smooth[i_min], margin))[0]
     return math.sqrt(turn * (float(x[i_min + back[0]]) if len(back) else float(x[-1])))
 
@@ -82,6 +103,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=Path, default=None,
                         help="a run of TASKS_HELD_OUT (grids and sweeps): each variant also scored there, its margin "
                         "learned on all of --out's tasks")
+    parser.add_argument("--heights", action="store_true",
+                        help="score the turn read at several rises at once (RISE_SETS x HEIGHT_SPANS) instead")
     args = parser.parse_args()
     folders = args.out or [Path("runs/lr_regret")]
     for folder in [*folders, *([args.held_out] if args.held_out else [])]:
@@ -91,17 +114,19 @@ def main() -> None:
     names = list(tasks)
     if not names:
         raise SystemExit(f"{folders[0]}: no task has both a grid and sweeps there")
-    variants = list(itertools.product(SPANS, RISES, (False, True)))
+    variants: list[Variant] = (
+        [(span, rises, False) for span in HEIGHT_SPANS for rises in RISE_SETS] if args.heights
+        else list(itertools.product(SPANS, RISES, (False, True))))
     picks = {v: {n: [p for c in tasks[n][1] if (p := cliff(c["lrs"], c["losses"], *v))] for n in names}
              for v in variants}
 
-    def ratio(v: tuple[float, float, bool], name: str) -> float:  # log10(cliff / the grid's best), over the seeds
+    def ratio(v: Variant, name: str) -> float:  # log10(cliff / the grid's best), over the seeds
         return float(np.mean(np.log10(picks[v][name])) - math.log10(tasks[name][0].best_lr))
 
-    def regret(v: tuple[float, float, bool], name: str, train: list[str]) -> float:
-        return mean_regret(tasks[name][0], picks[v][name], 10 ** np.mean([ratio(v, k) for k in train]))
+    def regret(v: Variant, name: str, train: list[str]) -> float:
+        return mean_regret(tasks[name][0], picks[v][name], float(10 ** np.mean([ratio(v, k) for k in train])))
 
-    def loto(v: tuple[float, float, bool], among: list[str]) -> list[float]:
+    def loto(v: Variant, among: list[str]) -> list[float]:
         return [regret(v, n, [k for k in among if k != n]) for n in among]
 
     print(f"| span (decades), rise (x fall), with the top | margin | {' | '.join(names)} | mean | worst | "
@@ -110,19 +135,17 @@ def main() -> None:
     for v in variants:
         scores = loto(v, names)
         spread = max(max(p) / min(p) for p in picks[v].values())
-        margin = 10 ** np.mean([ratio(v, n) for n in names])
-        tag = " (ours)" if v == SHIPPED else ""
+        margin = float(10 ** np.mean([ratio(v, n) for n in names]))
         cells = " | ".join(f"{s:.1f}" for s in scores)
-        print(f"| {v[0]:g}, {v[1]:g}, {'yes' if v[2] else 'no'}{tag} | {margin:.2f} | {cells} | "
-              f"{np.mean(scores):.2f} | {max(scores):.1f} | {spread:.1f}x |")
+        print(f"| {label(v)} | {margin:.2f} | {cells} | {np.mean(scores):.2f} | {max(scores):.1f} | {spread:.1f}x |")
+    ours = next(v for v in variants if is_shipped(v))
     nested, shipped = [], []
-    for held in names:
-        train = [n for n in names if n != held]
+    for left_out in names:
+        train = [n for n in names if n != left_out]
         chosen = min(variants, key=lambda v: float(np.mean(loto(v, train))))
-        nested.append(regret(chosen, held, train))
-        shipped.append(regret(SHIPPED, held, train))
-        print(f"held out {held}: chose span {chosen[0]:g}, rise {chosen[1]:g}, top {chosen[2]} -> {nested[-1]:.2f} "
-              f"(ours {shipped[-1]:.2f})")
+        nested.append(regret(chosen, left_out, train))
+        shipped.append(regret(ours, left_out, train))
+        print(f"held out {left_out}: chose {label(chosen)} -> {nested[-1]:.2f} (ours {shipped[-1]:.2f})")
     print(f"nested mean regret {np.mean(nested):.2f} against ours {np.mean(shipped):.2f} (points, one seed)")
     if args.held_out:
         held = load(args.held_out, among=TASKS_HELD_OUT)
@@ -131,13 +154,11 @@ def main() -> None:
         print(f"\n| span (decades), rise (x fall), with the top | margin | {' | '.join(held)} | mean |")
         print(f"| --- | --- |{' --- |' * len(held)} --- |")
         for v in variants:
-            margin = 10 ** np.mean([ratio(v, n) for n in names])
+            margin = float(10 ** np.mean([ratio(v, n) for n in names]))
             scores = [mean_regret(fit, [p for c in curves if (p := cliff(c["lrs"], c["losses"], *v))], margin)
                       for fit, curves in held.values()]
-            tag = " (ours)" if v == SHIPPED else ""
             cells = " | ".join(f"{s:.2f}" for s in scores)
-            print(f"| {v[0]:g}, {v[1]:g}, {'yes' if v[2] else 'no'}{tag} | {margin:.2f} | {cells} | "
-                  f"{np.mean(scores):.2f} |")
+            print(f"| {label(v)} | {margin:.2f} | {cells} | {np.mean(scores):.2f} |")
 
 
 if __name__ == "__main__":
