@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -173,8 +174,10 @@ def spec_for(task: Task, seed: int, max_lr: float | str, range_test: dict[str, A
     })
 
 
-def train_at(task: Task, data: Dataset, max_lr: float, seed: int) -> float:
-    """Test accuracy after training at `max_lr` with the product's recipe (step fitted to the epochs)."""
+def trained_model(task: Task, data: Dataset, max_lr: float, seed: int,
+                  prepare: Callable[[torch.nn.Module], None] | None = None) -> tuple[torch.nn.Module, TrainSpec, Any]:
+    """The model trained at `max_lr` with the product's recipe (step fitted to the epochs), its spec and
+    config; `prepare` may change the fresh model first (bench/resnet_adamw_probe.py). Raises if it diverged."""
     from clrcore.runs import fresh_model
 
     spec = spec_for(task, seed, max_lr)
@@ -187,20 +190,33 @@ def train_at(task: Task, data: Dataset, max_lr: float, seed: int) -> float:
     schedule = schedule_from_spec(spec, base_lr=max_lr / 25, max_lr=max_lr, iters_per_epoch=iters)
     config = config_from_spec(spec, schedule, "auto")
     model = fresh_model(spec, data, config.device)
+    if prepare is not None:
+        prepare(model)
     # the trainer evaluates every epoch; only the last counts here, so it trains against a token test
     # split and the whole test split is evaluated once at the end (the same final evaluation)
     token = make_dataset(data.name, data.train, Split(data.test.images[:EVAL_TOKEN], data.test.labels[:EVAL_TOKEN]),
                          data.classes)
+    train(model, token, config)
+    return model, spec, config
+
+
+def accuracy(model: torch.nn.Module, split: Split, data: Dataset, spec: TrainSpec, config: Any) -> float:
+    """`model`'s accuracy on `split`, evaluated as the product's final evaluation is."""
+    model.eval()
+    loader = make_loader(split, config.eval_batch_size, device=config.device, train=False,
+                         **normalization(data, spec.normalize))
+    return float(evaluate(model, loader, tta_flip=config.tta_flip, tta_translate=config.tta_translate).accuracy)
+
+
+def train_at(task: Task, data: Dataset, max_lr: float, seed: int) -> float:
+    """Test accuracy after training at `max_lr` with the product's recipe (step fitted to the epochs)."""
     try:
-        train(model, token, config)
+        model, spec, config = trained_model(task, data, max_lr, seed)
     except Exception as exc:  # a diverged run is a data point (chance accuracy), not a crash
         print(json.dumps({"diverged": task.name, "max_lr": max_lr, "seed": seed, "error": str(exc)[:120]}),
               flush=True)
         return 1.0 / len(data.classes)
-    model.eval()
-    loader = make_loader(data.test, config.eval_batch_size, device=config.device, train=False,
-                         **normalization(data, spec.normalize))
-    return float(evaluate(model, loader, tta_flip=config.tta_flip, tta_translate=config.tta_translate).accuracy)
+    return accuracy(model, data.test, data, spec, config)
 
 
 class RunCache:

@@ -1,0 +1,92 @@
+"""Why does resnet_fast under AdamW train best so far below where its sweep's loss falls? Three probes.
+
+Issue 12's held-out task cifar_resnet_fast_adamw trains best at a max LR of 0.0016 while every sweep
+kept falling to 0.035-0.13, so every rule picked 2-25x too high. Each probe trains the task's recipe at
+a few max LRs (one seed) and reports test and training accuracy and how far the conv filters' norms
+grew (end / start, the mean over filters of every trainable conv):
+- as it is;
+- BatchNorm's eps at 1e-5 instead of 1e-12 (is it the evaluation's running statistics?);
+- BatchNorm shifts at 0.05x the LR (are the shifts, which Adam moves by about lr a step, the trouble?).
+
+    .venv/bin/python -m bench.resnet_adamw_probe --data ../shared/data/cifar10-jpg.tar.gz   # 2-3 min
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.lr_regret import TASKS_HELD_OUT, Task, accuracy, task_data, trained_model
+
+LRS = (0.0016, 0.01, 0.03)
+
+
+def _bn_eps(eps: float) -> Callable[[nn.Module], None]:
+    def prepare(model: nn.Module) -> None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eps = eps
+    return prepare
+
+
+PROBES: dict[str, tuple[dict[str, Any], Callable[[nn.Module], None] | None]] = {
+    "as it is": ({}, None),
+    "BatchNorm eps 1e-5": ({}, _bn_eps(1e-5)),
+    "BatchNorm shifts at 0.05x the LR": ({"bn_bias_lr_scale": 0.05}, None),
+}
+
+
+def filter_norms(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each trainable conv's per-filter norms (output channel by output channel)."""
+    return {name: p.detach().flatten(1).norm(dim=1).clone() for name, p in model.named_parameters()
+            if p.ndim == 4 and p.requires_grad}
+
+
+def probe(task: Task, data: Any, max_lr: float, seed: int = 0, optimizer: dict[str, Any] | None = None,
+          prepare: Callable[[nn.Module], None] | None = None) -> dict[str, float]:
+    """Train once; test and training accuracy and the mean growth of the conv filters' norms."""
+    start: dict[str, torch.Tensor] = {}
+
+    def remember(model: nn.Module) -> None:
+        if prepare is not None:
+            prepare(model)
+        start.update(filter_norms(model))
+
+    run = replace(task, optimizer={**task.optimizer, **(optimizer or {})})
+    model, spec, config = trained_model(run, data, max_lr, seed, prepare=remember)
+    end = filter_norms(model)
+    growth = torch.cat([end[name] / start[name] for name in start]).mean().item()
+    return {"test": accuracy(model, data.test, data, spec, config),
+            "train": accuracy(model, data.train, data, spec, config), "norm_growth": growth}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="cifar10-jpg.tar.gz")
+    parser.add_argument("--task", default="cifar_resnet_fast_adamw")
+    args = parser.parse_args()
+    tasks = {t.name: t for t in TASKS_HELD_OUT}
+    if args.task not in tasks:
+        raise SystemExit(f"unknown task {args.task}; known: {', '.join(tasks)}")
+    torch.set_num_threads(1)
+    task = tasks[args.task]
+    data = task_data(task, args.data, {})
+    print(f"| probe | {' | '.join(f'max LR {lr:g}' for lr in LRS)} |")
+    print(f"| --- |{' --- |' * len(LRS)}")
+    for name, (optimizer, prepare) in PROBES.items():
+        cells = []
+        for lr in LRS:
+            r = probe(task, data, lr, optimizer=optimizer, prepare=prepare)
+            cells.append(f"test {100 * r['test']:.1f} %, train {100 * r['train']:.1f} %, "
+                         f"filters {r['norm_growth']:.2f}x")
+        print(f"| {name} | {' | '.join(cells)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
