@@ -46,7 +46,7 @@ from clrcore.loaders import make_loader, normalization
 from clrcore.schedules import schedule_from_spec
 from clrcore.specs import TrainSpec
 from clrcore.suggest import CLIFF_MARGIN, aggregate_seeds, recommend, safe_recommendation
-from clrcore.train_setup import config_from_spec, steps_per_epoch
+from clrcore.train_setup import TrainConfig, config_from_spec, steps_per_epoch
 from clrcore.trainer import train
 
 GRID_POINTS = 7
@@ -174,12 +174,9 @@ def spec_for(task: Task, seed: int, max_lr: float | str, range_test: dict[str, A
     })
 
 
-def trained_model(task: Task, data: Dataset, max_lr: float, seed: int,
-                  prepare: Callable[[torch.nn.Module], None] | None = None) -> tuple[torch.nn.Module, TrainSpec, Any]:
-    """The model trained at `max_lr` with the product's recipe (step fitted to the epochs), its spec and
-    config; `prepare` may change the fresh model first (bench/resnet_adamw_probe.py). Raises if it diverged."""
-    from clrcore.runs import fresh_model
-
+def planned_run(task: Task, data: Dataset, max_lr: float, seed: int) -> tuple[TrainSpec, TrainConfig]:
+    """The spec and config of a run at `max_lr` with the product's recipe: triangular from max/25, the step
+    fitted so the epochs hold whole cycles (one_cycle where none fits), as an `auto` job plans it."""
     spec = spec_for(task, seed, max_lr)
     iters = steps_per_epoch(len(data.train), spec.batch_size)
     fit = fit_cycles(spec.epochs, iters)
@@ -188,7 +185,17 @@ def trained_model(task: Task, data: Dataset, max_lr: float, seed: int,
     else:
         spec = spec.model_copy(update={"step_size": fit.step_iterations, "step_unit": "iterations"})
     schedule = schedule_from_spec(spec, base_lr=max_lr / 25, max_lr=max_lr, iters_per_epoch=iters)
-    config = config_from_spec(spec, schedule, "auto")
+    return spec, config_from_spec(spec, schedule, "auto")
+
+
+def trained_model(task: Task, data: Dataset, max_lr: float, seed: int,
+                  prepare: Callable[[torch.nn.Module], None] | None = None,
+                  ) -> tuple[torch.nn.Module, TrainSpec, TrainConfig]:
+    """The model trained at `max_lr` with the product's recipe, its spec and config; `prepare` may change
+    the fresh model first (bench/resnet_adamw_probe.py). Raises if it diverged."""
+    from clrcore.runs import fresh_model
+
+    spec, config = planned_run(task, data, max_lr, seed)
     model = fresh_model(spec, data, config.device)
     if prepare is not None:
         prepare(model)
@@ -200,7 +207,7 @@ def trained_model(task: Task, data: Dataset, max_lr: float, seed: int,
     return model, spec, config
 
 
-def accuracy(model: torch.nn.Module, split: Split, data: Dataset, spec: TrainSpec, config: Any) -> float:
+def accuracy(model: torch.nn.Module, split: Split, data: Dataset, spec: TrainSpec, config: TrainConfig) -> float:
     """`model`'s accuracy on `split`, evaluated as the product's final evaluation is."""
     model.eval()
     loader = make_loader(split, config.eval_batch_size, device=config.device, train=False,

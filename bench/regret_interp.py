@@ -19,15 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.lr_regret import Task, spec_for
-from clrcore.cycle_fit import fit_cycles
+from bench.lr_regret import Task, planned_run, spec_for
 from clrcore.datasets import Dataset
 from clrcore.hooks import Hooks
 from clrcore.runs import _sweep, fresh_model
-from clrcore.schedules import schedule_from_spec
 from clrcore.specs import TrainSpec
 from clrcore.suggest import aggregate_picks, picks_from_reading, read_curve, recommend, safe_recommendation
-from clrcore.train_setup import config_from_spec, steps_per_epoch
 from clrcore.trainer import TrainResult, train
 
 # Builds the model a run starts from (spec, data, device); bench/finetune_regret.py loads pretrained weights.
@@ -61,16 +58,9 @@ def auto_max_lr(task: Task, lrs: list[float], losses: list[float]) -> float:
 
 def trained(task: Task, data: Dataset, max_lr: float, seed: int,
             build: ModelBuilder = fresh_model) -> tuple[nn.Module, TrainResult]:
-    """The model trained at `max_lr` with the product's recipe (step fitted to the epochs), and its result."""
-    spec = spec_for(task, seed, max_lr)
-    iters = steps_per_epoch(len(data.train), spec.batch_size)
-    fit = fit_cycles(spec.epochs, iters)
-    if fit.step_iterations is None:
-        spec = spec.model_copy(update={"policy": "one_cycle"})
-    else:
-        spec = spec.model_copy(update={"step_size": fit.step_iterations, "step_unit": "iterations"})
-    schedule = schedule_from_spec(spec, base_lr=max_lr / 25, max_lr=max_lr, iters_per_epoch=iters)
-    config = config_from_spec(spec, schedule, "auto")
+    """The model trained at `max_lr` with the product's recipe (step fitted to the epochs), and its result
+    (evaluated on the whole test split every epoch)."""
+    spec, config = planned_run(task, data, max_lr, seed)
     model = build(spec, data, config.device)
     return model, train(model, data, config)
 
