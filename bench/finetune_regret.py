@@ -444,6 +444,9 @@ def main() -> None:
                         help="train the pretrained weights without the recipe (one LR, nothing frozen) at these")
     parser.add_argument("--extend-grid", type=int, default=0, metavar="N",
                         help="N more grid points above the stored grid, at its spacing, every grid seed")
+    parser.add_argument("--sweep", type=json.loads, default=None, metavar="JSON",
+                        help='the range test\'s options instead of the setup\'s, e.g. \'{"start_lr": 1e-4}\' for the '
+                        "product's default length (60 steps a decade)")
     args = parser.parse_args()
     adding = bool(args.add_scratch or args.add_plain or args.extend_grid)
     if args.reanalyse or adding:
@@ -457,6 +460,8 @@ def main() -> None:
         if not args.full:
             torch.set_num_threads(1)
         setup = FULL if args.full else CPU
+        if args.sweep is not None:
+            setup = replace(setup, sweep=args.sweep)
         res = run(load_cifar(args.data.resolve()), setup, args.out, 1 if args.full else args.parallel)
     print(analyse(res, args.out, args.figure))
     if not math.isfinite(res["auto"]["regret"]):
