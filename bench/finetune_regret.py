@@ -68,6 +68,8 @@ class Setup:
     image_size: int | None = None
     batch_size: int = 64
     model: str = "resnet18"
+    pretrain_classes: tuple[int, ...] = PRETRAIN_CLASSES
+    finetune_classes: tuple[int, ...] = FINETUNE_CLASSES  # --swap-classes exchanges the two
     # fastai's recipe, with body_lr_divisor 10 (the spec's default is fastai's 100): a body pretrained on
     # 3,000 small images of other classes has more to learn than an ImageNet one
     finetune: dict[str, Any] = field(default_factory=lambda: {"freeze_epochs": 1, "groups": 3,
@@ -219,8 +221,8 @@ def run(full: Dataset, setup: Setup, out: Path, parallel: int) -> dict[str, Any]
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     kinds = tasks(setup)
-    pre_data = step_data(full, kinds["pretrain"], PRETRAIN_CLASSES, setup)
-    ft_data = step_data(full, kinds["finetune"], FINETUNE_CLASSES, setup)
+    pre_data = step_data(full, kinds["pretrain"], setup.pretrain_classes, setup)
+    ft_data = step_data(full, kinds["finetune"], setup.finetune_classes, setup)
     weights = (out / WEIGHTS_FILE).resolve()
     res: dict[str, Any] = {"setup": asdict(setup), "pretrain_classes": pre_data.classes,
                            "finetune_classes": ft_data.classes,
@@ -406,7 +408,7 @@ def add_runs(res: dict[str, Any], full: Dataset, scratch: list[float], plain: li
     point sat at its top edge. The auto jobs' regret is recomputed against the extended grid."""
     setup = Setup(**{**res["setup"], **{k: tuple(v) for k, v in res["setup"].items() if isinstance(v, list)}})
     kinds = tasks(setup)
-    data = step_data(full, kinds["scratch"], FINETUNE_CLASSES, setup)
+    data = step_data(full, kinds["scratch"], setup.finetune_classes, setup)
     weights = Path(res["weights"])
     step = res["grid_lrs"][1] / res["grid_lrs"][0]
     more = [res["grid_lrs"][-1] * step**k for k in range(1, grid_up + 1)]
@@ -447,6 +449,8 @@ def main() -> None:
     parser.add_argument("--sweep", type=json.loads, default=None, metavar="JSON",
                         help='the range test\'s options instead of the setup\'s, e.g. \'{"start_lr": 1e-4}\' for the '
                         "product's default length (60 steps a decade)")
+    parser.add_argument("--swap-classes", action="store_true",
+                        help="pretrain on classes 5-9 and fine-tune on 0-4 (a second fine-tuning task)")
     args = parser.parse_args()
     adding = bool(args.add_scratch or args.add_plain or args.extend_grid)
     if args.reanalyse or adding:
@@ -462,6 +466,8 @@ def main() -> None:
         setup = FULL if args.full else CPU
         if args.sweep is not None:
             setup = replace(setup, sweep=args.sweep)
+        if args.swap_classes:
+            setup = replace(setup, pretrain_classes=setup.finetune_classes, finetune_classes=setup.pretrain_classes)
         res = run(load_cifar(args.data.resolve()), setup, args.out, 1 if args.full else args.parallel)
     print(analyse(res, args.out, args.figure))
     if not math.isfinite(res["auto"]["regret"]):

@@ -81,9 +81,14 @@ def test_a_tiny_run_writes_weights_a_table_with_numbers_and_the_figure(tmp_path)
     assert (tmp_path / "fig.png").stat().st_size > 10_000
 
 
-def test_the_stored_rerun_at_the_default_sweep_reads_as_the_docs_quote_it(tmp_path, monkeypatch, capsys):
-    # docs/benchmarks.md: at 60 steps a decade ours lands 6.4 points below the grid's best, `auto` 6.3,
-    # the lowest-loss point 3.1; its setup records the product's default sweep (--sweep)
+
+@pytest.mark.parametrize(("folder", "ours", "auto", "lowest", "classes"), [
+    ("finetune_regret_60", "6.4", "6.3", "3.1", ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])),
+    ("finetune_regret_swap", "1.3", "1.6", "0.4", ([5, 6, 7, 8, 9], [0, 1, 2, 3, 4])),  # --swap-classes
+])
+def test_the_stored_runs_at_the_default_sweep_read_as_the_docs_quote_them(tmp_path, monkeypatch, capsys, folder,
+                                                                          ours, auto, lowest, classes):
+    # docs/benchmarks.md: the fine-tune bench at the product's default sweep (--sweep) on both tasks
     import json
     import shutil
     import sys
@@ -91,14 +96,15 @@ def test_the_stored_rerun_at_the_default_sweep_reads_as_the_docs_quote_it(tmp_pa
 
     from bench import finetune_regret
 
-    stored = Path(__file__).resolve().parents[2] / "bench/data/finetune_regret_60"
+    stored = Path(__file__).resolve().parents[2] / "bench/data" / folder
     shutil.copytree(stored, tmp_path / "run")  # --reanalyse rewrites table.md and the PNG
     monkeypatch.setattr(sys, "argv", ["finetune_regret", "--reanalyse", "--out", str(tmp_path / "run")])
     finetune_regret.main()
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[2] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ") and " | " in line}
-    assert rows["ours (the zero-lag curve's cliff / 1.7)"] == "6.4"
-    assert rows["`auto` job, trained (2 seeds)"] == "6.3"
-    assert rows["lowest loss (the seed blog's max bound)"] == "3.1"
+    assert rows["ours (the zero-lag curve's cliff / 1.7)"] == ours
+    assert rows["`auto` job, trained (2 seeds)"] == auto
+    assert rows["lowest loss (the seed blog's max bound)"] == lowest
     setup = json.loads((stored / "results.json").read_text())["setup"]
     assert setup["sweep"] == {"start_lr": 1e-4, "end_lr": 10.0}
+    assert (setup.get("pretrain_classes", [0, 1, 2, 3, 4]), setup.get("finetune_classes", [5, 6, 7, 8, 9])) == classes
