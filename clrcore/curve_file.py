@@ -65,9 +65,7 @@ def resuggest(
     problem: NoSuggestion | None = reading.problem
     rec = None
     if suggestions[rule]:
-        chosen = recommend({**suggestions, "ours": suggestions[rule]}, policy)
-        label = chosen.rule if rule == "ours" else rule
-        rec = {**chosen.to_dict(), "rule": label}
+        rec = recommend(suggestions, policy, rule=rule).to_dict()
     elif problem is None:
         problem = NoSuggestion("no_pick", f"rule {rule!r} finds nothing to read on this curve")
     out: dict[str, Any] = {

@@ -325,6 +325,7 @@ def range_test(
     policy: str = "triangular",
     read: str = "train",
     sync_every: int = 1,
+    rule: str = "ours",
 ) -> RangeTestResult:
     """Sweep the LR over `num_iter` optimizer steps, then restore every state and read the curve.
 
@@ -378,13 +379,14 @@ def range_test(
     reading = read_curve(lrs, losses, diverge_factor=diverge_factor)
     suggestions = picks_from_reading(reading)
     try:
-        rec: Recommendation | None = recommend(suggestions, policy)
+        rec: Recommendation | None = recommend(suggestions, policy, rule=rule)
     except ValueError:
         rec = None
     warnings = warnings_for(
         lrs, losses, stop_reason=stop_reason, diverge_factor=diverge_factor, suggestions=suggestions,
         reading=reading,
     )
+    warnings += _rule_found_nothing(rec, suggestions, rule)
     skipped = len(records) - len(taken)
     if skipped:
         warnings.append(f"{skipped} steps skipped by AMP (inf gradients); the ladder waited for them")
@@ -403,12 +405,22 @@ def range_test(
         settings={
             "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": mode, "smooth": smooth,
             "diverge_factor": diverge_factor, "val_every": val_every if val_batches else None,
-            "accumulation_steps": accumulation_steps, "policy": policy, "read": read,
+            "accumulation_steps": accumulation_steps, "policy": policy, "read": read, "rule": rule,
         },
     )  # fmt: skip
 
 
-def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str = "triangular") -> RangeTestResult:
+def _rule_found_nothing(rec: Recommendation | None, suggestions: dict[str, float | None], rule: str) -> list[str]:
+    """The reason there is no pick when ours had one but the chosen rule found nothing (a job then falls
+    back to the safe recipe, and says why)."""
+    if rec is None and rule != "ours" and suggestions.get("ours"):
+        return [f"no suggestion: rule {rule!r} finds nothing to read on this curve (ours picked "
+                f"{suggestions['ours']:.3g})"]
+    return []
+
+
+def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str = "triangular",
+                  rule: str = "ours") -> RangeTestResult:
     """Several sweeps of one job (one per seed) as one result: the picks are the seeds' aggregate
     (`suggest.aggregate_seeds`), the log and state checks are the first seed's, and `seeds` holds
     each seed's curve, stop reason, picks and warnings. One result is returned as it is."""
@@ -418,7 +430,7 @@ def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str 
     curves = [r.read_points() for r in results]
     agg = aggregate_seeds(curves, diverge_factor=first.settings.get("diverge_factor", 4.0))
     try:
-        rec: Recommendation | None = recommend(agg.suggestions, policy)
+        rec: Recommendation | None = recommend(agg.suggestions, policy, rule=rule)
     except ValueError:
         rec = None
     warnings: list[str] = []
@@ -426,7 +438,7 @@ def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str 
         for text in result.warnings:
             if not text.startswith("no suggestion"):  # said once per seed by seed_warnings
                 warnings.append(text if len(results) == 1 else f"seed {seed}: {text}")
-    warnings += seed_warnings(agg, seeds)
+    warnings += seed_warnings(agg, seeds) + _rule_found_nothing(rec, agg.suggestions, rule)
     wide = agg.spread is not None and agg.spread > SEED_SPREAD_WARN
     per_seed = [
         {"seed": seed, "stop_reason": r.stop_reason, "steps": len(lrs), "lrs": lrs, "losses": losses,

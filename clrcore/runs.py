@@ -189,7 +189,7 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
                 break
     finally:
         restore_rng_state(rng)
-    return combine_seeds(results, seeds[: len(results)], policy)
+    return combine_seeds(results, seeds[: len(results)], policy, options.rule)
 
 
 def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
@@ -237,7 +237,7 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
         val_every=options.val_every, accumulation_steps=options.accumulation_steps,
         autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
         on_step=on_step, should_stop=hooks.should_stop, policy=policy, read=options.read,
-        sync_every=speed["sync_every"],
+        sync_every=speed["sync_every"], rule=options.rule,
     )
     if hooks.on_progress and emitted["pending"] is not None:  # a sweep that stopped early: its last step
         hooks.on_progress(emitted["pending"])

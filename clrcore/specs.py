@@ -234,6 +234,10 @@ def default_sweep_steps(first_lr: float, end_lr: float) -> int:
     return max(5, round(STEPS_PER_DECADE * math.log10(end_lr / first_lr)))
 
 
+# suggest.PICK_RULES: the rules whose pick can be a run's max_lr (a test keeps the two equal)
+PickRule = Literal["ours", "steepest", "valley", "slide", "min_loss", "min_loss_div10", "blog"]
+
+
 class RangeTestOptions(StrictModel):
     """How the LR sweep runs; used alone (range-test job) or inside a training job with max_lr='auto'."""
 
@@ -272,6 +276,11 @@ class RangeTestOptions(StrictModel):
     val_batches: int = Field(2, ge=1, le=100)
     accumulation_steps: int = Field(
         1, ge=1, le=64, description="micro-batches per optimizer step; the sweep counts optimizer steps"
+    )
+    rule: PickRule = Field(
+        "ours", description="the rule whose pick becomes max_lr: ours (the zero-lag curve's cliff / margin; the "
+        "lowest regret on the benchmark's from-scratch tasks) or a peer's. On two fine-tuning tasks the seed "
+        "blog's lowest loss (min_loss) came closer to a grid's best (docs/benchmarks.md)",
     )
 
     def first_lr(self, optimizer: str) -> float:

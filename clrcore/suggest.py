@@ -25,6 +25,8 @@ from clrcore.smoothing import SPAN_DECADES, debiased_ema, smooth_curve, smoothin
 INDEPENDENT_RULES = ("steepest", "valley", "min_loss")
 # Every rule, peers first; blog_base is the seed blog's lower bound, not a max_lr pick.
 ALL_RULES = ("steepest", "valley", "slide", "min_loss", "min_loss_div10", "blog_base", "blog", "ours")
+# The rules whose pick can be a run's max_lr (blog_base is the blog's lower bound, not a peak)
+PICK_RULES = ("ours", "steepest", "valley", "slide", "min_loss", "min_loss_div10", "blog")
 PEER_RULES = {
     "steepest": "steepest slope (pytorch-lr-finder, Lightning)",
     "valley": "valley (fastai)",
@@ -431,22 +433,27 @@ def _bounds(max_lr: float, rule: str, policy: str, div_factor: float) -> tuple[f
 
 
 def recommend(
-    suggestions: dict[str, float | None], policy: str = "triangular", *, div_factor: float = 25.0
+    suggestions: dict[str, float | None], policy: str = "triangular", *, div_factor: float = 25.0,
+    rule: str = "ours",
 ) -> Recommendation:
-    """The bounds to train with: max_lr is ours (the cliff of the zero-lag curve / CLIFF_MARGIN).
+    """The bounds to train with: max_lr is `rule`'s pick, by default ours (the cliff of the zero-lag
+    curve / CLIFF_MARGIN).
 
     base_lr is max_lr/TRIANGULAR_BASE_DIVISOR for the triangular family, max_lr/div_factor for
     one_cycle, and both bounds are max_lr/CONSTANT_DIVISOR under 'constant' (a fixed LR has to stay
     stable for the whole run, so it sits at a cycle's floor). Raises ValueError without a pick.
     """
-    ours = suggestions.get("ours")
-    if not ours:
-        raise ValueError("no suggestion: the curve gives no rule anything to read")
-    base_lr, max_lr, rule = _bounds(ours, f"ours (the zero-lag curve's cliff / {CLIFF_MARGIN:g})", policy,
-                                    div_factor)
+    if rule not in PICK_RULES:
+        raise ValueError(f"unknown rule {rule!r}; known: {', '.join(PICK_RULES)}")
+    pick = suggestions.get(rule)
+    if not pick:
+        raise ValueError("no suggestion: the curve gives no rule anything to read" if rule == "ours"
+                         else f"no suggestion: rule {rule!r} finds nothing to read on this curve")
+    label = f"ours (the zero-lag curve's cliff / {CLIFF_MARGIN:g})" if rule == "ours" else rule
+    base_lr, max_lr, label = _bounds(pick, label, policy, div_factor)
     spread = spread_decades(suggestions)
     low = spread is not None and spread >= LOW_CONFIDENCE_DECADES
-    return Recommendation(base_lr, max_lr, rule, spread, low, policy)
+    return Recommendation(base_lr, max_lr, label, spread, low, policy)
 
 
 def safe_recommendation(

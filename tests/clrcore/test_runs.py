@@ -108,6 +108,17 @@ def test_auto_run_sweeps_three_seeds_when_they_are_cheap_beside_the_run_and_one_
     assert "seeds" not in short["lr_choice"]  # 30 batches are more than a quarter of 118
 
 
+def test_a_job_can_train_at_another_rules_pick_and_says_which(tmp_path: Path) -> None:
+    sweep = {"start_lr": 1e-4, "num_iter": 40, "rule": "min_loss"}
+    summary = run_job(TrainSpec(**TINY, max_lr="auto", epochs=2, range_test=sweep), tmp_path, data_dir=tmp_path)
+    choice = summary["lr_choice"]
+    assert choice["source"] == "range_test" and choice["rule"] == "min_loss"
+    assert summary["max_lr"] == pytest.approx(choice["suggestions"]["min_loss"])
+    assert summary["max_lr"] != pytest.approx(choice["suggestions"]["ours"])
+    saved = json.loads((tmp_path / "range_test.json").read_text())
+    assert saved["summary"]["recommendation"]["rule"] == "min_loss"
+
+
 def test_auto_run_without_a_pick_trains_with_the_safe_fallback(tmp_path: Path) -> None:
     # a sweep over LRs too small to move the loss: no rule can pick, so the documented safe recipe trains
     flat = {"start_lr": 1e-7, "end_lr": 2e-7, "num_iter": 20}

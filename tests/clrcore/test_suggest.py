@@ -221,6 +221,23 @@ def test_recommend_per_policy_is_ours():
     assert const.base_lr == const.max_lr == pytest.approx(tri.max_lr / 4)
 
 
+def test_recommend_takes_another_rules_pick_when_asked_and_names_that_rule():
+    import typing
+
+    from clrcore.specs import PickRule
+    from clrcore.suggest import PICK_RULES
+
+    s = {"steepest": 0.02, "valley": 0.05, "min_loss": 0.2, "slide": None, "ours": 0.1}
+    low = recommend(s, "triangular", rule="min_loss")
+    assert (low.max_lr, low.rule) == (0.2, "min_loss") and low.base_lr == pytest.approx(0.2 / 25)
+    assert low.spread_decades == recommend(s).spread_decades  # the rules' agreement does not depend on the choice
+    with pytest.raises(ValueError, match="rule 'slide' finds nothing to read"):
+        recommend(s, rule="slide")
+    with pytest.raises(ValueError, match="unknown rule 'blog_base'"):
+        recommend(s, rule="blog_base")  # the blog's lower bound is no peak
+    assert typing.get_args(PickRule) == PICK_RULES  # the spec offers exactly the rules recommend() takes
+
+
 def test_low_confidence_when_rules_disagree_by_the_threshold():
     agree = recommend({"steepest": 0.03, "valley": 0.05, "min_loss": 0.2, "ours": 0.1})
     assert agree.spread_decades == pytest.approx(math.log10(0.2 / 0.03))

@@ -40,6 +40,7 @@ def _locs(response) -> list[list]:
     ("train", {**TRAIN, "range_test": {"seeds": 6}}, ["body", "range_test", "seeds"], "less than or equal to 5"),
     ("train", {**TRAIN, "range_test": {"seeds": 0}}, ["body", "range_test", "seeds"], "greater than or equal to 1"),
     ("range-test", {**RANGE_TEST, "seeds": 9}, ["body", "seeds"], "less than or equal to 5"),
+    ("train", {**TRAIN, "range_test": {"rule": "blog_base"}}, ["body", "range_test", "rule"], "'ours'"),
     ("train", {**TRAIN, "dataset": "imagefolder", "dataset_path": "uploads/0123abcd/ds_abcdefgh.zip"},
      ["body", "dataset_path"], "reserved"),
     ("train", {**TRAIN, "dataset": "imagefolder", "dataset_path": "./uploads/x.zip"}, ["body", "dataset_path"],
