@@ -384,8 +384,12 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax.set_xscale("log")
     scales = " and ".join(f"{b['lr_scale']:.2g}x" for b in res["group_bounds"][0][:-1])
     ax.set_xlabel(f"max LR of the head (the body's groups at {scales} of it)")
-    ax.set_ylabel("test accuracy, classes 5-9 (%)")
-    ax.set_title("resnet18 pretrained on CIFAR-10 classes 0-4, fine-tuned on 5-9")
+    setup = res["setup"]
+    pre, tune = (setup.get(k, list(d)) for k, d in (("pretrain_classes", PRETRAIN_CLASSES),
+                                                     ("finetune_classes", FINETUNE_CLASSES)))
+    ax.set_ylabel(f"test accuracy, classes {tune[0]}-{tune[-1]} (%)")
+    ax.set_title(f"{setup['model']} pretrained on CIFAR-10 classes {pre[0]}-{pre[-1]}, "
+                 f"fine-tuned on {tune[0]}-{tune[-1]}")
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -451,6 +455,7 @@ def main() -> None:
                         "product's default length (60 steps a decade)")
     parser.add_argument("--swap-classes", action="store_true",
                         help="pretrain on classes 5-9 and fine-tune on 0-4 (a second fine-tuning task)")
+    parser.add_argument("--model", default=None, help="another torchvision architecture than resnet18")
     args = parser.parse_args()
     adding = bool(args.add_scratch or args.add_plain or args.extend_grid)
     if args.reanalyse or adding:
@@ -466,6 +471,8 @@ def main() -> None:
         setup = FULL if args.full else CPU
         if args.sweep is not None:
             setup = replace(setup, sweep=args.sweep)
+        if args.model is not None:
+            setup = replace(setup, model=args.model)
         if args.swap_classes:
             setup = replace(setup, pretrain_classes=setup.finetune_classes, finetune_classes=setup.pretrain_classes)
         res = run(load_cifar(args.data.resolve()), setup, args.out, 1 if args.full else args.parallel)
