@@ -87,6 +87,7 @@ def test_a_tiny_run_writes_weights_a_table_with_numbers_and_the_figure(tmp_path)
     ("finetune_regret_swap", "1.3", "1.6", "0.4", ([5, 6, 7, 8, 9], [0, 1, 2, 3, 4])),  # --swap-classes
     # --model mobilenet_v2: every curve flat, no rule picks, the auto jobs train at the safe fallback
     ("finetune_regret_mobilenet", "no pick", "-0.4", "no pick", ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])),
+    ("finetune_regret_resnet34", "0.1", "-0.1", "0.3", ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])),  # --model resnet34
 ])
 def test_the_stored_runs_at_the_default_sweep_read_as_the_docs_quote_them(tmp_path, monkeypatch, capsys, folder,
                                                                           ours, auto, lowest, classes):
