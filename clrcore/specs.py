@@ -219,8 +219,8 @@ MAX_SWEEP_SEEDS = 5
 # sweeps take at most SEEDS_SHARE_OF_RUN of the run's training steps, else one. On bench/lr_regret.py's
 # tasks three seeds in one job cut ours' mean regret from 0.32-0.39 to 0.21-0.26 points (three sets of
 # sweep seeds; held out 1.14 -> 1.01) and bring two jobs' picks to 1.23-1.34x apart at the median where
-# single sweeps land 1.36-1.71x apart (docs/benchmarks.md). A quarter buys that from about 9 epochs of
-# CIFAR-10 at batch 128 (three 300-step sweeps against 3,500 training steps); a shorter run keeps one.
+# single sweeps land 1.36-1.71x apart (docs/benchmarks.md). A quarter buys that from 3,600 training
+# steps with SGD's 300-step sweep (a 10-epoch CIFAR-10 run at batch 128: 3,910); a shorter run keeps one.
 DEFAULT_SWEEP_SEEDS = 3
 SEEDS_SHARE_OF_RUN = 0.25
 # Where the sweep starts by default: where the loss of the catalog models starts to move (issue 12: from
@@ -279,8 +279,8 @@ class RangeTestOptions(StrictModel):
     )
     rule: PickRule = Field(
         "ours", description="the rule whose pick becomes max_lr: ours (the zero-lag curve's cliff / margin; the "
-        "lowest regret on the benchmark's from-scratch tasks) or a peer's. On two fine-tuning tasks the seed "
-        "blog's lowest loss (min_loss) came closer to a grid's best (docs/benchmarks.md)",
+        "lowest regret on the benchmark's from-scratch tasks) or a peer's. On its fine-tuning tasks the seed "
+        "blog's lowest loss (min_loss) came closer to a grid's best on average (docs/benchmarks.md)",
     )
 
     def first_lr(self, optimizer: str) -> float:
