@@ -14,6 +14,7 @@ Tests that stop the store mid-job always start an `ObjectStoreServer` of their o
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -29,19 +30,28 @@ ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60.0
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections (32768 unless configured otherwise)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_port_block(size: int = 6) -> int:
-    """A port p such that p .. p+size-1 are free now (weed derives its other ports from the S3 one)."""
+    """A port p such that p .. p+size-1 and their +10000 gRPC twins (weed derives its other ports from
+    the S3 one) are free on every address now, all below the ephemeral range: an outgoing connection of
+    another test cannot take one between this check and weed's start (one did: "bind: address already
+    in use" on a gRPC port at 48819)."""
+    rng = random.Random()
+    top = _ephemeral_low() - 10000 - size
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + size >= 65535 or base + 10000 >= 65535:  # weed uses port+10000 for gRPC
-            continue
+        base = rng.randrange(10000, top)
         ports = [base + i for i in range(size)] + [base + i + 10000 for i in range(size)]
         try:
             for port in ports:
                 with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
+                    s.bind(("", port))
         except OSError:
             continue
         return base
