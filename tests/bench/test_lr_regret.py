@@ -204,6 +204,24 @@ def test_reading_several_heights_at_once_is_chosen_no_better_than_ours_as_the_do
     assert held_means[best] >= held_means["0.2, 0.2, no (ours)"] - 0.02  # 1.17 against 1.18: no better
 
 
+def test_combining_seeds_through_one_curve_is_no_better_as_the_docs_say(capsys, monkeypatch):
+    # docs/benchmarks.md: the picks' geometric mean 0.31 / 1.06, the mean curve 0.34 / 1.06, the median 0.31 / 1.13
+    import sys
+
+    from bench import seed_aggregate
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.setattr(sys, "argv", ["seed_aggregate", "--out", "bench/data/lr_regret", "--out",
+                                      "bench/data/lr_regret_oos", "--out", "bench/data/lr_regret_fresh",
+                                      "--held-out", "bench/data/lr_regret_heldout"])
+    seed_aggregate.main()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and not line.startswith("| ---") and "combined by" not in line}
+    assert list(rows) == list(seed_aggregate.WAYS)
+    scores = {way: (float(cells[-3]), float(cells[-2])) for way, cells in rows.items()}
+    assert scores == {"picks' geometric mean": (0.31, 1.06), "mean curve": (0.34, 1.06), "median curve": (0.31, 1.13)}
+
+
 def test_tasks_are_chosen_by_name_from_both_lists_and_an_unknown_name_is_one_line():
     from bench import lr_regret
 
