@@ -163,14 +163,14 @@ def sweep_speed(device: torch.device, model: nn.Module) -> dict[str, Any]:
 
 def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
            device: torch.device, hooks: Hooks, label_smoothing: float = 0.0,
-           train_epochs: int | None = None) -> RangeTestResult:
+           train_epochs: int | None = None, weights_file: Path | None = None) -> RangeTestResult:
     """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data.
 
     With k seeds (`options.sweep_seeds`: as given, or by default 3 where 3 sweeps are cheap beside the
     `train_epochs` of the training job that asked, else 1), the sweep runs k times in this job: the
-    first on `model`, the others on fresh models and batch orders seeded spec.seed + 1 .. + k-1; the
-    result's picks are the seeds' aggregate (`lr_range.combine_seeds`). A sweep stopped by request
-    stops the whole job's sweeps.
+    first on `model`, the others on fresh models (from `weights_file` too, as the job's model) and batch
+    orders seeded spec.seed + 1 .. + k-1; the result's picks are the seeds' aggregate
+    (`lr_range.combine_seeds`). A sweep stopped by request stops the whole job's sweeps.
     """
     iters = steps_per_epoch(len(ds.train), spec.batch_size)
     count = options.sweep_seeds(options.steps(iters, spec.optimizer.name),
@@ -183,8 +183,9 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
     try:
         for i, seed in enumerate(seeds[1:], start=1):
             seeded = spec.model_copy(update={"seed": seed})
-            results.append(_sweep_one(seeded, options, policy, ds, fresh_model(seeded, ds, device), device, hooks,
-                                      label_smoothing, (i, len(seeds))))
+            again = fresh_model(seeded, ds, device, weights_file)
+            results.append(_sweep_one(seeded, options, policy, ds, again, device, hooks, label_smoothing,
+                                      (i, len(seeds))))
             if results[-1].stop_reason == "stopped":
                 break
     finally:
@@ -298,10 +299,11 @@ def _prepare(spec: JobSpecBase, out_dir: Path, data_dir: Path, download: bool,
 
 def _sweep_and_save(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
                     device: torch.device, hooks: Hooks, out_dir: Path, *, epochs_hint: int | None = None,
-                    label_smoothing: float = 0.0,
+                    label_smoothing: float = 0.0, weights_file: Path | None = None,
                     fallback: Callable[[str], Recommendation] | None = None) -> RangeTestChoice:
     """Run the sweep and write its artifacts; a sweep cut short by a stop request raises StopRequested."""
-    result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing, train_epochs=epochs_hint)
+    result = _sweep(spec, options, policy, ds, model, device, hooks, label_smoothing, train_epochs=epochs_hint,
+                    weights_file=weights_file)
     check_may_write(hooks.may_write, "range test result")
     choice = _save_sweep(result, out_dir, steps_per_epoch(len(ds.train), spec.batch_size), epochs_hint, model,
                          fallback)
@@ -317,14 +319,15 @@ def run_range_test(spec: RangeTestSpec, out_dir: Path, *, data_dir: Path, downlo
     started = time.perf_counter()
     out_dir, device, ds, model, notes = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes,
                                                 weights_file, memmap_min_bytes)
-    choice = _sweep_and_save(spec, spec, spec.policy, ds, model, device, hooks or Hooks(), out_dir)
+    choice = _sweep_and_save(spec, spec, spec.policy, ds, model, device, hooks or Hooks(), out_dir,
+                             weights_file=weights_file)
     summary = choice.summary()
     return {"kind": "range_test", **summary, "warnings": [*notes, *summary["warnings"]],
             "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _range_test_choice(spec: TrainSpec, ds: Dataset, model: nn.Module, device: torch.device, out_dir: Path,
-                       hooks: Hooks) -> RangeTestChoice | None:
+                       hooks: Hooks, weights_file: Path | None = None) -> RangeTestChoice | None:
     """The range test's choice when the spec leaves an LR bound to it ('auto'), else None.
 
     A range test already saved in the run folder is reused, so a resumed job trains with the bounds
@@ -336,6 +339,7 @@ def _range_test_choice(spec: TrainSpec, ds: Dataset, model: nn.Module, device: t
     if choice is None or choice.stop_reason == "stopped":
         choice = _sweep_and_save(spec, spec.range_test, spec.policy, ds, model, device, hooks, out_dir,
                                  epochs_hint=spec.epochs, label_smoothing=spec.label_smoothing,
+                                 weights_file=weights_file,
                                  fallback=lambda reason: _safe_fallback(spec, reason))
     if choice.recommendation is None:  # a range_test.json from before the fallback: no pick saved
         raise ValueError("range test found no usable LR (the loss never fell): " + "; ".join(choice.warnings))
@@ -417,7 +421,7 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     started = time.perf_counter()
     out_dir, device, ds, model, notes = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes,
                                                 weights_file, memmap_min_bytes)
-    choice = _range_test_choice(spec, ds, model, device, out_dir, hooks)
+    choice = _range_test_choice(spec, ds, model, device, out_dir, hooks, weights_file)
     base_lr, max_lr = _resolve_bounds(spec, choice)
     lr_info = {"source": "spec"} if choice is None else choice.lr_info()
     iters = steps_per_epoch(len(ds.train), spec.batch_size)

@@ -16,8 +16,8 @@ from clrcore import state_shapes
 from clrcore.dataset_types import Split, make_dataset
 from clrcore.datasets import load_digits_dataset
 from clrcore.models import build_model
-from clrcore.runs import fresh_model, run_training
-from clrcore.specs import TrainSpec
+from clrcore.runs import fresh_model, run_range_test, run_training
+from clrcore.specs import RangeTestSpec, TrainSpec
 from clrcore.weights import WeightsError, check_file, load_weights, read_header, save_weights
 
 
@@ -161,3 +161,16 @@ def test_torchvision_weights_and_the_same_tensors_uploaded_give_grey_data_the_sa
     assert uploaded == ["weights wt_0123456789abcdef: stem conv1.weight converted, 3 input channels summed into 1"]
     body = [n for n in imagenet.state_dict() if not n.startswith(("fc.", "conv1."))]
     assert all(torch.equal(upload.state_dict()[n], cached.state_dict()[n]) for n in body)
+
+
+def test_every_seed_of_a_fine_tuning_sweep_starts_from_the_uploaded_weights(tmp_path):
+    # Before: the sweep's second and later seeds were built without the weights file, so a fine-tuning job
+    # on uploaded weights failed at its second seed (and a local file's was silently left out)
+    torch.manual_seed(5)
+    save_weights(build_model("tiny_cnn", 1, 10, 16), tmp_path / "grey.safetensors")
+    spec = RangeTestSpec(dataset="digits", model="tiny_cnn", device="cpu", batch_size=64, train_subset=256,
+                         start_lr=1e-4, num_iter=12, seeds=2,
+                         finetune={"weights": "wt_0123456789abcdef", "freeze_epochs": 1, "groups": 2})
+    summary = run_range_test(spec, tmp_path / "run", data_dir=tmp_path, weights_file=tmp_path / "grey.safetensors")
+    assert [s["seed"] for s in summary["seeds"]] == [spec.seed, spec.seed + 1]
+    assert all(s["steps"] == 12 for s in summary["seeds"])  # the second seed swept as far as the first
