@@ -378,15 +378,12 @@ def range_test(
         lrs, losses = [v["lr"] for v in val_log], [v["val_loss"] for v in val_log]
     reading = read_curve(lrs, losses, diverge_factor=diverge_factor)
     suggestions = picks_from_reading(reading)
-    try:
-        rec: Recommendation | None = recommend(suggestions, policy, rule=rule)
-    except ValueError:
-        rec = None
+    rec, why = _recommend(suggestions, policy, rule)
     warnings = warnings_for(
         lrs, losses, stop_reason=stop_reason, diverge_factor=diverge_factor, suggestions=suggestions,
         reading=reading,
     )
-    warnings += _rule_found_nothing(rec, suggestions, rule)
+    warnings += why
     skipped = len(records) - len(taken)
     if skipped:
         warnings.append(f"{skipped} steps skipped by AMP (inf gradients); the ladder waited for them")
@@ -410,13 +407,17 @@ def range_test(
     )  # fmt: skip
 
 
-def _rule_found_nothing(rec: Recommendation | None, suggestions: dict[str, float | None], rule: str) -> list[str]:
-    """The reason there is no pick when ours had one but the chosen rule found nothing (a job then falls
-    back to the safe recipe, and says why)."""
-    if rec is None and rule != "ours" and suggestions.get("ours"):
-        return [f"no suggestion: rule {rule!r} finds nothing to read on this curve (ours picked "
-                f"{suggestions['ours']:.3g})"]
-    return []
+def _recommend(suggestions: dict[str, float | None], policy: str,
+               rule: str) -> tuple[Recommendation | None, list[str]]:
+    """`recommend`'s bounds, or None; when ours had a pick but the chosen rule found nothing, also why in
+    one line (a job then falls back to the safe recipe, and says so). A curve no rule can read says why
+    in its own warnings."""
+    try:
+        return recommend(suggestions, policy, rule=rule), []
+    except ValueError as exc:
+        if rule != "ours" and suggestions.get("ours"):
+            return None, [f"{exc} (ours picked {suggestions['ours']:.3g})"]
+        return None, []
 
 
 def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str = "triangular",
@@ -429,16 +430,13 @@ def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str 
     first = results[0]
     curves = [r.read_points() for r in results]
     agg = aggregate_seeds(curves, diverge_factor=first.settings.get("diverge_factor", 4.0))
-    try:
-        rec: Recommendation | None = recommend(agg.suggestions, policy, rule=rule)
-    except ValueError:
-        rec = None
+    rec, why = _recommend(agg.suggestions, policy, rule)
     warnings: list[str] = []
     for seed, result in zip(seeds, results, strict=True):  # the seeds' own, once each with their seeds
         for text in result.warnings:
             if not text.startswith("no suggestion"):  # said once per seed by seed_warnings
                 warnings.append(text if len(results) == 1 else f"seed {seed}: {text}")
-    warnings += seed_warnings(agg, seeds) + _rule_found_nothing(rec, agg.suggestions, rule)
+    warnings += seed_warnings(agg, seeds) + why
     wide = agg.spread is not None and agg.spread > SEED_SPREAD_WARN
     per_seed = [
         {"seed": seed, "stop_reason": r.stop_reason, "steps": len(lrs), "lrs": lrs, "losses": losses,

@@ -99,11 +99,14 @@ def test_combined_seeds_recommend_the_geometric_mean_and_keep_each_seeds_curve()
 
 
 def test_a_chosen_rule_that_finds_nothing_on_a_readable_curve_is_the_reason_given():
-    from clrcore.lr_range import _rule_found_nothing
+    from clrcore.lr_range import _recommend
 
-    said = _rule_found_nothing(None, {"ours": 0.1, "slide": None}, "slide")
+    rec, said = _recommend({"ours": 0.1, "slide": None}, "triangular", "slide")
+    assert rec is None
     assert said == ["no suggestion: rule 'slide' finds nothing to read on this curve (ours picked 0.1)"]
-    assert _rule_found_nothing(None, {"ours": None, "slide": None}, "slide") == []  # the curve's own problem says it
-    assert _rule_found_nothing(None, {"ours": 0.1}, "ours") == []
+    # the curve's own problem says why
+    assert _recommend({"ours": None, "slide": None}, "triangular", "slide") == (None, [])
+    rec, said = _recommend({"ours": 0.1}, "triangular", "ours")
+    assert rec is not None and rec.max_lr == 0.1 and said == []
     results = [_result(_curve(c, s), checksum=f"c{s}") for s, c in enumerate((0.2, 0.5))]
     assert combine_seeds(results, [0, 1], rule="valley").recommendation.rule == "valley"  # aggregated per rule
