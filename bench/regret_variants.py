@@ -23,6 +23,7 @@ import itertools
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,19 +77,26 @@ def cliff(lrs: list[float], losses: list[float], span: float, rise: float | tupl
     return math.sqrt(turn * (float(x[i_min + back[0]]) if len(back) else float(x[-1])))
 
 
+def load_jobs(folders: list[Path], among: list[Task]) -> dict[str, tuple[GridFit, list[list[dict[str, Any]]]]]:
+    """Each task's grid fit (its whole cached seeds, read in the first folder) and its stored jobs, each a
+    list of seed curves (those of every folder: other sweep seeds of the same tasks)."""
+    tasks = {}
+    for task in among:
+        cache = RunCache(folders[0], task)
+        rows = [[cache.get(lr, seed) for lr in task.grid_lrs()] for seed in GRID_SEEDS]
+        rows = [row for row in rows if all(v is not None for v in row)]
+        jobs = [job["curves"] for folder in folders if (p := folder / f"task_{task.name}.json").exists()
+                for job in json.loads(p.read_text())["jobs"]]
+        if rows and jobs:
+            tasks[task.name] = (GridFit(np.asarray(task.grid_lrs()), np.asarray(rows)), jobs)
+    return tasks
+
+
 def load(out: Path, *more: Path, among: list[Task] = TASKS_CPU) -> dict[str, tuple[GridFit, list[dict]]]:
     """Each task's grid fit (its whole cached seeds, read in `out`) and its stored sweep curves (those of
     `out` and of every folder in `more`: other sweep seeds of the same tasks)."""
-    tasks = {}
-    for task in among:
-        cache = RunCache(out, task)
-        rows = [[cache.get(lr, seed) for lr in task.grid_lrs()] for seed in GRID_SEEDS]
-        rows = [row for row in rows if all(v is not None for v in row)]
-        paths = [p for folder in (out, *more) if (p := folder / f"task_{task.name}.json").exists()]
-        if paths and rows:
-            curves = [c for p in paths for job in json.loads(p.read_text())["jobs"] for c in job["curves"]]
-            tasks[task.name] = (GridFit(np.asarray(task.grid_lrs()), np.asarray(rows)), curves)
-    return tasks
+    return {name: (fit, [curve for job in jobs for curve in job])
+            for name, (fit, jobs) in load_jobs([out, *more], among).items()}
 
 
 def mean_regret(fit: GridFit, picks: list[float], margin: float) -> float:

@@ -13,33 +13,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.lr_regret import GRID_SEEDS, TASKS_CPU, TASKS_HELD_OUT, RunCache, Task
-from bench.regret_fit import GridFit
-from bench.regret_variants import mean_regret
+from bench.lr_regret import TASKS_CPU, TASKS_HELD_OUT
+from bench.regret_variants import load_jobs, mean_regret
 from clrcore.suggest import read_curve
 
 WAYS = ("picks' geometric mean", "mean curve", "median curve")
-
-
-def load_jobs(folders: list[Path], among: list[Task]) -> dict[str, tuple[GridFit, list[list[dict[str, Any]]]]]:
-    """Each task's grid fit (the first folder's cache) and its stored jobs, each a list of seed curves."""
-    out = {}
-    for task in among:
-        cache = RunCache(folders[0], task)
-        rows = [[cache.get(lr, seed) for lr in task.grid_lrs()] for seed in GRID_SEEDS]
-        rows = [row for row in rows if all(v is not None for v in row)]
-        jobs = [job["curves"] for folder in folders if (p := folder / f"task_{task.name}.json").exists()
-                for job in json.loads(p.read_text())["jobs"]]
-        if rows and jobs:
-            out[task.name] = (GridFit(np.asarray(task.grid_lrs()), np.asarray(rows)), jobs)
-    return out
 
 
 def _cliff(lrs: Any, losses: Any) -> float | None:
