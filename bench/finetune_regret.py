@@ -41,7 +41,7 @@ from torch import nn
 
 from bench.lr_regret import SGD, Task, spec_for, task_data
 from bench.regret_interp import GRID_DECADES, best_lr, regrets, sweep, train_at, trained
-from clrcore import finetune
+from clrcore import catalog, finetune
 from clrcore.datasets import Dataset, Split, load_dataset, make_dataset
 from clrcore.runs import fresh_model
 from clrcore.specs import TrainSpec
@@ -436,6 +436,21 @@ def add_runs(res: dict[str, Any], full: Dataset, scratch: list[float], plain: li
     return out
 
 
+def setup_from_args(args: argparse.Namespace) -> Setup:
+    """The run's setup: CPU or FULL, with --sweep, --model and --swap-classes applied. An unknown model
+    stops with a one-line message before anything trains."""
+    setup = FULL if args.full else CPU
+    if args.sweep is not None:
+        setup = replace(setup, sweep=args.sweep)
+    if args.model is not None:
+        if catalog.MODELS.get(args.model) is None or catalog.MODELS[args.model].source != "torchvision":
+            raise SystemExit(f"--model {args.model}: not a torchvision architecture of the catalog")
+        setup = replace(setup, model=args.model)
+    if args.swap_classes:
+        setup = replace(setup, pretrain_classes=setup.finetune_classes, finetune_classes=setup.pretrain_classes)
+    return setup
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-jpg.tar.gz"))
@@ -468,13 +483,7 @@ def main() -> None:
     else:
         if not args.full:
             torch.set_num_threads(1)
-        setup = FULL if args.full else CPU
-        if args.sweep is not None:
-            setup = replace(setup, sweep=args.sweep)
-        if args.model is not None:
-            setup = replace(setup, model=args.model)
-        if args.swap_classes:
-            setup = replace(setup, pretrain_classes=setup.finetune_classes, finetune_classes=setup.pretrain_classes)
+        setup = setup_from_args(args)
         res = run(load_cifar(args.data.resolve()), setup, args.out, 1 if args.full else args.parallel)
     print(analyse(res, args.out, args.figure))
     if not math.isfinite(res["auto"]["regret"]):

@@ -111,3 +111,21 @@ def test_the_stored_runs_at_the_default_sweep_read_as_the_docs_quote_them(tmp_pa
     setup = json.loads((stored / "results.json").read_text())["setup"]
     assert setup["sweep"] == {"start_lr": 1e-4, "end_lr": 10.0}
     assert (setup.get("pretrain_classes", [0, 1, 2, 3, 4]), setup.get("finetune_classes", [5, 6, 7, 8, 9])) == classes
+
+
+def test_the_command_line_sets_the_sweep_the_model_and_swaps_the_classes():
+    import argparse
+
+    from bench.finetune_regret import CPU, FINETUNE_CLASSES, PRETRAIN_CLASSES, setup_from_args
+
+    def args(**given):
+        return argparse.Namespace(**{"full": False, "sweep": None, "model": None, "swap_classes": False, **given})
+
+    assert setup_from_args(args()) == CPU
+    setup = setup_from_args(args(sweep={"start_lr": 1e-4, "end_lr": 10.0}, model="resnet34", swap_classes=True))
+    assert setup.sweep == {"start_lr": 1e-4, "end_lr": 10.0} and setup.model == "resnet34"
+    assert (setup.pretrain_classes, setup.finetune_classes) == (FINETUNE_CLASSES, PRETRAIN_CLASSES)
+    with pytest.raises(SystemExit, match="--model tiny_cnn: not a torchvision architecture"):
+        setup_from_args(args(model="tiny_cnn"))
+    with pytest.raises(SystemExit, match="--model nope"):
+        setup_from_args(args(model="nope"))
