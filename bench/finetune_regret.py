@@ -437,11 +437,15 @@ def add_runs(res: dict[str, Any], full: Dataset, scratch: list[float], plain: li
 
 
 def setup_from_args(args: argparse.Namespace) -> Setup:
-    """The run's setup: CPU or FULL, with --sweep, --model and --swap-classes applied. An unknown model
-    stops with a one-line message before anything trains."""
+    """The run's setup: CPU or FULL, with --sweep, --model, --swap-classes and the pretraining's size
+    applied. An unknown model stops with a one-line message before anything trains."""
     setup = FULL if args.full else CPU
     if args.sweep is not None:
         setup = replace(setup, sweep=args.sweep)
+    if args.pretrain_images is not None:
+        setup = replace(setup, pretrain_images=args.pretrain_images)
+    if args.pretrain_epochs is not None:
+        setup = replace(setup, pretrain_epochs=args.pretrain_epochs)
     if args.model is not None:
         if catalog.MODELS.get(args.model) is None or catalog.MODELS[args.model].source != "torchvision":
             raise SystemExit(f"--model {args.model}: not a torchvision architecture of the catalog")
@@ -471,6 +475,9 @@ def main() -> None:
     parser.add_argument("--swap-classes", action="store_true",
                         help="pretrain on classes 5-9 and fine-tune on 0-4 (a second fine-tuning task)")
     parser.add_argument("--model", default=None, help="another torchvision architecture than resnet18")
+    parser.add_argument("--pretrain-images", type=int, default=None, metavar="N",
+                        help="pretrain on N images of the pretraining classes (a stronger body; CPU: 3,000)")
+    parser.add_argument("--pretrain-epochs", type=int, default=None, metavar="E", help="pretrain for E epochs (CPU: 4)")
     args = parser.parse_args()
     adding = bool(args.add_scratch or args.add_plain or args.extend_grid)
     if args.reanalyse or adding:

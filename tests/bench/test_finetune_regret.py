@@ -119,12 +119,15 @@ def test_the_command_line_sets_the_sweep_the_model_and_swaps_the_classes():
     from bench.finetune_regret import CPU, FINETUNE_CLASSES, PRETRAIN_CLASSES, setup_from_args
 
     def args(**given):
-        return argparse.Namespace(**{"full": False, "sweep": None, "model": None, "swap_classes": False, **given})
+        return argparse.Namespace(**{"full": False, "sweep": None, "model": None, "swap_classes": False,
+                                     "pretrain_images": None, "pretrain_epochs": None, **given})
 
     assert setup_from_args(args()) == CPU
     setup = setup_from_args(args(sweep={"start_lr": 1e-4, "end_lr": 10.0}, model="resnet34", swap_classes=True))
     assert setup.sweep == {"start_lr": 1e-4, "end_lr": 10.0} and setup.model == "resnet34"
     assert (setup.pretrain_classes, setup.finetune_classes) == (FINETUNE_CLASSES, PRETRAIN_CLASSES)
+    stronger = setup_from_args(args(pretrain_images=12_000, pretrain_epochs=10))
+    assert (stronger.pretrain_images, stronger.pretrain_epochs, stronger.train_images) == (12_000, 10, CPU.train_images)
     with pytest.raises(SystemExit, match="--model tiny_cnn: not a torchvision architecture"):
         setup_from_args(args(model="tiny_cnn"))
     with pytest.raises(SystemExit, match="--model nope"):
