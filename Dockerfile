@@ -15,12 +15,12 @@ ENV PYTHONUNBUFFERED=1 \
     CLR_DATA_DIR=/data/datasets
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml constraints.txt README.md ./
 COPY clrcore ./clrcore
 COPY jobs ./jobs
 COPY service ./service
 COPY worker ./worker
-RUN pip install ".[${EXTRAS}]" \
+RUN pip install -c constraints.txt ".[${EXTRAS}]" \
     && useradd --create-home --uid 1000 clr \
     && mkdir -p /data/artifacts /data/datasets \
     && chown -R clr /data

@@ -5,13 +5,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-cpu stop clean
+.PHONY: demo test lint lock bench-cpu stop clean
 
-$(STAMP): pyproject.toml
+EXTRAS := train,service,client,dev
+
+# The versions come from constraints.txt (what CI last passed with); pyproject.toml holds the ranges.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,service,client,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
+
+# Re-resolve pyproject.toml's ranges in a throwaway venv and pin the result; then run `make test`.
+lock:
+	rm -rf .venv-lock && $(PY) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q -e '.[$(EXTRAS)]'
+	{ sed -n '/^#/p' constraints.txt; .venv-lock/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-lock
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

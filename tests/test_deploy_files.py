@@ -66,7 +66,7 @@ def test_api_and_workers_share_only_redis_and_the_object_store(compose: dict[str
 def test_dockerfile_installs_the_project_with_an_extras_build_arg() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^ARG EXTRAS=", dockerfile, re.M)
-    assert re.search(r'pip install "\.\[\$\{EXTRAS\}\]"', dockerfile)
+    assert re.search(r'pip install -c constraints\.txt "\.\[\$\{EXTRAS\}\]"', dockerfile)
 
 
 def test_docker_compose_config_is_valid_where_a_client_exists() -> None:
@@ -96,3 +96,37 @@ def test_the_api_entry_point_passes_the_connection_limits_to_uvicorn() -> None:
     assert options["host"] == "127.0.0.1"
     assert (options["limit_concurrency"], options["timeout_keep_alive"], options["h11_max_incomplete_event_size"]) \
         == (7, 3, 4096)
+
+
+def _constraints() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_every_dependency_is_pinned_to_a_version_its_range_admits() -> None:
+    # a dependency added to pyproject.toml without `make lock` would install unpinned, and a pin outside
+    # the range would make pip refuse to install at all
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    pins = _constraints()
+    for req in wanted:
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not in constraints.txt: run `make lock`"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req}"
+
+
+def test_make_and_the_image_install_the_pinned_versions() -> None:
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+    assert re.search(r"COPY [^\n]*constraints\.txt", (ROOT / "Dockerfile").read_text())
