@@ -135,7 +135,7 @@ def test_a_run_from_rgb_weights_on_grey_data_reports_the_summed_stem(tmp_path):
                                       "summed into 1")
 
 
-def test_torchvision_weights_and_the_same_tensors_uploaded_give_grey_data_the_same_summed_stem(tmp_path):
+def test_torchvision_weights_and_the_same_tensors_uploaded_give_grey_data_the_same_summed_stem(tmp_path, monkeypatch):
     torch.manual_seed(6)
     imagenet = torchvision.models.resnet18()  # RGB and 1000 classes, as ResNet18_Weights.IMAGENET1K_V1
     enum = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
@@ -145,14 +145,12 @@ def test_torchvision_weights_and_the_same_tensors_uploaded_give_grey_data_the_sa
     rng = np.random.default_rng(0)
     grey = make_dataset("grey", *(Split(rng.integers(0, 256, (n, 1, 32, 32), dtype=np.uint8), np.arange(n) % 2)
                                   for n in (8, 4)), ["a", "b"])
-    hub = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        named, uploaded = [], []
-        cached = fresh_model(TrainSpec(dataset="digits", model="resnet18", finetune={"weights": str(enum)}), grey,
-                             torch.device("cpu"), notes=named)
-    finally:
-        torch.hub.set_dir(hub)
+    # torch.hub reads $TORCH_HOME/hub while set_dir was never called (set_dir would outlive this test and
+    # hide TORCH_HOME from every later one in the process)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    named, uploaded = [], []
+    cached = fresh_model(TrainSpec(dataset="digits", model="resnet18", finetune={"weights": str(enum)}), grey,
+                         torch.device("cpu"), notes=named)
     spec = TrainSpec(dataset="digits", model="resnet18", finetune={"weights": "wt_0123456789abcdef"})
     upload = fresh_model(spec, grey, torch.device("cpu"), tmp_path / "imagenet.safetensors", notes=uploaded)
     summed = imagenet.state_dict()["conv1.weight"].sum(dim=1, keepdim=True)
