@@ -173,6 +173,7 @@ def run_job(job: Job) -> dict[str, Any]:
         row["acc"] = float(result.history["val_acc"][-1])
     elif job.kind == "sweep":
         row["curve"] = sweep(job.task, job.data, job.seed, build)
+        row["curve"]["cliff_margin"] = CLIFF_MARGIN  # the margin of the process that picked, for re-reading
         row["lr"] = row["curve"]["auto_max_lr"]
         bounds_model = build(spec_for(job.task, job.seed, row["lr"]), job.data, torch.device("cpu"))
         row["group_bounds"] = finetune.group_bounds(bounds_model, row["lr"] / TRIANGULAR_BASE_DIVISOR, row["lr"])
@@ -278,16 +279,27 @@ def grid_results(res: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     autos = [r for r in rows if r["kind"] == "auto" and r["seed"] in done]
     res["auto"] = {"max_lrs": [r["lr"] for r in autos], "acc": [r["acc"] for r in autos],
                    "regret": (max(res["grid_acc"]) - float(np.mean([r["acc"] for r in autos]))) * 100
-                   if autos else math.nan, "cliff_margin": CLIFF_MARGIN}
+                   if autos else math.nan, "cliff_margin": trained_margin(res)}
     res["run_seconds"] = {kind: [r["seconds"] for r in rows if r["kind"] == kind] for kind in ("grid", "auto")}
 
 
 # ------------------------------------------------------------------------------------------ analysis
 
 
+def trained_margin(res: dict[str, Any]) -> float:
+    """The cliff margin a stored run's `auto` jobs picked with: as its sweeps recorded it (runs since the
+    eleventh session), else as the run's parent process did (CLIFF_MARGIN when the run is new)."""
+    recorded = res.get("curves", [{}])[0].get("cliff_margin", res.get("auto", {}).get("cliff_margin"))
+    return float(CLIFF_MARGIN if recorded is None else recorded)
+
+
 def summary(res: dict[str, Any]) -> dict[str, Any]:
-    """The numbers the table shows: regrets (every rule, lr_regret's scoring), spread, scratch, gain."""
-    scored = regrets(res)
+    """The numbers the table shows: regrets (every rule, lr_regret's scoring; ours at the margin the run's
+    `auto` jobs trained with, and at the shipped one), spread, scratch, gain."""
+    margin = trained_margin(res)
+    scored = regrets(res, margin)
+    if margin != CLIFF_MARGIN:
+        scored["ours_shipped"] = regrets(res)["ours"]
     best_scratch = max(res["scratch"], key=lambda r: r["acc"])
     picks = res["auto"]["max_lrs"]
     return {"regret": scored, "best_grid": max(res["grid_acc"]),
@@ -326,7 +338,9 @@ def table(res: dict[str, Any]) -> str:
     lines += ["", "| rule | picks (one per sweep seed) | regret (pts) | pick spread (max/min) |",
               "| --- | --- | --- | --- |"]
     for rule, info in s["regret"].items():
-        label = PEER_RULES.get(rule, f"ours (the zero-lag curve's cliff / {CLIFF_MARGIN:g})")
+        label = PEER_RULES.get(rule, f"ours (the zero-lag curve's cliff / {trained_margin(res):g})")
+        if rule == "ours_shipped":
+            label = f"ours at today's margin (the cliff / {CLIFF_MARGIN:g}), not trained"
         picks = ", ".join("-" if p is None else f"{p:.3g}" for p in info["picks"])
         regret = "no pick" if info["regret"] is None else f"{'≥' if info['outside'] else ''}{info['regret']:.1f}"
         spread = "-" if info["spread"] is None else f"{info['spread']:.2f}x"

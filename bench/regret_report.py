@@ -1,8 +1,8 @@
 """bench/lr_regret.py's analysis: every rule's picks on the stored sweeps, scored on the grids' fits.
 
 Reads out/task_<name>.json (the sweeps, the grid, the `auto` jobs) and writes table.md, results.json
-and one PNG per task. The cliff margin is learned here from the grids (the geometric mean over tasks
-of the sweeps' cliff / the fit's best max_lr), also with each task left out in turn.
+and one PNG per task. The cliff margin is learned here from the grids (the margin whose worst task has the
+least regret), also with each task left out in turn.
 """
 
 from __future__ import annotations
@@ -29,16 +29,35 @@ def fit_of(res: dict[str, Any]) -> GridFit:
     return GridFit(np.asarray(res["grid_lrs"]), np.asarray(res["grid_acc_by_seed"]))
 
 
-def learned_margin(results: list[dict[str, Any]], leave_out: str | None = None) -> float:
-    """The margin from the grids: geometric mean over tasks of (the sweeps' cliff, geometric mean over
-    seeds) / the fit's best max_lr."""
-    ratios = []
-    for res in results:
-        if res["task"] == leave_out:
-            continue
-        cliffs = [read_curve(c["lrs"], c["losses"]).cliff_lr for c in curves_of(res)]
-        ratios.append(math.log10(float(np.exp(np.mean(np.log(cliffs)))) / fit_of(res).best_lr))
+MARGINS = np.geomspace(1.0, 5.0, 161)  # the margins learned_margin chooses among (1 % apart)
+
+
+def cliffs_of(res: dict[str, Any]) -> list[float]:
+    """Where each single-seed sweep turned up (the curves ours reads; a refused one is left out)."""
+    return [r.cliff_lr for c in curves_of(res) if (r := read_curve(c["lrs"], c["losses"])).problem is None]
+
+
+def ratio_margin(results: list[dict[str, Any]], leave_out: str | None = None) -> float:
+    """The geometric mean over tasks of (the sweeps' cliff, geometric mean over seeds) / the fit's best
+    max_lr: the margin that centres the picks on the best, which the fifth run shipped (1.66 -> 1.7)."""
+    ratios = [math.log10(float(np.exp(np.mean(np.log([read_curve(c["lrs"], c["losses"]).cliff_lr
+                                                         for c in curves_of(res)])))) / fit_of(res).best_lr)
+              for res in results if res["task"] != leave_out]
     return float(10 ** np.mean(ratios))
+
+
+def learned_margin(results: list[dict[str, Any]], leave_out: str | None = None) -> float:
+    """The margin from the grids: among MARGINS, the one whose worst task has the least mean one-seed
+    regret. The issue asks for at most 0.5 points on every task; centring the picks (ratio_margin) lets
+    the task whose cliff sits closest to its best take the loss, since a pick above the best falls off
+    the cliff and one below it only slopes down."""
+    return minimax_margin([(fit_of(res), cliffs_of(res)) for res in results if res["task"] != leave_out])
+
+
+def minimax_margin(tasks: list[tuple[GridFit, list[float]]]) -> float:
+    """Among MARGINS, the one whose worst task (a grid fit and its sweeps' cliffs) has the least mean regret."""
+    worst = [max(float(np.mean([fit.regret(c / m)[0] for c in cliffs])) for fit, cliffs in tasks) for m in MARGINS]
+    return float(MARGINS[int(np.argmin(worst))])
 
 
 def score(res: dict[str, Any], fit: GridFit, boots: list[GridFit], margin: float | None) -> dict[str, Any]:
@@ -198,8 +217,9 @@ def analyse(tasks: list[Any], out: Path, figures: Path | None, with_auto: bool =
         for folder in filter(None, (out, figures)):
             plot_task(res, fit, folder / f"lr_regret_{res['task']}.png")
     loo = {r["task"]: learned_margin(results, leave_out=r["task"]) for r in results}
-    text = (f"shipped CLIFF_MARGIN {CLIFF_MARGIN:g}; margin learned on these grids: {margin:.3g} "
-            f"(leaving each task out: {', '.join(f'{k} {v:.3g}' for k, v in loo.items())})\n\n"
+    text = (f"shipped CLIFF_MARGIN {CLIFF_MARGIN:g}; margin learned on these grids (the worst task's regret "
+            f"least): {margin:.3g} (leaving each task out: {', '.join(f'{k} {v:.3g}' for k, v in loo.items())}); "
+            f"the cliff/best ratio's geometric mean: {ratio_margin(results):.3g}\n\n"
             + table(results, margin))
     (out / "table.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps({"results": results, "learned_margin": margin,

@@ -29,6 +29,7 @@ import numpy as np
 
 from bench.lr_regret import GRID_SEEDS, TASKS_CPU, TASKS_HELD_OUT, RunCache, Task
 from bench.regret_fit import GridFit
+from bench.regret_report import minimax_margin
 from clrcore.smoothing import SPAN_DECADES, smooth_curve, span_points
 from clrcore.suggest import RISE_OF_FALL, RISE_RELATIVE, read_curve
 
@@ -155,6 +156,13 @@ def main() -> None:
         shipped.append(regret(ours, left_out, train))
         print(f"held out {left_out}: chose {label(chosen)} -> {nested[-1]:.2f} (ours {shipped[-1]:.2f})")
     print(f"nested mean regret {np.mean(nested):.2f} against ours {np.mean(shipped):.2f} (points, one seed)")
+    # ours' margin learned as lr_regret learns it now (the worst task's regret least), on the pooled sweeps
+    cliffs = {n: (tasks[n][0], picks[ours][n]) for n in names}
+    loo_minimax = [mean_regret(cliffs[n][0], cliffs[n][1], minimax_margin([cliffs[k] for k in names if k != n]))
+                   for n in names]
+    print(f"ours, the margin that leaves the worst task the least regret: {minimax_margin(list(cliffs.values())):.2f}; "
+          f"leaving each task out: mean {np.mean(loo_minimax):.2f}, worst {max(loo_minimax):.2f} "
+          f"({', '.join(f'{s:.2f}' for s in loo_minimax)})")
     if args.held_out:
         held = load(args.held_out, among=TASKS_HELD_OUT)
         if not held:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.regret_fit import GridFit, basin, bootstrap_fits, interval, local_quadratic
-from bench.regret_report import learned_margin, score, table
+from bench.regret_report import learned_margin, minimax_margin, score, table
 
 LRS = 1e-4 * (1e5) ** (np.arange(120) / 119)
 
@@ -74,7 +74,26 @@ def task(name: str, best: float) -> dict:
                      {"curves": [curve(best * 2, s) for s in range(3, 6)]}]}
 
 
-def test_a_margin_learned_from_the_grid_recovers_the_cliff_to_best_ratio_and_the_table_has_every_row():
+def test_the_learned_margin_spares_the_worst_task_where_centring_the_picks_lets_it_fall_off_the_cliff():
+    # accuracy falls five times faster above the best max LR than below it, as a trained grid does at its
+    # cliff; one task's sweeps turn at its best, the other's at 3x it
+    def grid(best: float) -> GridFit:
+        lrs = best * np.logspace(-1, 1, 7)
+        d = np.log10(lrs / best)
+        return GridFit(lrs, np.tile(0.6 - np.where(d > 0, 0.4, 0.08) * d**2, (3, 1)))
+
+    tasks = [(grid(0.1), [0.1, 0.1]), (grid(0.01), [0.03, 0.03])]
+    centred = math.sqrt(3)  # the geometric mean of cliff / best over the two tasks
+
+    def worst(margin: float) -> float:
+        return max(float(np.mean([fit.regret(c / margin)[0] for c in cliffs])) for fit, cliffs in tasks)
+
+    chosen = minimax_margin(tasks)
+    assert chosen > centred * 1.1  # lower picks: the task at 3x gives up less below its best than above it
+    assert worst(chosen) < 0.6 * worst(centred)
+
+
+def test_a_margin_learned_from_the_grid_lands_near_the_cliff_to_best_ratio_and_the_table_has_every_row():
     results = [task("a", 0.1), task("b", 0.003)]
     margin = learned_margin(results)
     assert 1.5 < margin < 3.5  # the curves' cliff sits at 2x the best max_lr, the turn a little past it
