@@ -346,7 +346,8 @@ def table(res: dict[str, Any]) -> str:
         spread = "-" if info["spread"] is None else f"{info['spread']:.2f}x"
         lines.append(f"| {label} | {picks} | {regret} | {spread} |")
     auto = res["auto"]
-    lines.append(f"| `auto` job, trained ({len(auto['acc'])} seeds) | "
+    rule = res["curves"][0].get("rule", "ours")  # the job's default rule when the sweeps ran
+    lines.append(f"| `auto` job{'' if rule == 'ours' else f' ({rule})'}, trained ({len(auto['acc'])} seeds) | "
                  + ", ".join(f"{lr:.3g} → {_pct(a)} %" for lr, a in zip(auto["max_lrs"], auto["acc"], strict=True))
                  + f" | {auto['regret']:.1f} | {s['pick_spread']:.2f}x |")
     bounds = res["group_bounds"][0]

@@ -44,14 +44,17 @@ def sweep(task: Task, data: Dataset, seed: int, build: ModelBuilder = fresh_mode
     taken = [r for r in result.log if not r["skipped"]]
     return {"seed": seed, "lrs": [r["lr"] for r in taken], "losses": [r["loss"] for r in taken],
             "stop_reason": result.stop_reason, "warnings": result.warnings,
-            "auto_max_lr": auto_max_lr(task, [r["lr"] for r in taken], [r["loss"] for r in taken]),
+            "auto_max_lr": auto_max_lr(task, [r["lr"] for r in taken], [r["loss"] for r in taken],
+                                       spec.range_test.pick_rule(spec.sweeps_head_only)),
+            "rule": spec.range_test.pick_rule(spec.sweeps_head_only),
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def auto_max_lr(task: Task, lrs: list[float], losses: list[float]) -> float:
-    """What a `max_lr: "auto"` job trains at for this curve: ours, or the safe fallback without a pick."""
+def auto_max_lr(task: Task, lrs: list[float], losses: list[float], rule: str = "ours") -> float:
+    """What a `max_lr: "auto"` job trains at for this curve: `rule`'s pick (the job's default: ours, or the
+    lowest loss where the sweep trains a fine-tuned head alone), or the safe fallback without a pick."""
     try:
-        return recommend(picks_from_reading(read_curve(lrs, losses))).max_lr
+        return recommend(picks_from_reading(read_curve(lrs, losses)), rule=rule).max_lr
     except ValueError:
         return safe_recommendation(task.optimizer["name"]).max_lr
 

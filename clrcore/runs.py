@@ -176,7 +176,9 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
     count = options.sweep_seeds(options.steps(iters, spec.optimizer.name),
                                 None if train_epochs is None else train_epochs * iters)
     seeds = [spec.seed + i for i in range(count)]
-    results = [_sweep_one(spec, options, policy, ds, model, device, hooks, label_smoothing, (0, len(seeds)))]
+    rule = options.pick_rule(spec.sweeps_head_only)
+    results = [_sweep_one(spec, options, policy, ds, model, device, hooks, label_smoothing, (0, len(seeds)),
+                          rule)]
     if len(seeds) == 1 or results[0].stop_reason == "stopped":
         return results[0]
     rng = capture_rng_state()  # the other seeds' models reseed the global RNG: put it back after them
@@ -185,18 +187,19 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
             seeded = spec.model_copy(update={"seed": seed})
             again = fresh_model(seeded, ds, device, weights_file)
             results.append(_sweep_one(seeded, options, policy, ds, again, device, hooks, label_smoothing,
-                                      (i, len(seeds))))
+                                      (i, len(seeds)), rule))
             if results[-1].stop_reason == "stopped":
                 break
     finally:
         restore_rng_state(rng)
-    return combine_seeds(results, seeds[: len(results)], policy, options.rule)
+    return combine_seeds(results, seeds[: len(results)], policy, rule)
 
 
 def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
                device: torch.device, hooks: Hooks, label_smoothing: float = 0.0,
-               part: tuple[int, int] = (0, 1)) -> RangeTestResult:
-    """One sweep with the spec's seed; `part` (i, k): the i-th of k seeds, for the progress count.
+               part: tuple[int, int] = (0, 1), rule: str = "ours") -> RangeTestResult:
+    """One sweep with the spec's seed; `part` (i, k): the i-th of k seeds, for the progress count; `rule`
+    picks max_lr from it.
 
     A fine-tuned model is swept as its first epoch trains (body frozen if it starts frozen); the ladder
     is the head's LR, the other layer groups keep their ratios to it.
@@ -238,7 +241,7 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
         val_every=options.val_every, accumulation_steps=options.accumulation_steps,
         autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
         on_step=on_step, should_stop=hooks.should_stop, policy=policy, read=options.read,
-        sync_every=speed["sync_every"], rule=options.rule,
+        sync_every=speed["sync_every"], rule=rule,
     )
     if hooks.on_progress and emitted["pending"] is not None:  # a sweep that stopped early: its last step
         hooks.on_progress(emitted["pending"])

@@ -200,6 +200,12 @@ class JobSpecBase(StrictModel):
             raise ValueError(problem)
         return value
 
+    @property
+    def sweeps_head_only(self) -> bool:
+        """The range test sweeps the first epoch's model: a fine-tuned one whose body starts frozen trains
+        its head alone there."""
+        return self.finetune is not None and self.finetune.freeze_epochs > 0
+
     @model_validator(mode="after")
     def _imagefolder_needs_path(self) -> JobSpecBase:
         if self.dataset == "imagefolder" and not self.dataset_path:
@@ -236,6 +242,9 @@ def default_sweep_steps(first_lr: float, end_lr: float) -> int:
 
 # suggest.PICK_RULES: the rules whose pick can be a run's max_lr (a test keeps the two equal)
 PickRule = Literal["ours", "steepest", "valley", "slide", "min_loss", "min_loss_div10", "blog"]
+# The default rule where the sweep trains a fine-tuned model's head alone: on the benchmark's fine-tuning
+# tasks the lowest loss landed 0.95 points below a grid's best on average, ours 2.55 (docs/benchmarks.md)
+HEAD_ONLY_RULE: PickRule = "min_loss"
 
 
 class RangeTestOptions(StrictModel):
@@ -277,10 +286,11 @@ class RangeTestOptions(StrictModel):
     accumulation_steps: int = Field(
         1, ge=1, le=64, description="micro-batches per optimizer step; the sweep counts optimizer steps"
     )
-    rule: PickRule = Field(
-        "ours", description="the rule whose pick becomes max_lr: ours (the zero-lag curve's cliff / margin; the "
-        "lowest regret on the benchmark's from-scratch tasks) or a peer's. On its fine-tuning tasks the seed "
-        "blog's lowest loss (min_loss) came closer to a grid's best on average (docs/benchmarks.md)",
+    rule: PickRule | None = Field(
+        None, description="the rule whose pick becomes max_lr: ours (the zero-lag curve's cliff / margin; the "
+        "lowest regret on the benchmark's from-scratch tasks) or a peer's. By default ours, except where the "
+        f"sweep trains a fine-tuned model's head alone (finetune.freeze_epochs 1 or more): {HEAD_ONLY_RULE}, the "
+        "seed blog's lowest loss, which came closer to a grid's best on the benchmark's fine-tuning tasks",
     )
 
     def first_lr(self, optimizer: str) -> float:
@@ -295,6 +305,13 @@ class RangeTestOptions(StrictModel):
         if self.epochs is not None:
             return max(5, round(self.epochs * iters_per_epoch))
         return default_sweep_steps(self.first_lr(optimizer), self.end_lr)
+
+    def pick_rule(self, head_only: bool) -> PickRule:
+        """`rule`, or the default: HEAD_ONLY_RULE where the sweep trains only a fine-tuned model's head
+        (a head-only curve turns well below where the whole model trains best), else ours."""
+        if self.rule is not None:
+            return self.rule
+        return HEAD_ONLY_RULE if head_only else "ours"
 
     def sweep_seeds(self, sweep_steps: int, train_steps: int | None) -> int:
         """`seeds`, or the default: DEFAULT_SWEEP_SEEDS when that many sweeps of `sweep_steps` take at most

@@ -120,3 +120,21 @@ def test_the_range_test_sweeps_the_head_and_reports_bounds_per_group(tmp_path):
     for record in sweep["log"]:  # every rung: the ladder is the head's LR, the groups keep their ratios
         assert record["lrs"][0] == record["lr"]
         assert {round(lr / record["lr"], 9) for lr in record["lrs"]} == {round(g["lr_scale"], 9) for g in groups}
+
+
+@pytest.mark.parametrize(("freeze_epochs", "given", "rule"), [
+    (1, None, "min_loss"),  # the sweep trains the head alone: the lowest loss picks
+    (0, None, "ours"),  # the whole model sweeps, as a model from scratch does
+    (1, "ours", "ours"),  # a rule given wins
+])
+def test_a_fine_tuning_job_whose_sweep_trains_the_head_alone_picks_at_the_lowest_loss(tmp_path, freeze_epochs,
+                                                                                        given, rule):
+    sweep = {"start_lr": 1e-4, "end_lr": 10.0, "num_iter": 40, **({"rule": given} if given else {})}
+    spec = TrainSpec(dataset="digits", model="small_cnn", epochs=2, batch_size=64, max_lr="auto", device="cpu",
+                     train_subset=256, finetune={**TUNE, "freeze_epochs": freeze_epochs}, range_test=sweep)
+    summary = run_job(spec, tmp_path / "run", data_dir=tmp_path)
+    choice = summary["lr_choice"]
+    assert choice["source"] == "range_test" and choice["rule"].split(" ")[0] == rule
+    assert summary["max_lr"] == pytest.approx(choice["suggestions"][rule])
+    saved = json.loads((tmp_path / "run" / "range_test.json").read_text())
+    assert saved["summary"]["recommendation"]["rule"].split(" ")[0] == rule

@@ -10,6 +10,7 @@ from clrcore.lr_range import RangeTestResult, combine_seeds
 from clrcore.specs import (
     DEFAULT_START_LR,
     DEFAULT_SWEEP_SEEDS,
+    HEAD_ONLY_RULE,
     SEEDS_SHARE_OF_RUN,
     STEPS_PER_DECADE,
     RangeTestOptions,
@@ -110,3 +111,10 @@ def test_a_chosen_rule_that_finds_nothing_on_a_readable_curve_is_the_reason_give
     assert rec is not None and rec.max_lr == 0.1 and said == []
     results = [_result(_curve(c, s), checksum=f"c{s}") for s, c in enumerate((0.2, 0.5))]
     assert combine_seeds(results, [0, 1], rule="valley").recommendation.rule == "valley"  # aggregated per rule
+
+
+def test_the_default_rule_is_ours_except_on_a_head_only_sweep_and_a_given_rule_wins():
+    assert RangeTestOptions().pick_rule(head_only=False) == "ours"
+    assert RangeTestOptions().pick_rule(head_only=True) == HEAD_ONLY_RULE == "min_loss"
+    assert RangeTestOptions(rule="valley").pick_rule(head_only=True) == "valley"
+    assert RangeTestOptions(rule="ours").pick_rule(head_only=True) == "ours"
