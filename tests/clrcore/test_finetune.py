@@ -138,3 +138,14 @@ def test_a_fine_tuning_job_whose_sweep_trains_the_head_alone_picks_at_the_lowest
     assert summary["max_lr"] == pytest.approx(choice["suggestions"][rule])
     saved = json.loads((tmp_path / "run" / "range_test.json").read_text())
     assert saved["summary"]["recommendation"]["rule"].split(" ")[0] == rule
+
+
+def test_a_head_only_sweep_with_several_seeds_trains_at_their_lowest_losses_geometric_mean(tmp_path):
+    sweep = {"start_lr": 1e-4, "end_lr": 10.0, "num_iter": 40, "seeds": 2}
+    spec = TrainSpec(dataset="digits", model="small_cnn", epochs=2, batch_size=64, max_lr="auto", device="cpu",
+                     train_subset=256, finetune=TUNE, range_test=sweep)
+    summary = run_job(spec, tmp_path / "run", data_dir=tmp_path)
+    choice = summary["lr_choice"]
+    picks = [s["suggestions"]["min_loss"] for s in choice["seeds"]]
+    assert choice["rule"] == "min_loss" and len(picks) == 2 and all(picks)
+    assert summary["max_lr"] == pytest.approx(math.sqrt(picks[0] * picks[1]))
