@@ -92,6 +92,8 @@ def test_a_tiny_run_writes_weights_a_table_with_numbers_and_the_figure(tmp_path)
     ("finetune_regret_strong", "1.5", "3.0", None, "1.4", "0.0", ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])),
     # the same, classes swapped, run after fine-tuning jobs took the lowest loss by default: its auto jobs did
     ("finetune_regret_strong_swap", "1.5", "0.3", None, "0.5", "0.5", ([5, 6, 7, 8, 9], [0, 1, 2, 3, 4])),
+    # --model mobilenet_v2 from the stronger pretraining, also after the default changed
+    ("finetune_regret_strong_mobilenet", "1.5", "1.5", None, "4.0", "2.5", ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])),
 ])
 def test_the_stored_runs_at_the_default_sweep_read_as_the_docs_quote_them(tmp_path, monkeypatch, capsys, folder,
                                                                           margin, ours, today, auto, lowest, classes):
@@ -114,7 +116,7 @@ def test_the_stored_runs_at_the_default_sweep_read_as_the_docs_quote_them(tmp_pa
     assert rows[f"ours (the zero-lag curve's cliff / {margin})"] == ours
     assert rows.get("ours at today's margin (the cliff / 1.5), not trained") == today
     assert next(v for k, v in rows.items() if k.startswith("`auto` job")) == auto
-    assert ("`auto` job (min_loss), trained (2 seeds)" in rows) == (folder == "finetune_regret_strong_swap")
+    assert ("`auto` job (min_loss), trained (2 seeds)" in rows) == folder.startswith("finetune_regret_strong_")
     assert rows["lowest loss (the seed blog's max bound)"] == lowest
     setup = json.loads((stored / "results.json").read_text())["setup"]
     assert setup["sweep"] == {"start_lr": 1e-4, "end_lr": 10.0}
