@@ -436,8 +436,9 @@ def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str 
         for text in result.warnings:
             if not text.startswith("no suggestion"):  # said once per seed by seed_warnings
                 warnings.append(text if len(results) == 1 else f"seed {seed}: {text}")
-    warnings += seed_warnings(agg, seeds) + why
-    wide = agg.spread is not None and agg.spread > SEED_SPREAD_WARN
+    warnings += seed_warnings(agg, seeds, rule) + why
+    spread = agg.spread_of(rule)  # of the picks the job trains at
+    wide = spread is not None and spread > SEED_SPREAD_WARN
     per_seed = [
         {"seed": seed, "stop_reason": r.stop_reason, "steps": len(lrs), "lrs": lrs, "losses": losses,
          "suggestions": picks, "problem": None if problem is None else problem.reason}
@@ -450,7 +451,7 @@ def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str 
         spread_decades=None if rec is None else rec.spread_decades,
         low_confidence=True if rec is None else (rec.low_confidence or wide),
         warnings=warnings, restored=all(r.restored for r in results), checksum=first.checksum,
-        settings={**first.settings, "seeds": len(results)}, seeds=per_seed, seed_spread=agg.spread,
+        settings={**first.settings, "seeds": len(results)}, seeds=per_seed, seed_spread=spread,
     )
 
 

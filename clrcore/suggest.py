@@ -363,12 +363,21 @@ class SeedAggregate:
     suggestions: dict[str, float | None]
     per_seed: list[dict[str, float | None]]
     problems: list[NoSuggestion | None]
-    spread: float | None  # max/min of the seeds' `ours` picks; None with fewer than two picks
     source: str
 
     @property
     def picked(self) -> int:
         return sum(1 for picks in self.per_seed if picks.get("ours"))
+
+    @property
+    def spread(self) -> float | None:
+        """max/min of the seeds' `ours` picks; None with fewer than two picks."""
+        return self.spread_of("ours")
+
+    def spread_of(self, rule: str) -> float | None:
+        """max/min of the seeds' picks by `rule` (the one the job trains at); None with fewer than two."""
+        picks = [p for seed in self.per_seed if (p := seed.get(rule))]
+        return aggregate_picks(picks)[1] if len(picks) >= 2 else None
 
 
 def mean_curve(curves: list[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -393,25 +402,24 @@ def aggregate_seeds(
     out: dict[str, float | None] = {}
     for rule in ALL_RULES:
         out[rule], _ = aggregate_picks([picks[rule] for picks in per_seed])
-    _, spread = aggregate_picks([picks["ours"] for picks in per_seed])
-    if len([p for p in per_seed if p["ours"]]) < 2:
-        spread = None
     source = "seeds" if out["ours"] else "none"
     if out["ours"] is None and len(curves) > 1:
         lrs, losses = mean_curve(curves)
         mean_picks = picks_from_reading(read_curve(lrs, losses, diverge_factor=diverge_factor), cliff_margin)
         if mean_picks["ours"]:
             out, source = mean_picks, "mean_curve"
-    return SeedAggregate(out, per_seed, problems, spread, source)
+    return SeedAggregate(out, per_seed, problems, source)
 
 
-def seed_warnings(agg: SeedAggregate, seeds: list[int]) -> list[str]:
-    """What a multi-seed job says about its seeds: ones that could not pick, and a wide spread."""
+def seed_warnings(agg: SeedAggregate, seeds: list[int], rule: str = "ours") -> list[str]:
+    """What a multi-seed job says about its seeds: ones that could not pick, and a wide spread of the
+    picks of `rule`, the one it trains at."""
     out = [f"seed {seed}: {problem}" for seed, problem in zip(seeds, agg.problems, strict=True) if problem]
     if agg.source == "mean_curve":
         out.append(f"no seed's curve could be read alone; the pick reads the mean of the {len(seeds)} curves")
-    if agg.spread is not None and agg.spread > SEED_SPREAD_WARN:
-        out.append(f"the seeds' picks spread {agg.spread:.2f}x (max/min, over {SEED_SPREAD_WARN:g}x): the "
+    spread = agg.spread_of(rule)
+    if spread is not None and spread > SEED_SPREAD_WARN:
+        out.append(f"the seeds' picks spread {spread:.2f}x (max/min, over {SEED_SPREAD_WARN:g}x): the "
                    "pick is their geometric mean; read the curves or add seeds")
     return out
 

@@ -19,6 +19,7 @@ from clrcore.suggest import (
     SAFE_MAX_LR,
     SEED_SPREAD_WARN,
     TRIANGULAR_BASE_DIVISOR,
+    SeedAggregate,
     aggregate_picks,
     aggregate_seeds,
     debiased_ema,
@@ -340,3 +341,13 @@ def test_the_mean_curve_averages_the_steps_every_seed_took():
     lrs, losses = mean_curve([([1.0, 2.0, 3.0], [4.0, 2.0, 9.0]), ([1.0, 2.0], [2.0, 4.0])])
     np.testing.assert_allclose(lrs, [1.0, 2.0])
     np.testing.assert_allclose(losses, [3.0, 3.0])
+
+
+def test_the_seed_spread_a_job_warns_of_is_that_of_the_rule_it_trains_at():
+    # ours' picks 4x apart, the lowest loss's 1.2x: a job at the lowest loss has nothing to warn of
+    per_seed = [{"ours": 0.1, "min_loss": 0.5}, {"ours": 0.4, "min_loss": 0.6}]
+    agg = SeedAggregate({"ours": 0.2, "min_loss": 0.55}, per_seed, [None, None], "seeds")
+    assert agg.spread == pytest.approx(4.0) and agg.spread_of("min_loss") == pytest.approx(1.2)
+    assert any("spread 4.00x" in w for w in seed_warnings(agg, [0, 1]))
+    assert not any("spread" in w for w in seed_warnings(agg, [0, 1], "min_loss"))
+    assert SeedAggregate({}, [{"ours": 0.1}, {"ours": None}], [None, None], "seeds").spread is None
