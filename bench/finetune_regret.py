@@ -337,10 +337,10 @@ def table(res: dict[str, Any]) -> str:
         lines.append(f"| {lr:.3g} | " + " | ".join(cells) + f" | {_pct(res['grid_acc'][k])} |")
     lines += ["", "| rule | picks (one per sweep seed) | regret (pts) | pick spread (max/min) |",
               "| --- | --- | --- | --- |"]
+    labels = {**PEER_RULES, "ours": f"ours (the zero-lag curve's cliff / {trained_margin(res):g})",
+              "ours_shipped": f"ours at today's margin (the cliff / {CLIFF_MARGIN:g}), not trained"}
     for rule, info in s["regret"].items():
-        label = PEER_RULES.get(rule, f"ours (the zero-lag curve's cliff / {trained_margin(res):g})")
-        if rule == "ours_shipped":
-            label = f"ours at today's margin (the cliff / {CLIFF_MARGIN:g}), not trained"
+        label = labels[rule]
         picks = ", ".join("-" if p is None else f"{p:.3g}" for p in info["picks"])
         regret = "no pick" if info["regret"] is None else f"{'≥' if info['outside'] else ''}{info['regret']:.1f}"
         spread = "-" if info["spread"] is None else f"{info['spread']:.2f}x"

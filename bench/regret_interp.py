@@ -24,7 +24,7 @@ from clrcore.datasets import Dataset
 from clrcore.hooks import Hooks
 from clrcore.runs import _sweep, fresh_model
 from clrcore.specs import TrainSpec
-from clrcore.suggest import aggregate_picks, picks_from_reading, read_curve, recommend, safe_recommendation
+from clrcore.suggest import aggregate_picks, picks_from_reading, read_curve, safe_recommendation
 from clrcore.trainer import TrainResult, train
 
 # Builds the model a run starts from (spec, data, device); bench/finetune_regret.py loads pretrained weights.
@@ -42,21 +42,12 @@ def sweep(task: Task, data: Dataset, seed: int, build: ModelBuilder = fresh_mode
     started = time.perf_counter()
     result = _sweep(spec, spec.range_test, "triangular", data, model, device, Hooks())
     taken = [r for r in result.log if not r["skipped"]]
+    # what the job's `max_lr: "auto"` trains at: its own pick by its rule, or the safe fallback without one
+    pick = result.recommendation or safe_recommendation(task.optimizer["name"])
     return {"seed": seed, "lrs": [r["lr"] for r in taken], "losses": [r["loss"] for r in taken],
             "stop_reason": result.stop_reason, "warnings": result.warnings,
-            "auto_max_lr": auto_max_lr(task, [r["lr"] for r in taken], [r["loss"] for r in taken],
-                                       spec.range_test.pick_rule(spec.sweeps_head_only)),
-            "rule": spec.range_test.pick_rule(spec.sweeps_head_only),
+            "auto_max_lr": pick.max_lr, "rule": result.settings["rule"],
             "seconds": round(time.perf_counter() - started, 1)}
-
-
-def auto_max_lr(task: Task, lrs: list[float], losses: list[float], rule: str = "ours") -> float:
-    """What a `max_lr: "auto"` job trains at for this curve: `rule`'s pick (the job's default: ours, or the
-    lowest loss where the sweep trains a fine-tuned head alone), or the safe fallback without a pick."""
-    try:
-        return recommend(picks_from_reading(read_curve(lrs, losses)), rule=rule).max_lr
-    except ValueError:
-        return safe_recommendation(task.optimizer["name"]).max_lr
 
 
 def trained(task: Task, data: Dataset, max_lr: float, seed: int,
