@@ -14,6 +14,8 @@ scores each variant two ways, on the same grids as the regret table:
 
 `--heights` scores another family instead: the turn read at several rises at once (the geometric mean of
 where the curve first rose each of them), over more spans; one rise alone is the plain reading.
+`--hold` scores a third: the turn counted only where the rise holds for HOLDS spans (inf: to the end of
+the curve), so a wobble of the flat basin that crosses the rise and falls back is passed over.
 """
 
 from __future__ import annotations
@@ -35,29 +37,36 @@ from clrcore.suggest import RISE_OF_FALL, RISE_RELATIVE, read_curve
 
 SPANS = (0.2, 0.3, 0.5)
 RISES = (0.2, 0.5, 1.0, 2.0)
-SHIPPED = (SPAN_DECADES, RISE_OF_FALL, False)
+SHIPPED = (SPAN_DECADES, RISE_OF_FALL, False, None)
 # --heights: several rises read at once, around ours and above it
 HEIGHT_SPANS = (0.15, 0.2, 0.3, 0.4, 0.5)
 RISE_SETS: tuple[tuple[float, ...], ...] = ((0.2,), (0.3,), (0.5,), (0.05, 0.1, 0.2), (0.1, 0.2, 0.3), (0.2, 0.3, 0.4),
                                             (0.1, 0.2, 0.3, 0.4, 0.5), (0.3, 0.5, 0.7))
-Variant = tuple[float, float | tuple[float, ...], bool]
+# --hold: how long (in spans) the rise must last to count; None: the first crossing (ours), inf: to the end
+HOLD_SPANS = (0.2, 0.3)
+HOLD_RISES = (0.2, 0.3, 0.5)
+HOLDS = (None, 0.5, 1.0, 2.0, math.inf)
+Variant = tuple[float, float | tuple[float, ...], bool, float | None]
 
 
 def is_shipped(v: Variant) -> bool:
-    return v[0] == SHIPPED[0] and v[2] == SHIPPED[2] and tuple(np.atleast_1d(v[1])) == (SHIPPED[1],)
+    return (v[0] == SHIPPED[0] and v[2] == SHIPPED[2] and v[3] is None
+            and tuple(np.atleast_1d(v[1])) == (SHIPPED[1],))
 
 
 def label(v: Variant) -> str:
     rises = "+".join(f"{r:g}" for r in np.atleast_1d(v[1]))
-    return f"{v[0]:g}, {rises}, {'yes' if v[2] else 'no'}{' (ours)' if is_shipped(v) else ''}"
+    held = "" if v[3] is None else f", held {'to the end' if math.isinf(v[3]) else f'{v[3]:g} span'}"
+    return f"{v[0]:g}, {rises}, {'yes' if v[2] else 'no'}{held}{' (ours)' if is_shipped(v) else ''}"
 
 
 def cliff(lrs: list[float], losses: list[float], span: float, rise: float | tuple[float, ...],
-          top: bool = False) -> float | None:
+          top: bool = False, hold: float | None = None) -> float | None:
     """Where the curve smoothed over `span` decades first rose `rise` x its fall above its minimum (the
     curve's last point when it never did); several rises: the geometric mean of those points; with `top`,
-    the geometric mean of that and where it first rose by its whole fall (back at its start). None where
-    ours reads no suggestion (the same cut and checks)."""
+    the geometric mean of that and where it first rose by its whole fall (back at its start); with `hold`,
+    the first point from which the rise lasts `hold` spans (inf: to the curve's end). None where ours
+    reads no suggestion (the same cut and checks)."""
     reading = read_curve(lrs, losses)
     if reading.problem is not None:
         return None
@@ -68,7 +77,8 @@ def cliff(lrs: list[float], losses: list[float], span: float, rise: float | tupl
     turns = []
     for each in np.atleast_1d(rise):
         margin = max(each * (start - smooth[i_min]), RISE_RELATIVE * abs(float(smooth[i_min])))  # as read_curve
-        after = np.nonzero(smooth[i_min:] > smooth[i_min] + margin)[0]
+        above = smooth[i_min:] > smooth[i_min] + margin
+        after = np.nonzero(above)[0] if hold is None else held_from(above, hold * span_points(x, span))
         turns.append(float(x[i_min + after[0]]) if len(after) else float(x[-1]))
     turn = float(np.exp(np.mean(np.log(turns))))
     if not top:
@@ -76,6 +86,17 @@ def cliff(lrs: list[float], losses: list[float], span: float, rise: float | tupl
     margin = max(float(np.max(rise)) * (start - smooth[i_min]), RISE_RELATIVE * abs(float(smooth[i_min])))
     back = np.nonzero(smooth[i_min:] >= smooth[i_min] + max(start - smooth[i_min], margin))[0]
     return math.sqrt(turn * (float(x[i_min + back[0]]) if len(back) else float(x[-1])))
+
+
+def held_from(above: np.ndarray, points: float) -> np.ndarray:
+    """The indices from which `above` stays true for `points` points (or to its end when fewer are left;
+    inf: to its end)."""
+    if math.isinf(points):
+        below = np.nonzero(~above)[0]
+        start = int(below[-1]) + 1 if len(below) else 0
+        return np.arange(start, len(above)) if start < len(above) else np.empty(0, int)
+    width = max(1, round(points))
+    return np.array([j for j in np.nonzero(above)[0] if above[j : j + width].all()], dtype=int)
 
 
 def load_jobs(folders: list[Path], among: list[Task]) -> dict[str, tuple[GridFit, list[list[dict[str, Any]]]]]:
@@ -112,6 +133,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=Path, default=None,
                         help="a run of TASKS_HELD_OUT (grids and sweeps): each variant also scored there, its margin "
                         "learned on all of --out's tasks")
+    parser.add_argument("--hold", action="store_true",
+                        help="score the turn counted only where the rise lasts (HOLDS x HOLD_RISES x HOLD_SPANS)")
     parser.add_argument("--heights", action="store_true",
                         help="score the turn read at several rises at once (RISE_SETS x HEIGHT_SPANS) instead")
     args = parser.parse_args()
@@ -124,8 +147,9 @@ def main() -> None:
     if not names:
         raise SystemExit(f"{folders[0]}: no task has both a grid and sweeps there")
     variants: list[Variant] = (
-        [(span, rises, False) for span in HEIGHT_SPANS for rises in RISE_SETS] if args.heights
-        else list(itertools.product(SPANS, RISES, (False, True))))
+        [(span, rises, False, None) for span in HEIGHT_SPANS for rises in RISE_SETS] if args.heights
+        else [(span, rise, False, hold) for span in HOLD_SPANS for rise in HOLD_RISES for hold in HOLDS] if args.hold
+        else [(span, rise, top, None) for span, rise, top in itertools.product(SPANS, RISES, (False, True))])
     picks = {v: {n: [p for c in tasks[n][1] if (p := cliff(c["lrs"], c["losses"], *v))] for n in names}
              for v in variants}
 
