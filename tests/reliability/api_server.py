@@ -38,8 +38,8 @@ class ApiServer:
         env = settings_env(self.settings, CLR_API_KEYS=self.settings.api_keys, CLR_HTTP_PORT=str(self.port),
                            CLR_DEFAULT_QUEUE=self.settings.default_queue,
                            CLR_RATE_LIMIT_PER_MINUTE=str(self.settings.rate_limit_per_minute), **self.env)
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log_path.open("ab"),
-                                     stderr=subprocess.STDOUT)
+        with self.log_path.open("ab") as log:  # the server keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
