@@ -6,7 +6,10 @@ a few max LRs (one seed) and reports test and training accuracy and how far the 
 grew (end / start, the mean over filters of every trainable conv):
 - as it is;
 - BatchNorm's eps at 1e-5 instead of 1e-12 (is it the evaluation's running statistics?);
-- BatchNorm shifts at 0.05x the LR (are the shifts, which Adam moves by about lr a step, the trouble?).
+- BatchNorm shifts at 0.05x the LR (are the shifts, which Adam moves by about lr a step, the trouble?);
+- the conv filters held at their starting norms after every step (BatchNorm after each conv makes only a
+  filter's direction count, and a filter that grew by g turns g^2 times slower at the same LR: is it that
+  growth, which stalls the low-LR end of the cycle, or the size of the steps themselves?).
 
     .venv/bin/python -m bench.resnet_adamw_probe --data ../shared/data/cifar10-jpg.tar.gz   # 2-3 min
 """
@@ -21,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from bench.lr_regret import TASKS_HELD_OUT, Task, accuracy, task_data, trained_model
 
@@ -35,10 +39,27 @@ def _bn_eps(eps: float) -> Callable[[nn.Module], None]:
     return prepare
 
 
+_HELD: list[Any] = []  # the optimizer hooks of the probe that is training now (removed after it)
+
+
+def _hold_filter_norms(model: nn.Module) -> None:
+    """After every optimizer step, scale each trainable conv filter back to its norm at the start."""
+    norms = filter_norms(model)
+    params = {name: p for name, p in model.named_parameters() if name in norms}
+
+    def hold(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.mul_((norms[name] / p.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1))
+
+    _HELD.append(register_optimizer_step_post_hook(hold))
+
+
 PROBES: dict[str, tuple[dict[str, Any], Callable[[nn.Module], None] | None]] = {
     "as it is": ({}, None),
     "BatchNorm eps 1e-5": ({}, _bn_eps(1e-5)),
     "BatchNorm shifts at 0.05x the LR": ({"bn_bias_lr_scale": 0.05}, None),
+    "conv filters held at their starting norms": ({}, _hold_filter_norms),
 }
 
 
@@ -59,7 +80,11 @@ def probe(task: Task, data: Any, max_lr: float, seed: int = 0, optimizer: dict[s
         start.update(filter_norms(model))
 
     run = replace(task, optimizer={**task.optimizer, **(optimizer or {})})
-    model, spec, config = trained_model(run, data, max_lr, seed, prepare=remember)
+    try:
+        model, spec, config = trained_model(run, data, max_lr, seed, prepare=remember)
+    finally:
+        while _HELD:
+            _HELD.pop().remove()
     end = filter_norms(model)
     growth = torch.cat([end[name] / start[name] for name in start]).mean().item()
     return {"test": accuracy(model, data.test, data, spec, config),
@@ -70,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="cifar10-jpg.tar.gz")
     parser.add_argument("--task", default="cifar_resnet_fast_adamw")
+    parser.add_argument("--only", default="", help="run only the probes whose name holds this text")
     args = parser.parse_args()
     tasks = {t.name: t for t in TASKS_HELD_OUT}
     if args.task not in tasks:
@@ -80,6 +106,8 @@ def main() -> None:
     print(f"| probe | {' | '.join(f'max LR {lr:g}' for lr in LRS)} |")
     print(f"| --- |{' --- |' * len(LRS)}")
     for name, (optimizer, prepare) in PROBES.items():
+        if args.only not in name:
+            continue
         cells = []
         for lr in LRS:
             r = probe(task, data, lr, optimizer=optimizer, prepare=prepare)

@@ -1,6 +1,7 @@
 """bench/lr_regret.py's scoring (bench/regret_fit.py, bench/regret_report.py) on synthetic grids and curves:
 no training."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -333,3 +334,45 @@ def test_the_adamw_probe_sees_adams_steps_grow_the_filters_faster_at_a_higher_lr
     low, high = probe(task, data, 0.0016), probe(task, data, 0.03)
     assert low["norm_growth"] < 1.3 < 2 < high["norm_growth"]
     assert all(0.0 <= r[k] <= 1.0 for r in (low, high) for k in ("test", "train"))
+
+
+def test_the_adamw_probe_can_hold_the_filters_at_their_norms_and_lets_go_after_its_run():
+    # the fourth probe (docs/benchmarks.md): every conv filter scaled back to its starting norm after each
+    # step; its optimizer hook is removed after the run, so the next run's filters grow again
+    from bench.lr_regret import ADAMW, Task, task_data
+    from bench.resnet_adamw_probe import _HELD, _hold_filter_norms, probe
+
+    task = Task("digits_resnet_fast_adamw", "digits", "resnet_fast", ADAMW, 64, 1, (1e-3, 1e-1))
+    data = task_data(task, None, {})
+    held = probe(task, data, 0.03, prepare=_hold_filter_norms)
+    assert held["norm_growth"] == pytest.approx(1.0, abs=1e-3) and not _HELD
+    assert probe(task, data, 0.03)["norm_growth"] > 2
+
+
+@pytest.mark.parametrize(("task", "quoted"), [
+    ("digits_tiny_cnn", {"init": 0.20, "order": 0.51, "both": 0.40, "accum2": 0.51, "accum4": 0.40, "balanced": 0.69}),
+    ("gray_cifar_tiny_cnn", {"init": 0.31, "order": 0.62, "both": 0.60, "accum2": 0.87, "accum4": 0.74,
+                             "balanced": 0.40}),
+])
+def test_the_stored_sweep_noise_runs_give_the_spreads_the_docs_quote(task, quoted):
+    # docs/benchmarks.md "Where the spread comes from": the batch order, not the initial weights, moves ours'
+    # pick most, and neither larger sweep batches nor class-balanced ones calm it
+    from bench.sweep_noise import spread
+
+    runs = json.loads((Path(__file__).resolve().parents[2] / "bench/data/sweep_noise" / f"{task}.json").read_text())
+    sds = {mode: round(spread(picks, "ours")[0], 2) for mode, picks in runs.items()}
+    assert sds == quoted and all(len(picks) == 10 for picks in runs.values())
+    assert sds["order"] >= 2 * sds["init"] and min(sds["accum2"], sds["accum4"]) >= sds["both"]
+
+
+def test_a_stratified_order_spreads_every_class_evenly_through_the_epoch():
+    import torch
+
+    from bench.sweep_noise import stratified_order
+
+    labels = torch.arange(10).repeat_interleave(40)  # 10 classes of 40, sorted: a plain slice would hold one
+    order = stratified_order(labels, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(400))
+    for batch in order.split(40):
+        assert torch.bincount(labels[batch], minlength=10).tolist() == [4] * 10
+    assert not torch.equal(order, stratified_order(labels, torch.Generator().manual_seed(1)))
