@@ -12,11 +12,17 @@ grew (end / start, the mean over filters of every trainable conv):
   growth, which stalls the low-LR end of the cycle, or the size of the steps themselves?).
 
     .venv/bin/python -m bench.resnet_adamw_probe --data ../shared/data/cifar10-jpg.tar.gz   # 2-3 min
+
+`--sweep-growth TASKS` asks instead whether the growth could cap a pick: it sweeps each of bench.lr_regret's
+tasks named (three seeds, as the product sweeps) with the filters' growth recorded at every step, and
+prints where it first reaches 1.1x, 1.2x, 1.3x and 1.5x, over the grid's best max LR (read from the stored
+runs' results.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +32,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from bench.lr_regret import TASKS_HELD_OUT, Task, accuracy, task_data, trained_model
+from bench.lr_regret import TASKS_HELD_OUT, Task, accuracy, select_tasks, spec_for, task_data, trained_model
 
 LRS = (0.0016, 0.01, 0.03)
 
@@ -91,16 +97,68 @@ def probe(task: Task, data: Any, max_lr: float, seed: int = 0, optimizer: dict[s
             "train": accuracy(model, data.train, data, spec, config), "norm_growth": growth}
 
 
+GROWTHS = (1.1, 1.2, 1.3, 1.5)
+STORED_RUNS = (Path("bench/data/lr_regret"), Path("bench/data/lr_regret_heldout"))
+
+
+def sweep_growth(task: Task, data: Any, seed: int) -> tuple[list[float], list[float], float | None]:
+    """One sweep as the product runs it: (each step's LR, the filters' mean growth after it, ours' pick)."""
+    from clrcore.hooks import Hooks
+    from clrcore.runs import _sweep_one, fresh_model
+
+    spec = spec_for(task, seed, "auto", {"seeds": 1})
+    assert spec.range_test is not None
+    model = fresh_model(spec, data, torch.device("cpu"))
+    start = filter_norms(model)
+    growth: list[float] = []
+
+    def record(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        now = filter_norms(model)
+        growth.append(torch.cat([now[name] / start[name] for name in start]).mean().item())
+
+    handle = register_optimizer_step_post_hook(record)
+    try:
+        result = _sweep_one(spec, spec.range_test, "triangular", data, model, torch.device("cpu"), Hooks())
+    finally:
+        handle.remove()
+    lrs = [r["lr"] for r in result.log if not r["skipped"]]
+    return lrs, growth[: len(lrs)], result.suggestions.get("ours")
+
+
+def first_reached(lrs: list[float], growth: list[float], level: float) -> float | None:
+    """The first LR at which the growth reached `level` (None: never)."""
+    return next((lr for lr, g in zip(lrs, growth, strict=False) if g >= level), None)
+
+
+def growth_table(names: str, archive: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> None:
+    best = {res["task"]: res["fit"]["best_lr"] for run in STORED_RUNS
+            for res in json.loads((run / "results.json").read_text())["results"]}
+    print(f"| task | grid's best max LR | ours' pick / best | {' | '.join(f'grown {g:g}x / best' for g in GROWTHS)} |")
+    print(f"| --- | --- | --- |{' --- |' * len(GROWTHS)}")
+    for task in select_tasks(names):
+        data = task_data(task, archive, {})
+        runs = [sweep_growth(task, data, seed) for seed in seeds]
+        cells = [", ".join("-" if (v := first_reached(lrs, g, level)) is None else f"{v / best[task.name]:.2g}"
+                           for lrs, g, _ in runs) for level in GROWTHS]
+        ours = ", ".join("-" if p is None else f"{p / best[task.name]:.2g}" for _, _, p in runs)
+        print(f"| {task.name} | {best[task.name]:.3g} | {ours} | {' | '.join(cells)} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="cifar10-jpg.tar.gz")
     parser.add_argument("--task", default="cifar_resnet_fast_adamw")
     parser.add_argument("--only", default="", help="run only the probes whose name holds this text")
+    parser.add_argument("--sweep-growth", default=None, metavar="TASKS",
+                        help="comma-separated tasks of bench.lr_regret: where their sweeps' filters grow, instead")
     args = parser.parse_args()
     tasks = {t.name: t for t in TASKS_HELD_OUT}
     if args.task not in tasks:
         raise SystemExit(f"unknown task {args.task}; known: {', '.join(tasks)}")
     torch.set_num_threads(1)
+    if args.sweep_growth:
+        growth_table(args.sweep_growth, args.data.resolve())
+        return
     task = tasks[args.task]
     data = task_data(task, args.data, {})
     print(f"| probe | {' | '.join(f'max LR {lr:g}' for lr in LRS)} |")

@@ -376,3 +376,12 @@ def test_a_stratified_order_spreads_every_class_evenly_through_the_epoch():
     for batch in order.split(40):
         assert torch.bincount(labels[batch], minlength=10).tolist() == [4] * 10
     assert not torch.equal(order, stratified_order(labels, torch.Generator().manual_seed(1)))
+
+
+def test_the_growth_probe_reads_the_first_lr_where_the_filters_reached_a_level():
+    from bench.resnet_adamw_probe import first_reached
+
+    lrs, growth = [0.001, 0.01, 0.1, 1.0], [1.0, 1.15, 1.1, 1.6]
+    assert first_reached(lrs, growth, 1.1) == 0.01  # the first, not a later dip back below
+    assert first_reached(lrs, growth, 1.5) == 1.0
+    assert first_reached(lrs, growth, 2.0) is None
