@@ -13,7 +13,10 @@ reports the SD of ln(pick) for ours and two peers:
 - `accumN`: both, with N batches averaged into each optimizer step (`range_test.accumulation_steps`):
   less gradient and loss noise per step, at N times the cost;
 - `balanced`: both, with each batch holding the classes in their proportions (a stratified order)
-  instead of a plain shuffle: no batch far from the class mix.
+  instead of a plain shuffle: no batch far from the class mix;
+- `branchN`: one trajectory for the first N steps (the weights and the batch order fixed), then the
+  batch order drawn anew: what seeds branched from one sweep at its N-th step would read, where the
+  shared first N steps are paid once (N 120: from 1e-2 of a 1e-4-to-10 sweep).
 
     .venv/bin/python -m bench.sweep_noise --task digits_tiny_cnn --out runs/sweep_noise
     .venv/bin/python -m bench.sweep_noise --task gray_cifar_tiny_cnn --data ../shared/data/cifar10-jpg.tar.gz \
@@ -37,11 +40,11 @@ import numpy as np
 import torch
 
 from bench.lr_regret import select_tasks, spec_for, task_data
-from clrcore import loaders
+from clrcore import loaders, runs
 from clrcore.hooks import Hooks
 from clrcore.runs import _sweep_one, fresh_model
 
-MODES = ("init", "order", "both", "accum2", "accum4", "balanced")
+MODES = ("init", "order", "both", "accum2", "accum4", "balanced", "branch60", "branch120")
 RULES = ("ours", "valley", "min_loss")
 FIXED_SEED = 0
 FIRST_SEED = 100  # the drawn seeds: 100, 101, ... (none of lr_regret's sweep seeds 0-17)
@@ -77,6 +80,44 @@ def balanced_batches(labels: np.ndarray) -> Iterator[None]:
         loaders.plan_epoch = plain
 
 
+class Spliced:
+    """The first `shared` batches of `base` (cycled), then `branch`'s (cycled) for ever."""
+
+    def __init__(self, base: Any, branch: Any, shared: int) -> None:
+        self.base, self.branch, self.shared = base, branch, shared
+
+    def __iter__(self) -> Iterator[Any]:
+        given = 0
+        while given < self.shared:
+            for batch in self.base:
+                if given == self.shared:
+                    break
+                given += 1
+                yield batch
+        while True:
+            yield from self.branch
+
+
+@contextlib.contextmanager
+def branched_batches(shared: int) -> Iterator[None]:
+    """While open, the sweep's training loader gives the batches of order FIXED_SEED for `shared` steps,
+    then those of its own seed (a bench-only probe of branched seeds)."""
+    plain = runs.make_loader
+
+    def make(split: Any, batch_size: int, **kw: Any) -> Any:
+        own = plain(split, batch_size, **kw)
+        if not kw.get("train"):
+            return own
+        fixed = torch.Generator(device=kw["generator"].device).manual_seed(FIXED_SEED)
+        return Spliced(plain(split, batch_size, **{**kw, "generator": fixed}), own, shared)
+
+    runs.make_loader = make
+    try:
+        yield
+    finally:
+        runs.make_loader = plain
+
+
 def sweep_picks(task_name: str, archive: Path | None, mode: str, sweeps: int) -> list[dict[str, float | None]]:
     """`sweeps` sweeps of the task in `mode`; each one's picks for RULES."""
     task = select_tasks(task_name)[0]
@@ -86,9 +127,15 @@ def sweep_picks(task_name: str, archive: Path | None, mode: str, sweeps: int) ->
     if mode.startswith("accum"):
         range_test["accumulation_steps"] = int(mode.removeprefix("accum"))
     picks = []
-    with balanced_batches(data.train.labels) if mode == "balanced" else contextlib.nullcontext():
+    probe: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if mode == "balanced":
+        probe = balanced_batches(data.train.labels)
+    elif mode.startswith("branch"):
+        probe = branched_batches(int(mode.removeprefix("branch")))
+    with probe:
         for i in range(sweeps):
-            init = spec_for(task, FIXED_SEED if mode == "order" else FIRST_SEED + i, "auto", range_test)
+            fixed_init = mode == "order" or mode.startswith("branch")
+            init = spec_for(task, FIXED_SEED if fixed_init else FIRST_SEED + i, "auto", range_test)
             order = spec_for(task, FIXED_SEED if mode == "init" else FIRST_SEED + i, "auto", range_test)
             model = fresh_model(init, data, device)
             assert order.range_test is not None

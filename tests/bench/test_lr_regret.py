@@ -350,9 +350,10 @@ def test_the_adamw_probe_can_hold_the_filters_at_their_norms_and_lets_go_after_i
 
 
 @pytest.mark.parametrize(("task", "quoted"), [
-    ("digits_tiny_cnn", {"init": 0.20, "order": 0.51, "both": 0.40, "accum2": 0.51, "accum4": 0.40, "balanced": 0.69}),
+    ("digits_tiny_cnn", {"init": 0.20, "order": 0.51, "both": 0.40, "accum2": 0.51, "accum4": 0.40, "balanced": 0.69,
+                         "branch60": 0.52, "branch120": 0.51}),
     ("gray_cifar_tiny_cnn", {"init": 0.31, "order": 0.62, "both": 0.60, "accum2": 0.87, "accum4": 0.74,
-                             "balanced": 0.40}),
+                             "balanced": 0.40, "branch60": 0.87, "branch120": 0.42}),
 ])
 def test_the_stored_sweep_noise_runs_give_the_spreads_the_docs_quote(task, quoted):
     # docs/benchmarks.md "Where the spread comes from": the batch order, not the initial weights, moves ours'
@@ -363,6 +364,7 @@ def test_the_stored_sweep_noise_runs_give_the_spreads_the_docs_quote(task, quote
     sds = {mode: round(spread(picks, "ours")[0], 2) for mode, picks in runs.items()}
     assert sds == quoted and all(len(picks) == 10 for picks in runs.values())
     assert sds["order"] >= 2 * sds["init"] and min(sds["accum2"], sds["accum4"]) >= sds["both"]
+    assert min(sds["branch60"], sds["branch120"]) >= 0.7 * sds["both"]  # branches scatter as whole seeds do
 
 
 def test_a_stratified_order_spreads_every_class_evenly_through_the_epoch():
@@ -385,3 +387,13 @@ def test_the_growth_probe_reads_the_first_lr_where_the_filters_reached_a_level()
     assert first_reached(lrs, growth, 1.1) == 0.01  # the first, not a later dip back below
     assert first_reached(lrs, growth, 1.5) == 1.0
     assert first_reached(lrs, growth, 2.0) is None
+
+
+def test_a_spliced_loader_gives_the_shared_batches_then_the_branchs_for_ever():
+    import itertools
+
+    from bench.sweep_noise import Spliced
+
+    got = list(itertools.islice(Spliced([1, 2, 3], [10, 20], shared=4), 9))
+    assert got == [1, 2, 3, 1, 10, 20, 10, 20, 10]
+    assert list(itertools.islice(Spliced([1, 2], [10], shared=0), 2)) == [10, 10]
