@@ -200,29 +200,37 @@ def test_the_variant_search_scores_every_reading_on_the_held_out_tasks_as_the_do
     assert all(ours < mean for name, mean in rows.items() if ", 1, " in name or ", 2, " in name)
 
 
-def test_reading_several_heights_at_once_is_chosen_no_better_than_ours_as_the_docs_say(capsys, monkeypatch):
-    # docs/benchmarks.md: over the 40 readings of --heights, the nested choice scores 0.49 against ours' 0.42
-    # on the three sets' sweeps, and the one with the lowest leave-one-out regret does no better held out
+def variant_family(flag: str, capsys, monkeypatch) -> tuple[list[str], dict[str, float], tuple[float, float]]:
+    """regret_variants with `flag` on the three sets and the held-out tasks: the tuning table's rows, each
+    reading's held-out mean, and (nested, ours) rounded to the docs' two places."""
     import sys
 
     from bench import regret_variants
 
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
-    monkeypatch.setattr(sys, "argv", ["regret_variants", "--heights", "--out", "bench/data/lr_regret", "--out",
+    monkeypatch.setattr(sys, "argv", ["regret_variants", flag, "--out", "bench/data/lr_regret", "--out",
                                       "bench/data/lr_regret_oos", "--out", "bench/data/lr_regret_fresh",
                                       "--held-out", "bench/data/lr_regret_heldout"])
     regret_variants.main()
     out = capsys.readouterr().out
     tuning, held = out.split("\n\n")
-    rows = [line for line in tuning.splitlines() if line.startswith("| 0")]
+    nested, ours = (round(float(v), 2) for v in re.search(r"nested mean regret (\S+) against ours (\S+)", out).groups())
+    held_means = {line.split(" | ")[0].lstrip("| "): float(line.rstrip(" |").split(" | ")[-1])
+                  for line in held.splitlines() if line.startswith("| 0")}
+    return [line for line in tuning.splitlines() if line.startswith("| 0")], held_means, (nested, ours)
+
+
+def test_reading_several_heights_at_once_is_chosen_no_better_than_ours_as_the_docs_say(capsys, monkeypatch):
+    # docs/benchmarks.md: over the 40 readings of --heights, the nested choice scores 0.49 against ours' 0.42
+    # on the three sets' sweeps, and the one with the lowest leave-one-out regret does no better held out
+    from bench import regret_variants
+
+    rows, held_means, scores = variant_family("--heights", capsys, monkeypatch)
     assert len(rows) == len(regret_variants.HEIGHT_SPANS) * len(regret_variants.RISE_SETS) == 40
-    nested, ours = (float(v) for v in re.search(r"nested mean regret (\S+) against ours (\S+)", out).groups())
-    assert (round(nested, 2), round(ours, 2)) == (0.49, 0.42)
+    assert scores == (0.49, 0.42)
     loto = {line.split(" | ")[0].lstrip("| "): float(line.split(" | ")[-3]) for line in rows}
     best = min(loto, key=loto.__getitem__)
     assert best == "0.4, 0.1+0.2+0.3+0.4+0.5, no" and loto[best] < loto["0.2, 0.2, no (ours)"]
-    held_means = {line.split(" | ")[0].lstrip("| "): float(line.rstrip(" |").split(" | ")[-1])
-                  for line in held.splitlines() if line.startswith("| 0")}
     assert held_means[best] >= held_means["0.2, 0.2, no (ours)"] - 0.02  # 1.17 against 1.18: no better
 
 
@@ -239,23 +247,11 @@ def test_a_rise_that_must_hold_passes_over_a_wobble_that_falls_back():
 def test_a_rise_that_must_hold_is_chosen_no_better_than_ours_as_the_docs_say(capsys, monkeypatch):
     # docs/benchmarks.md: over the 30 readings of --hold, the nested choice scores 0.46 against ours' 0.42
     # on the three sets' sweeps, and every held reading does worse than ours on the held-out tasks
-    import sys
-
     from bench import regret_variants
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])
-    monkeypatch.setattr(sys, "argv", ["regret_variants", "--hold", "--out", "bench/data/lr_regret", "--out",
-                                      "bench/data/lr_regret_oos", "--out", "bench/data/lr_regret_fresh",
-                                      "--held-out", "bench/data/lr_regret_heldout"])
-    regret_variants.main()
-    out = capsys.readouterr().out
-    tuning, held = out.split("\n\n")
-    rows = [line for line in tuning.splitlines() if line.startswith("| 0")]
+    rows, held_means, scores = variant_family("--hold", capsys, monkeypatch)
     assert len(rows) == len(regret_variants.HOLD_SPANS) * len(regret_variants.HOLD_RISES) * len(regret_variants.HOLDS)
-    nested, ours = (float(v) for v in re.search(r"nested mean regret (\S+) against ours (\S+)", out).groups())
-    assert (round(nested, 2), round(ours, 2)) == (0.46, 0.42)
-    held_means = {line.split(" | ")[0].lstrip("| "): float(line.rstrip(" |").split(" | ")[-1])
-                  for line in held.splitlines() if line.startswith("| 0")}
+    assert scores == (0.46, 0.42)
     assert all(mean > held_means["0.2, 0.2, no (ours)"] for name, mean in held_means.items() if "held" in name)
 
 
