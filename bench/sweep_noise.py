@@ -99,8 +99,8 @@ class Spliced:
 
 
 @contextlib.contextmanager
-def branched_batches(shared: int) -> Iterator[None]:
-    """While open, the sweep's training loader gives the batches of order FIXED_SEED for `shared` steps,
+def branched_batches(shared: int, base_seed: int = FIXED_SEED) -> Iterator[None]:
+    """While open, the sweep's training loader gives the batches of order `base_seed` for `shared` steps,
     then those of its own seed (a bench-only probe of branched seeds)."""
     plain = runs.make_loader
 
@@ -108,7 +108,7 @@ def branched_batches(shared: int) -> Iterator[None]:
         own = plain(split, batch_size, **kw)
         if not kw.get("train"):
             return own
-        fixed = torch.Generator(device=kw["generator"].device).manual_seed(FIXED_SEED)
+        fixed = torch.Generator(device=kw["generator"].device).manual_seed(base_seed)
         return Spliced(plain(split, batch_size, **{**kw, "generator": fixed}), own, shared)
 
     runs.make_loader = make

@@ -393,3 +393,20 @@ def test_a_spliced_loader_gives_the_shared_batches_then_the_branchs_for_ever():
     got = list(itertools.islice(Spliced([1, 2, 3], [10, 20], shared=4), 9))
     assert got == [1, 2, 3, 1, 10, 20, 10, 20, 10]
     assert list(itertools.islice(Spliced([1, 2], [10], shared=0), 2)) == [10, 10]
+
+
+def test_the_branch_regret_table_reads_each_jobs_picks_off_the_stored_grid(capsys):
+    # bench/branch_regret.py: a cliff at the margin above the grid's best reads no regret, one far below it some
+    from bench.branch_regret import report
+    from bench.regret_variants import load
+    from clrcore.suggest import CLIFF_MARGIN
+
+    grids = Path(__file__).resolve().parents[2] / "bench/data/lr_regret"
+    best = load(grids)["digits_tiny_cnn"][0].best_lr
+    at_best, low = best * CLIFF_MARGIN, best * CLIFF_MARGIN / 30
+    report([{"task": "digits_tiny_cnn", "whole": [[at_best] * 3, [at_best] * 3],
+             "branched": [[at_best, low, at_best], [at_best] * 3]}], grids)
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| digits_tiny_cnn"))
+    cells = row.strip("| ").split(" | ")[1:]
+    assert cells[:3] == ["0.00", "0.00", "1.00x"]  # whole: every pick at the best
+    assert float(cells[3]) > 0 and float(cells[4]) > 0 and cells[5] != "1.00x"  # branched: one seed far below
