@@ -16,6 +16,7 @@ aggregates them) and how far the jobs land apart.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 from pathlib import Path
@@ -24,51 +25,37 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.lr_regret import TASKS_CPU, select_tasks, spec_for, task_data
+from bench.lr_regret import TASKS_CPU, Task, select_tasks, task_data
 from bench.regret_variants import load
-from bench.sweep_noise import branched_batches
-from clrcore.hooks import Hooks
-from clrcore.runs import _sweep_one, fresh_model
-from clrcore.suggest import CLIFF_MARGIN
+from bench.sweep_noise import branched_batches, sweep_once
+from clrcore.datasets import Dataset
+from clrcore.suggest import CLIFF_MARGIN, aggregate_picks
 
 FIRST_SEED = 200  # none of lr_regret's sweep seeds (0-17) nor sweep_noise's (100-109)
 SEEDS_PER_JOB = 3
 
 
-def one_sweep(task_name: str, archive: Path | None, init_seed: int, order_seed: int,
-              shared: int | None) -> float | None:
+def one_sweep(task: Task, data: Dataset, init_seed: int, order_seed: int, shared: int | None) -> float | None:
     """Ours' pick of one sweep: weights of `init_seed`, batches of `order_seed` (after `shared` steps of
     `init_seed`'s order, when given)."""
-    task = select_tasks(task_name)[0]
-    data = task_data(task, archive, {})
-    init = spec_for(task, init_seed, "auto", {"seeds": 1})
-    order = spec_for(task, order_seed, "auto", {"seeds": 1})
-    assert order.range_test is not None
-    model = fresh_model(init, data, torch.device("cpu"))
-    if shared is None:
-        result = _sweep_one(order, order.range_test, "triangular", data, model, torch.device("cpu"), Hooks())
-    else:
-        with branched_batches(shared, base_seed=init_seed):
-            result = _sweep_one(order, order.range_test, "triangular", data, model, torch.device("cpu"), Hooks())
-    return result.suggestions.get("ours")
+    with branched_batches(shared, base_seed=init_seed) if shared is not None else contextlib.nullcontext():
+        return sweep_once(task, data, init_seed, order_seed).suggestions.get("ours")
 
 
 def task_jobs(task_name: str, archive: Path | None, jobs: int, shared: int) -> dict[str, Any]:
     """`jobs` pairs of 3-seed jobs (whole, branched) of one task: each seed's pick."""
     torch.set_num_threads(1)
+    task = select_tasks(task_name)[0]
+    data = task_data(task, archive, {})  # once: every sweep of the task reads the same images
     out: dict[str, Any] = {"task": task_name, "shared": shared, "whole": [], "branched": []}
     for j in range(jobs):
         first = FIRST_SEED + 10 * j
         seeds = range(first, first + SEEDS_PER_JOB)
-        out["whole"].append([one_sweep(task_name, archive, s, s, None) for s in seeds])
-        out["branched"].append([one_sweep(task_name, archive, first, s, shared) for s in seeds])
+        out["whole"].append([one_sweep(task, data, s, s, None) for s in seeds])
+        out["branched"].append([one_sweep(task, data, first, s, shared) for s in seeds])
         print(json.dumps({"task": task_name, "job": j, "whole": out["whole"][-1], "branched": out["branched"][-1]}),
               flush=True)
     return out
-
-
-def gmean(picks: list[float]) -> float:
-    return float(np.exp(np.mean(np.log(picks))))
 
 
 def report(results: list[dict[str, Any]], grids: Path) -> None:
@@ -86,7 +73,7 @@ def report(results: list[dict[str, Any]], grids: Path) -> None:
         for kind in ("whole", "branched"):
             jobs = [[p / CLIFF_MARGIN for p in job if p] for job in res[kind]]
             one = 100 * float(np.mean([fit.regret(p)[0] for job in jobs for p in job]))
-            picks = [gmean(job) for job in jobs if job]
+            picks = [p for job in jobs if (p := aggregate_picks(job)[0])]  # a job's pick, as the product reads it
             three = 100 * float(np.mean([fit.regret(p)[0] for p in picks]))
             means[kind].append((one, three))
             cells += [f"{one:.2f}", f"{three:.2f}", f"{max(picks) / min(picks):.2f}x"]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from bench.lr_regret import TASKS_HELD_OUT, Task, accuracy, select_tasks, spec_for, task_data, trained_model
+from bench.lr_regret import TASKS_HELD_OUT, Task, accuracy, select_tasks, task_data, trained_model
 
 LRS = (0.0016, 0.01, 0.03)
 
@@ -103,24 +103,26 @@ STORED_RUNS = (Path("bench/data/lr_regret"), Path("bench/data/lr_regret_heldout"
 
 def sweep_growth(task: Task, data: Any, seed: int) -> tuple[list[float], list[float], float | None]:
     """One sweep as the product runs it: (each step's LR, the filters' mean growth after it, ours' pick)."""
-    from clrcore.hooks import Hooks
-    from clrcore.runs import _sweep_one, fresh_model
+    from bench.sweep_noise import sweep_once
 
-    spec = spec_for(task, seed, "auto", {"seeds": 1})
-    assert spec.range_test is not None
-    model = fresh_model(spec, data, torch.device("cpu"))
-    start = filter_norms(model)
+    start: dict[str, torch.Tensor] = {}
     growth: list[float] = []
+    handles: list[Any] = []
 
-    def record(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        now = filter_norms(model)
-        growth.append(torch.cat([now[name] / start[name] for name in start]).mean().item())
+    def watch(model: nn.Module) -> None:
+        start.update(filter_norms(model))
 
-    handle = register_optimizer_step_post_hook(record)
+        def record(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            now = filter_norms(model)
+            growth.append(torch.cat([now[name] / start[name] for name in start]).mean().item())
+
+        handles.append(register_optimizer_step_post_hook(record))
+
     try:
-        result = _sweep_one(spec, spec.range_test, "triangular", data, model, torch.device("cpu"), Hooks())
+        result = sweep_once(task, data, seed, seed, prepare=watch)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     lrs = [r["lr"] for r in result.log if not r["skipped"]]
     return lrs, growth[: len(lrs)], result.suggestions.get("ours")
 

@@ -32,22 +32,41 @@ import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from bench.lr_regret import select_tasks, spec_for, task_data
+from bench.lr_regret import Task, select_tasks, spec_for, task_data
 from clrcore import loaders, runs
+from clrcore.datasets import Dataset
 from clrcore.hooks import Hooks
+from clrcore.lr_range import RangeTestResult
 from clrcore.runs import _sweep_one, fresh_model
 
 MODES = ("init", "order", "both", "accum2", "accum4", "balanced", "branch60", "branch120")
 RULES = ("ours", "valley", "min_loss")
 FIXED_SEED = 0
 FIRST_SEED = 100  # the drawn seeds: 100, 101, ... (none of lr_regret's sweep seeds 0-17)
+
+
+def sweep_once(task: Task, data: Dataset, init_seed: int, order_seed: int,
+               range_test: dict[str, Any] | None = None,
+               prepare: Callable[[nn.Module], None] | None = None) -> RangeTestResult:
+    """One sweep as the product runs it (`clrcore.runs._sweep_one`, on the CPU): the initial weights of
+    `init_seed`, the batch order of `order_seed`, `range_test` fields over one seed; `prepare` sees the
+    fresh model first (bench/resnet_adamw_probe.py records its filters there)."""
+    device = torch.device("cpu")
+    fields = {"seeds": 1, **(range_test or {})}
+    order = spec_for(task, order_seed, "auto", fields)
+    assert order.range_test is not None
+    model = fresh_model(spec_for(task, init_seed, "auto", fields), data, device)
+    if prepare is not None:
+        prepare(model)
+    return _sweep_one(order, order.range_test, "triangular", data, model, device, Hooks())
 
 
 def stratified_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -122,8 +141,7 @@ def sweep_picks(task_name: str, archive: Path | None, mode: str, sweeps: int) ->
     """`sweeps` sweeps of the task in `mode`; each one's picks for RULES."""
     task = select_tasks(task_name)[0]
     data = task_data(task, archive, {})
-    device = torch.device("cpu")
-    range_test: dict[str, Any] = {"seeds": 1}
+    range_test: dict[str, Any] = {}
     if mode.startswith("accum"):
         range_test["accumulation_steps"] = int(mode.removeprefix("accum"))
     picks = []
@@ -135,11 +153,8 @@ def sweep_picks(task_name: str, archive: Path | None, mode: str, sweeps: int) ->
     with probe:
         for i in range(sweeps):
             fixed_init = mode == "order" or mode.startswith("branch")
-            init = spec_for(task, FIXED_SEED if fixed_init else FIRST_SEED + i, "auto", range_test)
-            order = spec_for(task, FIXED_SEED if mode == "init" else FIRST_SEED + i, "auto", range_test)
-            model = fresh_model(init, data, device)
-            assert order.range_test is not None
-            result = _sweep_one(order, order.range_test, "triangular", data, model, device, Hooks())
+            result = sweep_once(task, data, FIXED_SEED if fixed_init else FIRST_SEED + i,
+                                FIXED_SEED if mode == "init" else FIRST_SEED + i, range_test)
             picks.append({rule: result.suggestions.get(rule) for rule in RULES})
             print(json.dumps({"task": task.name, "mode": mode, "sweep": i, **picks[-1]}), flush=True)
     return picks

@@ -429,3 +429,26 @@ def test_the_stored_branch_regret_run_gives_the_figures_the_docs_quote(capsys):
     gray = next(line for line in capsys.readouterr().out.splitlines()
                 if line.startswith("| gray_cifar_tiny_cnn")).strip("| ").split(" | ")
     assert (gray[2], gray[5]) == ("0.59", "0.62")
+
+
+def test_branched_batches_splice_only_the_training_loader_and_put_the_product_back():
+    import itertools
+
+    import torch
+
+    from bench.sweep_noise import Spliced, branched_batches
+    from clrcore import runs
+    from clrcore.datasets import load_digits_dataset
+
+    data = load_digits_dataset()
+    plain = runs.make_loader
+    args = dict(device="cpu", mean=[0.0], std=[1.0])
+    with branched_batches(2, base_seed=0):
+        train = runs.make_loader(data.train, 32, train=True, generator=torch.Generator().manual_seed(5), **args)
+        test = runs.make_loader(data.test, 32, train=False, **args)
+    assert runs.make_loader is plain and isinstance(train, Spliced) and not isinstance(test, Spliced)
+    base = plain(data.train, 32, train=True, generator=torch.Generator().manual_seed(0), **args)
+    own = plain(data.train, 32, train=True, generator=torch.Generator().manual_seed(5), **args)
+    got = [y for _, y in itertools.islice(train, 3)]
+    want = [y for _, y in itertools.islice(base, 2)] + [next(iter(own))[1]]
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))  # 2 of seed 0's batches, then seed 5's
