@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import functools
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,9 @@ class RangeTestResult:
     # several seeds in one job (`combine_seeds`): each seed's curve, stop and picks; the spread of ours
     seeds: list[dict[str, Any]] = field(default_factory=list)
     seed_spread: float | None = None
+    # `range_test(branches=...)`: each branch's own result (the shared steps, then its own); not in to_dict,
+    # where `combine_seeds` keeps each seed's curve
+    branches: list[RangeTestResult] = field(default_factory=list)
 
     def read_points(self) -> tuple[list[float], list[float]]:
         """(lr, raw loss) the rules read: the steps really taken, or the validation points when the
@@ -217,7 +221,9 @@ class _Snapshot:
         model.load_state_dict(self.model)
         for p, g in zip(model.parameters(), self.grads, strict=True):
             p.grad = None if g is None else g.clone()
-        optimizer.load_state_dict(self.optimizer)
+        # load_state_dict keeps the very tensors it is given where their device and dtype fit: a copy, so the
+        # snapshot outlives the steps after it (a branch point is restored once per branch)
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
         if scaler is not None and self.scaler is not None:
             scaler.load_state_dict(self.scaler)
         restore_rng_state(self.rng)
@@ -326,6 +332,8 @@ def range_test(
     read: str = "train",
     sync_every: int = 1,
     rule: str = "ours",
+    branches: Sequence[Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]] = (),
+    branch_at: int = 0,
 ) -> RangeTestResult:
     """Sweep the LR over `num_iter` optimizer steps, then restore every state and read the curve.
 
@@ -340,9 +348,21 @@ def range_test(
     `sync_every` > 1 reads the losses to the host that many steps at a time instead of after every step,
     so a GPU never waits on Python (without a GradScaler, whose skip test reads the scale every step).
     The records, the stop and the restored state are the same: steps past a stop are run but dropped.
+
+    `branches`: more sweeps that share this one's first `branch_at` steps. At that rung the state is
+    copied (model, optimizer, scaler, RNG and the smoothed curve so far); after this sweep each branch
+    goes on from the copy with its own batches to the end of the ladder (each a function that makes
+    them when its branch starts: a loader that copies the data to the device is made one at a time).
+    k seeds then cost branch_at + k x (num_iter - branch_at) steps instead of k x num_iter: the first
+    decades, where the loss barely moves, add nothing to where a sweep turns, only the later batch
+    order does (docs/benchmarks.md, issue 12). Each branch's result (the shared records, then its own)
+    is in `result.branches`; there are fewer when this sweep or a branch stopped by request, none when
+    this sweep stopped before the branch point. `on_step` records of branch i carry "branch": i.
     """
     if accumulation_steps < 1 or val_every < 1 or sync_every < 1:
         raise ValueError("accumulation_steps, val_every and sync_every must be at least 1")
+    if branches and not 0 < branch_at < num_iter:
+        raise ValueError("branch_at must lie inside the ladder: 0 < branch_at < num_iter")
     if not 0 <= smooth < 1 or diverge_factor <= 1:
         raise ValueError("need 0 <= smooth < 1 and diverge_factor > 1")
     ladder = lr_ladder(start_lr, end_lr, num_iter, mode)
@@ -356,31 +376,101 @@ def range_test(
         return torch.autocast(device_type=device.type, dtype=autocast_dtype)
 
     snapshot = _Snapshot.take(model, optimizer, scaler)
-    records: list[dict[str, Any]] = []
-    val_log: list[dict[str, Any]] = []
-    stop_reason, stopped_at = "end_lr", None
+    fork: list[_Fork] = []
+
+    def at_branch_point(loop: _Loop, records: list[dict[str, Any]], val_log: list[dict[str, Any]]) -> None:
+        fork.append(_Fork(_Snapshot.take(model, optimizer, scaler), copy.copy(loop), copy.deepcopy(records),
+                          copy.deepcopy(val_log)))
+
+    sweep = functools.partial(
+        _sweep, model, optimizer, loss_fn, ladder=ladder, smooth=smooth, diverge_factor=diverge_factor,
+        val_batches=val_batches, val_every=val_every, accumulation_steps=accumulation_steps, scaler=scaler,
+        autocast=autocast, should_stop=should_stop, sync_every=1 if scaler is not None else sync_every,
+    )  # fmt: skip
+    runs: list[_Run] = []
     try:
         model.train()
-        stop_reason, stopped_at = _sweep(
-            model, optimizer, loss_fn, _Cycle(train_batches), ladder, records, val_log,
-            smooth=smooth, diverge_factor=diverge_factor, val_batches=val_batches, val_every=val_every,
-            accumulation_steps=accumulation_steps, scaler=scaler, autocast=autocast,
-            on_step=on_step, should_stop=should_stop, sync_every=1 if scaler is not None else sync_every,
-        )  # fmt: skip
+        run = _Run([], [])
+        run.stop_reason, run.stopped_at = sweep(
+            _Cycle(train_batches), records=run.records, val_log=run.val_log, on_step=on_step,
+            branch_at=branch_at if branches else None, on_branch=at_branch_point,
+        )
+        runs.append(run)
+        for i, make_batches in enumerate(branches if fork else (), start=1):
+            if runs[-1].stop_reason == "stopped":
+                break
+            shared = fork[0]
+            shared.state.restore(model, optimizer, scaler)
+            run = _Run(copy.deepcopy(shared.records), copy.deepcopy(shared.val_log))
+            run.stop_reason, run.stopped_at = sweep(
+                _Cycle(make_batches()), records=run.records, val_log=run.val_log, loop=copy.copy(shared.loop),
+                on_step=None if on_step is None else functools.partial(_tagged, on_step, i),
+            )
+            runs.append(run)
     finally:
         checksum = snapshot.restore(model, optimizer, scaler)
-    log.info("range test stopped (%s) after %d steps; state restored", stop_reason, len(records))
+    log.info("range test stopped (%s) after %d steps; state restored", runs[0].stop_reason if runs else "error",
+             len(runs[0].records) if runs else 0)
+    if len(runs) > 1:
+        log.info("%d branches from step %d: %s", len(runs) - 1, branch_at, [r.stop_reason for r in runs[1:]])
+    settings = {
+        "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": mode, "smooth": smooth,
+        "diverge_factor": diverge_factor, "val_every": val_every if val_batches else None,
+        "accumulation_steps": accumulation_steps, "policy": policy, "read": read, "rule": rule,
+        **({"branch_at": branch_at} if branches else {}),
+    }  # fmt: skip
+    first, *others = [_read_run(run, settings, checksum) for run in runs]
+    first.branches = others
+    return first
 
+
+@dataclass
+class _Loop:
+    """The sweep loop's running state: the EMA, its best, the rungs taken, AMP skips in a row."""
+
+    avg: float = 0.0
+    best: float = math.inf
+    taken: int = 0
+    skips_in_row: int = 0
+
+
+@dataclass
+class _Fork:
+    """Everything a branch starts from: the state at the branch point and the curve up to it."""
+
+    state: _Snapshot
+    loop: _Loop
+    records: list[dict[str, Any]]
+    val_log: list[dict[str, Any]]
+
+
+@dataclass
+class _Run:
+    """One sweep's records and how it stopped."""
+
+    records: list[dict[str, Any]]
+    val_log: list[dict[str, Any]]
+    stop_reason: str = "end_lr"
+    stopped_at: tuple[int, float] | None = None
+
+
+def _tagged(on_step: Callable[[dict[str, Any]], None], branch: int, record: dict[str, Any]) -> None:
+    on_step({**record, "branch": branch})
+
+
+def _read_run(run: _Run, settings: dict[str, Any], checksum: str) -> RangeTestResult:
+    """The rules' reading of one sweep's records: picks, recommendation and warnings."""
+    diverge_factor, records = settings["diverge_factor"], run.records
     taken = [r for r in records if not r["skipped"]]
     lrs = [r["lr"] for r in taken]
     losses = [r["loss"] for r in taken]  # raw: the rules smooth the finished curve themselves
-    if read == "validation" and val_log:  # the cheap validation-loss mode: a less noisy curve
-        lrs, losses = [v["lr"] for v in val_log], [v["val_loss"] for v in val_log]
+    if settings["read"] == "validation" and run.val_log:  # the cheap validation-loss mode: a less noisy curve
+        lrs, losses = [v["lr"] for v in run.val_log], [v["val_loss"] for v in run.val_log]
     reading = read_curve(lrs, losses, diverge_factor=diverge_factor)
     suggestions = picks_from_reading(reading)
-    rec, why = _recommend(suggestions, policy, rule)
+    rec, why = _recommend(suggestions, settings["policy"], settings["rule"])
     warnings = warnings_for(
-        lrs, losses, stop_reason=stop_reason, diverge_factor=diverge_factor, suggestions=suggestions,
+        lrs, losses, stop_reason=run.stop_reason, diverge_factor=diverge_factor, suggestions=suggestions,
         reading=reading,
     )
     warnings += why
@@ -389,9 +479,9 @@ def range_test(
         warnings.append(f"{skipped} steps skipped by AMP (inf gradients); the ladder waited for them")
     return RangeTestResult(
         log=records,
-        val_log=val_log,
-        stop_reason=stop_reason,
-        stopped_at=stopped_at,
+        val_log=run.val_log,
+        stop_reason=run.stop_reason,
+        stopped_at=run.stopped_at,
         suggestions=suggestions,
         recommendation=rec,
         spread_decades=None if rec is None else rec.spread_decades,
@@ -399,12 +489,8 @@ def range_test(
         warnings=warnings,
         restored=True,
         checksum=checksum,
-        settings={
-            "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": mode, "smooth": smooth,
-            "diverge_factor": diverge_factor, "val_every": val_every if val_batches else None,
-            "accumulation_steps": accumulation_steps, "policy": policy, "read": read, "rule": rule,
-        },
-    )  # fmt: skip
+        settings=dict(settings),
+    )
 
 
 def _recommend(suggestions: dict[str, float | None], policy: str,
@@ -474,19 +560,23 @@ def _sweep(
     on_step: Callable | None,
     should_stop: Callable | None,
     sync_every: int = 1,
+    loop: _Loop | None = None,
+    branch_at: int | None = None,
+    on_branch: Callable[[_Loop, list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
 ) -> tuple[str, tuple[int, float] | None]:
     """The loop itself; appends to `records` and `val_log`, returns (stop_reason, stopped_at).
 
     Each step's loss stays on the device in `pending` until the next read (every `sync_every` steps,
     at a validation step and at the end); `settle` then applies the stop rules step by step in order.
+    `loop` goes on from a branch point's state (a fresh start without); at rung `branch_at` every pending
+    loss is read and `on_branch` gets the state and the curve so far, before that rung's step.
     """
-    avg, best, taken, skips_in_row = 0.0, math.inf, 0, 0
+    loop = loop or _Loop()
     ratios = _group_ratios(optimizer)
     pending: list[tuple[dict[str, Any], torch.Tensor]] = []
 
     def settle() -> tuple[str, tuple[int, float] | None] | None:
         """Read the pending losses in one transfer and log their steps; a stop, or None to go on."""
-        nonlocal avg, best
         values = torch.stack([loss for _, loss in pending]).tolist() if pending else []
         settled, pending[:] = pending[:], []
         for (record, _), loss_value in zip(settled, values, strict=True):
@@ -496,8 +586,8 @@ def _sweep(
                 records.append(record)
                 _notify(on_step, record, len(ladder))
                 return "nan", (record["step"], record["lr"])
-            avg = smooth * avg + (1 - smooth) * loss_value
-            smoothed = avg / (1 - smooth ** record["iteration"])
+            loop.avg = smooth * loop.avg + (1 - smooth) * loss_value
+            smoothed = loop.avg / (1 - smooth ** record["iteration"])
             record["smoothed"] = smoothed
             records.append(record)
             extra: dict[str, Any] = {}
@@ -507,15 +597,21 @@ def _sweep(
                                 "val_acc": val_acc})
                 extra = {"val_loss": val_loss, "val_acc": val_acc}
             _notify(on_step, {**record, **extra}, len(ladder))
-            if smoothed > diverge_factor * best:
+            if smoothed > diverge_factor * loop.best:
                 return "diverged", (record["step"], record["lr"])
-            best = min(best, smoothed)
+            loop.best = min(loop.best, smoothed)
         return None
 
-    while taken < len(ladder):
+    while loop.taken < len(ladder):
+        if on_branch is not None and loop.taken == branch_at:  # once: an AMP-skipped step stays on its rung
+            stop = settle()
+            if stop is not None:
+                return stop
+            on_branch(loop, records, val_log)
+            on_branch = None
         if should_stop is not None and should_stop():
             return settle() or ("stopped", None)
-        _set_lr(optimizer, float(ladder[taken]), ratios)
+        _set_lr(optimizer, float(ladder[loop.taken]), ratios)
         optimizer.zero_grad(set_to_none=True)
         window_loss = None
         for _ in range(accumulation_steps):
@@ -531,15 +627,16 @@ def _sweep(
         assert window_loss is not None  # accumulation_steps >= 1
         lrs = [float(g["lr"]) for g in optimizer.param_groups]
         record: dict[str, Any] = {
-            "step": len(records) + len(pending) + 1, "iteration": taken + 1, "lr": lrs[0], "lrs": lrs,
+            "step": len(records) + len(pending) + 1, "iteration": loop.taken + 1, "lr": lrs[0], "lrs": lrs,
             "momentum": _momenta(optimizer), "loss": None, "smoothed": None, "skipped": False,
         }  # fmt: skip
         if sync_every > 1:  # the loss is read later; a non-finite one stops the sweep there
             optimizer.step()
-            taken += 1
+            loop.taken += 1
             pending.append((record, window_loss))
             # validation needs the weights of its own step: read everything up to it first
-            if len(pending) >= sync_every or taken == len(ladder) or (val_batches and taken % val_every == 0):
+            last = loop.taken == len(ladder)
+            if len(pending) >= sync_every or last or (val_batches and loop.taken % val_every == 0):
                 stop = settle()
                 if stop is not None:
                     return stop
@@ -554,12 +651,12 @@ def _sweep(
             record["loss"], record["skipped"] = loss_value, True
             records.append(record)
             _notify(on_step, record, len(ladder))
-            skips_in_row += 1
-            if skips_in_row >= MAX_CONSECUTIVE_SKIPS:
+            loop.skips_in_row += 1
+            if loop.skips_in_row >= MAX_CONSECUTIVE_SKIPS:
                 return "nan", (record["step"], lrs[0])
             continue
-        skips_in_row = 0
-        taken += 1
+        loop.skips_in_row = 0
+        loop.taken += 1
         pending.append((record, window_loss))
         stop = settle()
         if stop is not None:

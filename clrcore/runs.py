@@ -9,6 +9,7 @@ is resumed, not redone: that is what makes a redelivered job cheap.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -167,40 +168,46 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
     """Run the LR range test on `model` (restored afterwards) with the job's optimizer and data.
 
     With k seeds (`options.sweep_seeds`: as given, or by default 3 where 3 sweeps are cheap beside the
-    `train_epochs` of the training job that asked, else 1), the sweep runs k times in this job: the
-    first on `model`, the others on fresh models (from `weights_file` too, as the job's model) and batch
-    orders seeded spec.seed + 1 .. + k-1; the result's picks are the seeds' aggregate
-    (`lr_range.combine_seeds`). A sweep stopped by request stops the whole job's sweeps.
+    `train_epochs` of the training job that asked, else 1), the first sweep runs on `model` with batch
+    order spec.seed; the others branch from it `options.shared_steps` up the ladder with batch orders
+    seeded spec.seed + 1 .. + k-1 (the same initial weights). With no shared steps (shared_decades 0, a
+    linear ladder), or where the first sweep stopped before the branch point, they sweep the whole ladder
+    on fresh models (from `weights_file` too, as the job's model) seeded as their batch orders. The
+    result's picks are the seeds' aggregate (`lr_range.combine_seeds`). A sweep stopped by request stops
+    the whole job's sweeps.
     """
     iters = steps_per_epoch(len(ds.train), spec.batch_size)
-    count = options.sweep_seeds(options.steps(iters, spec.optimizer.name),
-                                None if train_epochs is None else train_epochs * iters)
+    num_iter = options.steps(iters, spec.optimizer.name)
+    shared = options.shared_steps(num_iter, spec.optimizer.name)
+    count = options.sweep_seeds(num_iter, None if train_epochs is None else train_epochs * iters, shared)
     seeds = [spec.seed + i for i in range(count)]
     rule = options.pick_rule(spec.sweeps_head_only)
-    results = [_sweep_one(spec, options, policy, ds, model, device, hooks, label_smoothing, (0, len(seeds)),
-                          rule)]
-    if len(seeds) == 1 or results[0].stop_reason == "stopped":
-        return results[0]
+    first = _sweep_one(spec, options, policy, ds, model, device, hooks, label_smoothing, rule,
+                       branch_seeds=seeds[1:] if shared else [], shared=shared)
+    results = [first, *first.branches]
     rng = capture_rng_state()  # the other seeds' models reseed the global RNG: put it back after them
     try:
-        for i, seed in enumerate(seeds[1:], start=1):
-            seeded = spec.model_copy(update={"seed": seed})
-            again = fresh_model(seeded, ds, device, weights_file)
-            results.append(_sweep_one(seeded, options, policy, ds, again, device, hooks, label_smoothing,
-                                      (i, len(seeds)), rule))
+        for seed in seeds[len(results):]:
             if results[-1].stop_reason == "stopped":
                 break
+            seeded = spec.model_copy(update={"seed": seed})
+            again = fresh_model(seeded, ds, device, weights_file)
+            results.append(_sweep_one(seeded, options, policy, ds, again, device, hooks, label_smoothing, rule,
+                                      whole=(seed - spec.seed, count)))
     finally:
         restore_rng_state(rng)
     return combine_seeds(results, seeds[: len(results)], policy, rule)
 
 
 def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
-               device: torch.device, hooks: Hooks, label_smoothing: float = 0.0,
-               part: tuple[int, int] = (0, 1), rule: str = "ours") -> RangeTestResult:
-    """One sweep with the spec's seed; `part` (i, k): the i-th of k seeds, for the progress count; `rule`
-    picks max_lr from it.
+               device: torch.device, hooks: Hooks, label_smoothing: float = 0.0, rule: str = "ours",
+               branch_seeds: list[int] | None = None, shared: int = 0,
+               whole: tuple[int, int] | None = None) -> RangeTestResult:
+    """One sweep with the spec's seed, `rule` picking max_lr from it, and its branches: one per seed of
+    `branch_seeds`, each going on from its step `shared` with batches in that seed's order.
 
+    The progress counts every step of the job's sweeps: the first's, then each branch's own; `whole`
+    (i, k) marks the i-th of k seeds swept whole after a first sweep that could not branch.
     A fine-tuned model is swept as its first epoch trains (body frozen if it starts frozen); the ladder
     is the head's LR, the other layer groups keep their ratios to it.
     """
@@ -208,10 +215,13 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
     optimizer = build_optimizer(model, _sweep_config(spec, options, device))
     finetune.set_frozen(model, 0)
     inputs = normalization(ds, spec.normalize)  # the sweep must see the inputs training will see
-    batches = make_loader(ds.train, spec.batch_size, device=device, **inputs, train=True,
-                          translate=spec.augment.translate, flip=spec.augment.flip,
-                          drop_last=len(ds.train) > spec.batch_size, channels_last=speed["channels_last"],
-                          generator=torch.Generator(device=device).manual_seed(spec.seed))
+
+    def batches(seed: int) -> Any:
+        return make_loader(ds.train, spec.batch_size, device=device, **inputs, train=True,
+                           translate=spec.augment.translate, flip=spec.augment.flip,
+                           drop_last=len(ds.train) > spec.batch_size, channels_last=speed["channels_last"],
+                           generator=torch.Generator(device=device).manual_seed(seed))
+
     val = None
     if options.validation:
         test = make_loader(ds.test, spec.batch_size, device=device, **inputs, train=False,
@@ -219,15 +229,21 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
         val = [b for _, b in zip(range(options.val_batches), test, strict=False)]
     bf16 = device.type == "cuda" and spec.precision != "fp32"
     num_iter = options.steps(steps_per_epoch(len(ds.train), spec.batch_size), spec.optimizer.name)
+    branch_seeds = branch_seeds or []
+    own = num_iter - shared  # the steps each branch runs itself
+    total = (whole[1] * num_iter if whole else num_iter + len(branch_seeds) * own)
+    offset = whole[0] * num_iter if whole else 0
     emitted: dict[str, Any] = {"at": -math.inf, "pending": None}  # the first step always shows
 
     def on_step(record: dict[str, Any]) -> None:
         # "iteration" is already 1-based: the ladder position of this optimizer step
-        progress = Progress("range_test", 0, 0, part[0] * num_iter + record["iteration"], part[1] * num_iter,
+        branch = record.get("branch", 0)
+        done = offset + record["iteration"] + (branch * own)
+        progress = Progress("range_test", 0, 0, done, total,
                             {"lr": record["lr"], "loss": record["loss"],
                              "smoothed_loss": record["smoothed"] or float("nan")})
         now = time.monotonic()
-        last_rung = record["iteration"] == num_iter and not record["skipped"] and part[0] == part[1] - 1
+        last_rung = done == total and not record["skipped"]
         if hooks.on_progress and (last_rung or now - emitted["at"] >= hooks.progress_interval):
             emitted["at"], emitted["pending"] = now, None
             hooks.on_progress(progress)
@@ -235,13 +251,14 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
             emitted["pending"] = progress
 
     result = range_test(
-        model, optimizer, nn.CrossEntropyLoss(label_smoothing=label_smoothing), batches,
+        model, optimizer, nn.CrossEntropyLoss(label_smoothing=label_smoothing), batches(spec.seed),
         start_lr=options.first_lr(spec.optimizer.name), end_lr=options.end_lr, num_iter=num_iter, mode=options.mode,
         smooth=options.smooth, diverge_factor=options.diverge_factor, val_batches=val,
         val_every=options.val_every, accumulation_steps=options.accumulation_steps,
         autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
         on_step=on_step, should_stop=hooks.should_stop, policy=policy, read=options.read,
-        sync_every=speed["sync_every"], rule=rule,
+        sync_every=speed["sync_every"], rule=rule, branch_at=shared,
+        branches=[functools.partial(batches, seed) for seed in branch_seeds],
     )
     if hooks.on_progress and emitted["pending"] is not None:  # a sweep that stopped early: its last step
         hooks.on_progress(emitted["pending"])

@@ -229,6 +229,13 @@ MAX_SWEEP_SEEDS = 5
 # steps with SGD's 300-step sweep (a 10-epoch CIFAR-10 run at batch 128: 3,910); a shorter run keeps one.
 DEFAULT_SWEEP_SEEDS = 3
 SEEDS_SHARE_OF_RUN = 0.25
+# How the seeds after the first sweep: from the first one's state SHARED_DECADES up its ladder (at most
+# SHARED_SHARE_MAX of the steps), each with its own batch order from there. On bench/lr_regret.py's tasks
+# the batch order after the first two decades is what scatters a sweep's pick (the initial weights half as
+# much), and 3-seed jobs branched at step 120 of 300 picked as well as whole ones (0.27 and 0.07 points of
+# regret against 0.20 and 0.06; docs/benchmarks.md): three seeds cost 660 steps instead of 900.
+SHARED_DECADES = 2.0
+SHARED_SHARE_MAX = 0.4
 # Where the sweep starts by default: where the loss of the catalog models starts to move (issue 12: from
 # 1e-7 seven of nine decades were flat; the bench's sweeps from 1e-4 for SGD and 1e-6 for AdamW fall
 # within their first decade), so the points go where the curve has shape: 5-6 decades to end_lr 10.
@@ -275,6 +282,14 @@ class RangeTestOptions(StrictModel):
         f"{DEFAULT_SWEEP_SEEDS} when {DEFAULT_SWEEP_SEEDS} sweeps take at most {SEEDS_SHARE_OF_RUN:.0%} of its "
         "training steps (they pick closer to a grid's best), else 1",
     )
+    shared_decades: float = Field(
+        SHARED_DECADES, ge=0, le=10,
+        description="with several seeds, the seeds after the first go on from the first sweep's state this "
+        f"many decades up the ladder (at most {SHARED_SHARE_MAX:.0%} of its steps) with their own batch order, "
+        "so they cost only the rest of the ladder: where a sweep turns depends on the later batches, not on "
+        "the flat first decades. 0: every seed sweeps the whole ladder from its own initial weights. "
+        "Exponential ladders only",
+    )
     mode: Literal["exp", "linear"] = "exp"
     smooth: float = Field(0.98, ge=0, lt=1, description="EMA beta of the smoothed loss")
     diverge_factor: float = Field(4.0, gt=1)
@@ -315,12 +330,22 @@ class RangeTestOptions(StrictModel):
             return self.rule
         return HEAD_ONLY_RULE if head_only else "ours"
 
-    def sweep_seeds(self, sweep_steps: int, train_steps: int | None) -> int:
-        """`seeds`, or the default: DEFAULT_SWEEP_SEEDS when that many sweeps of `sweep_steps` take at most
-        SEEDS_SHARE_OF_RUN of a training run's `train_steps` (batches; None in a range-test job), else 1."""
+    def shared_steps(self, sweep_steps: int, optimizer: str) -> int:
+        """How many of the first sweep's `sweep_steps` the other seeds share: `shared_decades` of the ladder
+        from the first LR for `optimizer`, at most SHARED_SHARE_MAX of it; 0 on a linear ladder."""
+        if self.mode != "exp" or not self.shared_decades:
+            return 0
+        decades = math.log10(self.end_lr / self.first_lr(optimizer))
+        return min(round(sweep_steps * self.shared_decades / decades), int(SHARED_SHARE_MAX * sweep_steps))
+
+    def sweep_seeds(self, sweep_steps: int, train_steps: int | None, shared: int = 0) -> int:
+        """`seeds`, or the default: DEFAULT_SWEEP_SEEDS when that many sweeps of `sweep_steps`, the seeds
+        after the first sharing its first `shared` steps, take at most SEEDS_SHARE_OF_RUN of a training
+        run's `train_steps` (batches; None in a range-test job), else 1."""
         if self.seeds is not None:
             return self.seeds
-        cost = DEFAULT_SWEEP_SEEDS * sweep_steps * self.accumulation_steps  # batches, as train_steps counts
+        steps = shared + DEFAULT_SWEEP_SEEDS * (sweep_steps - shared)
+        cost = steps * self.accumulation_steps  # batches, as train_steps counts
         return DEFAULT_SWEEP_SEEDS if train_steps and cost <= SEEDS_SHARE_OF_RUN * train_steps else 1
 
     @field_validator("end_lr")

@@ -93,19 +93,20 @@ def test_one_epoch_holds_no_whole_cycle_so_the_run_becomes_one_cycle(tmp_path: P
 
 
 def test_auto_run_sweeps_three_seeds_when_they_are_cheap_beside_the_run_and_one_otherwise(tmp_path: Path) -> None:
-    # 60 epochs of 2 batches: three 10-step sweeps are 30 batches, a quarter of 120 (DEFAULT_SWEEP_SEEDS)
+    # 44 epochs of 2 batches: three 10-step sweeps, the second and third branching from the first at step 4
+    # (two of its five decades), are 4 + 3 x 6 = 22 batches, a quarter of 88 (DEFAULT_SWEEP_SEEDS)
     sweep = {"start_lr": 1e-4, "num_iter": 10}
-    long = run_job(TrainSpec(**TINY, max_lr="auto", epochs=60, range_test=sweep), tmp_path / "long",
+    long = run_job(TrainSpec(**TINY, max_lr="auto", epochs=44, range_test=sweep), tmp_path / "long",
                    data_dir=tmp_path)
-    assert [s["seed"] for s in long["lr_choice"]["seeds"]] == [0, 1, 2] and long["epochs_run"] == 60
+    assert [s["seed"] for s in long["lr_choice"]["seeds"]] == [0, 1, 2] and long["epochs_run"] == 44
     saved = json.loads((tmp_path / "long" / "range_test.json").read_text())
     assert [c["seed"] for c in saved["seed_curves"]] == [0, 1, 2]
-    given = run_job(TrainSpec(**TINY, max_lr="auto", epochs=60, range_test={**sweep, "seeds": 1}), tmp_path / "one",
+    given = run_job(TrainSpec(**TINY, max_lr="auto", epochs=44, range_test={**sweep, "seeds": 1}), tmp_path / "one",
                     data_dir=tmp_path)
     assert "seeds" not in given["lr_choice"]  # a given count wins: one sweep
-    short = run_job(TrainSpec(**TINY, max_lr="auto", epochs=59, range_test=sweep), tmp_path / "short",
+    short = run_job(TrainSpec(**TINY, max_lr="auto", epochs=43, range_test=sweep), tmp_path / "short",
                     data_dir=tmp_path)
-    assert "seeds" not in short["lr_choice"]  # 30 batches are more than a quarter of 118
+    assert "seeds" not in short["lr_choice"]  # 22 batches are more than a quarter of 86
 
 
 def test_a_job_can_train_at_another_rules_pick_and_says_which(tmp_path: Path) -> None:
@@ -239,10 +240,17 @@ def test_range_test_with_seeds_sweeps_each_in_one_job_and_recommends_their_aggre
     spec = RangeTestSpec(**FAST, start_lr=1e-4, num_iter=20, seeds=2)  # both seeds pick at this size
     summary = run_job(spec, tmp_path, data_dir=tmp_path, hooks=Hooks(on_progress=seen.append, progress_interval=0))
     assert [s["seed"] for s in summary["seeds"]] == [spec.seed, spec.seed + 1]
-    assert seen[-1].step == seen[-1].steps == 40  # progress counts both seeds' steps
+    # the second seed branches from the first at step 8 (two of the ladder's five decades): progress counts the
+    # first sweep's 20 steps and the branch's own 12, in order
+    assert seen[-1].step == seen[-1].steps == 32
+    assert [p.step for p in seen] == sorted(p.step for p in seen)
     picks = [s["suggestions"]["ours"] for s in summary["seeds"]]
     if all(picks):
         assert summary["recommendation"]["max_lr"] == pytest.approx(math.sqrt(picks[0] * picks[1]))
         assert summary["seed_spread"] == pytest.approx(max(picks) / min(picks))
     saved = json.loads((tmp_path / "range_test.json").read_text())
     assert [len(c["lrs"]) for c in saved["seed_curves"]] == [s["steps"] for s in summary["seeds"]]
+    first, second = saved["seed_curves"]
+    assert first["losses"][:8] == second["losses"][:8] and first["losses"][8:] != second["losses"][8:]
+    assert first["lrs"][:16] == second["lrs"][:16]  # one ladder: the branch goes on where it left the first
+    assert saved["settings"]["branch_at"] == 8

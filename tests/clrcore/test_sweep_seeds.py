@@ -12,6 +12,8 @@ from clrcore.specs import (
     DEFAULT_SWEEP_SEEDS,
     HEAD_ONLY_RULE,
     SEEDS_SHARE_OF_RUN,
+    SHARED_DECADES,
+    SHARED_SHARE_MAX,
     STEPS_PER_DECADE,
     RangeTestOptions,
     RangeTestSpec,
@@ -57,6 +59,21 @@ def test_a_training_job_sweeps_three_seeds_by_default_only_where_they_cost_a_qua
     assert RangeTestOptions(accumulation_steps=2).sweep_seeds(300, 7200) == 3
     assert RangeTestOptions(seeds=1).sweep_seeds(300, 10**6) == 1  # a given count always wins
     assert RangeTestOptions(seeds=2).sweep_seeds(300, None) == 2
+
+
+def test_the_seeds_after_the_first_share_its_first_two_decades_and_cost_only_the_rest():
+    assert (SHARED_DECADES, SHARED_SHARE_MAX) == (2.0, 0.4)
+    options = RangeTestOptions()
+    assert options.shared_steps(300, "sgd") == 120  # 1e-4 to 1e-2 of 1e-4 to 10
+    assert options.shared_steps(420, "adamw") == 120  # 1e-6 to 1e-4 of 1e-6 to 10
+    assert RangeTestOptions(start_lr=1e-3, end_lr=1.0).shared_steps(180, "sgd") == 72  # at most 40 % of three decades
+    assert RangeTestOptions(shared_decades=1).shared_steps(300, "sgd") == 60
+    assert RangeTestOptions(shared_decades=0).shared_steps(300, "sgd") == 0  # whole sweeps
+    assert RangeTestOptions(mode="linear").shared_steps(300, "sgd") == 0  # decades mean nothing on a linear ladder
+    # three seeds branched at step 120 cost 120 + 3 x 180 = 660 steps, a quarter of 2,640 (900 of 3,600 whole)
+    assert options.sweep_seeds(300, 2640, shared=120) == 3 and options.sweep_seeds(300, 2639, shared=120) == 1
+    with pytest.raises(ValidationError, match="shared_decades"):
+        RangeTestOptions(shared_decades=-1)
 
 
 @pytest.mark.parametrize("seeds", [0, 6, 2.5])

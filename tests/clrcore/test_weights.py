@@ -167,7 +167,7 @@ def test_every_seed_of_a_fine_tuning_sweep_starts_from_the_uploaded_weights(tmp_
     torch.manual_seed(5)
     save_weights(build_model("tiny_cnn", 1, 10, 16), tmp_path / "grey.safetensors")
     spec = RangeTestSpec(dataset="digits", model="tiny_cnn", device="cpu", batch_size=64, train_subset=256,
-                         start_lr=1e-4, num_iter=12, seeds=2,
+                         start_lr=1e-4, num_iter=12, seeds=2, shared_decades=0,  # whole seeds, each built anew
                          finetune={"weights": "wt_0123456789abcdef", "freeze_epochs": 1, "groups": 2})
     summary = run_range_test(spec, tmp_path / "run", data_dir=tmp_path, weights_file=tmp_path / "grey.safetensors")
     assert [s["seed"] for s in summary["seeds"]] == [spec.seed, spec.seed + 1]
