@@ -225,8 +225,9 @@ MAX_SWEEP_SEEDS = 5
 # sweeps take at most SEEDS_SHARE_OF_RUN of the run's training steps, else one. On bench/lr_regret.py's
 # tasks three seeds in one job cut ours' mean regret from 0.32-0.39 to 0.21-0.26 points (three sets of
 # sweep seeds; held out 1.14 -> 1.01) and bring two jobs' picks to 1.23-1.34x apart at the median where
-# single sweeps land 1.36-1.71x apart (docs/benchmarks.md). A quarter buys that from 3,600 training
-# steps with SGD's 300-step sweep (a 10-epoch CIFAR-10 run at batch 128: 3,910); a shorter run keeps one.
+# single sweeps land 1.36-1.71x apart (docs/benchmarks.md). A quarter buys that from 2,640 training
+# steps with SGD's 300-step sweep, the seeds branched at step 120 (a 7-epoch CIFAR-10 run at batch 128:
+# 2,737; 3,600 with whole seeds); a shorter run keeps one.
 DEFAULT_SWEEP_SEEDS = 3
 SEEDS_SHARE_OF_RUN = 0.25
 # How the seeds after the first sweep: from the first one's state SHARED_DECADES up its ladder (at most

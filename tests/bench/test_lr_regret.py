@@ -157,6 +157,20 @@ def test_one_jobs_own_spread_is_max_over_min_of_its_seeds():
     assert set(np.round(own_spreads(np.log([1.0, 2.0, 8.0]), 2, rng), 6)) == {2.0, 4.0, 8.0}
 
 
+def test_a_k_seed_jobs_regret_is_read_at_its_seeds_geometric_mean_over_the_margin():
+    from bench.regret_fit import GridFit
+    from bench.seed_spread import job_regrets
+    from clrcore.suggest import CLIFF_MARGIN
+
+    lrs = np.logspace(-2, 0, 7)
+    fit = GridFit(lrs, np.array([0.9 - 0.1 * (np.log10(lrs) + 1) ** 2] * 3))  # best 90 % at 0.1
+    rng = np.random.default_rng(0)
+    at_best = np.log([0.1 * CLIFF_MARGIN / 4, 0.1 * CLIFF_MARGIN * 4])  # the two seeds' mean is the best
+    assert np.allclose(job_regrets(fit, at_best, 2, rng), 0.0, atol=0.05)
+    one = job_regrets(fit, at_best, 1, rng)  # one seed alone lands 0.6 decade off: 100 x 0.1 x 0.6^2 points
+    assert np.allclose(one, 3.6, atol=0.3) and len(one) > 100
+
+
 def test_fresh_sweep_seeds_shift_both_jobs(tmp_path, monkeypatch):
     import json
 
