@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 STOP_REASONS = ("end_lr", "diverged", "nan", "data_exhausted", "stopped")
 MAX_CONSECUTIVE_SKIPS = 50  # GradScaler halves per skip: 2**16 falls below 2**-30 by then
+FALL_WINDOW = 10  # steps whose mean raw loss `branch_fall` compares: the last ones against the first
 
 
 def lr_ladder(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> np.ndarray:
@@ -334,6 +335,7 @@ def range_test(
     rule: str = "ours",
     branches: Sequence[Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]] = (),
     branch_at: int = 0,
+    branch_fall: float | None = None,
 ) -> RangeTestResult:
     """Sweep the LR over `num_iter` optimizer steps, then restore every state and read the curve.
 
@@ -349,20 +351,26 @@ def range_test(
     so a GPU never waits on Python (without a GradScaler, whose skip test reads the scale every step).
     The records, the stop and the restored state are the same: steps past a stop are run but dropped.
 
-    `branches`: more sweeps that share this one's first `branch_at` steps. At that rung the state is
-    copied (model, optimizer, scaler, RNG and the smoothed curve so far); after this sweep each branch
-    goes on from the copy with its own batches to the end of the ladder (each a function that makes
-    them when its branch starts: a loader that copies the data to the device is made one at a time).
-    k seeds then cost branch_at + k x (num_iter - branch_at) steps instead of k x num_iter: the first
-    decades, where the loss barely moves, add nothing to where a sweep turns, only the later batch
-    order does (docs/benchmarks.md, issue 12). Each branch's result (the shared records, then its own)
-    is in `result.branches`; there are fewer when this sweep or a branch stopped by request, none when
-    this sweep stopped before the branch point. `on_step` records of branch i carry "branch": i.
+    `branches`: more sweeps that share this one's first `branch_at` steps, or fewer: with `branch_fall`,
+    up to the first rung where the loss (the mean of the last FALL_WINDOW steps) has fallen that share
+    below the first FALL_WINDOW steps' mean, so a net whose loss moves early keeps its seeds apart where
+    it turns. At the branch point the state is copied (model, optimizer, scaler, RNG and the smoothed
+    curve so far); after this sweep each branch goes on from the copy with its own batches to the end of
+    the ladder (each a function that makes them when its branch starts: a loader that copies the data to
+    the device is made one at a time). k seeds then cost b + k x (num_iter - b) steps instead of k x
+    num_iter: the first decades, where the loss barely moves, add nothing to where a sweep turns, only
+    the later batch order does (docs/benchmarks.md, issue 12). Each branch's result (the shared records,
+    then its own) is in `result.branches`; there are fewer when this sweep or a branch stopped by
+    request, none when
+    this sweep stopped before the branch point. `on_step` records of branch i carry "branch": i and
+    "branch_at", the rung it went on from (also `settings["branch_at"]`).
     """
     if accumulation_steps < 1 or val_every < 1 or sync_every < 1:
         raise ValueError("accumulation_steps, val_every and sync_every must be at least 1")
     if branches and not 0 < branch_at < num_iter:
         raise ValueError("branch_at must lie inside the ladder: 0 < branch_at < num_iter")
+    if branch_fall is not None and not 0 < branch_fall < 1:
+        raise ValueError("branch_fall must lie in (0, 1)")
     if not 0 <= smooth < 1 or diverge_factor <= 1:
         raise ValueError("need 0 <= smooth < 1 and diverge_factor > 1")
     ladder = lr_ladder(start_lr, end_lr, num_iter, mode)
@@ -376,7 +384,7 @@ def range_test(
         return torch.autocast(device_type=device.type, dtype=autocast_dtype)
 
     snapshot = _Snapshot.take(model, optimizer, scaler)
-    fork: list[_Fork] = []
+    fork: list[_Fork] = []  # the branch point, once reached
 
     def at_branch_point(loop: _Loop, records: list[dict[str, Any]], val_log: list[dict[str, Any]]) -> None:
         fork.append(_Fork(_Snapshot.take(model, optimizer, scaler), copy.copy(loop), copy.deepcopy(records),
@@ -393,7 +401,7 @@ def range_test(
         run = _Run([], [])
         run.stop_reason, run.stopped_at = sweep(
             _Cycle(train_batches), records=run.records, val_log=run.val_log, on_step=on_step,
-            branch_at=branch_at if branches else None, on_branch=at_branch_point,
+            branch_at=branch_at, branch_fall=branch_fall, on_branch=at_branch_point if branches else None,
         )
         runs.append(run)
         for i, make_batches in enumerate(branches if fork else (), start=1):
@@ -404,7 +412,7 @@ def range_test(
             run = _Run(copy.deepcopy(shared.records), copy.deepcopy(shared.val_log))
             run.stop_reason, run.stopped_at = sweep(
                 _Cycle(make_batches()), records=run.records, val_log=run.val_log, loop=copy.copy(shared.loop),
-                on_step=None if on_step is None else functools.partial(_tagged, on_step, i),
+                on_step=None if on_step is None else functools.partial(_tagged, on_step, i, shared.loop.taken),
             )
             runs.append(run)
     finally:
@@ -412,12 +420,12 @@ def range_test(
     log.info("range test stopped (%s) after %d steps; state restored", runs[0].stop_reason if runs else "error",
              len(runs[0].records) if runs else 0)
     if len(runs) > 1:
-        log.info("%d branches from step %d: %s", len(runs) - 1, branch_at, [r.stop_reason for r in runs[1:]])
+        log.info("%d branches from step %d: %s", len(runs) - 1, fork[0].loop.taken, [r.stop_reason for r in runs[1:]])
     settings = {
         "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": mode, "smooth": smooth,
         "diverge_factor": diverge_factor, "val_every": val_every if val_batches else None,
         "accumulation_steps": accumulation_steps, "policy": policy, "read": read, "rule": rule,
-        **({"branch_at": branch_at} if branches else {}),
+        **({"branch_at": fork[0].loop.taken if fork else None} if branches else {}),
     }  # fmt: skip
     first, *others = [_read_run(run, settings, checksum) for run in runs]
     first.branches = others
@@ -454,8 +462,18 @@ class _Run:
     stopped_at: tuple[int, float] | None = None
 
 
-def _tagged(on_step: Callable[[dict[str, Any]], None], branch: int, record: dict[str, Any]) -> None:
-    on_step({**record, "branch": branch})
+def _tagged(on_step: Callable[[dict[str, Any]], None], branch: int, branch_at: int, record: dict[str, Any]) -> None:
+    on_step({**record, "branch": branch, "branch_at": branch_at})
+
+
+def _fall(records: list[dict[str, Any]]) -> float:
+    """How far the loss has fallen: 1 - (mean of the last FALL_WINDOW steps) / (mean of the first); 0 until
+    the two windows are apart."""
+    losses = [r["loss"] for r in records if not r["skipped"]]
+    if len(losses) < 2 * FALL_WINDOW:
+        return 0.0
+    first = sum(losses[:FALL_WINDOW]) / FALL_WINDOW
+    return 1 - (sum(losses[-FALL_WINDOW:]) / FALL_WINDOW) / first if first > 0 else 0.0
 
 
 def _read_run(run: _Run, settings: dict[str, Any], checksum: str) -> RangeTestResult:
@@ -562,14 +580,16 @@ def _sweep(
     sync_every: int = 1,
     loop: _Loop | None = None,
     branch_at: int | None = None,
+    branch_fall: float | None = None,
     on_branch: Callable[[_Loop, list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
 ) -> tuple[str, tuple[int, float] | None]:
     """The loop itself; appends to `records` and `val_log`, returns (stop_reason, stopped_at).
 
     Each step's loss stays on the device in `pending` until the next read (every `sync_every` steps,
     at a validation step and at the end); `settle` then applies the stop rules step by step in order.
-    `loop` goes on from a branch point's state (a fresh start without); at rung `branch_at` every pending
-    loss is read and `on_branch` gets the state and the curve so far, before that rung's step.
+    `loop` goes on from a branch point's state (a fresh start without). Until the branch point every loss
+    is read at once (so the point is the same at every `sync_every`); at rung `branch_at`, or before
+    where the loss has fallen `branch_fall` (`_fall`), `on_branch` gets the state and the curve so far.
     """
     loop = loop or _Loop()
     ratios = _group_ratios(optimizer)
@@ -603,12 +623,13 @@ def _sweep(
         return None
 
     while loop.taken < len(ladder):
-        if on_branch is not None and loop.taken == branch_at:  # once: an AMP-skipped step stays on its rung
+        if on_branch is not None:
             stop = settle()
             if stop is not None:
                 return stop
-            on_branch(loop, records, val_log)
-            on_branch = None
+            if loop.taken == branch_at or (branch_fall is not None and _fall(records) >= branch_fall):
+                on_branch(loop, records, val_log)
+                on_branch = None  # once: an AMP-skipped step stays on its rung
         if should_stop is not None and should_stop():
             return settle() or ("stopped", None)
         _set_lr(optimizer, float(ladder[loop.taken]), ratios)

@@ -33,7 +33,14 @@ from clrcore.lr_range import RangeTestResult, combine_seeds, range_test
 from clrcore.models import build_model, fit_image_count, fit_to_data, has_data_init
 from clrcore.optim import build_optimizer
 from clrcore.schedules import Schedule, build_schedule, preview, schedule_from_spec
-from clrcore.specs import UPLOADED_WEIGHTS, JobSpecBase, RangeTestOptions, RangeTestSpec, TrainSpec
+from clrcore.specs import (
+    SHARED_FALL_MAX,
+    UPLOADED_WEIGHTS,
+    JobSpecBase,
+    RangeTestOptions,
+    RangeTestSpec,
+    TrainSpec,
+)
 from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, Recommendation, safe_recommendation
 from clrcore.train_setup import TrainConfig, config_from_spec, resolve_device, seed_everything, steps_per_epoch
 from clrcore.trainer import train
@@ -169,7 +176,8 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
 
     With k seeds (`options.sweep_seeds`: as given, or by default 3 where 3 sweeps are cheap beside the
     `train_epochs` of the training job that asked, else 1), the first sweep runs on `model` with batch
-    order spec.seed; the others branch from it `options.shared_steps` up the ladder with batch orders
+    order spec.seed; the others branch from it `options.shared_steps` up the ladder (sooner where its loss
+    has fallen SHARED_FALL_MAX below its start) with batch orders
     seeded spec.seed + 1 .. + k-1 (the same initial weights). With no shared steps (shared_decades 0, a
     linear ladder), or where the first sweep stopped before the branch point, they sweep the whole ladder
     on fresh models (from `weights_file` too, as the job's model) seeded as their batch orders. The
@@ -230,15 +238,15 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
     bf16 = device.type == "cuda" and spec.precision != "fp32"
     num_iter = options.steps(steps_per_epoch(len(ds.train), spec.batch_size), spec.optimizer.name)
     branch_seeds = branch_seeds or []
-    own = num_iter - shared  # the steps each branch runs itself
-    total = (whole[1] * num_iter if whole else num_iter + len(branch_seeds) * own)
     offset = whole[0] * num_iter if whole else 0
     emitted: dict[str, Any] = {"at": -math.inf, "pending": None}  # the first step always shows
 
     def on_step(record: dict[str, Any]) -> None:
-        # "iteration" is already 1-based: the ladder position of this optimizer step
-        branch = record.get("branch", 0)
-        done = offset + record["iteration"] + (branch * own)
+        # "iteration" is already 1-based: the ladder position of this optimizer step; a branch's own steps
+        # follow the first sweep's (where it branched, once known: before, at most `shared`)
+        own = num_iter - record.get("branch_at", shared)  # the steps each branch runs itself
+        total = whole[1] * num_iter if whole else num_iter + len(branch_seeds) * own
+        done = offset + record["iteration"] + record.get("branch", 0) * own
         progress = Progress("range_test", 0, 0, done, total,
                             {"lr": record["lr"], "loss": record["loss"],
                              "smoothed_loss": record["smoothed"] or float("nan")})
@@ -257,7 +265,7 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
         val_every=options.val_every, accumulation_steps=options.accumulation_steps,
         autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
         on_step=on_step, should_stop=hooks.should_stop, policy=policy, read=options.read,
-        sync_every=speed["sync_every"], rule=rule, branch_at=shared,
+        sync_every=speed["sync_every"], rule=rule, branch_at=shared, branch_fall=SHARED_FALL_MAX,
         branches=[functools.partial(batches, seed) for seed in branch_seeds],
     )
     if hooks.on_progress and emitted["pending"] is not None:  # a sweep that stopped early: its last step

@@ -29,11 +29,11 @@ def net() -> tuple[nn.Module, torch.optim.Optimizer]:
     return model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
 
-def sweep(train, branches=(), **kw):
+def sweep(train, branches=(), branch_at=BRANCH_AT, **kw):
     model, opt = net()
     before = state_checksum(model, opt)
     result = range_test(model, opt, F.cross_entropy, train, start_lr=1e-4, end_lr=10.0, num_iter=60,
-                        branches=branches, branch_at=BRANCH_AT if branches else 0, **kw)
+                        branches=branches, branch_at=branch_at if branches else 0, **kw)
     assert state_checksum(model, opt) == before  # the branches are put back too
     return result
 
@@ -119,3 +119,35 @@ def test_a_stop_by_request_in_a_branch_ends_the_branches():
 def test_a_branch_point_outside_the_ladder_is_refused(branch_at):
     with pytest.raises(ValueError, match="branch_at"):
         scripted([1.0], branches=1, branch_at=branch_at)
+
+
+def test_a_loss_that_falls_early_branches_there_instead():
+    # flat for 10 steps, then 1 % lower every step: after step n the last ten steps' mean sits 0.01 x (n - 14.5)
+    # below the first ten's, 5 % from step 20 on, so the branch goes on from there instead of step 30
+    model = Scripted([1.0] * 10 + [1.0 - 0.01 * i for i in range(1, 40)])
+    one = [(torch.zeros(1), torch.zeros(1))]
+    seen = []
+    result = range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda out, y: out, one, num_iter=40,
+                        start_lr=1e-5, end_lr=1e-3, branches=[lambda: one], branch_at=30, branch_fall=0.05,
+                        on_step=seen.append)
+    assert result.settings["branch_at"] == 20
+    (branch,) = result.branches
+    own = [r for r in seen if r.get("branch") == 1]
+    assert own[0]["iteration"] == 21 and {r["branch_at"] for r in own} == {20}
+    assert len(branch.log) == 40 and rows(branch)[:20] == rows(result)[:20]
+
+
+@pytest.mark.parametrize("sync_every", [1, 7])
+def test_the_early_branch_point_does_not_depend_on_how_often_losses_are_read(batches, sync_every):
+    train, _ = batches
+    result = sweep(train, branches=[lambda: train[::-1]], branch_at=50, branch_fall=0.05, sync_every=sync_every)
+    assert 20 < result.settings["branch_at"] < 50  # the MLP's loss on digits has fallen 5 % before step 50
+    expected = sweep(train, branches=[lambda: train[::-1]], branch_at=50, branch_fall=0.05)
+    assert result.settings["branch_at"] == expected.settings["branch_at"]
+    assert rows(result.branches[0]) == rows(expected.branches[0])
+
+
+@pytest.mark.parametrize("fall", [0.0, 1.0, -0.1])
+def test_a_branch_fall_outside_zero_to_one_is_refused(fall):
+    with pytest.raises(ValueError, match="branch_fall"):
+        scripted([1.0], branches=1, branch_at=5, branch_fall=fall)
