@@ -351,10 +351,11 @@ def range_test(
     so a GPU never waits on Python (without a GradScaler, whose skip test reads the scale every step).
     The records, the stop and the restored state are the same: steps past a stop are run but dropped.
 
-    `branches`: more sweeps that share this one's first `branch_at` steps, or fewer: with `branch_fall`,
-    up to the first rung where the loss (the mean of the last FALL_WINDOW steps) has fallen that share
-    below the first FALL_WINDOW steps' mean, so a net whose loss moves early keeps its seeds apart where
-    it turns. At the branch point the state is copied (model, optimizer, scaler, RNG and the smoothed
+    `branches`: more sweeps that share this one's first `branch_at` steps. With `branch_fall` only where
+    those steps are flat: where the loss (the mean of the last FALL_WINDOW steps) falls that share below
+    the first FALL_WINDOW steps' mean before the branch point, the first steps already tell where the net
+    learns and branches would share what they tell, so there are none (the caller sweeps its other seeds
+    whole). At the branch point the state is copied (model, optimizer, scaler, RNG and the smoothed
     curve so far); after this sweep each branch goes on from the copy with its own batches to the end of
     the ladder (each a function that makes them when its branch starts: a loader that copies the data to
     the device is made one at a time). k seeds then cost b + k x (num_iter - b) steps instead of k x
@@ -362,8 +363,8 @@ def range_test(
     the later batch order does (docs/benchmarks.md, issue 12). Each branch's result (the shared records,
     then its own) is in `result.branches`; there are fewer when this sweep or a branch stopped by
     request, none when
-    this sweep stopped before the branch point. `on_step` records of branch i carry "branch": i and
-    "branch_at", the rung it went on from (also `settings["branch_at"]`).
+    this sweep stopped or its loss fell before the branch point. `on_step` records of branch i carry
+    "branch": i and "branch_at"; `settings["branch_at"]` is None where the sweep did not branch.
     """
     if accumulation_steps < 1 or val_every < 1 or sync_every < 1:
         raise ValueError("accumulation_steps, val_every and sync_every must be at least 1")
@@ -588,8 +589,8 @@ def _sweep(
     Each step's loss stays on the device in `pending` until the next read (every `sync_every` steps,
     at a validation step and at the end); `settle` then applies the stop rules step by step in order.
     `loop` goes on from a branch point's state (a fresh start without). Until the branch point every loss
-    is read at once (so the point is the same at every `sync_every`); at rung `branch_at`, or before
-    where the loss has fallen `branch_fall` (`_fall`), `on_branch` gets the state and the curve so far.
+    is read at once (so the outcome is the same at every `sync_every`); at rung `branch_at` `on_branch`
+    gets the state and the curve so far, unless the loss fell `branch_fall` before (`_fall`).
     """
     loop = loop or _Loop()
     ratios = _group_ratios(optimizer)
@@ -627,7 +628,9 @@ def _sweep(
             stop = settle()
             if stop is not None:
                 return stop
-            if loop.taken == branch_at or (branch_fall is not None and _fall(records) >= branch_fall):
+            if branch_fall is not None and _fall(records) >= branch_fall:
+                on_branch = None  # the first steps are not flat: no branch point
+            elif loop.taken == branch_at:
                 on_branch(loop, records, val_log)
                 on_branch = None  # once: an AMP-skipped step stays on its rung
         if should_stop is not None and should_stop():

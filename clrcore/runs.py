@@ -176,10 +176,10 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
 
     With k seeds (`options.sweep_seeds`: as given, or by default 3 where 3 sweeps are cheap beside the
     `train_epochs` of the training job that asked, else 1), the first sweep runs on `model` with batch
-    order spec.seed; the others branch from it `options.shared_steps` up the ladder (sooner where its loss
-    has fallen SHARED_FALL_MAX below its start) with batch orders
+    order spec.seed; the others branch from it `options.shared_steps` up the ladder with batch orders
     seeded spec.seed + 1 .. + k-1 (the same initial weights). With no shared steps (shared_decades 0, a
-    linear ladder), or where the first sweep stopped before the branch point, they sweep the whole ladder
+    linear ladder), or where the first sweep stopped before the branch point or its loss fell
+    SHARED_FALL_MAX there (its first steps are not flat), they sweep the whole ladder
     on fresh models (from `weights_file` too, as the job's model) seeded as their batch orders. The
     result's picks are the seeds' aggregate (`lr_range.combine_seeds`). A sweep stopped by request stops
     the whole job's sweeps.
@@ -193,6 +193,8 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
     first = _sweep_one(spec, options, policy, ds, model, device, hooks, label_smoothing, rule,
                        branch_seeds=seeds[1:] if shared else [], shared=shared)
     results = [first, *first.branches]
+    if shared and len(results) == 1 and options.seeds is None:  # the default count assumed branches: weigh it again
+        seeds = seeds[: options.sweep_seeds(num_iter, None if train_epochs is None else train_epochs * iters)]
     rng = capture_rng_state()  # the other seeds' models reseed the global RNG: put it back after them
     try:
         for seed in seeds[len(results):]:
@@ -243,7 +245,7 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
 
     def on_step(record: dict[str, Any]) -> None:
         # "iteration" is already 1-based: the ladder position of this optimizer step; a branch's own steps
-        # follow the first sweep's (where it branched, once known: before, at most `shared`)
+        # follow the first sweep's
         own = num_iter - record.get("branch_at", shared)  # the steps each branch runs itself
         total = whole[1] * num_iter if whole else num_iter + len(branch_seeds) * own
         done = offset + record["iteration"] + record.get("branch", 0) * own

@@ -237,9 +237,11 @@ SEEDS_SHARE_OF_RUN = 0.25
 # regret against 0.20 and 0.06; docs/benchmarks.md): three seeds cost 660 steps instead of 900.
 SHARED_DECADES = 2.0
 SHARED_SHARE_MAX = 0.4
-# ... and sooner where the loss has already fallen SHARED_FALL_MAX below its start (the mean of 10 steps
-# each): minigooglenet's loss falls from the first decade and turns near 1e-2, so seeds that shared its
-# first two decades shared their turn too (three picks the same, or three refused together as noisy)
+# ... but only where the shared steps are flat: where the first sweep's loss falls SHARED_FALL_MAX below its
+# start before the branch point (the mean of 10 steps each) the other seeds sweep whole. minigooglenet's
+# loss falls from its first decade and turns near 1e-2: seeds that shared two decades shared their turn
+# (one job's three picks the same), and seeds branched where its loss had fallen 5 % shared an initial
+# state whose fall was too small to read (one job's three seeds refused as noisy, trained at the fallback)
 SHARED_FALL_MAX = 0.05
 # Where the sweep starts by default: where the loss of the catalog models starts to move (issue 12: from
 # 1e-7 seven of nine decades were flat; the bench's sweeps from 1e-4 for SGD and 1e-6 for AdamW fall
@@ -290,8 +292,8 @@ class RangeTestOptions(StrictModel):
     shared_decades: float = Field(
         SHARED_DECADES, ge=0, le=10,
         description="with several seeds, the seeds after the first go on from the first sweep's state this "
-        f"many decades up the ladder (at most {SHARED_SHARE_MAX:.0%} of its steps, and sooner where its loss has "
-        f"already fallen {SHARED_FALL_MAX:.0%} below its start) with their own batch order, "
+        f"many decades up the ladder (at most {SHARED_SHARE_MAX:.0%} of its steps; only where its loss has not "
+        f"fallen {SHARED_FALL_MAX:.0%} below its start by then, else they sweep whole) with their own batch order, "
         "so they cost only the rest of the ladder: where a sweep turns depends on the later batches, not on "
         "the flat first decades. 0: every seed sweeps the whole ladder from its own initial weights. "
         "Exponential ladders only",
@@ -338,8 +340,8 @@ class RangeTestOptions(StrictModel):
 
     def shared_steps(self, sweep_steps: int, optimizer: str) -> int:
         """How many of the first sweep's `sweep_steps` the other seeds share at most: `shared_decades` of the
-        ladder from the first LR for `optimizer`, at most SHARED_SHARE_MAX of it; 0 on a linear ladder (the
-        sweep branches sooner where its loss has fallen SHARED_FALL_MAX)."""
+        ladder from the first LR for `optimizer`, at most SHARED_SHARE_MAX of it; 0 on a linear ladder (and
+        none where the first sweep's loss falls SHARED_FALL_MAX before it: those seeds sweep whole)."""
         if self.mode != "exp" or not self.shared_decades:
             return 0
         decades = math.log10(self.end_lr / self.first_lr(optimizer))

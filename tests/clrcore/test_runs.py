@@ -254,3 +254,24 @@ def test_range_test_with_seeds_sweeps_each_in_one_job_and_recommends_their_aggre
     assert first["losses"][:8] == second["losses"][:8] and first["losses"][8:] != second["losses"][8:]
     assert first["lrs"][:16] == second["lrs"][:16]  # one ladder: the branch goes on where it left the first
     assert saved["settings"]["branch_at"] == 8
+
+
+def test_seeds_sweep_whole_where_the_first_sweeps_loss_falls_before_the_branch_point(tmp_path: Path) -> None:
+    # from 1e-2 the digits loss falls more than 5 % within the 24 steps the seeds would share (of 60, three
+    # decades): they would share what those steps tell, so each sweeps whole from its own initial weights
+    from clrcore.runs import _prepare, _sweep
+
+    sweep = {"start_lr": 1e-2, "num_iter": 60}
+    spec = RangeTestSpec(**TINY, **sweep, seeds=2)
+    summary = run_job(spec, tmp_path / "given", data_dir=tmp_path)
+    saved = json.loads((tmp_path / "given" / "range_test.json").read_text())
+    first, second = saved["seed_curves"]
+    assert saved["settings"]["branch_at"] is None and first["losses"][0] != second["losses"][0]
+    assert [s["seed"] for s in summary["seeds"]] == [0, 1]  # a given count holds
+    # a training job's default count assumed branches (24 + 3 x 36 = 132 batches, a quarter of 264 epochs of 2):
+    # three whole sweeps (180) are more than a quarter, so it keeps the one it ran
+    train = TrainSpec(**TINY, max_lr="auto", epochs=264, range_test=sweep)
+    assert train.range_test is not None and train.range_test.sweep_seeds(60, 528, 24) == 3
+    _, device, ds, model, _ = _prepare(train, tmp_path / "train", tmp_path, download=False)
+    result = _sweep(train, train.range_test, "triangular", ds, model, device, Hooks(), train_epochs=264)
+    assert result.seeds == [] and result.settings["branch_at"] is None

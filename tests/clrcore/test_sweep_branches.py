@@ -121,30 +121,31 @@ def test_a_branch_point_outside_the_ladder_is_refused(branch_at):
         scripted([1.0], branches=1, branch_at=branch_at)
 
 
-def test_a_loss_that_falls_early_branches_there_instead():
-    # flat for 10 steps, then 1 % lower every step: after step n the last ten steps' mean sits 0.01 x (n - 14.5)
-    # below the first ten's, 5 % from step 20 on, so the branch goes on from there instead of step 30
+def falls_early(branch_at: int, **kw):
+    """Flat for 10 steps, then 1 % lower every step: after step n the last ten steps' mean sits
+    0.01 x (n - 14.5) below the first ten's, 5 % from step 20 on."""
     model = Scripted([1.0] * 10 + [1.0 - 0.01 * i for i in range(1, 40)])
     one = [(torch.zeros(1), torch.zeros(1))]
-    seen = []
-    result = range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda out, y: out, one, num_iter=40,
-                        start_lr=1e-5, end_lr=1e-3, branches=[lambda: one], branch_at=30, branch_fall=0.05,
-                        on_step=seen.append)
-    assert result.settings["branch_at"] == 20
-    (branch,) = result.branches
-    own = [r for r in seen if r.get("branch") == 1]
-    assert own[0]["iteration"] == 21 and {r["branch_at"] for r in own} == {20}
-    assert len(branch.log) == 40 and rows(branch)[:20] == rows(result)[:20]
+    return range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda out, y: out, one, num_iter=40,
+                      start_lr=1e-5, end_lr=1e-3, branches=[lambda: one], branch_at=branch_at, **kw)
+
+
+def test_a_sweep_whose_loss_falls_before_the_branch_point_does_not_branch():
+    late = falls_early(30, branch_fall=0.05)
+    assert late.branches == [] and late.settings["branch_at"] is None and len(late.log) == 40
+    assert len(falls_early(19, branch_fall=0.05).branches) == 1  # still flat enough at step 19
+    assert len(falls_early(30).branches) == 1  # without branch_fall: wherever it is asked
 
 
 @pytest.mark.parametrize("sync_every", [1, 7])
-def test_the_early_branch_point_does_not_depend_on_how_often_losses_are_read(batches, sync_every):
+def test_whether_a_sweep_branches_does_not_depend_on_how_often_losses_are_read(batches, sync_every):
     train, _ = batches
-    result = sweep(train, branches=[lambda: train[::-1]], branch_at=50, branch_fall=0.05, sync_every=sync_every)
-    assert 20 < result.settings["branch_at"] < 50  # the MLP's loss on digits has fallen 5 % before step 50
-    expected = sweep(train, branches=[lambda: train[::-1]], branch_at=50, branch_fall=0.05)
-    assert result.settings["branch_at"] == expected.settings["branch_at"]
-    assert rows(result.branches[0]) == rows(expected.branches[0])
+    # the MLP's loss on digits falls 5 % between steps 20 and 50 (the fall needs 20 steps to be read)
+    assert sweep(train, branches=[lambda: train[::-1]], branch_at=50, branch_fall=0.05,
+                 sync_every=sync_every).branches == []
+    early = sweep(train, branches=[lambda: train[::-1]], branch_at=20, branch_fall=0.05, sync_every=sync_every)
+    expected = sweep(train, branches=[lambda: train[::-1]], branch_at=20)
+    assert rows(early.branches[0]) == rows(expected.branches[0])
 
 
 @pytest.mark.parametrize("fall", [0.0, 1.0, -0.1])
