@@ -362,9 +362,8 @@ def range_test(
     num_iter: the first decades, where the loss barely moves, add nothing to where a sweep turns, only
     the later batch order does (docs/benchmarks.md, issue 12). Each branch's result (the shared records,
     then its own) is in `result.branches`; there are fewer when this sweep or a branch stopped by
-    request, none when
-    this sweep stopped or its loss fell before the branch point. `on_step` records of branch i carry
-    "branch": i and "branch_at"; `settings["branch_at"]` is None where the sweep did not branch.
+    request, none when this sweep stopped or its loss fell before the branch point. `on_step` records of
+    branch i carry "branch": i and "branch_at"; `settings["branch_at"]` is None where it did not branch.
     """
     if accumulation_steps < 1 or val_every < 1 or sync_every < 1:
         raise ValueError("accumulation_steps, val_every and sync_every must be at least 1")

@@ -217,7 +217,8 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
     `branch_seeds`, each going on from its step `shared` with batches in that seed's order.
 
     The progress counts every step of the job's sweeps: the first's, then each branch's own; `whole`
-    (i, k) marks the i-th of k seeds swept whole after a first sweep that could not branch.
+    (i, k) marks the i-th of k seeds swept whole after a first sweep that did not branch.
+
     A fine-tuned model is swept as its first epoch trains (body frozen if it starts frozen); the ladder
     is the head's LR, the other layer groups keep their ratios to it.
     """
