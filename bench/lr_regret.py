@@ -263,19 +263,19 @@ def run_grid(task: Task, data: Dataset, cache: RunCache, cached_only: bool = Fal
     return by_seed
 
 
-def sweep_job(task: Task, data: Dataset, first_seed: int) -> dict[str, Any]:
-    """One `auto` job's range test: `len(JOB_SEEDS[0])` seeds in one job, as the product runs it."""
+def sweep_job(task: Task, data: Dataset, first_seed: int, seeds: int = len(JOB_SEEDS[0])) -> dict[str, Any]:
+    """One `auto` job's range test: `seeds` seeds in one job, as the product runs it."""
     from clrcore.hooks import Hooks
     from clrcore.runs import _sweep, fresh_model
 
-    spec = spec_for(task, first_seed, "auto", {"seeds": len(JOB_SEEDS[0])})
+    spec = spec_for(task, first_seed, "auto", {"seeds": seeds})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     result = _sweep(spec, spec.range_test, "triangular", data, fresh_model(spec, data, device), device, Hooks())
     curves = [{k: seed[k] for k in ("seed", "lrs", "losses", "stop_reason")} for seed in result.seeds]
     return {"first_seed": first_seed, "curves": curves, "seed_spread": result.seed_spread,
             "warnings": result.warnings, "steps": len(curves[0]["lrs"]),
-            "seconds": round(time.perf_counter() - started, 1)}
+            "branch_at": result.settings.get("branch_at"), "seconds": round(time.perf_counter() - started, 1)}
 
 
 def job_pick(task: Task, job: dict[str, Any], margin: float | None = None) -> tuple[float, str]:
