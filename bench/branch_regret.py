@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 from bench.lr_regret import TASKS_CPU, Task, select_tasks, task_data
 from bench.regret_variants import load
 from bench.sweep_noise import branched_batches, sweep_once
+from bench.task_pool import run_tasks
 from clrcore.datasets import Dataset
 from clrcore.suggest import CLIFF_MARGIN, aggregate_picks
 
@@ -92,17 +92,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/branch_regret"))
     parser.add_argument("--reanalyse", action="store_true", help="read --out's results.json, sweep nothing")
     args = parser.parse_args()
-    stored = args.out / "results.json"
-    if args.reanalyse:
-        report(json.loads(stored.read_text()), args.grids)
-        return
     archive = args.data.resolve() if args.data else None
     names = [t.name for t in select_tasks(args.tasks)]
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        results = pool.starmap(task_jobs, [(name, archive, args.jobs, args.shared) for name in names])
-    args.out.mkdir(parents=True, exist_ok=True)
-    stored.write_text(json.dumps(results, indent=1))
-    report(results, args.grids)
+    run_tasks(task_jobs, names, (archive, args.jobs, args.shared), args.out, args.reanalyse,
+              lambda results: report(results, args.grids))
 
 
 if __name__ == "__main__":

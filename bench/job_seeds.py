@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 
 from bench.lr_regret import select_tasks, sweep_job, task_data
 from bench.regret_variants import load
+from bench.task_pool import run_tasks
 
 FIRST_SEED = 300
 
@@ -81,18 +81,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/job_seeds"))
     parser.add_argument("--reanalyse", action="store_true", help="read --out's results.json, sweep nothing")
     args = parser.parse_args()
-    stored = args.out / "results.json"
-    if args.reanalyse:
-        report(json.loads(stored.read_text()), args.grids)
-        return
     archive = args.data.resolve() if args.data else None
     counts = [int(k) for k in args.seeds.split(",")]
     names = [t.name for t in select_tasks(args.tasks)]
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        results = pool.starmap(task_jobs, [(name, archive, args.jobs, counts) for name in names])
-    args.out.mkdir(parents=True, exist_ok=True)
-    stored.write_text(json.dumps(results))
-    report(results, args.grids)
+    run_tasks(task_jobs, names, (archive, args.jobs, counts), args.out, args.reanalyse,
+              lambda results: report(results, args.grids))
 
 
 if __name__ == "__main__":
