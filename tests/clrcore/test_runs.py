@@ -93,20 +93,20 @@ def test_one_epoch_holds_no_whole_cycle_so_the_run_becomes_one_cycle(tmp_path: P
 
 
 def test_auto_run_sweeps_three_seeds_when_they_are_cheap_beside_the_run_and_one_otherwise(tmp_path: Path) -> None:
-    # 44 epochs of 2 batches: three 10-step sweeps, the second and third branching from the first at step 4
-    # (two of its five decades), are 4 + 3 x 6 = 22 batches, a quarter of 88 (DEFAULT_SWEEP_SEEDS)
-    sweep = {"start_lr": 1e-4, "num_iter": 10}
-    long = run_job(TrainSpec(**TINY, max_lr="auto", epochs=44, range_test=sweep), tmp_path / "long",
+    # 22 epochs of 2 batches: three 5-step sweeps, the second and third branching from the first at step 2
+    # (two of its five decades), are 2 + 3 x 3 = 11 batches, a quarter of 44 (DEFAULT_SWEEP_SEEDS)
+    sweep = {"start_lr": 1e-4, "num_iter": 5}
+    long = run_job(TrainSpec(**TINY, max_lr="auto", epochs=22, range_test=sweep), tmp_path / "long",
                    data_dir=tmp_path)
-    assert [s["seed"] for s in long["lr_choice"]["seeds"]] == [0, 1, 2] and long["epochs_run"] == 44
+    assert [s["seed"] for s in long["lr_choice"]["seeds"]] == [0, 1, 2] and long["epochs_run"] == 22
     saved = json.loads((tmp_path / "long" / "range_test.json").read_text())
     assert [c["seed"] for c in saved["seed_curves"]] == [0, 1, 2]
-    given = run_job(TrainSpec(**TINY, max_lr="auto", epochs=44, range_test={**sweep, "seeds": 1}), tmp_path / "one",
+    given = run_job(TrainSpec(**TINY, max_lr="auto", epochs=22, range_test={**sweep, "seeds": 1}), tmp_path / "one",
                     data_dir=tmp_path)
     assert "seeds" not in given["lr_choice"]  # a given count wins: one sweep
-    short = run_job(TrainSpec(**TINY, max_lr="auto", epochs=43, range_test=sweep), tmp_path / "short",
+    short = run_job(TrainSpec(**TINY, max_lr="auto", epochs=21, range_test=sweep), tmp_path / "short",
                     data_dir=tmp_path)
-    assert "seeds" not in short["lr_choice"]  # 22 batches are more than a quarter of 86
+    assert "seeds" not in short["lr_choice"]  # 11 batches are more than a quarter of 42
 
 
 def test_a_job_can_train_at_another_rules_pick_and_says_which(tmp_path: Path) -> None:
