@@ -404,10 +404,10 @@ def range_test(
             branch_at=branch_at, branch_fall=branch_fall, on_branch=at_branch_point if branches else None,
         )
         runs.append(run)
-        for i, make_batches in enumerate(branches if fork else (), start=1):
-            if runs[-1].stop_reason == "stopped":
+        shared = fork[0] if fork else None
+        for i, make_batches in enumerate(branches if shared else (), start=1):
+            if shared is None or runs[-1].stop_reason == "stopped":
                 break
-            shared = fork[0]
             shared.state.restore(model, optimizer, scaler)
             run = _Run(copy.deepcopy(shared.records), copy.deepcopy(shared.val_log))
             run.stop_reason, run.stopped_at = sweep(

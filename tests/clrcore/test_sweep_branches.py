@@ -94,11 +94,11 @@ class Scripted(nn.Module):
         return self.w * 0 + value
 
 
-def scripted(losses, branches, **kw):
+def scripted(losses, branches, num_iter=10, **kw):
     model = Scripted(losses)
     one = [(torch.zeros(1), torch.zeros(1))]
-    return range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda out, y: out, one, num_iter=10,
-                      branches=[lambda: one] * branches, **kw)
+    return range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda out, y: out, one,
+                      num_iter=num_iter, branches=[lambda: one] * branches, **kw)
 
 
 def test_a_sweep_that_stops_before_the_branch_point_has_no_branches():
@@ -124,10 +124,8 @@ def test_a_branch_point_outside_the_ladder_is_refused(branch_at):
 def falls_early(branch_at: int, **kw):
     """Flat for 10 steps, then 1 % lower every step: after step n the last ten steps' mean sits
     0.01 x (n - 14.5) below the first ten's, 5 % from step 20 on."""
-    model = Scripted([1.0] * 10 + [1.0 - 0.01 * i for i in range(1, 40)])
-    one = [(torch.zeros(1), torch.zeros(1))]
-    return range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda out, y: out, one, num_iter=40,
-                      start_lr=1e-5, end_lr=1e-3, branches=[lambda: one], branch_at=branch_at, **kw)
+    return scripted([1.0] * 10 + [1.0 - 0.01 * i for i in range(1, 40)], 1, num_iter=40, start_lr=1e-5,
+                    end_lr=1e-3, branch_at=branch_at, **kw)
 
 
 def test_a_sweep_whose_loss_falls_before_the_branch_point_does_not_branch():
