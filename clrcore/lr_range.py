@@ -480,7 +480,7 @@ def _read_run(run: _Run, settings: dict[str, Any], checksum: str) -> RangeTestRe
     """The rules' reading of one sweep's records: picks, recommendation and warnings."""
     diverge_factor, records = settings["diverge_factor"], run.records
     taken = [r for r in records if not r["skipped"]]
-    lrs = [r["lr"] for r in taken]
+    lrs = ladder = [r["lr"] for r in taken]
     losses = [r["loss"] for r in taken]  # raw: the rules smooth the finished curve themselves
     if settings["read"] == "validation" and run.val_log:  # the cheap validation-loss mode: a less noisy curve
         lrs, losses = [v["lr"] for v in run.val_log], [v["val_loss"] for v in run.val_log]
@@ -489,7 +489,7 @@ def _read_run(run: _Run, settings: dict[str, Any], checksum: str) -> RangeTestRe
     rec, why = _recommend(suggestions, settings["policy"], settings["rule"])
     warnings = warnings_for(
         lrs, losses, stop_reason=run.stop_reason, diverge_factor=diverge_factor, suggestions=suggestions,
-        reading=reading,
+        reading=reading, ladder=ladder,
     )
     warnings += why
     skipped = len(records) - len(taken)
@@ -535,11 +535,13 @@ def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str 
     curves = [r.read_points() for r in results]
     agg = aggregate_seeds(curves, diverge_factor=first.settings.get("diverge_factor", 4.0))
     rec, why = _recommend(agg.suggestions, policy, rule)
-    warnings: list[str] = []
-    for seed, result in zip(seeds, results, strict=True):  # the seeds' own, once each with their seeds
+    # the seeds' own warnings with their seeds; one every seed gave (a sweep too sparse) once, without
+    everyone = set.intersection(*(set(r.warnings) for r in results))
+    warnings = [text for text in first.warnings if text in everyone and not text.startswith("no suggestion")]
+    for seed, result in zip(seeds, results, strict=True):
         for text in result.warnings:
-            if not text.startswith("no suggestion"):  # said once per seed by seed_warnings
-                warnings.append(text if len(results) == 1 else f"seed {seed}: {text}")
+            if text not in everyone and not text.startswith("no suggestion"):  # that: once a seed, seed_warnings
+                warnings.append(f"seed {seed}: {text}")
     warnings += seed_warnings(agg, seeds, rule) + why
     spread = agg.spread_of(rule)  # of the picks the job trains at
     wide = spread is not None and spread > SEED_SPREAD_WARN

@@ -42,6 +42,14 @@ PEER_RULES = {
 # max_lr, 1.66-1.85) let the task whose cliff sits nearest its best take the loss; a margin holds only
 # for the density it was learned at (2.8 with 20 steps a decade: a faster sweep turns up later).
 CLIFF_MARGIN = 1.5
+# ... at this density (specs.STEPS_PER_DECADE, the default sweep, is the same number; a test keeps them
+# equal). A sweep that passes the cliff faster turns up later: at 20-25 steps a decade the benchmark's
+# cliffs sat up to 3.3x higher over the grid's best max LR than at 60 (resnet_fast 6.8x against 2.1x), at
+# 100-120 within 1.1x of it (docs/benchmarks.md, "Why the sweep's density"). Below SPARSE_STEPS_PER_DECADE
+# where the curve turned (half the calibrated density, just above the 20-25 measured; 25-60 never was),
+# a result warns that ours' pick may be too high.
+MARGIN_STEPS_PER_DECADE = 60
+SPARSE_STEPS_PER_DECADE = 30
 
 DIVERGE_FACTOR = 4.0  # the sweep's stop for runaway loss: smoothed loss above 4x its best so far
 MIN_POINTS = 10  # fewer usable points than this: no rule can read the curve
@@ -476,6 +484,30 @@ def safe_recommendation(
     return Recommendation(base_lr, max_lr, rule, None, True, policy)
 
 
+def steps_per_decade(ladder: Any, at: float, half_width: float = 0.25) -> float:
+    """How densely a sweep's ladder passed the LR `at`: its steps within `half_width` decades either side,
+    per decade (a geometric ladder's density anywhere; a linear one's where it matters, at the cliff)."""
+    x = np.log10(np.asarray(ladder, dtype=float))
+    x = x[np.isfinite(x)]
+    near = x[np.abs(x - math.log10(at)) <= half_width]
+    if len(near) < 2:  # fewer than two steps in half a decade: read the whole ladder's mean density
+        near = x
+    span = float(near.max() - near.min()) if len(near) >= 2 else 0.0
+    return (len(near) - 1) / span if span > 0 else 0.0
+
+
+def sparse_sweep_warning(ladder: Any, reading: CurveReading) -> str | None:
+    """A warning when the sweep passed its cliff faster than ours' margin was learned at (None otherwise)."""
+    if reading.problem is not None or not len(reading.lrs):
+        return None
+    density = steps_per_decade(ladder, reading.cliff_lr)
+    if density >= SPARSE_STEPS_PER_DECADE:
+        return None
+    return (f"the sweep took {density:.0f} steps a decade where its loss turned up; ours' margin was learned at "
+            f"{MARGIN_STEPS_PER_DECADE}, and a sparser sweep turns up later, so its pick may be too high: "
+            f"leave num_iter and epochs out ({MARGIN_STEPS_PER_DECADE} steps a decade) or raise num_iter")
+
+
 def warnings_for(
     lrs: Any,
     losses: Any,
@@ -484,11 +516,14 @@ def warnings_for(
     diverge_factor: float = DIVERGE_FACTOR,
     suggestions: dict[str, float | None] | None = None,
     reading: CurveReading | None = None,
+    ladder: Any = None,
 ) -> list[str]:
     """Plain-language reasons not to trust a curve blindly, with what to change in the next sweep.
 
     `losses` are the raw per-step losses. "Never diverged" is said only when the zero-lag curve still
     falls where the sweep ended; a curve that turned up is a divergence even if the 4x stop never fired.
+    `ladder` is the LR of every step the sweep took, where `lrs` are a coarser reading's (the validation
+    loss every few steps); by default `lrs`.
     """
     if reading is None:
         reading = read_curve(lrs, losses, diverge_factor=diverge_factor)
@@ -514,6 +549,9 @@ def warnings_for(
             f"low confidence: the suggestion rules disagree by {spread:.1f} decades "
             f"(threshold {LOW_CONFIDENCE_DECADES:g}); read the curve before trusting the pick"
         )
+    sparse = sparse_sweep_warning(lrs if ladder is None else ladder, reading)
+    if sparse:
+        out.append(sparse)
     return out
 
 

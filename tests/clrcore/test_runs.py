@@ -31,6 +31,8 @@ def test_range_test_job_writes_result_log_and_plot(tmp_path: Path) -> None:
     rec = summary["recommendation"]
     assert 1e-3 < rec["max_lr"] < 5 and rec["base_lr"] < rec["max_lr"]
     assert set(summary["suggestions"]) >= {"steepest", "valley", "min_loss", "min_loss_div10"}
+    # 40 steps over six decades, far sparser than the 60 a decade ours' margin was learned at: it says so
+    assert any(w.startswith("the sweep took 6 steps a decade") for w in summary["warnings"])
     assert summary["recipe"]["epochs"] % (2 * summary["recipe"]["step_epochs"]) == 0
     for name in ("spec.json", "range_test.json", "range_test_log.csv"):
         assert (tmp_path / name).stat().st_size > 0
@@ -248,6 +250,9 @@ def test_range_test_with_seeds_sweeps_each_in_one_job_and_recommends_their_aggre
     if all(picks):
         assert summary["recommendation"]["max_lr"] == pytest.approx(math.sqrt(picks[0] * picks[1]))
         assert summary["seed_spread"] == pytest.approx(max(picks) / min(picks))
+        # both seeds swept 4 steps a decade: the one warning every seed gave, once and without a seed
+        assert [w for w in summary["warnings"] if "steps a decade" in w] == [summary["warnings"][0]]
+        assert summary["warnings"][0].startswith("the sweep took 4 steps a decade")
     saved = json.loads((tmp_path / "range_test.json").read_text())
     assert [len(c["lrs"]) for c in saved["seed_curves"]] == [s["steps"] for s in summary["seeds"]]
     first, second = saved["seed_curves"]

@@ -16,6 +16,7 @@ from clrcore.smoothing import forward_backward_ema, smooth_curve, smoothing_gain
 from clrcore.suggest import (
     CLIFF_MARGIN,
     LOW_CONFIDENCE_DECADES,
+    MARGIN_STEPS_PER_DECADE,
     SAFE_MAX_LR,
     SEED_SPREAD_WARN,
     TRIANGULAR_BASE_DIVISOR,
@@ -29,6 +30,8 @@ from clrcore.suggest import (
     recommend,
     safe_recommendation,
     seed_warnings,
+    sparse_sweep_warning,
+    steps_per_decade,
     suggest_lrs,
     usable_curve,
     warnings_for,
@@ -351,3 +354,40 @@ def test_the_seed_spread_a_job_warns_of_is_that_of_the_rule_it_trains_at():
     assert any("spread 4.00x" in w for w in seed_warnings(agg, [0, 1]))
     assert not any("spread" in w for w in seed_warnings(agg, [0, 1], "min_loss"))
     assert SeedAggregate({}, [{"ours": 0.1}, {"ours": None}], [None, None], "seeds").spread is None
+
+
+# ------------------------------------------------------------------------------ the sweep's density
+def test_steps_per_decade_is_the_ladders_density_where_it_is_read():
+    assert steps_per_decade(LRS, 0.3) == pytest.approx(239 / 6)  # geometric: the same anywhere
+    assert steps_per_decade(LRS, 10.0) == pytest.approx(239 / 6)  # at its end: half a window, same density
+    linear = np.linspace(1e-3, 10, 300)  # a linear ladder is dense at its top, sparse below
+    assert steps_per_decade(linear, 5.0) > 10 * steps_per_decade(linear, 0.05)
+    assert steps_per_decade(np.array([1e-3, 1e-1, 10.0]), 0.1) == pytest.approx(0.5)  # too few near: the mean
+
+
+def test_ours_margin_is_learned_at_the_default_sweeps_density():
+    from clrcore.specs import STEPS_PER_DECADE
+
+    assert MARGIN_STEPS_PER_DECADE == STEPS_PER_DECADE
+
+
+@pytest.mark.parametrize("per_decade, warned", [(13, True), (25, True), (40, False), (60, False)])
+def test_a_sweep_sparser_than_the_margins_density_warns_that_the_pick_may_run_high(per_decade, warned):
+    lrs = 1e-5 * 10 ** (np.arange(6 * per_decade + 1) / per_decade)  # 1e-5 to 10, the same curve
+    x = np.log10(lrs)
+    losses = 2.3 - 1.8 / (1 + np.exp(-(x + 1.2) / 0.3)) + 16 * np.clip(x - TRUE_MIN, 0, None) ** 1.5
+    reading = read_curve(lrs, losses)
+    text = sparse_sweep_warning(lrs, reading)
+    assert (text is not None) == warned
+    assert any("steps a decade" in w for w in warnings_for(lrs, losses)) == warned
+    if warned:
+        assert text is not None and f"took {per_decade} steps a decade" in text and "num_iter" in text
+    if per_decade == 60:  # a coarser reading of it (the validation loss every 4th step) is judged by its ladder
+        coarse = slice(None, None, 4)
+        assert any("steps a decade" in w for w in warnings_for(lrs[coarse], losses[coarse]))
+        assert not any("steps a decade" in w for w in warnings_for(lrs[coarse], losses[coarse], ladder=lrs))
+
+
+def test_a_curve_no_rule_can_read_gets_no_density_warning():
+    lrs = 1e-5 * 10 ** (np.arange(61) / 10)  # 10 a decade, but flat: no pick to warn about
+    assert sparse_sweep_warning(lrs, read_curve(lrs, np.full(61, 2.3))) is None

@@ -84,13 +84,13 @@ def test_seeds_out_of_range_are_refused_naming_the_field(seeds: float) -> None:
     assert RangeTestSpec(dataset="digits", seeds=3).seeds == 3
 
 
-def _result(losses: np.ndarray, checksum: str = "c") -> RangeTestResult:
+def _result(losses: np.ndarray, checksum: str = "c", warnings: tuple[str, ...] = ("own",)) -> RangeTestResult:
     """A finished sweep's result as range_test() would return it, for a synthetic curve."""
     log = [{"step": i + 1, "iteration": i + 1, "lr": float(lr), "loss": float(v), "smoothed": float(v),
             "skipped": False} for i, (lr, v) in enumerate(zip(LRS, losses, strict=True))]
     picks = picks_from_reading(read_curve(LRS, losses))
     return RangeTestResult(log=log, val_log=[], stop_reason="end_lr", stopped_at=None, suggestions=picks,
-                           recommendation=None, spread_decades=None, low_confidence=False, warnings=["own"],
+                           recommendation=None, spread_decades=None, low_confidence=False, warnings=list(warnings),
                            restored=True, checksum=checksum, settings={"diverge_factor": 4.0, "read": "train"})
 
 
@@ -102,7 +102,8 @@ def _curve(cliff: float, seed: int) -> np.ndarray:
 
 
 def test_combined_seeds_recommend_the_geometric_mean_and_keep_each_seeds_curve():
-    results = [_result(_curve(c, s), checksum=f"c{s}") for s, c in enumerate((0.2, 0.5, 0.9))]
+    results = [_result(_curve(c, s), checksum=f"c{s}", warnings=("every seed's", f"sweep {s}'s own"))
+               for s, c in enumerate((0.2, 0.5, 0.9))]
     combined = combine_seeds(results, [4, 5, 6])
     singles = [r.suggestions["ours"] for r in results]
     assert combined.recommendation is not None
@@ -110,7 +111,10 @@ def test_combined_seeds_recommend_the_geometric_mean_and_keep_each_seeds_curve()
     assert combined.seed_spread == pytest.approx(max(singles) / min(singles)) and combined.seed_spread > 1.5
     assert [s["seed"] for s in combined.seeds] == [4, 5, 6] and combined.seeds[2]["lrs"][0] == LRS[0]
     assert combined.low_confidence and any("spread" in w for w in combined.warnings)
-    assert "seed 5: own" in combined.warnings and combined.checksum == "c0" and combined.settings["seeds"] == 3
+    # a seed's own warning with its seed; one every seed gave, once (three sweeps too sparse: one line)
+    assert "seed 5: sweep 1's own" in combined.warnings and combined.warnings.count("every seed's") == 1
+    assert not any(w.endswith("every seed's") and w.startswith("seed") for w in combined.warnings)
+    assert combined.checksum == "c0" and combined.settings["seeds"] == 3
     data = combined.to_dict()
     assert data["seed_spread"] == combined.seed_spread and len(data["seeds"]) == 3
     assert combine_seeds(results[:1], [0]) is results[0]  # one seed: the result as it is
