@@ -177,9 +177,10 @@ def table(results: list[dict[str, Any]], margin: float) -> str:
             got = [a[key] for a in autos if a]
             rows.append(f"| {label} | " + " | ".join(f"{a[key]:.1f}" if a else "not run" for a in autos)
                         + f" | {np.mean(got):.2f}{'' if all(autos) else ' (those run)'} | - |")
-    loo = [r["regret_loo"]["ours"]["regret"] for r in results]
-    rows.append("| ours, one seed, margin learned leaving the task out | " + " | ".join(f"{v:.1f}" for v in loo)
-                + f" | {np.mean(loo):.2f} | - |")
+    if len(results) > 1:  # one task alone leaves nothing to learn from
+        loo = [r["regret_loo"]["ours"]["regret"] for r in results]
+        rows.append("| ours, one seed, margin learned leaving the task out | " + " | ".join(f"{v:.1f}" for v in loo)
+                    + f" | {np.mean(loo):.2f} | - |")
     noise = ["| grid: seeds; best (fit); seed SD at one LR; fit residual | "
              + " | ".join(f"{len(r['grid_acc_by_seed'])}; {100 * r['fit']['best']:.1f} %; "
                           + ("-" if math.isnan(r['fit']['seed_sd']) else f"{100 * r['fit']['seed_sd']:.1f}")
@@ -212,11 +213,12 @@ def analyse(tasks: list[Any], out: Path, figures: Path | None, with_auto: bool =
                       "residual": fit.fit_residual(), "basin": [res["grid_lrs"][fit.lo], res["grid_lrs"][fit.hi]]}
         res["regret"] = score(res, fit, boots, None)
         res["regret_learned"] = score(res, fit, boots, margin)
-        res["regret_loo"] = score(res, fit, boots, learned_margin(results, leave_out=res["task"]))
+        res["regret_loo"] = (score(res, fit, boots, learned_margin(results, leave_out=res["task"]))
+                             if len(results) > 1 else None)
         res["auto_score"] = auto_score(res, fit) if with_auto else None
         for folder in filter(None, (out, figures)):
             plot_task(res, fit, folder / f"lr_regret_{res['task']}.png")
-    loo = {r["task"]: learned_margin(results, leave_out=r["task"]) for r in results}
+    loo = {r["task"]: learned_margin(results, leave_out=r["task"]) for r in results} if len(results) > 1 else {}
     text = (f"shipped CLIFF_MARGIN {CLIFF_MARGIN:g}; margin learned on these grids (the worst task's regret "
             f"least): {margin:.3g} (leaving each task out: {', '.join(f'{k} {v:.3g}' for k, v in loo.items())}); "
             f"the cliff/best ratio's geometric mean: {ratio_margin(results):.3g}\n\n"

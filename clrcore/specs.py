@@ -225,11 +225,13 @@ MAX_SWEEP_SEEDS = 5
 # sweeps take at most SEEDS_SHARE_OF_RUN of the run's training steps, else one. On bench/lr_regret.py's
 # tasks three seeds in one job cut ours' mean regret from 0.32-0.39 to 0.21-0.26 points (three sets of
 # sweep seeds; held out 1.14 -> 1.01) and bring two jobs' picks to 1.23-1.34x apart at the median where
-# single sweeps land 1.36-1.71x apart (docs/benchmarks.md). A quarter buys that from 2,640 training
-# steps with SGD's 300-step sweep, the seeds branched at step 120 (a 7-epoch CIFAR-10 run at batch 128:
-# 2,737; 3,600 with whole seeds); a shorter run keeps one.
+# single sweeps land 1.36-1.71x apart (docs/benchmarks.md). The issue's own first user (a 4-epoch run of
+# 50,000 28-px gray images at batch 128: 1,564 steps) read 1.0 points with one seed and 0.2 with three
+# (bench/lr_regret.py's first_user task, fourteenth session): a quarter (0.25 until then) left that run one
+# sweep, 0.6 gives it three, whole (900 steps) or branched (660). With SGD's 300-step sweep that is from
+# 1,100 training steps branched and 1,500 whole (3-4 epochs of CIFAR-10 at batch 128); shorter runs keep one.
 DEFAULT_SWEEP_SEEDS = 3
-SEEDS_SHARE_OF_RUN = 0.25
+SEEDS_SHARE_OF_RUN = 0.6
 # How the seeds after the first sweep: from the first one's state SHARED_DECADES up its ladder (at most
 # SHARED_SHARE_MAX of the steps), each with its own batch order from there. On bench/lr_regret.py's tasks
 # the batch order after the first two decades is what scatters a sweep's pick (the initial weights half as

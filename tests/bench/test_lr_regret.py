@@ -287,7 +287,7 @@ def test_combining_seeds_through_one_curve_is_no_better_as_the_docs_say(capsys, 
     assert scores == {"picks' geometric mean": (0.31, 1.06), "mean curve": (0.34, 1.06), "median curve": (0.31, 1.13)}
 
 
-def test_tasks_are_chosen_by_name_from_both_lists_and_an_unknown_name_is_one_line():
+def test_tasks_are_chosen_by_name_from_every_list_and_an_unknown_name_is_one_line():
     from bench import lr_regret
 
     assert lr_regret.select_tasks(None) == lr_regret.TASKS_CPU
@@ -296,6 +296,11 @@ def test_tasks_are_chosen_by_name_from_both_lists_and_an_unknown_name_is_one_lin
     assert held[0] in lr_regret.TASKS_HELD_OUT
     full = lr_regret.select_tasks("cifar_small_cnn", full=True)[0]
     assert (full.size, full.train_images, full.epochs) == (32, 50_000, 10)
+    # the issue's first user: every training image at 28 px gray, the spec's default batch, 4 epochs
+    first = lr_regret.select_tasks("first_user_gray28_tiny_cnn")[0]
+    assert first in lr_regret.TASKS_FIRST_USER and first.data == "cifar_gray"
+    assert (first.size, first.train_images, first.test_images, first.batch_size, first.epochs) == (
+        28, 50_000, 10_000, 128, 4)
     with pytest.raises(SystemExit, match="unknown task no_such_task; known: digits_tiny_cnn"):
         lr_regret.select_tasks("digits_tiny_cnn,no_such_task")
 
@@ -494,3 +499,22 @@ def test_the_stored_job_seeds_run_gives_the_figures_the_docs_quote(capsys):
             or line.startswith("| cifar_tiny_cnn_adamw")}
     assert rows[("| gray_cifar_tiny_cnn", "3")][0] == "4 (0)" and rows[("| cifar_tiny_cnn_adamw", "5")][0] == "4 (4)"
     assert rows[("| cifar_tiny_cnn_adamw", "3")][-1] == "840 |"  # 120 shared + 3 x 240: the branched cost
+
+
+def test_the_stored_first_user_run_gives_the_figures_the_docs_quote(tmp_path, capsys):
+    # docs/benchmarks.md "The issue's first user, at full size": one seed 1.0 points (7.41x apart), three seeds
+    # in one job 0.2, the `auto` runs trained 0.4 above the fit's best, valley 0.1; one task, so no margin is
+    # learned leaving it out
+    import shutil
+
+    from bench.lr_regret import TASKS_FIRST_USER
+    from bench.regret_report import analyse
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(root / "bench/data/lr_regret_first_user", tmp_path / "run")
+    analyse(TASKS_FIRST_USER, tmp_path / "run", None)
+    table = capsys.readouterr().out
+    assert "| ours (the zero-lag cliff / 1.5), one seed | 1.0 (0.7-1.5) | 1.02 | 7.41x |" in table
+    assert "| ours, 3 seeds in one job (geometric mean) | 0.2 (0.0-0.6) | 0.22 | 1.28x" in table
+    assert "| `auto` job, trained (2 jobs x 2 seeds) | -0.4 |" in table and "| valley (fastai) | 0.1 " in table
+    assert "leaving the task out" not in table

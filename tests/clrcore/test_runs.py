@@ -95,20 +95,20 @@ def test_one_epoch_holds_no_whole_cycle_so_the_run_becomes_one_cycle(tmp_path: P
 
 
 def test_auto_run_sweeps_three_seeds_when_they_are_cheap_beside_the_run_and_one_otherwise(tmp_path: Path) -> None:
-    # 22 epochs of 2 batches: three 5-step sweeps, the second and third branching from the first at step 2
-    # (two of its five decades), are 2 + 3 x 3 = 11 batches, a quarter of 44 (DEFAULT_SWEEP_SEEDS)
+    # 10 epochs of 2 batches: three 5-step sweeps, the second and third branching from the first at step 2
+    # (two of its five decades), are 2 + 3 x 3 = 11 batches, at most 60 % of 20 (DEFAULT_SWEEP_SEEDS)
     sweep = {"start_lr": 1e-4, "num_iter": 5}
-    long = run_job(TrainSpec(**TINY, max_lr="auto", epochs=22, range_test=sweep), tmp_path / "long",
+    long = run_job(TrainSpec(**TINY, max_lr="auto", epochs=10, range_test=sweep), tmp_path / "long",
                    data_dir=tmp_path)
-    assert [s["seed"] for s in long["lr_choice"]["seeds"]] == [0, 1, 2] and long["epochs_run"] == 22
+    assert [s["seed"] for s in long["lr_choice"]["seeds"]] == [0, 1, 2] and long["epochs_run"] == 10
     saved = json.loads((tmp_path / "long" / "range_test.json").read_text())
     assert [c["seed"] for c in saved["seed_curves"]] == [0, 1, 2]
-    given = run_job(TrainSpec(**TINY, max_lr="auto", epochs=22, range_test={**sweep, "seeds": 1}), tmp_path / "one",
+    given = run_job(TrainSpec(**TINY, max_lr="auto", epochs=10, range_test={**sweep, "seeds": 1}), tmp_path / "one",
                     data_dir=tmp_path)
     assert "seeds" not in given["lr_choice"]  # a given count wins: one sweep
-    short = run_job(TrainSpec(**TINY, max_lr="auto", epochs=21, range_test=sweep), tmp_path / "short",
+    short = run_job(TrainSpec(**TINY, max_lr="auto", epochs=9, range_test=sweep), tmp_path / "short",
                     data_dir=tmp_path)
-    assert "seeds" not in short["lr_choice"]  # 11 batches are more than a quarter of 42
+    assert "seeds" not in short["lr_choice"]  # 11 batches are more than 60 % of 18
 
 
 def test_a_job_can_train_at_another_rules_pick_and_says_which(tmp_path: Path) -> None:
@@ -273,10 +273,10 @@ def test_seeds_sweep_whole_where_the_first_sweeps_loss_falls_before_the_branch_p
     first, second = saved["seed_curves"]
     assert saved["settings"]["branch_at"] is None and first["losses"][0] != second["losses"][0]
     assert [s["seed"] for s in summary["seeds"]] == [0, 1]  # a given count holds
-    # a training job's default count assumed branches (24 + 3 x 36 = 132 batches, a quarter of 264 epochs of 2):
-    # three whole sweeps (180) are more than a quarter, so it keeps the one it ran
-    train = TrainSpec(**TINY, max_lr="auto", epochs=264, range_test=sweep)
-    assert train.range_test is not None and train.range_test.sweep_seeds(60, 528, 24) == 3
+    # a training job's default count assumed branches (24 + 3 x 36 = 132 batches, 60 % of 110 epochs of 2):
+    # three whole sweeps (180) are more than 60 %, so it keeps the one it ran
+    train = TrainSpec(**TINY, max_lr="auto", epochs=110, range_test=sweep)
+    assert train.range_test is not None and train.range_test.sweep_seeds(60, 220, 24) == 3
     _, device, ds, model, _ = _prepare(train, tmp_path / "train", tmp_path, download=False)
-    result = _sweep(train, train.range_test, "triangular", ds, model, device, Hooks(), train_epochs=264)
+    result = _sweep(train, train.range_test, "triangular", ds, model, device, Hooks(), train_epochs=110)
     assert result.seeds == [] and result.settings["branch_at"] is None
