@@ -535,12 +535,13 @@ def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str 
     curves = [r.read_points() for r in results]
     agg = aggregate_seeds(curves, diverge_factor=first.settings.get("diverge_factor", 4.0))
     rec, why = _recommend(agg.suggestions, policy, rule)
-    # the seeds' own warnings with their seeds; one every seed gave (a sweep too sparse) once, without
+    # A warning every seed gave (all swept too sparsely) is said once; the others with their seed. "No
+    # suggestion" is left to seed_warnings, which names each seed's reason once.
     everyone = set.intersection(*(set(r.warnings) for r in results))
     warnings = [text for text in first.warnings if text in everyone and not text.startswith("no suggestion")]
     for seed, result in zip(seeds, results, strict=True):
         for text in result.warnings:
-            if text not in everyone and not text.startswith("no suggestion"):  # that: once a seed, seed_warnings
+            if text not in everyone and not text.startswith("no suggestion"):
                 warnings.append(f"seed {seed}: {text}")
     warnings += seed_warnings(agg, seeds, rule) + why
     spread = agg.spread_of(rule)  # of the picks the job trains at
