@@ -518,3 +518,10 @@ def test_the_stored_first_user_run_gives_the_figures_the_docs_quote(tmp_path, ca
     assert "| ours, 3 seeds in one job (geometric mean) | 0.2 (0.0-0.6) | 0.22 | 1.28x" in table
     assert "| `auto` job, trained (2 jobs x 2 seeds) | -0.4 |" in table and "| valley (fastai) | 0.1 " in table
     assert "leaving the task out" not in table
+    # six fresh sweep seeds: one seed 0.3, three 0.14 (the jobs 1.97x apart), `auto` trained 0.0
+    shutil.copytree(root / "bench/data/lr_regret_first_user_oos", tmp_path / "oos")
+    analyse(TASKS_FIRST_USER, tmp_path / "oos", None)
+    table = capsys.readouterr().out
+    assert "| ours (the zero-lag cliff / 1.5), one seed | 0.3 (0.2-0.5) | 0.30 | 4.16x |" in table
+    assert "| ours, 3 seeds in one job (geometric mean) | 0.1 (0.1-0.3) | 0.14 | 1.97x" in table
+    assert "| `auto` job, trained (2 jobs x 2 seeds) | 0.0 |" in table
