@@ -43,11 +43,11 @@ PEER_RULES = {
 # for the density it was learned at (2.8 with 20 steps a decade: a faster sweep turns up later).
 CLIFF_MARGIN = 1.5
 # ... at this density (specs.STEPS_PER_DECADE, the default sweep, is the same number; a test keeps them
-# equal). A sweep that passes the cliff faster turns up later: at 20-25 steps a decade the benchmark's
-# cliffs sat up to 3.3x higher over the grid's best max LR than at 60 (resnet_fast 6.8x against 2.1x), at
-# 100-120 within 1.1x of it (docs/benchmarks.md, "Why the sweep's density"). Below SPARSE_STEPS_PER_DECADE
-# where the curve turned (half the calibrated density, just above the 20-25 measured; 25-60 never was),
-# a result warns that ours' pick may be too high.
+# equal). How long a sweep dwells at each LR moves where its loss turns up: at 20-25 steps a decade the
+# benchmark's cliffs sat 0.8-3.3x where they sat at 60 (resnet_fast 6.8x its best max LR against 2.1x,
+# digits 1.9x against 2.5x), at 100-120 within 1.1x (docs/benchmarks.md, "Why the sweep's density").
+# Below SPARSE_STEPS_PER_DECADE where the curve turned (half the calibrated density, just above the 20-25
+# measured; 25-60 never was), a result warns that ours' pick is off the density its margin holds at.
 MARGIN_STEPS_PER_DECADE = 60
 SPARSE_STEPS_PER_DECADE = 30
 
@@ -497,15 +497,16 @@ def steps_per_decade(ladder: Any, at: float, half_width: float = 0.25) -> float:
 
 
 def sparse_sweep_warning(ladder: Any, reading: CurveReading) -> str | None:
-    """A warning when the sweep passed its cliff faster than ours' margin was learned at (None otherwise)."""
+    """A warning when the sweep passed its cliff faster than ours' margin holds for (None otherwise)."""
     if reading.problem is not None or not len(reading.lrs):
         return None
     density = steps_per_decade(ladder, reading.cliff_lr)
     if density >= SPARSE_STEPS_PER_DECADE:
         return None
     return (f"the sweep took {density:.0f} steps a decade where its loss turned up; ours' margin was learned at "
-            f"{MARGIN_STEPS_PER_DECADE}, and a sparser sweep turns up later, so its pick may be too high: "
-            f"leave num_iter and epochs out ({MARGIN_STEPS_PER_DECADE} steps a decade) or raise num_iter")
+            f"{MARGIN_STEPS_PER_DECADE}, and how long a sweep dwells at each LR moves its turn (on the benchmark "
+            f"0.8-3.3x at 20-25 a decade), so the pick may be off: leave num_iter and epochs out "
+            f"({MARGIN_STEPS_PER_DECADE} steps a decade) or raise num_iter")
 
 
 def warnings_for(

@@ -372,7 +372,7 @@ def test_ours_margin_is_learned_at_the_default_sweeps_density():
 
 
 @pytest.mark.parametrize("per_decade, warned", [(13, True), (25, True), (40, False), (60, False)])
-def test_a_sweep_sparser_than_the_margins_density_warns_that_the_pick_may_run_high(per_decade, warned):
+def test_a_sweep_sparser_than_the_margins_density_warns_that_the_pick_may_be_off(per_decade, warned):
     lrs = 1e-5 * 10 ** (np.arange(6 * per_decade + 1) / per_decade)  # 1e-5 to 10, the same curve
     x = np.log10(lrs)
     losses = 2.3 - 1.8 / (1 + np.exp(-(x + 1.2) / 0.3)) + 16 * np.clip(x - TRUE_MIN, 0, None) ** 1.5
