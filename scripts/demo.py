@@ -100,8 +100,9 @@ def main() -> None:
     with httpx.Client(base_url=BASE, timeout=30) as client:
         _wait_ready(client)
         print(f"API at {BASE} (docs at {BASE}/docs); logs in {RUN_DIR}")
-        # the default sweep: 60 steps a decade from 1e-4 to 10, the density ours' margin was learned at
-        rt = client.post("/v1/jobs/range-test", json={"dataset": "digits", "model": "tiny_cnn", "batch_size": 64})
+        # the digits-demo preset's own sweep (60 steps a decade from 1e-3), as the training job below runs it
+        rt = client.post("/v1/jobs/range-test", json={"dataset": "digits", "model": "small_cnn", "batch_size": 64,
+                                                      "start_lr": 1e-3, "augment": {"translate": 1, "flip": False}})
         rt = _follow(client, rt.raise_for_status().json())
         print(f"range test {BASE}/v1/jobs/{rt['id']}: {rt['state']}")
         if rt["state"] == "succeeded":
