@@ -363,7 +363,8 @@ def range_test(
     the later batch order does (docs/benchmarks.md, issue 12). Each branch's result (the shared records,
     then its own) is in `result.branches`; there are fewer when this sweep or a branch stopped by
     request, none when this sweep stopped or its loss fell before the branch point. `on_step` records of
-    branch i carry "branch": i and "branch_at"; `settings["branch_at"]` is None where it did not branch.
+    branch i carry "branch": i and "branch_at"; this sweep's records past the branch point carry "branched"
+    (whether it did); `settings["branch_at"]` is None where it did not branch.
     """
     if accumulation_steps < 1 or val_every < 1 or sync_every < 1:
         raise ValueError("accumulation_steps, val_every and sync_every must be at least 1")
@@ -396,11 +397,18 @@ def range_test(
         autocast=autocast, should_stop=should_stop, sync_every=1 if scaler is not None else sync_every,
     )  # fmt: skip
     runs: list[_Run] = []
+
+    def first_on_step(record: dict[str, Any]) -> None:
+        """The first sweep's records past the branch point say whether it branched (a caller's plan of steps)."""
+        assert on_step is not None
+        on_step({**record, "branched": bool(fork)} if branches and record["iteration"] > branch_at else record)
+
     try:
         model.train()
         run = _Run([], [])
         run.stop_reason, run.stopped_at = sweep(
-            _Cycle(train_batches), records=run.records, val_log=run.val_log, on_step=on_step,
+            _Cycle(train_batches), records=run.records, val_log=run.val_log,
+            on_step=None if on_step is None else first_on_step,
             branch_at=branch_at, branch_fall=branch_fall, on_branch=at_branch_point if branches else None,
         )
         runs.append(run)

@@ -190,11 +190,13 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
     count = options.sweep_seeds(num_iter, None if train_epochs is None else train_epochs * iters, shared)
     seeds = [spec.seed + i for i in range(count)]
     rule = options.pick_rule(spec.sweeps_head_only)
+    # the count if the seeds sweep whole: the default is weighed again at the whole cost
+    whole_count = min(count, options.sweep_seeds(num_iter, None if train_epochs is None else train_epochs * iters))
     first = _sweep_one(spec, options, policy, ds, model, device, hooks, label_smoothing, rule,
-                       branch_seeds=seeds[1:] if shared else [], shared=shared)
+                       branch_seeds=seeds[1:] if shared else [], shared=shared, whole_plan=whole_count * num_iter)
     results = [first, *first.branches]
-    if shared and len(results) == 1 and options.seeds is None:  # the default count assumed branches: weigh it again
-        seeds = seeds[: options.sweep_seeds(num_iter, None if train_epochs is None else train_epochs * iters)]
+    if shared and len(results) == 1:  # it did not branch: the others sweep whole, as many as that affords
+        seeds = seeds[:whole_count]
     rng = capture_rng_state()  # the other seeds' models reseed the global RNG: put it back after them
     try:
         for seed in seeds[len(results):]:
@@ -203,7 +205,7 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
             seeded = spec.model_copy(update={"seed": seed})
             again = fresh_model(seeded, ds, device, weights_file)
             results.append(_sweep_one(seeded, options, policy, ds, again, device, hooks, label_smoothing, rule,
-                                      whole=(seed - spec.seed, count)))
+                                      whole=(seed - spec.seed, len(seeds))))
     finally:
         restore_rng_state(rng)
     return combine_seeds(results, seeds[: len(results)], policy, rule)
@@ -212,12 +214,14 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
 def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Dataset, model: nn.Module,
                device: torch.device, hooks: Hooks, label_smoothing: float = 0.0, rule: str = "ours",
                branch_seeds: list[int] | None = None, shared: int = 0,
-               whole: tuple[int, int] | None = None) -> RangeTestResult:
+               whole: tuple[int, int] | None = None, whole_plan: int | None = None) -> RangeTestResult:
     """One sweep with the spec's seed, `rule` picking max_lr from it, and its branches: one per seed of
     `branch_seeds`, each going on from its step `shared` with batches in that seed's order.
 
     The progress counts every step of the job's sweeps: the first's, then each branch's own; `whole`
-    (i, k) marks the i-th of k seeds swept whole after a first sweep that did not branch.
+    (i, k) marks the i-th of k seeds swept whole after a first sweep that did not branch, `whole_plan` the
+    steps of the job's sweeps if they all sweep whole (default: this one). Until the first sweep passes its
+    branch point the total is the longer plan, so the fraction shown never goes back.
 
     A fine-tuned model is swept as its first epoch trains (body frozen if it starts frozen); the ladder
     is the head's LR, the other layer groups keep their ratios to it.
@@ -248,7 +252,15 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
         # "iteration" is already 1-based: the ladder position of this optimizer step; a branch's own steps
         # follow the first sweep's
         own = num_iter - record.get("branch_at", shared)  # the steps each branch runs itself
-        total = whole[1] * num_iter if whole else num_iter + len(branch_seeds) * own
+        branched, whole_steps = num_iter + len(branch_seeds) * own, whole_plan or num_iter
+        if whole:
+            total = whole[1] * num_iter
+        elif "branch" in record or record.get("branched"):
+            total = branched
+        elif record.get("branched") is False or not branch_seeds:
+            total = whole_steps
+        else:  # before the branch point: whichever plan is longer
+            total = max(branched, whole_steps)
         done = offset + record["iteration"] + record.get("branch", 0) * own
         progress = Progress("range_test", 0, 0, done, total,
                             {"lr": record["lr"], "loss": record["loss"],

@@ -284,3 +284,17 @@ def test_seeds_sweep_whole_where_the_first_sweeps_loss_falls_before_the_branch_p
     _, device, ds, model, _ = _prepare(train, tmp_path / "train", tmp_path, download=False)
     result = _sweep(train, train.range_test, "triangular", ds, model, device, Hooks(), train_epochs=110)
     assert result.seeds == [] and result.settings["branch_at"] is None
+
+
+@pytest.mark.parametrize(("sweep", "steps"), [
+    ({"start_lr": 1e-2, "num_iter": 60}, 120),  # its loss falls before the branch point: two whole sweeps
+    ({"start_lr": 1e-4, "num_iter": 20, "shared_decades": 0}, 40),  # whole sweeps asked for
+    ({"start_lr": 1e-4, "num_iter": 20}, 32),  # branched at step 8: 20 + 12
+])
+def test_the_sweeps_progress_never_goes_back_whether_the_seeds_branch_or_not(tmp_path: Path, sweep, steps) -> None:
+    seen: list[Progress] = []
+    run_job(RangeTestSpec(**TINY, **sweep, seeds=2), tmp_path, data_dir=tmp_path,
+            hooks=Hooks(on_progress=seen.append, progress_interval=0))
+    fractions = [p.step / p.steps for p in seen]
+    assert fractions == sorted(fractions) and seen[-1].step == seen[-1].steps == steps
+    assert all(p.steps >= steps for p in seen)  # the plan shown is never shorter than the sweeps run
