@@ -502,35 +502,30 @@ def test_the_stored_job_seeds_run_gives_the_figures_the_docs_quote(capsys):
     assert rows[("| cifar_tiny_cnn_adamw", "3")][-1] == "840 |"  # 120 shared + 3 x 240: the branched cost
 
 
-def test_the_stored_first_user_runs_give_the_figures_the_docs_quote(tmp_path, capsys):
-    # docs/benchmarks.md "The first user, at full size": one seed 1.0 points (7.41x apart), three seeds
-    # in one job 0.2, the `auto` runs trained 0.4 above the fit's best, valley 0.1; one task, so no margin is
-    # learned leaving it out
+@pytest.mark.parametrize(("folder", "quoted"), [
+    # docs/benchmarks.md "The first user, at full size": gray images, one seed 1.0 points (7.41x apart),
+    # three seeds in one job 0.2, the `auto` runs trained 0.4 above the fit's best, valley 0.1
+    ("lr_regret_first_user", ["| ours (the zero-lag cliff / 1.5), one seed | 1.0 (0.7-1.5) | 1.02 | 7.41x |",
+                              "| ours, 3 seeds in one job (geometric mean) | 0.2 (0.0-0.6) | 0.22 | 1.28x",
+                              "| `auto` job, trained (2 jobs x 2 seeds) | -0.4 |", "| valley (fastai) | 0.1 "]),
+    # six fresh sweep seeds: one seed 0.3, three 0.14 (the jobs 1.97x apart), `auto` trained 0.0
+    ("lr_regret_first_user_oos", ["| ours (the zero-lag cliff / 1.5), one seed | 0.3 (0.2-0.5) | 0.30 | 4.16x |",
+                                  "| ours, 3 seeds in one job (geometric mean) | 0.1 (0.1-0.3) | 0.14 | 1.97x",
+                                  "| `auto` job, trained (2 jobs x 2 seeds) | 0.0 |"]),
+    # the colour images with AdamW: one seed 0.61 behind slide's 0.56, three 0.35, `auto` trained -0.1
+    ("lr_regret_first_user_adamw", ["| ours (the zero-lag cliff / 1.5), one seed | 0.6 (0.5-0.8) | 0.61 | 6.10x |",
+                                    "| slide (fastai) | 0.6 (0.5-0.7) | 0.56 |",
+                                    "| ours, 3 seeds in one job (geometric mean) | 0.4 (0.2-0.5) | 0.35 | 2.24x",
+                                    "| `auto` job, trained (2 jobs x 2 seeds) | -0.1 |"]),
+])
+def test_the_stored_first_user_runs_give_the_figures_the_docs_quote(tmp_path, capsys, folder, quoted):
     import shutil
 
     from bench.lr_regret import TASKS_FIRST_USER
     from bench.regret_report import analyse
 
-    root = Path(__file__).resolve().parents[2]
-    shutil.copytree(root / "bench/data/lr_regret_first_user", tmp_path / "run")
+    shutil.copytree(Path(__file__).resolve().parents[2] / "bench/data" / folder, tmp_path / "run")
     analyse(TASKS_FIRST_USER, tmp_path / "run", None)
     table = capsys.readouterr().out
-    assert "| ours (the zero-lag cliff / 1.5), one seed | 1.0 (0.7-1.5) | 1.02 | 7.41x |" in table
-    assert "| ours, 3 seeds in one job (geometric mean) | 0.2 (0.0-0.6) | 0.22 | 1.28x" in table
-    assert "| `auto` job, trained (2 jobs x 2 seeds) | -0.4 |" in table and "| valley (fastai) | 0.1 " in table
-    assert "leaving the task out" not in table
-    # six fresh sweep seeds: one seed 0.3, three 0.14 (the jobs 1.97x apart), `auto` trained 0.0
-    shutil.copytree(root / "bench/data/lr_regret_first_user_oos", tmp_path / "oos")
-    analyse(TASKS_FIRST_USER, tmp_path / "oos", None)
-    table = capsys.readouterr().out
-    assert "| ours (the zero-lag cliff / 1.5), one seed | 0.3 (0.2-0.5) | 0.30 | 4.16x |" in table
-    assert "| ours, 3 seeds in one job (geometric mean) | 0.1 (0.1-0.3) | 0.14 | 1.97x" in table
-    assert "| `auto` job, trained (2 jobs x 2 seeds) | 0.0 |" in table
-    # the colour images with AdamW: one seed 0.61 behind slide's 0.56, three 0.35, `auto` trained -0.1
-    shutil.copytree(root / "bench/data/lr_regret_first_user_adamw", tmp_path / "adamw")
-    analyse(TASKS_FIRST_USER, tmp_path / "adamw", None)
-    table = capsys.readouterr().out
-    assert "| ours (the zero-lag cliff / 1.5), one seed | 0.6 (0.5-0.8) | 0.61 | 6.10x |" in table
-    assert "| slide (fastai) | 0.6 (0.5-0.7) | 0.56 |" in table
-    assert "| ours, 3 seeds in one job (geometric mean) | 0.4 (0.2-0.5) | 0.35 | 2.24x" in table
-    assert "| `auto` job, trained (2 jobs x 2 seeds) | -0.1 |" in table
+    assert [line for line in quoted if line not in table] == []
+    assert "leaving the task out" not in table  # one task alone: no margin learned leaving it out
