@@ -227,8 +227,8 @@ MAX_SWEEP_SEEDS = 5
 # sweep seeds; held out 1.14 -> 1.01) and bring two jobs' picks to 1.23-1.34x apart at the median where
 # single sweeps land 1.36-1.71x apart (docs/benchmarks.md). The issue's own first user (a 4-epoch run of
 # 50,000 28-px gray images at batch 128: 1,564 steps) read 1.0 points with one seed and 0.2 with three
-# (bench/lr_regret.py's first_user tasks, fourteenth session; 0.61 and 0.35 on the colour images with
-# AdamW): a quarter (0.25 until then) left that run one
+# (bench/lr_regret.py's first_user tasks, fourteenth session; 0.61 and 0.35, then 0.73 and 0.65 on fresh
+# sweep seeds, on the colour images with AdamW): a quarter (0.25 until then) left that run one
 # sweep, 0.6 gives it three, whole (900 steps) or branched (660). With SGD's 300-step sweep that is from
 # 1,100 training steps branched and 1,500 whole (3-4 epochs of CIFAR-10 at batch 128); shorter runs keep one.
 DEFAULT_SWEEP_SEEDS = 3
