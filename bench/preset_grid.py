@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clrcore.presets import PRESETS
 from clrcore.runs import run_job
 from clrcore.specs import TrainSpec
 
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.preset not in PRESETS:
+        parser.error(f"unknown preset {args.preset!r}; known: {', '.join(PRESETS)}")
     torch.set_num_threads(args.threads)
     for lr in np.geomspace(args.lo, args.hi, args.points):
         accs = [accuracy_at(args.preset, float(lr), seed)[0] for seed in range(args.seeds)]

@@ -187,11 +187,12 @@ def _sweep(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Datase
     iters = steps_per_epoch(len(ds.train), spec.batch_size)
     num_iter = options.steps(iters, spec.optimizer.name)
     shared = options.shared_steps(num_iter, spec.optimizer.name)
-    count = options.sweep_seeds(num_iter, None if train_epochs is None else train_epochs * iters, shared)
+    train_steps = None if train_epochs is None else train_epochs * iters
+    count = options.sweep_seeds(num_iter, train_steps, shared)
     seeds = [spec.seed + i for i in range(count)]
     rule = options.pick_rule(spec.sweeps_head_only)
     # the count if the seeds sweep whole: the default is weighed again at the whole cost
-    whole_count = min(count, options.sweep_seeds(num_iter, None if train_epochs is None else train_epochs * iters))
+    whole_count = min(count, options.sweep_seeds(num_iter, train_steps))
     first = _sweep_one(spec, options, policy, ds, model, device, hooks, label_smoothing, rule,
                        branch_seeds=seeds[1:] if shared else [], shared=shared, whole_plan=whole_count * num_iter)
     results = [first, *first.branches]
