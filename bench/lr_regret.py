@@ -130,12 +130,27 @@ TASKS_FIRST_USER = [
 ]
 
 
+# Fresh (fifteenth session): three more tasks nobody tuned for, run to decide one question registered in
+# docs/benchmarks.md ("Ours blended with a peer's pick") before any of them was swept: does a blend of ours
+# with the lowest loss or valley beat ours alone on data no choice saw? Grids placed as the first user's:
+# `--stage pilot` (seeds 100-102) read with the peers' rules only, two decades centred on the geometric
+# mean of steepest, valley and minimum/10 (pilot centres 0.0073, 0.21 and 0.0035). Should a grid's first
+# seed train best at its top or bottom point, the grid moves two points that way (the shared LRs keep
+# their runs), as the first user's did.
+TASKS_FRESH = [
+    Task("fresh_gray_small_cnn_b64", "cifar_gray", "small_cnn", SGD, 64, 3, (7.3e-4, 7.3e-2), {}, 4000, 10_000),
+    Task("fresh_digits_resnet_fast", "digits", "resnet_fast", FAST_SGD, 32, 4, (0.021, 2.1)),
+    Task("fresh_cifar12_tiny_cnn_adamw_b64", "cifar", "tiny_cnn", {**ADAMW, "weight_decay": 0.01}, 64, 3,
+         (3.5e-4, 3.5e-2), {"start_lr": 1e-6, "end_lr": 1.0}, 4000, 10_000, 12),
+]
+ALL_TASKS = TASKS_CPU + TASKS_HELD_OUT + TASKS_FIRST_USER + TASKS_FRESH
+
 def select_tasks(names: str | None, full: bool = False) -> list[Task]:
-    """The tasks `--tasks` names (comma-separated, from TASKS_CPU, TASKS_HELD_OUT and TASKS_FIRST_USER;
-    TASKS_CPU when None), at full size with `full`. An unknown name stops the run with a one-line message."""
+    """The tasks `--tasks` names (comma-separated, from ALL_TASKS; TASKS_CPU when None), at full size with
+    `full`. An unknown name stops the run with a one-line message."""
     tasks = TASKS_CPU
     if names:
-        known = {t.name: t for t in TASKS_CPU + TASKS_HELD_OUT + TASKS_FIRST_USER}
+        known = {t.name: t for t in ALL_TASKS}
         unknown = [n for n in names.split(",") if n not in known]
         if unknown:
             raise SystemExit(f"unknown task {', '.join(unknown)}; known: {', '.join(known)}")
@@ -314,11 +329,33 @@ def train_auto(task: Task, data: Dataset, res: dict[str, Any], cache: RunCache) 
     return out
 
 
+PILOT_SEED = 100
+PILOT_RULES = ("steepest", "valley", "min_loss_div10")
+
+
+def pilot_grid(job: dict[str, Any]) -> dict[str, Any]:
+    """Where a task's grid goes, read from a pilot job's sweeps with the peers' rules only (never ours): two
+    decades centred on the geometric mean of their picks."""
+    agg = aggregate_seeds([(c["lrs"], c["losses"]) for c in job["curves"]])
+    picks = {rule: agg.suggestions[rule] for rule in PILOT_RULES}
+    found = [p for p in picks.values() if p]
+    if not found:
+        raise SystemExit("the pilot sweeps gave no peer pick: place this grid by hand")
+    centre = float(np.exp(np.mean(np.log(found))))
+    return {"picks": picks, "centre": centre, "grid": [centre / 10, centre * 10]}
+
+
 def run_task(task: Task, data: Dataset, cache: RunCache, out: Path, stage: str, first_sweep_seed: int = 0) -> None:
     """`sweeps`: the range tests (no training); `auto`: the grid (cached) and the auto jobs, trained at what
     the stored sweeps pick under the current rule; `all`: both."""
     path = out / f"task_{task.name}.json"
     started = time.perf_counter()
+    if stage == "pilot":
+        job = sweep_job(task, data, PILOT_SEED)
+        place = pilot_grid(job)
+        (out / f"pilot_{task.name}.json").write_text(json.dumps({**job, **place}))
+        print(json.dumps({"task": task.name, **place}), flush=True)
+        return
     if stage in ("sweeps", "all"):
         jobs = [sweep_job(task, data, first_sweep_seed + seeds[0]) for seeds in JOB_SEEDS]
         for job in jobs:
@@ -366,8 +403,9 @@ def main() -> None:
     parser.add_argument("--parallel", action="store_true",
                         help="one process per task (one thread each), then the analysis: on shared cores")
     parser.add_argument("--grid-only", action="store_true", help="train (or find cached) the grids, nothing else")
-    parser.add_argument("--stage", choices=("sweeps", "auto", "all", "analyse"), default="all",
-                        help="sweeps: range tests + grids; auto: the auto jobs on stored sweeps (after the "
+    parser.add_argument("--stage", choices=("pilot", "sweeps", "auto", "all", "analyse"), default="all",
+                        help="pilot: where a new task's grid goes (seeds 100-102, the peers' rules only); "
+                        "sweeps: range tests + grids; auto: the auto jobs on stored sweeps (after the "
                         "margin was learned); analyse: the table and figures only")
     parser.add_argument("--figures", type=Path, default=None, help="also write the PNGs here (docs/img)")
     parser.add_argument("--sweep", type=json.loads, default=None,
@@ -399,7 +437,7 @@ def main() -> None:
                 run_task(task, data, RunCache(args.out, task), args.out, args.stage, args.sweep_seeds_from)
         if args.tasks and not args.parallel:  # one task of a parallel run: the parent analyses
             return
-    if args.grid_only or args.stage == "sweeps" and not args.parallel:
+    if args.grid_only or args.stage == "pilot" or args.stage == "sweeps" and not args.parallel:
         return
     from bench.regret_report import analyse
 
