@@ -534,3 +534,20 @@ def test_the_stored_first_user_runs_give_the_figures_the_docs_quote(tmp_path, ca
     table = capsys.readouterr().out
     assert [line for line in quoted if line not in table] == []
     assert "leaving the task out" not in table  # one task alone: no margin learned leaving it out
+
+
+def test_a_pilot_places_the_grid_from_the_peers_picks_alone_as_the_fresh_tasks_were_placed():
+    from bench import lr_regret
+
+    stored = json.loads(Path("bench/data/lr_regret_fresh_tasks/pilot_fresh_digits_resnet_fast.json").read_text())
+    job = {k: stored[k] for k in ("first_seed", "curves")}
+    place = lr_regret.pilot_grid(job)
+    assert set(place["picks"]) == {"steepest", "valley", "min_loss_div10"}  # never ours
+    assert place["centre"] == pytest.approx(math.exp(np.mean(np.log(list(place["picks"].values())))))
+    assert place["grid"] == pytest.approx([place["centre"] / 10, place["centre"] * 10])
+    assert place["centre"] == pytest.approx(stored["centre"])
+    task = lr_regret.select_tasks("fresh_digits_resnet_fast")[0]
+    assert task in lr_regret.TASKS_FRESH and task.grid == pytest.approx((0.021, 2.1))  # the pilot's, rounded
+    assert round(stored["centre"], 2) == 0.21
+    with pytest.raises(SystemExit, match="no peer pick"):
+        lr_regret.pilot_grid({"curves": [{"lrs": [1e-3, 1e-2], "losses": [float("nan"), float("nan")]}]})
