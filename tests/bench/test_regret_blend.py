@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench import regret_blend as rb
-from bench.lr_regret import TASKS_CPU, TASKS_FIRST_USER, TASKS_HELD_OUT
+from bench.lr_regret import TASKS_CPU, TASKS_FIRST_USER, TASKS_FRESH, TASKS_HELD_OUT
 
 DATA = Path("bench/data")
 
@@ -51,7 +51,9 @@ def stored() -> dict:
     held = rb.load_set([DATA / "lr_regret_heldout"], TASKS_HELD_OUT)
     first_user = [t for f in ("lr_regret_first_user", "lr_regret_first_user_oos", "lr_regret_first_user_adamw",
                               "lr_regret_first_user_adamw_oos") for t in rb.load_set([DATA / f], TASKS_FIRST_USER)]
-    return {"tuning": tuning, "result": rb.analyse(tuning, {"held_out": held, "first_user": first_user})}
+    fresh = rb.load_set([DATA / "lr_regret_fresh_tasks"], TASKS_FRESH)
+    return {"tuning": tuning, "fresh": fresh,
+            "result": rb.analyse(tuning, {"held_out": held, "first_user": first_user, "fresh": fresh})}
 
 
 def test_the_stored_runs_hold_every_set_the_docs_score(stored):
@@ -81,3 +83,22 @@ def test_blending_with_a_peer_is_chosen_no_better_than_ours_alone_as_the_docs_sa
     text = rb.table(result)
     assert text.count("\n| ours") == len(result["rows"]) and "nested: 0.57 against ours alone 0.42" in text
     assert not any(math.isnan(r["loo"]) for r in result["rows"])
+
+
+def test_the_rule_registered_before_the_fresh_tasks_keeps_ours_alone_as_the_docs_say(stored):
+    """The rule: a blend replaces ours alone only if, on the fresh tasks, its mean regret is lower with one
+    seed and with three, and it reads over 0.5 with three seeds on no task where ours alone is within."""
+    rows = {r["variant"]: r for r in stored["result"]["rows"]}
+    ours = rows["ours alone"]
+    assert [t.name for t in stored["fresh"]] == [t.name for t in TASKS_FRESH]
+    assert all(len(t.jobs) == 2 for t in stored["fresh"])
+    for name, margin in (("ours^0.5 x min_loss^0.5", 2.37), ("ours^0.5 x valley^0.5", 1.36)):
+        blend = rows[name]
+        assert round(blend["margin"], 2) == margin  # fixed before the fresh sweeps: learned on the five
+        loses = blend["fresh"]["one"] >= ours["fresh"]["one"] or blend["fresh"]["three"] >= ours["fresh"]["three"]
+        assert loses, name
+        assert blend["fresh"]["sd_ln"] < ours["fresh"]["sd_ln"]  # though it spreads less
+    per_task = {t.name: (round(rb.mean_regret(t, t.picks(rb.OURS), 1.53), 2),
+                         round(rb.mean_regret(t, t.job_picks(rb.OURS), 1.53), 2)) for t in stored["fresh"]}
+    assert per_task == {"fresh_gray_small_cnn_b64": (0.84, 0.77), "fresh_digits_resnet_fast": (73.87, 73.87),
+                        "fresh_cifar12_tiny_cnn_adamw_b64": (0.22, 0.07)}
