@@ -147,6 +147,7 @@ TASKS_FRESH = [
 ]
 ALL_TASKS = TASKS_CPU + TASKS_HELD_OUT + TASKS_FIRST_USER + TASKS_FRESH
 
+
 def select_tasks(names: str | None, full: bool = False) -> list[Task]:
     """The tasks `--tasks` names (comma-separated, from ALL_TASKS; TASKS_CPU when None), at full size with
     `full`. An unknown name stops the run with a one-line message."""
@@ -348,7 +349,8 @@ def pilot_grid(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_task(task: Task, data: Dataset, cache: RunCache, out: Path, stage: str, first_sweep_seed: int = 0) -> None:
-    """`sweeps`: the range tests (no training); `auto`: the grid (cached) and the auto jobs, trained at what
+    """`pilot`: one job's sweeps (seeds 100-102) and where the grid goes (`pilot_grid`), stored apart;
+    `sweeps`: the range tests (no training); `auto`: the grid (cached) and the auto jobs, trained at what
     the stored sweeps pick under the current rule; `all`: both."""
     path = out / f"task_{task.name}.json"
     started = time.perf_counter()

@@ -35,7 +35,7 @@ import numpy as np
 from bench.lr_regret import TASKS_CPU, TASKS_FIRST_USER, TASKS_FRESH, TASKS_HELD_OUT
 from bench.regret_fit import GridFit
 from bench.regret_variants import load_jobs
-from clrcore.suggest import picks_from_reading, read_curve
+from clrcore.suggest import aggregate_picks, picks_from_reading, read_curve
 
 PARTNERS = ("valley", "steepest", "min_loss", "slide")
 WEIGHTS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)  # ours' share of the blend, in log LR
@@ -57,10 +57,6 @@ def blend(picks: Picks | None, variant: Variant) -> float | None:
     return float(math.exp(weight * math.log(picks["ours"]) + (1 - weight) * math.log(other)))
 
 
-def geometric_mean(values: list[float]) -> float:
-    return float(np.exp(np.mean(np.log(values))))
-
-
 @dataclass
 class TaskRuns:
     """One task on one set of sweeps: its grid's regret (tabulated over log LR, for speed) and its stored
@@ -74,7 +70,8 @@ class TaskRuns:
         return [p for job in self.jobs for c in job if (p := blend(c, variant))]
 
     def job_picks(self, variant: Variant) -> list[float]:
-        return [geometric_mean(ps) for job in self.jobs if (ps := [p for c in job if (p := blend(c, variant))])]
+        """Each job's pick as a job reads its seeds' (suggest.aggregate_picks: their geometric mean)."""
+        return [pick for job in self.jobs if (pick := aggregate_picks([blend(c, variant) for c in job])[0])]
 
 
 def tabulated_regret(fit: GridFit, decades_beyond: float = 2.0,
