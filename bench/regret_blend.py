@@ -34,7 +34,7 @@ import numpy as np
 
 from bench.lr_regret import TASKS_CPU, TASKS_FIRST_USER, TASKS_FRESH, TASKS_HELD_OUT
 from bench.regret_fit import GridFit
-from bench.regret_variants import load_jobs
+from bench.regret_variants import load_jobs, top_lr
 from clrcore.suggest import aggregate_picks, picks_from_reading, read_curve
 
 PARTNERS = ("valley", "steepest", "min_loss", "slide")
@@ -86,8 +86,12 @@ def tabulated_regret(fit: GridFit, decades_beyond: float = 2.0,
 
 def load_set(folders: list[Path], among: list[Any]) -> list[TaskRuns]:
     def read(curve: dict[str, Any]) -> Picks | None:
+        """The rules' picks at margin 1, and the top (bench/regret_top.py reads it)."""
         reading = read_curve(curve["lrs"], curve["losses"])
-        return None if reading.problem is not None else picks_from_reading(reading, cliff_margin=1.0)
+        if reading.problem is not None:
+            return None
+        top = top_lr(reading.lrs, reading.raw, reading.smooth)
+        return {**picks_from_reading(reading, cliff_margin=1.0), "top": top}
 
     return [TaskRuns(name, tabulated_regret(fit), [[read(c) for c in job] for job in jobs])
             for name, (fit, jobs) in load_jobs(folders, among).items()]

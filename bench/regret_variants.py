@@ -81,11 +81,18 @@ def cliff(lrs: list[float], losses: list[float], span: float, rise: float | tupl
         after = np.nonzero(above)[0] if hold is None else held_from(above, hold * span_points(x, span))
         turns.append(float(x[i_min + after[0]]) if len(after) else float(x[-1]))
     turn = float(np.exp(np.mean(np.log(turns))))
-    if not top:
-        return turn
-    margin = max(float(np.max(rise)) * (start - smooth[i_min]), RISE_RELATIVE * abs(float(smooth[i_min])))
+    return math.sqrt(turn * top_lr(x, raw, smooth, span, float(np.max(rise)))) if top else turn
+
+
+def top_lr(x: np.ndarray, raw: np.ndarray, smooth: np.ndarray, span: float = SPAN_DECADES,
+           rise: float = RISE_OF_FALL) -> float:
+    """The top: where the curve smoothed over `span` decades is first back at its starting loss after its
+    minimum (at least `rise` x its fall above it); the curve's last point when it never is."""
+    i_min = int(np.argmin(smooth))
+    start = float(np.median(raw[: max(3, round(span_points(x, span)))]))
+    margin = max(rise * (start - smooth[i_min]), RISE_RELATIVE * abs(float(smooth[i_min])))
     back = np.nonzero(smooth[i_min:] >= smooth[i_min] + max(start - smooth[i_min], margin))[0]
-    return math.sqrt(turn * (float(x[i_min + back[0]]) if len(back) else float(x[-1])))
+    return float(x[i_min + back[0]]) if len(back) else float(x[-1])
 
 
 def held_from(above: np.ndarray, points: float) -> np.ndarray:
