@@ -1,0 +1,65 @@
+"""bench/regret_top.py: the top, the fit on every stored task, and the registered check's rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import regret_top as rt
+from bench.regret_blend import TaskRuns
+from bench.regret_variants import top_lr
+
+
+def test_the_top_is_where_the_smoothed_loss_is_back_at_its_start_or_the_curves_end():
+    x = np.geomspace(1e-4, 10, 301)
+    d = np.log10(x)
+    smooth = np.where(d < -1, 2.0 - 0.5 * (d + 4) / 3, 1.5 + (d + 1) ** 2)  # down to 1.5 at 0.1, then up
+    top = top_lr(x, smooth, smooth)
+    assert top == pytest.approx(10 ** (-1 + np.sqrt(0.5)), rel=0.02)  # back at 2.0
+    never = np.where(d < -1, smooth, 1.5 + 0.1 * (d + 1))  # rises, but never back at its start
+    assert top_lr(x, never, never) == x[-1]
+
+
+def _task(name: str, regret: float, job_picks: list[list[dict[str, float]]]) -> TaskRuns:
+    return TaskRuns(name, lambda lrs: np.full(np.shape(lrs), regret), job_picks)
+
+
+def test_the_registered_rule_needs_lower_means_and_no_task_spoilt():
+    picks = [[{"ours": 1.0, "top": 10.0}] * 3] * 2
+    # a constant regret per task: the candidate and ours read the same, so "lower" fails
+    same = rt.registered_check([_task("a", 0.3, picks)])
+    assert same["lower"] is False and same["replaces"] is False and same["spoils"] == []
+    assert same["per_task"][0]["apart"] == [1.0, 1.0]
+
+    def by_lr(lrs: np.ndarray) -> np.ndarray:  # regret grows with the LR: the lower pick wins
+        return np.log10(np.asarray(lrs)) + 2.0
+
+    # the candidate picks cliff^0.65 x top^0.35 / 3.57 = 10^0.35 / 3.57 ~ 0.63, ours 1 / 1.5 ~ 0.67
+    better = rt.registered_check([TaskRuns("b", by_lr, picks)])
+    assert better["lower"] and better["replaces"]
+    assert better["mean"]["candidate"][0] < better["mean"]["ours"][0]
+
+
+@pytest.fixture(scope="module")
+def stored() -> list[TaskRuns]:
+    return rt.stored_tasks()
+
+
+def test_the_fit_on_every_stored_task_is_the_registered_candidate(stored):
+    assert len(stored) == 15
+    w, m = rt.fit(stored)
+    assert (w, round(m, 2)) == rt.CANDIDATE
+    _, m0 = rt.fit(stored, weights=[0.0])
+    assert round(m0, 2) == 1.52  # ours' constant margin fitted the same way (1.5 shipped)
+
+
+def test_leaving_out_the_task_where_the_top_loses_and_one_where_it_wins_as_the_docs_say(stored):
+    picked = [t for t in stored if t.name in ("cifar_small_cnn", "digits_tiny_cnn")]
+    rest = {t.name: [k for k in stored if k is not t] for t in picked}
+    for t in picked:
+        w, m = rt.fit(rest[t.name])
+        _, m0 = rt.fit(rest[t.name], weights=[0.0])
+        regret = rt.mean_regret(t, t.picks(rt.top_variant(w)), m)
+        ours = rt.mean_regret(t, t.picks(rt.top_variant(0.0)), m0)
+        expected = {"cifar_small_cnn": (1.12, 0.49), "digits_tiny_cnn": (0.09, 0.42)}[t.name]
+        assert (round(regret, 2), round(ours, 2)) == expected
