@@ -63,3 +63,30 @@ def test_leaving_out_the_task_where_the_top_loses_and_one_where_it_wins_as_the_d
         ours = rt.mean_regret(t, t.picks(rt.top_variant(0.0)), m0)
         expected = {"cifar_small_cnn": (1.12, 0.49), "digits_tiny_cnn": (0.09, 0.42)}[t.name]
         assert (round(regret, 2), round(ours, 2)) == expected
+
+
+def test_the_goals_rule_weighs_how_many_tasks_are_within_half_a_point_not_which_ones():
+    picks = [[{"ours": 1.0, "top": 10.0}] * 3] * 2  # the candidate picks 10^0.35 / 3.57 = 0.627, ours 0.667
+
+    def task(at: float, slope: float) -> TaskRuns:  # regret `slope` points a decade away from `at`, one side
+        side = 1 if slope > 0 else -1
+        return TaskRuns(f"{at}", lambda lrs: np.maximum(abs(slope) * side * np.log10(np.asarray(lrs) / at), 0), picks)
+
+    # below its best (0.86) only ours is within 0.5; above it (0.55, steeper) only the candidate
+    tasks = [task(0.86, -4.0), task(0.55, 8.0)]
+    check = rt.goals_check(tasks)
+    assert [round(r["candidate"][1], 2) for r in check["per_task"]] == [0.55, 0.46]
+    assert [round(r["ours"][1], 2) for r in check["per_task"]] == [0.44, 0.67]
+    assert check["lower"] and check["within"] == {"candidate": 1, "ours": 1} and check["replaces"]
+    assert rt.registered_check(tasks)["spoils"] == ["0.86"]  # the fresh2 rule counted only the task lost
+
+
+def test_the_check_registered_before_the_second_fresh_batch_keeps_ours_as_the_docs_say():
+    from bench.lr_regret import TASKS_FRESH2
+    from bench.regret_blend import load_set
+
+    check = rt.registered_check(load_set([rt.DATA / "lr_regret_fresh2_tasks"], TASKS_FRESH2))
+    means = {k: [round(v, 2) for v in check["mean"][k]] for k in ("candidate", "ours")}
+    assert means == {"candidate": [0.39, 0.31], "ours": [0.7, 0.55]}  # the candidate halves the mean
+    assert check["lower"] and check["spoils"] == ["fresh2_cifar16_small_cnn_nesterov"]  # 0.54 against 0.33
+    assert not check["replaces"]
