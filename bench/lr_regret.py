@@ -161,12 +161,12 @@ TASKS_FRESH2 = [
          {"start_lr": 1e-6, "end_lr": 1.0}, 2000, 5000, 8),
 ]
 # A third batch (docs/benchmarks.md, "A third fresh batch"): the same candidate, a rule stated in the issue's
-# goals, registered before these ran. Grids placed as the others'.
+# goals, registered before these ran. Grids placed as the others' (pilot centres 0.15, 0.013 and 0.012).
 TASKS_FRESH3 = [
     Task("fresh3_cifar12_tiny_cnn_nesterov_b128", "cifar", "tiny_cnn", NESTEROV, 128, 6, (0.015, 1.5), {}, 4000,
          10_000, 12),
     Task("fresh3_digits_small_cnn_b16", "digits", "small_cnn", SGD, 16, 3, (0.0013, 0.13)),
-    Task("fresh3_gray12_resnet_fast_adamw_b64", "cifar_gray", "resnet_fast", ADAMW, 64, 3, (1e-3, 0.1),
+    Task("fresh3_gray12_resnet_fast_adamw_b64", "cifar_gray", "resnet_fast", ADAMW, 64, 3, (1.2e-3, 0.12),
          {"start_lr": 1e-6, "end_lr": 1.0}, 3000, 10_000, 12),
 ]
 ALL_TASKS = TASKS_CPU + TASKS_HELD_OUT + TASKS_FIRST_USER + TASKS_FRESH + TASKS_FRESH2 + TASKS_FRESH3

@@ -90,3 +90,13 @@ def test_the_check_registered_before_the_second_fresh_batch_keeps_ours_as_the_do
     assert means == {"candidate": [0.39, 0.31], "ours": [0.7, 0.55]}  # the candidate halves the mean
     assert check["lower"] and check["spoils"] == ["fresh2_cifar16_small_cnn_nesterov"]  # 0.54 against 0.33
     assert not check["replaces"]
+
+
+def test_the_check_registered_before_the_third_fresh_batch_keeps_ours_as_the_docs_say():
+    from bench.lr_regret import TASKS_FRESH3
+    from bench.regret_blend import load_set
+
+    check = rt.goals_check(load_set([rt.DATA / "lr_regret_fresh3_tasks"], TASKS_FRESH3))
+    means = {k: [round(v, 2) for v in check["mean"][k]] for k in ("candidate", "ours")}
+    assert means == {"candidate": [1.64, 1.64], "ours": [1.53, 1.58]}  # gray resnet_fast with AdamW: 4.8 and 4.4
+    assert check["within"] == {"candidate": 2, "ours": 2} and not check["lower"] and not check["replaces"]
