@@ -27,6 +27,7 @@ from clrcore.cycle_fit import fit_cycles
 from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
 from clrcore.hooks import Hooks, Progress, StopRequested, check_may_write
+from clrcore.json_safe import json_safe
 from clrcore.loaders import make_loader, normalised_images, normalization
 from clrcore.lr_choice import RangeTestChoice, read_range_test, write_range_test
 from clrcore.lr_range import RangeTestResult, combine_seeds, range_test
@@ -486,6 +487,7 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
         raise
 
     check_may_write(hooks.may_write, "final artifacts")
+    bn_check = result.batchnorm_check
 
     report = reports.classification_report(result.y_true, result.y_pred, ds.classes)
     reports.write_report(report, out_dir)
@@ -515,6 +517,7 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
         "resumed_from": result.resumed_from,
         "iters_per_epoch": iters,
         "timings": result.timings,
+        **({} if bn_check is None else {"batchnorm_check": json_safe(dataclasses.asdict(bn_check))}),
         "seconds": round(time.perf_counter() - started, 3),
         "device": str(device),
         "classes": ds.classes,

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clrcore import compile_cache, finetune
+from clrcore import batchnorm_stats, compile_cache, finetune
 from clrcore.checkpoint import capture_rng_state, plain
 from clrcore.evaluation import Prediction, evaluate
 from clrcore.hooks import Hooks, Progress, StopRequested, TrainingDiverged
@@ -70,6 +70,9 @@ class TrainResult:
     epochs_run: int  # epochs trained by this call (fewer than config.epochs after a resume)
     resumed_from: int | None  # epochs already done in the checkpoint this call resumed from
     timings: dict[str, float]  # train_s (no eval, no warm-up), eval_s, warmup_s, compile_s
+    # BatchNorm's running statistics checked before the final evaluation (None: no BatchNorm, or resumed
+    # from a finished run's checkpoint, whose statistics were checked when it was written)
+    batchnorm_check: batchnorm_stats.StatsCheck | None = None
 
 
 def _autocast(config: TrainConfig) -> AbstractContextManager:
@@ -315,6 +318,7 @@ def train(
 
     # -- the epochs
     last_eval: Prediction | None = None
+    batchnorm_check: batchnorm_stats.StatsCheck | None = None
     lookahead = Lookahead(net, config.epochs * steps) if config.lookahead else None  # after `net` is final
     for epoch in range(start_epoch, config.epochs):
         warming = epoch == start_epoch  # this process's first steps: compile and/or cuDNN autotuning
@@ -328,6 +332,10 @@ def train(
                             time_first_step=warming, lookahead=lookahead)
         if lookahead is not None:
             lookahead.end_epoch()
+        if epoch + 1 == config.epochs:  # stale running statistics would spoil the final evaluation
+            batchnorm_check = batchnorm_stats.check_and_refresh(net, train_loader, _autocast(config))
+            if batchnorm_check is not None and batchnorm_check.refreshed:
+                log.info("%s", batchnorm_check.note())
         trained = time.perf_counter()
         net.eval()
         last_eval, first_eval_s = _evaluate_epoch(forward, test_loader, config, ticker, epoch, warming)
@@ -390,4 +398,5 @@ def train(
         epochs_run=max(config.epochs - start_epoch, 0),
         resumed_from=resumed_from,
         timings=timings,
+        batchnorm_check=batchnorm_check,
     )

@@ -51,8 +51,12 @@ def test_training_job_writes_every_artifact_and_resumes_when_run_again(tmp_path:
     for plot in ("history", "lr_schedule", "lr_schedule_preview", "confusion_matrix"):
         assert _png_size(tmp_path / f"{plot}.png") == (800, 500)
     assert "macro avg" in (tmp_path / "report.txt").read_text()
+    # tiny_cnn's BatchNorm statistics were checked before the final evaluation and held
+    check = first["batchnorm_check"]
+    assert check["refreshed"] is False and check["running_loss"] <= 1.25 * check["batch_loss"] + 0.1
     again = run_job(spec, tmp_path, data_dir=tmp_path)
     assert again["resumed_from"] == 2 and again["epochs_run"] == 0
+    assert "batchnorm_check" not in again  # checked when the finished checkpoint was written
     assert again["accuracy"] == pytest.approx(first["accuracy"])
 
 

@@ -420,7 +420,8 @@ class CountsEvalForwards(nn.Module):
         self.inner, self.eval_calls = inner, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.eval_calls += not self.training
+        # evaluation reads the 128 test images in one batch; the BatchNorm check reads training batches of 32
+        self.eval_calls += not self.training and x.shape[0] != BATCH
         return self.inner(x)
 
 
@@ -468,3 +469,30 @@ def test_resume_refuses_a_checkpoint_from_other_settings(small: Dataset, tmp_pat
     train(tiny_net(), small, make_config(epochs=1, checkpoint_path=path))
     with pytest.raises(ValueError, match="batch_size"):
         train(tiny_net(), small, make_config(epochs=2, checkpoint_path=path, batch_size=16))
+
+
+def test_held_batchnorm_statistics_are_checked_and_left_alone(small: Dataset) -> None:
+    check = train(tiny_net(), small, make_config(epochs=1)).batchnorm_check
+    assert check is not None and not check.refreshed
+    assert check.running_loss <= 1.25 * check.batch_loss + 0.1
+
+
+def test_stale_batchnorm_statistics_are_recomputed_before_the_final_evaluation(small: Dataset) -> None:
+    net = tiny_net()
+    with torch.no_grad():
+        net[0].bias.add_(30.0)  # activations far from the running statistics' initial mean 0 and variance 1
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.0  # ... which then never follow them: stale at the end
+    result = train(net, small, make_config(epochs=1))
+    check = result.batchnorm_check
+    assert check is not None and check.refreshed and check.batches == 8  # all of an epoch's 8 batches
+    assert check.running_loss > 1.25 * check.batch_loss + 0.1
+    assert result.metrics["test_loss"] < check.running_loss / 2  # evaluated with the recomputed statistics
+    assert float(net[1].running_mean.mean()) > 10 and net[1].momentum == 0.0
+
+
+def test_a_net_without_batchnorm_reports_no_check(small: Dataset) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 10))
+    assert train(net, small, make_config(epochs=1)).batchnorm_check is None
