@@ -29,8 +29,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import update_bn
 
 # Stale when the loss with the running statistics exceeds STALE_FACTOR x the loss with batch statistics
-# plus STALE_MARGIN nats. On fourteen runs of six nets (docs/benchmarks.md, issue 12) healthy ones read
-# 0.78-1.00x, the two whose statistics failed 1.6x and 3,600x; a false alarm only costs the recomputation.
+# plus STALE_MARGIN nats. On fourteen runs of four nets (bench/batchnorm_check.py, docs/benchmarks.md) healthy
+# ones read 0.81-1.10x and the failed ones 20x and 53x (1.6x for a milder one); a false alarm costs only the
+# recomputation.
 STALE_FACTOR = 1.25
 STALE_MARGIN = 0.1
 CHECK_BATCHES = 8  # training batches the check reads (two forward passes each)
