@@ -43,6 +43,7 @@ from clrcore.cycle_fit import fit_cycles
 from clrcore.datasets import Dataset, Split, load_dataset, load_digits_dataset, make_dataset, sample
 from clrcore.evaluation import evaluate
 from clrcore.loaders import make_loader, normalization
+from clrcore.lr_backoff import BACKOFF_FACTOR, MAX_BACKOFFS
 from clrcore.schedules import schedule_from_spec
 from clrcore.specs import TrainSpec
 from clrcore.suggest import CLIFF_MARGIN, aggregate_seeds, recommend, safe_recommendation
@@ -273,15 +274,21 @@ def accuracy(model: torch.nn.Module, split: Split, data: Dataset, spec: TrainSpe
     return float(evaluate(model, loader, tta_flip=config.tta_flip, tta_translate=config.tta_translate).accuracy)
 
 
-def train_at(task: Task, data: Dataset, max_lr: float, seed: int) -> float:
-    """Test accuracy after training at `max_lr` with the product's recipe (step fitted to the epochs)."""
+def train_outcome(task: Task, data: Dataset, max_lr: float, seed: int) -> tuple[float, str | None]:
+    """Test accuracy after training at `max_lr` with the product's recipe (step fitted to the epochs), and
+    the reason when the run diverged (then chance accuracy: a data point, not a crash)."""
     try:
         model, spec, config = trained_model(task, data, max_lr, seed)
-    except Exception as exc:  # a diverged run is a data point (chance accuracy), not a crash
+    except Exception as exc:
         print(json.dumps({"diverged": task.name, "max_lr": max_lr, "seed": seed, "error": str(exc)[:120]}),
               flush=True)
-        return 1.0 / len(data.classes)
-    return accuracy(model, data.test, data, spec, config)
+        return 1.0 / len(data.classes), str(exc)[:120]
+    return accuracy(model, data.test, data, spec, config), None
+
+
+def train_at(task: Task, data: Dataset, max_lr: float, seed: int) -> float:
+    """Test accuracy after training at `max_lr` with the product's recipe (chance where it diverged)."""
+    return train_outcome(task, data, max_lr, seed)[0]
 
 
 class RunCache:
@@ -299,13 +306,19 @@ class RunCache:
         path = self._path(lr, seed)
         return json.loads(path.read_text())["acc"] if path.exists() else None
 
+    def diverged(self, lr: float, seed: int) -> bool:
+        """Whether the cached run diverged (runs cached before this was recorded read False)."""
+        path = self._path(lr, seed)
+        return path.exists() and bool(json.loads(path.read_text()).get("diverged"))
+
     def train(self, data: Dataset, lr: float, seed: int) -> float:
         cached = self.get(lr, seed)
         if cached is not None:
             return cached
         started = time.perf_counter()
-        acc = train_at(self.task, data, lr, seed)
+        acc, diverged = train_outcome(self.task, data, lr, seed)
         self._path(lr, seed).write_text(json.dumps({"task": self.task.name, "max_lr": lr, "seed": seed, "acc": acc,
+                                                    "diverged": diverged,
                                                     "seconds": round(time.perf_counter() - started, 1)}))
         return acc
 
@@ -346,13 +359,27 @@ def job_pick(task: Task, job: dict[str, Any], margin: float | None = None) -> tu
         return safe_recommendation(task.optimizer["name"]).max_lr, "safe_fallback"
 
 
+def train_backing_off(task: Task, data: Dataset, cache: RunCache, max_lr: float, seed: int) -> tuple[float, float]:
+    """An `auto` job's run as the product trains it: where the pick diverges, again at a quarter of it, at
+    most twice (clrcore/lr_backoff.py). Returns the accuracy and the max LR that trained it."""
+    lr = max_lr
+    for _ in range(MAX_BACKOFFS):
+        acc = cache.train(data, lr, seed)
+        if not cache.diverged(lr, seed):
+            return acc, lr
+        lr /= BACKOFF_FACTOR
+    return cache.train(data, lr, seed), lr
+
+
 def train_auto(task: Task, data: Dataset, res: dict[str, Any], cache: RunCache) -> list[dict[str, Any]]:
-    """Each `auto` job trains at its pick with TRAIN_SEEDS (cached like the grid: same key)."""
+    """Each `auto` job trains at its pick with TRAIN_SEEDS (cached like the grid: same key), backing off
+    where it diverges as the product does."""
     out = []
     for job in res["jobs"]:
         lr, source = job_pick(task, job)
+        runs = [train_backing_off(task, data, cache, lr, seed) for seed in TRAIN_SEEDS]
         out.append({"first_seed": job["first_seed"], "max_lr": lr, "source": source, "cliff_margin": CLIFF_MARGIN,
-                    "acc": [cache.train(data, lr, seed) for seed in TRAIN_SEEDS]})
+                    "acc": [acc for acc, _ in runs], "trained_lr": [trained for _, trained in runs]})
     return out
 
 

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from clrcore import finetune, plots, reports
+from clrcore import finetune, lr_backoff, plots, reports
 from clrcore.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from clrcore.cycle_fit import fit_cycles
 from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
-from clrcore.hooks import Hooks, Progress, StopRequested, check_may_write
+from clrcore.hooks import Hooks, Progress, StopRequested, TrainingDiverged, check_may_write
 from clrcore.json_safe import json_safe
 from clrcore.loaders import make_loader, normalised_images, normalization
 from clrcore.lr_choice import RangeTestChoice, read_range_test, write_range_test
@@ -413,6 +413,23 @@ def _resolve_bounds(spec: TrainSpec, choice: RangeTestChoice | None) -> tuple[fl
     return base_lr, max_lr
 
 
+def _backed_off(spec: TrainSpec, base_lr: float, max_lr: float,
+                backoffs: list[lr_backoff.Backoff]) -> tuple[float, float]:
+    """The bounds after `backoffs` restarts: max_lr scaled, and base_lr with it unless the user set it."""
+    factor = lr_backoff.scale(backoffs)
+    return (base_lr * factor if spec.base_lr in ("auto", None) else base_lr), max_lr * factor
+
+
+def _backed_off_valid(spec: TrainSpec, base_lr: float, max_lr: float, backoffs: list[lr_backoff.Backoff]) -> bool:
+    """Whether the lowered bounds still make a schedule (a fixed base_lr must stay below max_lr)."""
+    low, high = _backed_off(spec, base_lr, max_lr, backoffs)
+    return spec.policy in ("one_cycle", "constant") or low < high
+
+
+def _diverged(max_lr: float, exc: TrainingDiverged) -> lr_backoff.Backoff:
+    return lr_backoff.Backoff(max_lr=max_lr, step=exc.step, lr=exc.lr)
+
+
 def _apply_recipe(spec: TrainSpec, choice: RangeTestChoice | None,
                   iters: int) -> tuple[TrainSpec, dict[str, Any]]:
     """The spec with the range test's LR bounds and its step fitted to the epochs where left to us.
@@ -467,24 +484,41 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     out_dir, device, ds, model, notes = _prepare(spec, out_dir, data_dir, download, max_decoded_bytes,
                                                 weights_file, memmap_min_bytes)
     choice = _range_test_choice(spec, ds, model, device, out_dir, hooks, weights_file)
-    base_lr, max_lr = _resolve_bounds(spec, choice)
-    lr_info = {"source": "spec"} if choice is None else choice.lr_info()
+    picked_base, picked_max = _resolve_bounds(spec, choice)
+    lr_info: dict[str, Any] = {"source": "spec"} if choice is None else choice.lr_info()
     iters = steps_per_epoch(len(ds.train), spec.batch_size)
     spec, from_recipe = _apply_recipe(spec, choice, iters)
-    schedule = schedule_from_spec(spec, base_lr=base_lr, max_lr=max_lr, iters_per_epoch=iters)
-    run_warnings = [*notes, *_cycle_warnings(spec, schedule, iters)]
-    for warning in run_warnings[len(notes):]:
-        log.warning("%s", warning)
-    planned = preview(schedule, spec.epochs * iters)
-    plots.plot_lr_schedule(out_dir / "lr_schedule_preview.png", planned["step"], planned["lr"],
-                           planned["momentum"] or None)
-    config = config_from_spec(spec, schedule, device, checkpoint_path=out_dir / CHECKPOINT)
-    try:
-        result = train(model, ds, config, hooks=hooks)
-    except StopRequested:
-        if hooks.may_write is None or hooks.may_write():  # fenced off: the folder is not ours to touch
-            _save_partial_history(out_dir)
-        raise
+    # a range test's max LR that diverges is tried again lower (lr_backoff.py); the user's own fails
+    backoffs = lr_backoff.read_backoffs(out_dir) if spec.max_lr == "auto" else []
+    while True:
+        base_lr, max_lr = _backed_off(spec, picked_base, picked_max, backoffs)
+        schedule = schedule_from_spec(spec, base_lr=base_lr, max_lr=max_lr, iters_per_epoch=iters)
+        run_warnings = [*notes, *(b.note() for b in backoffs), *_cycle_warnings(spec, schedule, iters)]
+        for warning in run_warnings[len(notes) + len(backoffs):]:
+            log.warning("%s", warning)
+        planned = preview(schedule, spec.epochs * iters)
+        plots.plot_lr_schedule(out_dir / "lr_schedule_preview.png", planned["step"], planned["lr"],
+                               planned["momentum"] or None)
+        config = config_from_spec(spec, schedule, device, checkpoint_path=out_dir / CHECKPOINT)
+        try:
+            result = train(model, ds, config, hooks=hooks)
+            break
+        except StopRequested:
+            if hooks.may_write is None or hooks.may_write():  # fenced off: the folder is not ours to touch
+                _save_partial_history(out_dir)
+            raise
+        except TrainingDiverged as exc:
+            if spec.max_lr != "auto" or not lr_backoff.may_back_off(backoffs) \
+                    or not _backed_off_valid(spec, picked_base, picked_max, [*backoffs, _diverged(max_lr, exc)]):
+                raise
+            check_may_write(hooks.may_write, "the LR back-off")
+            backoffs = [*backoffs, _diverged(max_lr, exc)]
+            lr_backoff.write_backoffs(out_dir, backoffs)  # before the restart: a redelivery resumes it
+            log.warning("%s", backoffs[-1].note())
+            (out_dir / CHECKPOINT).unlink(missing_ok=True)  # the diverged attempt's epochs
+            model = fresh_model(spec, ds, device, weights_file)
+    if backoffs:
+        lr_info["backoffs"] = [dataclasses.asdict(b) for b in backoffs]
 
     check_may_write(hooks.may_write, "final artifacts")
     bn_check = result.batchnorm_check

@@ -1,5 +1,5 @@
-"""bench/lr_regret.py's scoring (bench/regret_fit.py, bench/regret_report.py) on synthetic grids and curves:
-no training."""
+"""bench/lr_regret.py's scoring (bench/regret_fit.py, bench/regret_report.py) on synthetic grids and curves,
+and its `auto` runs' back-off on cached runs: no training."""
 
 import json
 import math
@@ -569,3 +569,24 @@ def test_a_pilot_places_the_grid_from_the_peers_picks_alone_as_the_fresh_tasks_w
     assert round(stored["centre"], 2) == 0.21
     with pytest.raises(SystemExit, match="no peer pick"):
         lr_regret.pilot_grid({"curves": [{"lrs": [1e-3, 1e-2], "losses": [float("nan"), float("nan")]}]})
+
+
+def test_an_auto_run_backs_off_through_the_cache_as_the_product_does(tmp_path: Path):
+    from bench.lr_regret import RunCache, select_tasks, train_backing_off
+
+    task = select_tasks("fresh_digits_resnet_fast")[0]
+    cache = RunCache(tmp_path, task)
+
+    def cached(lr: float, acc: float, diverged: str | None) -> None:
+        entry = {"task": task.name, "max_lr": lr, "seed": 0, "acc": acc, "diverged": diverged}
+        cache._path(lr, 0).write_text(json.dumps(entry))
+
+    cached(0.8, 0.1, "loss diverged at step 35, lr 0.338")
+    cached(0.2, 0.1, "loss diverged at step 88, lr 0.201")
+    cached(0.05, 0.983, None)
+    assert train_backing_off(task, None, cache, 0.8, 0) == (0.983, 0.05)  # all cached: nothing trains
+    cached(0.4, 0.1, None)  # chance without a NaN (or cached before divergence was recorded): no restart
+    assert train_backing_off(task, None, cache, 0.4, 0) == (0.1, 0.4)
+    cached(3.2, 0.1, "diverged")
+    assert not cache.diverged(0.05, 0) and cache.diverged(3.2, 0)
+    assert train_backing_off(task, None, cache, 3.2, 0) == (0.1, 0.2)  # two restarts at most: it ends at 0.2
