@@ -3,8 +3,8 @@
 A BatchNorm net trains on each batch's own statistics and is evaluated on the running averages it
 kept. When the activations' scale keeps moving (weights whose norm BatchNorm hides, grown large at a
 high LR), those averages can trail the final weights by orders of magnitude: resnet_fast on digits at
-max LR 0.045 ended with a training loss of 0.37 and 16 % test accuracy, its running variances up to
-1e19; the same weights with the statistics recomputed read 98.9 % (docs/benchmarks.md, issue 12).
+max LR 0.045 ended with a training loss of 0.37 and 10-16 % test accuracy, its running variances up to
+1e19; the same weights with the statistics recomputed read 97-99 % (docs/benchmarks.md, issue 12).
 
 So the trainer compares, before the final evaluation, the loss on a few training batches
 with the running statistics against the loss with each batch's own. Nets whose averages hold read

@@ -420,14 +420,31 @@ def _backed_off(spec: TrainSpec, base_lr: float, max_lr: float,
     return (base_lr * factor if spec.base_lr in ("auto", None) else base_lr), max_lr * factor
 
 
-def _backed_off_valid(spec: TrainSpec, base_lr: float, max_lr: float, backoffs: list[lr_backoff.Backoff]) -> bool:
-    """Whether the lowered bounds still make a schedule (a fixed base_lr must stay below max_lr)."""
-    low, high = _backed_off(spec, base_lr, max_lr, backoffs)
-    return spec.policy in ("one_cycle", "constant") or low < high
+def _back_off(spec: TrainSpec, picked: tuple[float, float], backoffs: list[lr_backoff.Backoff], max_lr: float,
+              exc: TrainingDiverged, out_dir: Path, hooks: Hooks) -> list[lr_backoff.Backoff]:
+    """The restarts after this divergence, written to the run folder with the diverged attempt's checkpoint
+    removed; re-raises `exc` where the run may not restart (a max LR the user set, the restarts spent, or
+    a fixed base_lr the lowered max LR would reach)."""
+    done = [*backoffs, lr_backoff.Backoff(max_lr=max_lr, step=exc.step, lr=exc.lr)]
+    low, high = _backed_off(spec, *picked, done)
+    if spec.max_lr != "auto" or not lr_backoff.may_back_off(backoffs) \
+            or (spec.policy not in ("one_cycle", "constant") and low >= high):
+        raise exc
+    check_may_write(hooks.may_write, "the LR back-off")
+    lr_backoff.write_backoffs(out_dir, done)  # before the restart: a redelivery resumes the lowered run
+    log.warning("%s", done[-1].note())
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)  # the diverged attempt's epochs
+    return done
 
 
-def _diverged(max_lr: float, exc: TrainingDiverged) -> lr_backoff.Backoff:
-    return lr_backoff.Backoff(max_lr=max_lr, step=exc.step, lr=exc.lr)
+def _planned_config(spec: TrainSpec, base_lr: float, max_lr: float, iters: int, device: torch.device,
+                    out_dir: Path) -> TrainConfig:
+    """The run's config at these bounds, its schedule's preview plotted."""
+    schedule = schedule_from_spec(spec, base_lr=base_lr, max_lr=max_lr, iters_per_epoch=iters)
+    planned = preview(schedule, spec.epochs * iters)
+    plots.plot_lr_schedule(out_dir / "lr_schedule_preview.png", planned["step"], planned["lr"],
+                           planned["momentum"] or None)
+    return config_from_spec(spec, schedule, device, checkpoint_path=out_dir / CHECKPOINT)
 
 
 def _apply_recipe(spec: TrainSpec, choice: RangeTestChoice | None,
@@ -488,18 +505,15 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     lr_info: dict[str, Any] = {"source": "spec"} if choice is None else choice.lr_info()
     iters = steps_per_epoch(len(ds.train), spec.batch_size)
     spec, from_recipe = _apply_recipe(spec, choice, iters)
+    cycle_warnings = _cycle_warnings(spec, schedule_from_spec(spec, base_lr=picked_base, max_lr=picked_max,
+                                                              iters_per_epoch=iters), iters)
+    for warning in cycle_warnings:
+        log.warning("%s", warning)
     # a range test's max LR that diverges is tried again lower (lr_backoff.py); the user's own fails
     backoffs = lr_backoff.read_backoffs(out_dir) if spec.max_lr == "auto" else []
     while True:
         base_lr, max_lr = _backed_off(spec, picked_base, picked_max, backoffs)
-        schedule = schedule_from_spec(spec, base_lr=base_lr, max_lr=max_lr, iters_per_epoch=iters)
-        run_warnings = [*notes, *(b.note() for b in backoffs), *_cycle_warnings(spec, schedule, iters)]
-        for warning in run_warnings[len(notes) + len(backoffs):]:
-            log.warning("%s", warning)
-        planned = preview(schedule, spec.epochs * iters)
-        plots.plot_lr_schedule(out_dir / "lr_schedule_preview.png", planned["step"], planned["lr"],
-                               planned["momentum"] or None)
-        config = config_from_spec(spec, schedule, device, checkpoint_path=out_dir / CHECKPOINT)
+        config = _planned_config(spec, base_lr, max_lr, iters, device, out_dir)
         try:
             result = train(model, ds, config, hooks=hooks)
             break
@@ -508,15 +522,9 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
                 _save_partial_history(out_dir)
             raise
         except TrainingDiverged as exc:
-            if spec.max_lr != "auto" or not lr_backoff.may_back_off(backoffs) \
-                    or not _backed_off_valid(spec, picked_base, picked_max, [*backoffs, _diverged(max_lr, exc)]):
-                raise
-            check_may_write(hooks.may_write, "the LR back-off")
-            backoffs = [*backoffs, _diverged(max_lr, exc)]
-            lr_backoff.write_backoffs(out_dir, backoffs)  # before the restart: a redelivery resumes it
-            log.warning("%s", backoffs[-1].note())
-            (out_dir / CHECKPOINT).unlink(missing_ok=True)  # the diverged attempt's epochs
+            backoffs = _back_off(spec, (picked_base, picked_max), backoffs, max_lr, exc, out_dir, hooks)
             model = fresh_model(spec, ds, device, weights_file)
+    run_warnings = [*notes, *(b.note() for b in backoffs), *cycle_warnings]
     if backoffs:
         lr_info["backoffs"] = [dataclasses.asdict(b) for b in backoffs]
 
