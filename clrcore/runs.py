@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from clrcore import finetune, lr_backoff, plots, reports
-from clrcore.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from clrcore.checkpoint import capture_rng_state, load_checkpoint, plain, restore_rng_state
 from clrcore.cycle_fit import fit_cycles
 from clrcore.datasets import Dataset, load_dataset, sample, with_train_subset
 from clrcore.files import atomic_write, write_text
@@ -437,6 +437,14 @@ def _back_off(spec: TrainSpec, picked: tuple[float, float], backoffs: list[lr_ba
     return done
 
 
+def _drop_other_attempt(path: Path, config: TrainConfig) -> None:
+    """Remove a checkpoint written at another attempt's bounds: after a restart, an object store may still
+    hold the diverged attempt's (deletions are not synced), and resuming it would mix the two runs."""
+    if path.exists() and load_checkpoint(path, map_location="cpu").get("schedule") != plain(config.schedule):
+        log.warning("%s was written at another attempt's LR bounds; training this attempt from the start", path)
+        path.unlink()
+
+
 def _planned_config(spec: TrainSpec, base_lr: float, max_lr: float, iters: int, device: torch.device,
                     out_dir: Path) -> TrainConfig:
     """The run's config at these bounds, its schedule's preview plotted."""
@@ -514,6 +522,8 @@ def run_training(spec: TrainSpec, out_dir: Path, *, data_dir: Path, download: bo
     while True:
         base_lr, max_lr = _backed_off(spec, picked_base, picked_max, backoffs)
         config = _planned_config(spec, base_lr, max_lr, iters, device, out_dir)
+        if backoffs:
+            _drop_other_attempt(out_dir / CHECKPOINT, config)
         try:
             result = train(model, ds, config, hooks=hooks)
             break

@@ -81,6 +81,23 @@ def test_an_auto_run_that_diverges_restarts_at_a_quarter_and_a_redelivery_resume
     assert again["lr_choice"]["backoffs"] == summary["lr_choice"]["backoffs"]
 
 
+def test_a_checkpoint_of_the_diverged_attempt_is_not_resumed(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # an object store keeps the diverged attempt's checkpoint (deletions are not synced): a redelivery that
+    # finds it beside the restart record trains the lowered attempt from the start, not from that checkpoint
+    _diverging_first(monkeypatch, times=1)
+    spec = TrainSpec(**TINY, max_lr="auto", range_test=SWEEP)
+    summary = run_job(spec, tmp_path / "job", data_dir=tmp_path)
+    first_attempt = run_job(TrainSpec(**{**TINY, "base_lr": summary["base_lr"] * 4, "max_lr": summary["max_lr"] * 4,
+                                         "step_size": summary["step_size"], "step_unit": summary["step_unit"]}),
+                            tmp_path / "first", data_dir=tmp_path)
+    assert first_attempt["epochs_run"] == 2
+    (tmp_path / "job" / CHECKPOINT).write_bytes((tmp_path / "first" / CHECKPOINT).read_bytes())
+    again = run_job(spec, tmp_path / "job", data_dir=tmp_path)
+    assert again["resumed_from"] is None and again["epochs_run"] == 2
+    assert again["max_lr"] == summary["max_lr"] and again["metrics"] == pytest.approx(summary["metrics"])
+
+
 def test_an_auto_run_that_keeps_diverging_fails_after_two_restarts(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _diverging_first(monkeypatch, times=3)
