@@ -170,7 +170,17 @@ TASKS_FRESH3 = [
     Task("fresh3_gray12_resnet_fast_adamw_b64", "cifar_gray", "resnet_fast", ADAMW, 64, 3, (1.2e-3, 0.12),
          {"start_lr": 1e-6, "end_lr": 1.0}, 3000, 10_000, 12),
 ]
-ALL_TASKS = TASKS_CPU + TASKS_HELD_OUT + TASKS_FIRST_USER + TASKS_FRESH + TASKS_FRESH2 + TASKS_FRESH3
+# A fourth batch, resnet_fast only (docs/benchmarks.md, "Margins per family"): does a margin per model and
+# optimizer, learned on the stored resnet_fast tasks, beat the one margin on new ones? Registered before
+# these ran; grids placed from pilots as the others'.
+TASKS_FRESH4 = [
+    Task("fresh4_cifar14_resnet_fast", "cifar", "resnet_fast", FAST_SGD, 32, 2, (0.03, 3.0), {}, 3000, 10_000, 14),
+    Task("fresh4_cifar10_resnet_fast_adamw_wd01", "cifar", "resnet_fast", {**ADAMW, "weight_decay": 0.01}, 32, 3,
+         (1e-4, 1e-2), {"start_lr": 1e-6, "end_lr": 1.0}, 2000, 5000, 10),
+    Task("fresh4_gray10_resnet_fast_adamw_b64", "cifar_gray", "resnet_fast", ADAMW, 64, 3, (1e-4, 1e-2),
+         {"start_lr": 1e-6, "end_lr": 1.0}, 3000, 10_000, 10),
+]
+ALL_TASKS = TASKS_CPU + TASKS_HELD_OUT + TASKS_FIRST_USER + TASKS_FRESH + TASKS_FRESH2 + TASKS_FRESH3 + TASKS_FRESH4
 
 
 def select_tasks(names: str | None, full: bool = False) -> list[Task]:
