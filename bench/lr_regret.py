@@ -46,7 +46,7 @@ from clrcore.loaders import make_loader, normalization
 from clrcore.lr_backoff import BACKOFF_FACTOR, MAX_BACKOFFS
 from clrcore.schedules import schedule_from_spec
 from clrcore.specs import TrainSpec
-from clrcore.suggest import CLIFF_MARGIN, aggregate_seeds, recommend, safe_recommendation
+from clrcore.suggest import aggregate_seeds, cliff_margin_for, recommend, safe_recommendation
 from clrcore.train_setup import TrainConfig, config_from_spec, steps_per_epoch
 from clrcore.trainer import train
 
@@ -172,12 +172,12 @@ TASKS_FRESH3 = [
 ]
 # A fourth batch, resnet_fast only (docs/benchmarks.md, "Margins per family"): does a margin per model and
 # optimizer, learned on the stored resnet_fast tasks, beat the one margin on new ones? Registered before
-# these ran; grids placed from pilots as the others'.
+# these ran; grids placed from pilots as the others' (centres 0.23, 0.011 and 0.012).
 TASKS_FRESH4 = [
-    Task("fresh4_cifar14_resnet_fast", "cifar", "resnet_fast", FAST_SGD, 32, 2, (0.03, 3.0), {}, 3000, 10_000, 14),
+    Task("fresh4_cifar14_resnet_fast", "cifar", "resnet_fast", FAST_SGD, 32, 2, (0.023, 2.3), {}, 3000, 10_000, 14),
     Task("fresh4_cifar10_resnet_fast_adamw_wd01", "cifar", "resnet_fast", {**ADAMW, "weight_decay": 0.01}, 32, 3,
-         (1e-4, 1e-2), {"start_lr": 1e-6, "end_lr": 1.0}, 2000, 5000, 10),
-    Task("fresh4_gray10_resnet_fast_adamw_b64", "cifar_gray", "resnet_fast", ADAMW, 64, 3, (1e-4, 1e-2),
+         (0.0011, 0.11), {"start_lr": 1e-6, "end_lr": 1.0}, 2000, 5000, 10),
+    Task("fresh4_gray10_resnet_fast_adamw_b64", "cifar_gray", "resnet_fast", ADAMW, 64, 3, (0.0012, 0.12),
          {"start_lr": 1e-6, "end_lr": 1.0}, 3000, 10_000, 10),
 ]
 ALL_TASKS = TASKS_CPU + TASKS_HELD_OUT + TASKS_FIRST_USER + TASKS_FRESH + TASKS_FRESH2 + TASKS_FRESH3 + TASKS_FRESH4
@@ -360,8 +360,11 @@ def sweep_job(task: Task, data: Dataset, first_seed: int, seeds: int = len(JOB_S
 
 
 def job_pick(task: Task, job: dict[str, Any], margin: float | None = None) -> tuple[float, str]:
-    """What the job's `max_lr: "auto"` trains at with the current rule: the seeds' aggregate, or the safe
-    fallback when no rule picks (re-read from the stored curves: the same code the job runs)."""
+    """What the job's `max_lr: "auto"` trains at with the current rule: the seeds' aggregate at `margin` (by
+    default the task's net's and optimizer's, as the product reads), or the safe fallback when no rule
+    picks (re-read from the stored curves: the same code the job runs)."""
+    if margin is None:
+        margin = cliff_margin_for(task.model, task.optimizer["name"])
     agg = aggregate_seeds([(c["lrs"], c["losses"]) for c in job["curves"]], cliff_margin=margin)
     try:
         return recommend(agg.suggestions).max_lr, "range_test"
@@ -388,7 +391,8 @@ def train_auto(task: Task, data: Dataset, res: dict[str, Any], cache: RunCache) 
     for job in res["jobs"]:
         lr, source = job_pick(task, job)
         runs = [train_backing_off(task, data, cache, lr, seed) for seed in TRAIN_SEEDS]
-        out.append({"first_seed": job["first_seed"], "max_lr": lr, "source": source, "cliff_margin": CLIFF_MARGIN,
+        out.append({"first_seed": job["first_seed"], "max_lr": lr, "source": source,
+                    "cliff_margin": cliff_margin_for(task.model, task.optimizer["name"]),
                     "acc": [acc for acc, _ in runs], "trained_lr": [trained for _, trained in runs]})
     return out
 

@@ -65,7 +65,7 @@ def resuggest(
     problem: NoSuggestion | None = reading.problem
     rec = None
     if suggestions[rule]:
-        rec = recommend(suggestions, policy, rule=rule).to_dict()
+        rec = recommend(suggestions, policy, rule=rule, cliff_margin=cliff_margin).to_dict()
     elif problem is None:
         problem = NoSuggestion("no_pick", f"rule {rule!r} finds nothing to read on this curve")
     out: dict[str, Any] = {

@@ -336,6 +336,7 @@ def range_test(
     branches: Sequence[Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]] = (),
     branch_at: int = 0,
     branch_fall: float | None = None,
+    cliff_margin: float | None = None,
 ) -> RangeTestResult:
     """Sweep the LR over `num_iter` optimizer steps, then restore every state and read the curve.
 
@@ -365,6 +366,9 @@ def range_test(
     request, none when this sweep stopped or its loss fell before the branch point. `on_step` records of
     branch i carry "branch": i and "branch_at"; this sweep's records past the branch point carry "branched"
     (whether it did); `settings["branch_at"]` is None where it did not branch.
+
+    `cliff_margin`: what ours divides the cliff by (`suggest.cliff_margin_for` the net and optimizer; None:
+    `suggest.CLIFF_MARGIN`), kept in `settings` so the seeds' aggregate reads with it too.
     """
     if accumulation_steps < 1 or val_every < 1 or sync_every < 1:
         raise ValueError("accumulation_steps, val_every and sync_every must be at least 1")
@@ -433,6 +437,7 @@ def range_test(
         "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": mode, "smooth": smooth,
         "diverge_factor": diverge_factor, "val_every": val_every if val_batches else None,
         "accumulation_steps": accumulation_steps, "policy": policy, "read": read, "rule": rule,
+        "cliff_margin": cliff_margin,
         **({"branch_at": fork[0].loop.taken if fork else None} if branches else {}),
     }  # fmt: skip
     first, *others = [_read_run(run, settings, checksum) for run in runs]
@@ -493,8 +498,8 @@ def _read_run(run: _Run, settings: dict[str, Any], checksum: str) -> RangeTestRe
     if settings["read"] == "validation" and run.val_log:  # the cheap validation-loss mode: a less noisy curve
         lrs, losses = [v["lr"] for v in run.val_log], [v["val_loss"] for v in run.val_log]
     reading = read_curve(lrs, losses, diverge_factor=diverge_factor)
-    suggestions = picks_from_reading(reading)
-    rec, why = _recommend(suggestions, settings["policy"], settings["rule"])
+    suggestions = picks_from_reading(reading, settings.get("cliff_margin"))
+    rec, why = _recommend(suggestions, settings["policy"], settings["rule"], settings.get("cliff_margin"))
     warnings = warnings_for(
         lrs, losses, stop_reason=run.stop_reason, diverge_factor=diverge_factor, suggestions=suggestions,
         reading=reading, ladder=ladder,
@@ -519,13 +524,13 @@ def _read_run(run: _Run, settings: dict[str, Any], checksum: str) -> RangeTestRe
     )
 
 
-def _recommend(suggestions: dict[str, float | None], policy: str,
-               rule: str) -> tuple[Recommendation | None, list[str]]:
+def _recommend(suggestions: dict[str, float | None], policy: str, rule: str,
+               cliff_margin: float | None = None) -> tuple[Recommendation | None, list[str]]:
     """`recommend`'s bounds, or None; when ours had a pick but the chosen rule found nothing, also why in
     one line (a job then falls back to the safe recipe, and says so). A curve no rule can read says why
     in its own warnings."""
     try:
-        return recommend(suggestions, policy, rule=rule), []
+        return recommend(suggestions, policy, rule=rule, cliff_margin=cliff_margin), []
     except ValueError as exc:
         if rule != "ours" and suggestions.get("ours"):
             return None, [f"{exc} (ours picked {suggestions['ours']:.3g})"]
@@ -541,8 +546,9 @@ def combine_seeds(results: list[RangeTestResult], seeds: list[int], policy: str 
         return results[0]
     first = results[0]
     curves = [r.read_points() for r in results]
-    agg = aggregate_seeds(curves, diverge_factor=first.settings.get("diverge_factor", 4.0))
-    rec, why = _recommend(agg.suggestions, policy, rule)
+    margin = first.settings.get("cliff_margin")
+    agg = aggregate_seeds(curves, diverge_factor=first.settings.get("diverge_factor", 4.0), cliff_margin=margin)
+    rec, why = _recommend(agg.suggestions, policy, rule, margin)
     # A warning every seed gave (all swept too sparsely) is said once; the others with their seed. "No
     # suggestion" is left to seed_warnings, which names each seed's reason once.
     everyone = set.intersection(*(set(r.warnings) for r in results))

@@ -42,7 +42,13 @@ from clrcore.specs import (
     RangeTestSpec,
     TrainSpec,
 )
-from clrcore.suggest import TRIANGULAR_BASE_DIVISOR, TRIANGULAR_FAMILY, Recommendation, safe_recommendation
+from clrcore.suggest import (
+    TRIANGULAR_BASE_DIVISOR,
+    TRIANGULAR_FAMILY,
+    Recommendation,
+    cliff_margin_for,
+    safe_recommendation,
+)
 from clrcore.train_setup import TrainConfig, config_from_spec, resolve_device, seed_everything, steps_per_epoch
 from clrcore.trainer import train
 from clrcore.weights import LoadedWeights, WeightsError, load_weights
@@ -283,6 +289,7 @@ def _sweep_one(spec: JobSpecBase, options: RangeTestOptions, policy: str, ds: Da
         autocast_dtype=torch.bfloat16 if bf16 else None, device=device,
         on_step=on_step, should_stop=hooks.should_stop, policy=policy, read=options.read,
         sync_every=speed["sync_every"], rule=rule, branch_at=shared, branch_fall=SHARED_FALL_MAX,
+        cliff_margin=cliff_margin_for(spec.model, spec.optimizer.name),
         branches=[functools.partial(batches, seed) for seed in branch_seeds],
     )
     if hooks.on_progress and emitted["pending"] is not None:  # a sweep that stopped early: its last step

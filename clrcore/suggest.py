@@ -42,6 +42,12 @@ PEER_RULES = {
 # max_lr, 1.66-1.85) let the task whose cliff sits nearest its best take the loss; a margin holds only
 # for the density it was learned at (2.8 with 20 steps a decade: a faster sweep turns up later).
 CLIFF_MARGIN = 1.5
+# ... for every family of net and optimizer but these, whose cliffs sit further above their best max LR:
+# resnet_fast, whose fixed-scale BatchNorm hides its conv weights' growth, 2.0-3.0x with SGD and 11-15x with
+# AdamW. Each is the margin whose worse task of the family's two stored ones has the least regret; registered
+# before a fresh batch of three resnet_fast tasks, where they read 0.38 points against 1.5's 3.64 with one seed
+# and 0.16 against 3.55 with three, all three within 0.5 against none (docs/benchmarks.md, "Margins per family").
+FAMILY_CLIFF_MARGINS: dict[tuple[str, str], float] = {("resnet_fast", "sgd"): 2.38, ("resnet_fast", "adamw"): 11.2}
 # ... at this density (specs.STEPS_PER_DECADE, the default sweep, is the same number; a test keeps them
 # equal). How long a sweep dwells at each LR moves where its loss turns up: at 20-25 steps a decade the
 # benchmark's cliffs sat 0.8-3.3x where they sat at 60 (resnet_fast 6.8x its best max LR against 2.1x,
@@ -449,12 +455,17 @@ def _bounds(max_lr: float, rule: str, policy: str, div_factor: float) -> tuple[f
     return max_lr / TRIANGULAR_BASE_DIVISOR, max_lr, rule
 
 
+def cliff_margin_for(model: str | None, optimizer: str | None) -> float:
+    """Ours' margin for a net and optimizer: its family's (FAMILY_CLIFF_MARGINS), else CLIFF_MARGIN."""
+    return FAMILY_CLIFF_MARGINS.get((str(model), str(optimizer)), CLIFF_MARGIN)
+
+
 def recommend(
     suggestions: dict[str, float | None], policy: str = "triangular", *, div_factor: float = 25.0,
-    rule: str = "ours",
+    rule: str = "ours", cliff_margin: float | None = None,
 ) -> Recommendation:
     """The bounds to train with: max_lr is `rule`'s pick, by default ours (the cliff of the zero-lag
-    curve / CLIFF_MARGIN).
+    curve / the margin the suggestions were read with, `cliff_margin`, CLIFF_MARGIN when None).
 
     base_lr is max_lr/TRIANGULAR_BASE_DIVISOR for the triangular family, max_lr/div_factor for
     one_cycle, and both bounds are max_lr/CONSTANT_DIVISOR under 'constant' (a fixed LR has to stay
@@ -466,7 +477,8 @@ def recommend(
     if not pick:
         raise ValueError("no suggestion: the curve gives no rule anything to read" if rule == "ours"
                          else f"no suggestion: rule {rule!r} finds nothing to read on this curve")
-    label = f"ours (the zero-lag curve's cliff / {CLIFF_MARGIN:g})" if rule == "ours" else rule
+    margin = CLIFF_MARGIN if cliff_margin is None else cliff_margin
+    label = f"ours (the zero-lag curve's cliff / {margin:g})" if rule == "ours" else rule
     base_lr, max_lr, label = _bounds(pick, label, policy, div_factor)
     spread = spread_decades(suggestions)
     low = spread is not None and spread >= LOW_CONFIDENCE_DECADES

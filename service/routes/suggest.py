@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from clrcore.curve_file import resuggest
 from clrcore.json_safe import json_safe
 from clrcore.specs import Policy
-from clrcore.suggest import ALL_RULES, DIVERGE_FACTOR
+from clrcore.suggest import ALL_RULES, DIVERGE_FACTOR, cliff_margin_for
 from jobs.storage import run_key, store_for
 from service.deps import OwnedJob, SettingsDep
 from service.run_files import ARTIFACTS, run_file
@@ -38,7 +38,8 @@ class SuggestRequest(BaseModel):
     diverge_factor: float = Field(DIVERGE_FACTOR, gt=1, le=1000,
                                   description="the curve ends where the loss passes this times its best")
     cliff_margin: float | None = Field(None, gt=1, le=1000,
-                                       description="ours: max_lr = the cliff / this (default the learned one)")
+                                       description="ours: max_lr = the cliff / this (default the one learned "
+                                       "for the job's net and optimizer, as the job read it)")
     policy: Policy = Field("triangular", description="the policy the bounds are for")
 
     @field_validator("rule")
@@ -63,12 +64,16 @@ def suggest(job: OwnedJob, body: Annotated[SuggestRequest, Body(openapi_examples
     """Every rule's pick on the job's stored sweep, and the bounds from `rule`, with these settings."""
     relative = ARTIFACTS["range_test_log.csv"][0]
     missing = HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{relative} does not exist for this job (yet)")
+    reading = body.model_dump()
+    if reading["cliff_margin"] is None:  # the margin the job itself read with: its net's and optimizer's
+        spec = job.get("spec") or {}
+        reading["cliff_margin"] = cliff_margin_for(spec.get("model"), (spec.get("optimizer") or {}).get("name"))
     objects = store_for(settings)
     if not objects.remote:
         path = run_file(settings, job["id"], relative)
         if path is None:
             raise missing
-        return json_safe(resuggest(path, **body.model_dump()))
+        return json_safe(resuggest(path, **reading))
     # Object store: the log (a few hundred KB at most) is fetched into a temporary file and read there;
     # a store that is down answers 503 through service.object_files' handler.
     with tempfile.TemporaryDirectory(prefix="clr-suggest-") as scratch:
@@ -77,4 +82,4 @@ def suggest(job: OwnedJob, body: Annotated[SuggestRequest, Body(openapi_examples
             objects.download_file(run_key(job["id"], relative), path)
         except FileNotFoundError:
             raise missing from None
-        return json_safe(resuggest(path, **body.model_dump()))
+        return json_safe(resuggest(path, **reading))

@@ -302,3 +302,17 @@ def test_the_sweeps_progress_never_goes_back_whether_the_seeds_branch_or_not(tmp
     fractions = [p.step / p.steps for p in seen]
     assert fractions == sorted(fractions) and seen[-1].step == seen[-1].steps == steps
     assert all(p.steps >= steps for p in seen)  # the plan shown is never shorter than the sweeps run
+
+
+def test_a_resnet_fast_sweep_reads_ours_with_its_familys_margin(tmp_path: Path) -> None:
+    from clrcore.curve_file import resuggest
+
+    spec = RangeTestSpec(**{**FAST, "model": "resnet_fast", "optimizer": {"name": "adamw"}}, start_lr=1e-5,
+                         num_iter=40)
+    summary = run_job(spec, tmp_path, data_dir=tmp_path)
+    settings = json.loads((tmp_path / "range_test.json").read_text())["settings"]
+    assert settings["cliff_margin"] == 11.2
+    again = resuggest(tmp_path / "range_test_log.csv", cliff_margin=11.2)
+    assert summary["suggestions"]["ours"] == pytest.approx(again["suggestions"]["ours"])
+    if summary["recommendation"] is not None:
+        assert summary["recommendation"]["rule"] == "ours (the zero-lag curve's cliff / 11.2)"

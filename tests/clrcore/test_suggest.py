@@ -391,3 +391,26 @@ def test_a_sweep_sparser_than_the_margins_density_warns_that_the_pick_may_be_off
 def test_a_curve_no_rule_can_read_gets_no_density_warning():
     lrs = 1e-5 * 10 ** (np.arange(61) / 10)  # 10 a decade, but flat: no pick to warn about
     assert sparse_sweep_warning(lrs, read_curve(lrs, np.full(61, 2.3))) is None
+
+
+def test_resnet_fast_has_its_own_margins_and_every_other_family_the_one():
+    from clrcore.suggest import CLIFF_MARGIN, cliff_margin_for
+
+    assert cliff_margin_for("resnet_fast", "sgd") == 2.38 and cliff_margin_for("resnet_fast", "adamw") == 11.2
+    for model, optimizer in [("tiny_cnn", "sgd"), ("small_cnn", "adamw"), ("minigooglenet", "sgd"), (None, None)]:
+        assert cliff_margin_for(model, optimizer) == CLIFF_MARGIN
+
+
+def test_the_bench_registered_the_margins_the_product_ships():
+    from bench.regret_family import FAMILY_MARGINS
+    from clrcore.suggest import FAMILY_CLIFF_MARGINS
+
+    assert FAMILY_CLIFF_MARGINS == FAMILY_MARGINS
+
+
+def test_a_recommendation_names_the_margin_ours_read_with():
+    from clrcore.suggest import recommend
+
+    picks = {"ours": 0.1, "steepest": 0.05}
+    assert recommend(picks).rule == "ours (the zero-lag curve's cliff / 1.5)"
+    assert recommend(picks, cliff_margin=11.2).rule == "ours (the zero-lag curve's cliff / 11.2)"

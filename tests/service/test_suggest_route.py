@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clrcore.curve_file import resuggest
+from clrcore.suggest import CLIFF_MARGIN, cliff_margin_for
 from jobs.settings import Settings
 from jobs.states import JobState
 from jobs.store import JobStore
@@ -46,7 +47,8 @@ def test_the_stored_sweep_is_reread_with_the_given_settings(client: TestClient, 
     response = client.post(f"/v1/jobs/{swept_job}/suggest", json=body, headers=ALICE)
     assert response.status_code == 200, response.text
     data = response.json()
-    expected = resuggest(log, rule="valley", skip_start=3, skip_end=2, diverge_factor=5, policy="one_cycle")
+    expected = resuggest(log, rule="valley", skip_start=3, skip_end=2, diverge_factor=5, policy="one_cycle",
+                         cliff_margin=CLIFF_MARGIN)  # tiny_cnn's margin, the one every family but resnet_fast has
     assert data["suggestions"] == expected["suggestions"] and data["settings"] == expected["settings"]
     assert data["recommendation"] == expected["recommendation"]
     if data["recommendation"] is not None:
@@ -57,6 +59,23 @@ def test_the_stored_sweep_is_reread_with_the_given_settings(client: TestClient, 
     ours = client.post(f"/v1/jobs/{swept_job}/suggest", json={"cliff_margin": 3}, headers=ALICE).json()
     assert ours["settings"]["rule"] == "ours" and ours["settings"]["cliff_margin"] == 3
     assert ours == resuggest(log, cliff_margin=3)
+
+
+@pytest.mark.parametrize(("optimizer", "margin"), [("adamw", 11.2), ("sgd", 2.38)])
+def test_by_default_a_job_is_reread_with_its_nets_margin(client: TestClient, store: JobStore, api_settings: Settings,
+                                                          swept_job: str, optimizer: str, margin: float) -> None:
+    spec = {**RANGE_TEST, "model": "resnet_fast", "optimizer": {"name": optimizer}}
+    job_id = client.post("/v1/jobs/range-test", json=spec, headers=ALICE).json()["id"]
+    log = Path(api_settings.artifact_dir) / swept_job / "range_test_log.csv"
+    (Path(api_settings.artifact_dir) / job_id).mkdir(parents=True)
+    (Path(api_settings.artifact_dir) / job_id / "range_test_log.csv").write_bytes(log.read_bytes())
+    mark_running(store, job_id)
+    store.records.transition(job_id, JobState.SUCCEEDED, result={"kind": "range_test"})
+    data = client.post(f"/v1/jobs/{job_id}/suggest", json={}, headers=ALICE).json()
+    assert data["settings"]["cliff_margin"] == margin == cliff_margin_for("resnet_fast", optimizer)
+    assert data == resuggest(log, cliff_margin=margin)
+    if data["recommendation"] is not None:
+        assert data["recommendation"]["rule"] == f"ours (the zero-lag curve's cliff / {margin:g})"
 
 
 @pytest.mark.parametrize(("body", "field"), [
