@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from bench.lr_regret import (
-    CLIFF_MARGIN,
     TASKS_CPU,
     TASKS_FIRST_USER,
     TASKS_FRESH,
@@ -33,6 +32,7 @@ from bench.lr_regret import (
     TASKS_HELD_OUT,
 )
 from bench.regret_blend import TaskRuns, load_set, mean_regret, pooled
+from clrcore.suggest import CLIFF_MARGIN
 
 DATA = Path("bench/data")
 STORED = [  # (tasks, folders pooled on the same grids)

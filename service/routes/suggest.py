@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clrcore.curve_file import resuggest
 from clrcore.json_safe import json_safe
-from clrcore.specs import Policy
-from clrcore.suggest import ALL_RULES, DIVERGE_FACTOR, cliff_margin_for
+from clrcore.specs import Policy, parse_spec
+from clrcore.suggest import ALL_RULES, CLIFF_MARGIN, DIVERGE_FACTOR, cliff_margin_for
 from jobs.storage import run_key, store_for
 from service.deps import OwnedJob, SettingsDep
 from service.run_files import ARTIFACTS, run_file
@@ -57,6 +57,16 @@ _EXAMPLES: dict[str, Any] = {
 }
 
 
+def _job_margin(job: dict[str, Any]) -> float:
+    """The margin the job itself read ours with: its net's and optimizer's, presets and defaults applied
+    (the record keeps only the fields the caller set)."""
+    try:
+        spec = parse_spec(job.get("spec") or {})
+    except ValueError:  # a record from an older spec: the margin every family but resnet_fast has
+        return CLIFF_MARGIN
+    return cliff_margin_for(spec.model, spec.optimizer.name)
+
+
 @router.post("/jobs/{job_id}/suggest", responses={
     404: {"description": "unknown job, or it has no range_test_log.csv (yet)"}})
 def suggest(job: OwnedJob, body: Annotated[SuggestRequest, Body(openapi_examples=_EXAMPLES)],
@@ -65,9 +75,8 @@ def suggest(job: OwnedJob, body: Annotated[SuggestRequest, Body(openapi_examples
     relative = ARTIFACTS["range_test_log.csv"][0]
     missing = HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{relative} does not exist for this job (yet)")
     reading = body.model_dump()
-    if reading["cliff_margin"] is None:  # the margin the job itself read with: its net's and optimizer's
-        spec = job.get("spec") or {}
-        reading["cliff_margin"] = cliff_margin_for(spec.get("model"), (spec.get("optimizer") or {}).get("name"))
+    if reading["cliff_margin"] is None:
+        reading["cliff_margin"] = _job_margin(job)
     objects = store_for(settings)
     if not objects.remote:
         path = run_file(settings, job["id"], relative)
