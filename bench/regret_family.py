@@ -3,7 +3,8 @@
 Ours divides the sweep's cliff by one margin (`CLIFF_MARGIN`, 1.5) for every net. On the stored tasks
 resnet_fast wants more, and more again with AdamW: the margin that serves cifar_resnet_fast best is 2.0,
 the gray 12-px one's 3.0; with AdamW 14.8 (colour, held out) and 11.2 (gray, the third fresh batch), while
-every other family's tasks are served by 1.5 (docs/benchmarks.md, "Margins per family"). The candidate,
+1.5 reads within 0.5 points of the best margin on 16 of the other families' 17 tasks (docs/benchmarks.md,
+"Margins per family"). The candidate,
 `FAMILY_MARGINS`: for each family the margin whose worse task has the least mean one-seed regret over its
 two stored tasks (digits with resnet_fast left out: no margin under 29 serves it, and 29 would cost the
 colour task ten points). It replaces 1.5 for those families only if, on TASKS_FRESH4, its mean regret is
