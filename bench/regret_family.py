@@ -13,6 +13,7 @@ with three seeds (`regret_top.goals_check`'s rule, the issue's own goals).
 
     .venv/bin/python -m bench.regret_family                        # the margins, refitted from the stored runs
     .venv/bin/python -m bench.regret_family --fresh4 DIR           # the registered check on a run of TASKS_FRESH4
+    .venv/bin/python -m bench.regret_family --per-task             # every stored task's best margin
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ FAMILY_TASKS = {  # family: (task, the stored folders pooled for it)
     ("resnet_fast", "adamw"): [("cifar_resnet_fast_adamw", ["lr_regret_heldout"]),
                                ("fresh3_gray12_resnet_fast_adamw_b64", ["lr_regret_fresh3_tasks"])],
 }
-MARGINS = np.geomspace(1.0, 40.0, 400)
+MARGINS = np.geomspace(1.0, 40.0, 400)  # what `fit` chose among when the margins were registered
+PER_TASK_MARGINS = np.geomspace(0.5, 40.0, 400)  # a task may be served best below 1
 
 
 def family(task: Task) -> tuple[str, str]:
@@ -57,6 +59,26 @@ def fit(tasks: list[TaskRuns]) -> float:
     """Among MARGINS, the one whose worse task has the least mean one-seed regret."""
     per_task = [t.regret(np.asarray(t.picks(OURS))[None, :] / MARGINS[:, None]).mean(1) for t in tasks]
     return float(MARGINS[int(np.argmin(np.max(per_task, axis=0)))])
+
+
+def per_task_margins(data: Path = DATA) -> list[dict[str, Any]]:
+    """Every stored task's best margin for ours alone (its mean one-seed regret least), the
+    margins within 0.5 points of that best, and its regret at CLIFF_MARGIN: where one margin serves."""
+    from bench.lr_regret import TASKS_FRESH2, TASKS_FRESH3
+    from bench.regret_top import STORED
+
+    groups = [*STORED, (TASKS_FRESH2, ["lr_regret_fresh2_tasks"]), (TASKS_FRESH3, ["lr_regret_fresh3_tasks"])]
+    out = []
+    for tasks, folders in groups:
+        for t in pooled([load_set([data / f], tasks) for f in folders]):
+            picks = np.asarray(t.picks(OURS))
+            regret = np.array([float(np.mean(t.regret(picks / m))) for m in PER_TASK_MARGINS])
+            best = int(np.argmin(regret))
+            near = PER_TASK_MARGINS[regret <= regret[best] + 0.5]
+            out.append({"task": t.name, "best": float(PER_TASK_MARGINS[best]), "regret": float(regret[best]),
+                        "near": (float(near.min()), float(near.max())),
+                        "at_shipped": mean_regret(t, list(picks), CLIFF_MARGIN)})
+    return out
 
 
 def family_check(tasks: list[TaskRuns]) -> dict[str, Any]:
@@ -81,7 +103,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--fresh4", type=Path, action="append", default=[], help="a run of TASKS_FRESH4")
+    parser.add_argument("--per-task", action="store_true", help="every stored task's best margin for ours")
     args = parser.parse_args()
+    if args.per_task:
+        print(f"| task | best margin (regret) | margins within 0.5 of it | regret at {CLIFF_MARGIN} |")
+        print("| --- | --- | --- | --- |")
+        for r in per_task_margins(args.data):
+            print(f"| {r['task']} | {r['best']:.2f} ({r['regret']:.2f}) | {r['near'][0]:.2f}-{r['near'][1]:.2f} "
+                  f"| {r['at_shipped']:.2f} |")
     for fam, named in FAMILY_TASKS.items():
         tasks = [stored(name, folders, args.data) for name, folders in named]
         m = fit(tasks)

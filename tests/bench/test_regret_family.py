@@ -35,3 +35,12 @@ def test_the_registered_check_on_the_fourth_batch_as_docs_benchmarks_md_quotes_i
         assert tuple(round(v, 2) for v in row["ours"]) == ours
     assert [round(v, 2) for v in check["mean"]["candidate"]] == [0.38, 0.16]
     assert check["within"] == {"candidate": 3, "ours": 0} and check["replaces"]
+
+
+def test_one_margin_serves_every_stored_task_but_resnet_fasts_and_one():
+    rows = {r["task"]: r for r in rf.per_task_margins()}
+    others = [r for name, r in rows.items() if "resnet_fast" not in name]
+    missed = [r["task"] for r in others if not r["near"][0] <= CLIFF_MARGIN <= r["near"][1]]
+    assert len(others) == 17 and missed == ["fresh_gray_small_cnn_b64"]
+    assert all(not r["near"][0] <= CLIFF_MARGIN <= r["near"][1] for name, r in rows.items()
+               if "resnet_fast" in name and name != "cifar_resnet_fast")
