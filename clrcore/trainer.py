@@ -69,7 +69,7 @@ class TrainResult:
     y_pred: np.ndarray
     epochs_run: int  # epochs trained by this call (fewer than config.epochs after a resume)
     resumed_from: int | None  # epochs already done in the checkpoint this call resumed from
-    timings: dict[str, float]  # train_s (no eval, no warm-up), eval_s, warmup_s, compile_s
+    timings: dict[str, float]  # train_s (no eval, no warm-up), eval_s (the BatchNorm check too), warmup_s, compile_s
     # BatchNorm's running statistics checked before the final evaluation (None: no BatchNorm, or resumed
     # from a finished run's checkpoint, whose statistics were checked when it was written)
     batchnorm_check: batchnorm_stats.StatsCheck | None = None
@@ -332,11 +332,11 @@ def train(
                             time_first_step=warming, lookahead=lookahead)
         if lookahead is not None:
             lookahead.end_epoch()
-        if epoch + 1 == config.epochs:  # stale running statistics would spoil the final evaluation
+        trained = time.perf_counter()
+        if epoch + 1 == config.epochs:  # stale running statistics would spoil the final evaluation (its time)
             batchnorm_check = batchnorm_stats.check_and_refresh(net, train_loader, _autocast(config))
             if batchnorm_check is not None and batchnorm_check.refreshed:
                 log.info("%s", batchnorm_check.note())
-        trained = time.perf_counter()
         net.eval()
         last_eval, first_eval_s = _evaluate_epoch(forward, test_loader, config, ticker, epoch, warming)
         finished = time.perf_counter()
