@@ -5,7 +5,7 @@ before the final evaluation, the statistics recomputed when stale, clrcore/batch
 check unable to fire (as the trainer was before it). Per run: the check's two losses on training batches
 (with the running statistics, with each batch's own), their ratio, whether it recomputed, and the test
 accuracy both ways. The default runs are the ones docs/benchmarks.md reports (issue 12): resnet_fast on
-digits around where its grid turned into a coin toss, and healthy runs of six nets at their best and top LRs.
+digits around where its grid turned into a coin toss, and healthy runs of the four nets at their best and top LRs.
 
     .venv/bin/python -m bench.batchnorm_check --data ../shared/data/cifar10-jpg.tar.gz
 """
@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 
-from bench.lr_regret import EVAL_TOKEN, accuracy, planned_run, select_tasks, task_data
+from bench.lr_regret import accuracy, select_tasks, task_data, trained_run
 from clrcore import batchnorm_stats
-from clrcore.datasets import Dataset, Split, make_dataset
-from clrcore.runs import fresh_model
-from clrcore.trainer import train
+from clrcore.datasets import Dataset
 
 RUNS = (
     "fresh_digits_resnet_fast:0.045:0", "fresh_digits_resnet_fast:0.021:2", "fresh_digits_resnet_fast:0.021:0",
@@ -37,15 +35,10 @@ RUNS = (
 
 def run(task_name: str, max_lr: float, seed: int, data: Dataset, check: bool) -> dict:
     """Test accuracy and the check's figures of one run; `check=False` keeps the check from recomputing."""
-    task = select_tasks(task_name)[0]
-    spec, config = planned_run(task, data, max_lr, seed)
-    model = fresh_model(spec, data, config.device)
-    token = make_dataset(data.name, data.train, Split(data.test.images[:EVAL_TOKEN], data.test.labels[:EVAL_TOKEN]),
-                         data.classes)
     factor = batchnorm_stats.STALE_FACTOR
     batchnorm_stats.STALE_FACTOR = factor if check else math.inf
     try:
-        result = train(model, token, config)
+        model, spec, config, result = trained_run(select_tasks(task_name)[0], data, max_lr, seed)
     except Exception as exc:  # a diverged run: chance, as the grid counts it
         return {"acc": 1 / len(data.classes), "error": str(exc)[:80]}
     finally:

@@ -48,7 +48,7 @@ from clrcore.schedules import schedule_from_spec
 from clrcore.specs import TrainSpec
 from clrcore.suggest import aggregate_seeds, cliff_margin_for, recommend, safe_recommendation
 from clrcore.train_setup import TrainConfig, config_from_spec, steps_per_epoch
-from clrcore.trainer import train
+from clrcore.trainer import TrainResult, train
 
 GRID_POINTS = 7
 GRID_SEEDS = (0, 1, 2)
@@ -257,11 +257,11 @@ def planned_run(task: Task, data: Dataset, max_lr: float, seed: int) -> tuple[Tr
     return spec, config_from_spec(spec, schedule, "auto")
 
 
-def trained_model(task: Task, data: Dataset, max_lr: float, seed: int,
-                  prepare: Callable[[torch.nn.Module], None] | None = None,
-                  ) -> tuple[torch.nn.Module, TrainSpec, TrainConfig]:
-    """The model trained at `max_lr` with the product's recipe, its spec and config; `prepare` may change
-    the fresh model first (bench/resnet_adamw_probe.py). Raises if it diverged."""
+def trained_run(task: Task, data: Dataset, max_lr: float, seed: int,
+                prepare: Callable[[torch.nn.Module], None] | None = None,
+                ) -> tuple[torch.nn.Module, TrainSpec, TrainConfig, TrainResult]:
+    """The model trained at `max_lr` with the product's recipe, its spec, config and the trainer's result;
+    `prepare` may change the fresh model first (bench/resnet_adamw_probe.py). Raises if it diverged."""
     from clrcore.runs import fresh_model
 
     spec, config = planned_run(task, data, max_lr, seed)
@@ -272,8 +272,15 @@ def trained_model(task: Task, data: Dataset, max_lr: float, seed: int,
     # split and the whole test split is evaluated once at the end (the same final evaluation)
     token = make_dataset(data.name, data.train, Split(data.test.images[:EVAL_TOKEN], data.test.labels[:EVAL_TOKEN]),
                          data.classes)
-    train(model, token, config)
-    return model, spec, config
+    result = train(model, token, config)
+    return model, spec, config, result
+
+
+def trained_model(task: Task, data: Dataset, max_lr: float, seed: int,
+                  prepare: Callable[[torch.nn.Module], None] | None = None,
+                  ) -> tuple[torch.nn.Module, TrainSpec, TrainConfig]:
+    """`trained_run` without the trainer's result."""
+    return trained_run(task, data, max_lr, seed, prepare)[:3]
 
 
 def accuracy(model: torch.nn.Module, split: Split, data: Dataset, spec: TrainSpec, config: TrainConfig) -> float:
