@@ -314,5 +314,4 @@ def test_a_resnet_fast_sweep_reads_ours_with_its_familys_margin(tmp_path: Path) 
     assert settings["cliff_margin"] == 11.2
     again = resuggest(tmp_path / "range_test_log.csv", cliff_margin=11.2)
     assert summary["suggestions"]["ours"] == pytest.approx(again["suggestions"]["ours"])
-    if summary["recommendation"] is not None:
-        assert summary["recommendation"]["rule"] == "ours (the zero-lag curve's cliff / 11.2)"
+    assert summary["recommendation"]["rule"] == "ours (the zero-lag curve's cliff / 11.2)"

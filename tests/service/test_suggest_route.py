@@ -78,8 +78,7 @@ def test_by_default_a_job_is_reread_with_its_nets_margin(client: TestClient, sto
     data = client.post(f"/v1/jobs/{job_id}/suggest", json={}, headers=ALICE).json()
     assert data["settings"]["cliff_margin"] == margin == cliff_margin_for("resnet_fast", optimizer)
     assert data == resuggest(log, cliff_margin=margin)
-    if data["recommendation"] is not None:
-        assert data["recommendation"]["rule"] == f"ours (the zero-lag curve's cliff / {margin:g})"
+    assert data["recommendation"]["rule"] == f"ours (the zero-lag curve's cliff / {margin:g})"
 
 
 @pytest.mark.parametrize(("body", "field"), [
